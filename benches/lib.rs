@@ -1,0 +1,1 @@
+//! Benchmarks of resnet18-rs live in this package's `[[bench]]` targets; see `cargo bench`.

@@ -1,0 +1,66 @@
+//! `resnet inspect`: the network as a table, and what this machine will run it with.
+
+use crate::args::InspectArgs;
+use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
+use resnet_core::backend::BackendKind;
+use resnet_core::cpu::{CpuFeatures, Isa};
+use resnet_core::weights::Weights;
+use std::io::Write;
+use std::process::ExitCode;
+
+pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let arch = ResNet18Arch::new();
+    let rows = arch.layer_table(INPUT_SIZE, INPUT_SIZE);
+    let total_macs: usize = rows.iter().map(|r| r.macs).sum();
+    let total_params: usize = rows.iter().map(|r| r.parameters).sum();
+    let shape = |s: [usize; 3]| format!("{}x{}x{}", s[0], s[1], s[2]);
+    writeln!(
+        out,
+        "{:<22} {:<34} {:>12} {:>12} {:>10} {:>14} {:>6}",
+        "layer", "op", "input", "output", "params", "MACs", "share"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{:<22} {:<34} {:>12} {:>12} {:>10} {:>14} {:>5.1}%",
+            r.name,
+            r.op,
+            shape(r.input),
+            shape(r.output),
+            r.parameters,
+            r.macs,
+            100.0 * r.macs as f64 / total_macs as f64
+        )?;
+    }
+    writeln!(
+        out,
+        "total: {total_params} parameters ({:.2} M), {total_macs} MACs ({:.3} G) per {INPUT_SIZE}x{INPUT_SIZE} image",
+        total_params as f64 / 1e6,
+        total_macs as f64 / 1e9
+    )?;
+    writeln!(out)?;
+    writeln!(out, "cpu features: {}", CpuFeatures::get().names().join(" "))?;
+    let supported: Vec<_> = Isa::supported().iter().map(|i| i.name()).collect();
+    writeln!(
+        out,
+        "kernel ISAs supported: {} (selected: {})",
+        supported.join(", "),
+        Isa::from_env_or_best().map(|i| i.to_string()).unwrap_or_else(|e| e.to_string())
+    )?;
+    for kind in BackendKind::ALL {
+        writeln!(out, "backend {kind}")?;
+    }
+    if let Some(path) = args.weights {
+        let w = Weights::load(&path)?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "weights {}: valid ResNet-18, {} parameters{}",
+            path.display(),
+            w.parameter_count(),
+            if w.is_synthetic() { ", synthetic (untrained)" } else { "" }
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,379 @@
+//! The ResNet-18 architecture as data: every convolution, BatchNorm and block, keyed by
+//! torchvision's `state_dict` names, so that weights, backends, traces and `resnet inspect`
+//! all walk the same table.
+//!
+//! ```text
+//! input [N, 3, 224, 224]
+//! stem:    conv1 7x7/2 (3->64) -> bn1 -> relu        [N, 64, 112, 112]
+//!          maxpool 3x3/2 pad 1                        [N, 64, 56, 56]
+//! layer1:  BasicBlock(64->64)   x2                    [N, 64, 56, 56]
+//! layer2:  BasicBlock(64->128, stride 2, downsample), BasicBlock(128->128)   [N, 128, 28, 28]
+//! layer3:  BasicBlock(128->256, stride 2, downsample), BasicBlock(256->256)  [N, 256, 14, 14]
+//! layer4:  BasicBlock(256->512, stride 2, downsample), BasicBlock(512->512)  [N, 512, 7, 7]
+//! avgpool: global average                             [N, 512]
+//! fc:      512 -> 1000                                [N, 1000]
+//! ```
+//!
+//! A BasicBlock (torchvision `BasicBlock`, expansion 1) computes
+//! `relu(bn2(conv2(relu(bn1(conv1(x))))) + identity)`, where `identity` is `x`, or
+//! `downsample(x)` = `bn(conv1x1/2(x))` when the block changes the resolution or channel count.
+
+/// Output channels of the four stages.
+pub const STAGE_CHANNELS: [usize; 4] = [64, 128, 256, 512];
+/// BasicBlocks per stage (ResNet-18).
+pub const BLOCKS_PER_STAGE: [usize; 4] = [2, 2, 2, 2];
+/// Number of ImageNet classes.
+pub const NUM_CLASSES: usize = 1000;
+/// Features entering the classifier.
+pub const FC_IN: usize = 512;
+/// The input resolution the model is trained for.
+pub const INPUT_SIZE: usize = 224;
+/// BatchNorm epsilon used by torchvision's `nn.BatchNorm2d`.
+pub const BN_EPS: f64 = 1e-5;
+
+/// One convolution followed by its BatchNorm (torchvision never uses conv bias in ResNets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvBn {
+    /// State-dict prefix of the convolution (`layer2.0.downsample.0`); its weight is `{conv}.weight`.
+    pub conv: String,
+    /// State-dict prefix of the BatchNorm (`layer2.0.downsample.1`).
+    pub bn: String,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Square kernel side.
+    pub kernel: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+impl ConvBn {
+    fn new(conv: String, bn: String, in_c: usize, out_c: usize, k: usize, s: usize) -> ConvBn {
+        ConvBn {
+            conv,
+            bn,
+            in_channels: in_c,
+            out_channels: out_c,
+            kernel: k,
+            stride: s,
+            padding: k / 2,
+        }
+    }
+
+    /// Shape of the convolution weight: `[OC, C, KH, KW]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.out_channels, self.in_channels, self.kernel, self.kernel]
+    }
+
+    /// Output spatial size for an input of `h x w`.
+    pub fn output_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        (
+            (h + 2 * self.padding - self.kernel) / self.stride + 1,
+            (w + 2 * self.padding - self.kernel) / self.stride + 1,
+        )
+    }
+
+    /// Learned parameters: conv weight + BN weight and bias (running statistics are buffers).
+    pub fn parameters(&self) -> usize {
+        self.weight_shape().iter().product::<usize>() + 2 * self.out_channels
+    }
+
+    /// Multiply-accumulates for one image of input size `h x w`.
+    pub fn macs(&self, h: usize, w: usize) -> usize {
+        let (oh, ow) = self.output_hw(h, w);
+        oh * ow * self.out_channels * self.in_channels * self.kernel * self.kernel
+    }
+}
+
+/// A torchvision `BasicBlock`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicBlock {
+    /// Module name (`layer2.0`).
+    pub name: String,
+    /// 3x3 conv (stride 1 or 2) + bn1.
+    pub conv1: ConvBn,
+    /// 3x3 conv, stride 1, + bn2.
+    pub conv2: ConvBn,
+    /// 1x1 stride-2 conv + BN on the skip path, in the first block of stages 2-4.
+    pub downsample: Option<ConvBn>,
+}
+
+impl BasicBlock {
+    /// The block's convolutions in execution order.
+    pub fn convs(&self) -> impl Iterator<Item = &ConvBn> {
+        [Some(&self.conv1), Some(&self.conv2), self.downsample.as_ref()]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// The whole network, as torchvision's `resnet18()` builds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResNet18Arch {
+    /// conv1 7x7/2 + bn1 (followed by ReLU and max-pool).
+    pub stem: ConvBn,
+    /// The eight BasicBlocks, `layer1.0` to `layer4.1`.
+    pub blocks: Vec<BasicBlock>,
+}
+
+impl Default for ResNet18Arch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResNet18Arch {
+    /// Builds the table, mirroring `torchvision.models.resnet.ResNet._make_layer`.
+    pub fn new() -> ResNet18Arch {
+        let stem = ConvBn::new("conv1".into(), "bn1".into(), 3, 64, 7, 2);
+        let mut blocks = Vec::new();
+        let mut in_c = 64;
+        for (stage, (&out_c, &n)) in STAGE_CHANNELS.iter().zip(&BLOCKS_PER_STAGE).enumerate() {
+            for b in 0..n {
+                let name = format!("layer{}.{b}", stage + 1);
+                let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                let conv1 = ConvBn::new(
+                    format!("{name}.conv1"),
+                    format!("{name}.bn1"),
+                    in_c,
+                    out_c,
+                    3,
+                    stride,
+                );
+                let conv2 = ConvBn::new(
+                    format!("{name}.conv2"),
+                    format!("{name}.bn2"),
+                    out_c,
+                    out_c,
+                    3,
+                    1,
+                );
+                let downsample = (stride != 1 || in_c != out_c).then(|| {
+                    ConvBn::new(
+                        format!("{name}.downsample.0"),
+                        format!("{name}.downsample.1"),
+                        in_c,
+                        out_c,
+                        1,
+                        stride,
+                    )
+                });
+                blocks.push(BasicBlock {
+                    name,
+                    conv1,
+                    conv2,
+                    downsample,
+                });
+                in_c = out_c;
+            }
+        }
+        ResNet18Arch { stem, blocks }
+    }
+
+    /// Every conv+BN pair, in execution order.
+    pub fn convs(&self) -> impl Iterator<Item = &ConvBn> {
+        std::iter::once(&self.stem).chain(self.blocks.iter().flat_map(|b| b.convs()))
+    }
+
+    /// Every tensor of torchvision's `state_dict`, with its shape and role, in state-dict order.
+    pub fn expected_tensors(&self) -> Vec<ExpectedTensor> {
+        let mut out = Vec::new();
+        for cb in self.convs() {
+            let c = cb.out_channels;
+            out.push(ExpectedTensor::new(
+                format!("{}.weight", cb.conv),
+                cb.weight_shape().to_vec(),
+                TensorRole::Parameter,
+            ));
+            for (suffix, role) in [
+                ("weight", TensorRole::Parameter),
+                ("bias", TensorRole::Parameter),
+                ("running_mean", TensorRole::Statistic),
+                ("running_var", TensorRole::Statistic),
+            ] {
+                out.push(ExpectedTensor::new(
+                    format!("{}.{suffix}", cb.bn),
+                    vec![c],
+                    role,
+                ));
+            }
+            out.push(ExpectedTensor::new(
+                format!("{}.num_batches_tracked", cb.bn),
+                vec![],
+                TensorRole::Counter,
+            ));
+        }
+        out.push(ExpectedTensor::new(
+            "fc.weight".into(),
+            vec![NUM_CLASSES, FC_IN],
+            TensorRole::Parameter,
+        ));
+        out.push(ExpectedTensor::new(
+            "fc.bias".into(),
+            vec![NUM_CLASSES],
+            TensorRole::Parameter,
+        ));
+        out
+    }
+
+    /// The layer table for an input of `h x w`: one row per operation, as `resnet inspect` shows it.
+    pub fn layer_table(&self, h: usize, w: usize) -> Vec<LayerRow> {
+        let mut rows = Vec::new();
+        let push_conv = |rows: &mut Vec<LayerRow>, cb: &ConvBn, h: usize, w: usize| {
+            let (oh, ow) = cb.output_hw(h, w);
+            rows.push(LayerRow {
+                name: cb.conv.clone(),
+                op: format!(
+                    "conv {k}x{k}/{s} + {bn}",
+                    k = cb.kernel,
+                    s = cb.stride,
+                    bn = cb.bn
+                ),
+                input: [cb.in_channels, h, w],
+                output: [cb.out_channels, oh, ow],
+                parameters: cb.parameters(),
+                macs: cb.macs(h, w),
+            });
+            (oh, ow)
+        };
+        let (mut h, mut w) = push_conv(&mut rows, &self.stem, h, w);
+        let (ph, pw) = max_pool_output_hw(h, w);
+        rows.push(LayerRow {
+            name: "maxpool".into(),
+            op: "max-pool 3x3/2 pad 1".into(),
+            input: [64, h, w],
+            output: [64, ph, pw],
+            parameters: 0,
+            macs: 0,
+        });
+        (h, w) = (ph, pw);
+        for block in &self.blocks {
+            let (h1, w1) = push_conv(&mut rows, &block.conv1, h, w);
+            push_conv(&mut rows, &block.conv2, h1, w1);
+            if let Some(ds) = &block.downsample {
+                push_conv(&mut rows, ds, h, w);
+            }
+            (h, w) = (h1, w1);
+        }
+        rows.push(LayerRow {
+            name: "avgpool".into(),
+            op: "global average pool".into(),
+            input: [FC_IN, h, w],
+            output: [FC_IN, 1, 1],
+            parameters: 0,
+            macs: 0,
+        });
+        rows.push(LayerRow {
+            name: "fc".into(),
+            op: format!("linear {FC_IN} -> {NUM_CLASSES}"),
+            input: [FC_IN, 1, 1],
+            output: [NUM_CLASSES, 1, 1],
+            parameters: FC_IN * NUM_CLASSES + NUM_CLASSES,
+            macs: FC_IN * NUM_CLASSES,
+        });
+        rows
+    }
+
+    /// The names of the points a forward pass reports to a [`crate::backend::LayerObserver`],
+    /// in order. Each equals the output of the torchvision module of that name (`stem` is the
+    /// output of the stem's `relu`), so a PyTorch forward hook sees the same tensor.
+    pub fn trace_points(&self) -> Vec<String> {
+        let mut names = vec!["stem".to_string(), "maxpool".to_string()];
+        names.extend(self.blocks.iter().map(|b| b.name.clone()));
+        names.push("avgpool".into());
+        names.push("fc".into());
+        names
+    }
+}
+
+/// Output size of the 3x3 stride-2 pad-1 max-pool.
+pub fn max_pool_output_hw(h: usize, w: usize) -> (usize, usize) {
+    ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1)
+}
+
+/// What a state-dict tensor is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorRole {
+    /// A learned parameter (counted in the 11,689,512).
+    Parameter,
+    /// A BatchNorm running statistic (a buffer, needed for inference).
+    Statistic,
+    /// `num_batches_tracked`: an i64 training counter, optional and unused at inference.
+    Counter,
+}
+
+/// A tensor the model expects in a state dict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedTensor {
+    /// The torchvision key.
+    pub key: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// What it is for.
+    pub role: TensorRole,
+}
+
+impl ExpectedTensor {
+    fn new(key: String, shape: Vec<usize>, role: TensorRole) -> ExpectedTensor {
+        ExpectedTensor { key, shape, role }
+    }
+}
+
+/// One row of the layer table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRow {
+    /// torchvision module name.
+    pub name: String,
+    /// What it computes.
+    pub op: String,
+    /// Input `[C, H, W]`.
+    pub input: [usize; 3],
+    /// Output `[C, H, W]`.
+    pub output: [usize; 3],
+    /// Learned parameters.
+    pub parameters: usize,
+    /// Multiply-accumulates per image.
+    pub macs: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_match_torchvision() {
+        let arch = ResNet18Arch::new();
+        let rows = arch.layer_table(224, 224);
+        let params: usize = rows.iter().map(|r| r.parameters).sum();
+        let macs: usize = rows.iter().map(|r| r.macs).sum();
+        // torchvision's model card: 11,689,512 parameters, 1.814 GFLOPS (multiply-adds).
+        assert_eq!(params, 11_689_512);
+        assert_eq!((macs as f64 / 1e9 * 1000.0).round() / 1000.0, 1.814, "{macs}");
+        let expected_params: usize = arch
+            .expected_tensors()
+            .iter()
+            .filter(|t| t.role == TensorRole::Parameter)
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum();
+        assert_eq!(expected_params, 11_689_512);
+    }
+
+    #[test]
+    fn shapes_follow_torchvision() {
+        let arch = ResNet18Arch::new();
+        let rows = arch.layer_table(224, 224);
+        assert_eq!(rows[0].output, [64, 112, 112]);
+        assert_eq!(rows[1].output, [64, 56, 56]);
+        let last_conv = rows.iter().rfind(|r| r.name.starts_with("layer4")).unwrap();
+        assert_eq!(last_conv.output, [512, 7, 7]);
+        let keys: Vec<_> = arch.expected_tensors().into_iter().map(|t| t.key).collect();
+        assert!(keys.contains(&"layer2.0.downsample.1.running_var".to_string()));
+        assert!(!keys.iter().any(|k| k.starts_with("layer1.0.downsample")));
+        // 20 convs x (1 conv weight + 5 BN tensors) + fc weight and bias = 122 tensors.
+        assert_eq!(keys.len(), 122);
+        assert_eq!(arch.trace_points().len(), 12);
+    }
+}

@@ -1,0 +1,169 @@
+//! The `Backend` trait: one interface, several ways to compute ResNet-18.
+//!
+//! A backend is built once from [`Weights`] (this is where it folds BatchNorm, packs or quantises
+//! weights) and then runs batches `[N, 3, H, W]` -> logits `[N, 1000]` as often as needed, from
+//! any thread. While it runs it reports every trace point of
+//! [`ResNet18Arch::trace_points`](crate::arch::ResNet18Arch::trace_points) to a
+//! [`LayerObserver`], so tracing, profiling and class activation maps work the same for every
+//! backend.
+
+mod reference;
+
+pub use reference::ReferenceBackend;
+
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+use ndarray::{Array2, ArrayView4, ArrayViewD};
+use resnet_kernels::cpu::Isa;
+use std::time::{Duration, Instant};
+
+/// A way of computing ResNet-18, prepared for one set of weights.
+pub trait Backend: Send + Sync {
+    /// The backend's name as the CLI spells it.
+    fn name(&self) -> &'static str;
+
+    /// One line saying how it computes (kernels, ISA), for `resnet inspect` and logs.
+    fn describe(&self) -> String;
+
+    /// Runs a batch `[N, 3, H, W]` (normalised as in [`crate::preprocess`]) to logits `[N, 1000]`.
+    fn forward(
+        &self,
+        batch: ArrayView4<'_, f32>,
+        observer: &mut dyn LayerObserver,
+    ) -> Result<Array2<f32>>;
+}
+
+/// Receives one event per trace point during a forward pass.
+pub trait LayerObserver {
+    /// Whether the backend should hand over each layer's output (costs a copy in some backends).
+    fn wants_outputs(&self) -> bool {
+        false
+    }
+
+    /// Called after each trace point, in network order.
+    fn on_layer(&mut self, event: &LayerEvent<'_>);
+}
+
+/// What a backend reports after each trace point.
+#[derive(Debug)]
+pub struct LayerEvent<'a> {
+    /// The trace point's name (torchvision module name, or `stem`).
+    pub name: &'a str,
+    /// Output shape, `[N, C, H, W]` or `[N, F]`.
+    pub shape: Vec<usize>,
+    /// Time spent computing this point since the previous one.
+    pub elapsed: Duration,
+    /// The output in NCHW / NF order, when [`LayerObserver::wants_outputs`] said so.
+    pub output: Option<ArrayViewD<'a, f32>>,
+}
+
+/// Times the stretch between trace points and forwards each point to an observer.
+pub(crate) struct Reporter<'o> {
+    observer: &'o mut dyn LayerObserver,
+    clock: Instant,
+}
+
+impl<'o> Reporter<'o> {
+    pub(crate) fn new(observer: &'o mut dyn LayerObserver) -> Self {
+        Reporter {
+            observer,
+            clock: Instant::now(),
+        }
+    }
+
+    /// Reports trace point `name` whose output is `out` (NCHW or NF).
+    pub(crate) fn report<'a>(&mut self, name: &'a str, out: ArrayViewD<'a, f32>) {
+        let elapsed = self.clock.elapsed();
+        let wants = self.observer.wants_outputs();
+        self.observer.on_layer(&LayerEvent {
+            name,
+            shape: out.shape().to_vec(),
+            elapsed,
+            output: wants.then_some(out),
+        });
+        self.clock = Instant::now();
+    }
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl LayerObserver for NoObserver {
+    fn on_layer(&mut self, _event: &LayerEvent<'_>) {}
+}
+
+/// The backends this build offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// Direct convolution loops, unfolded BatchNorm, no SIMD: the textbook and the oracle.
+    Reference,
+}
+
+impl BackendKind {
+    /// Every backend, in order of sophistication.
+    pub const ALL: [BackendKind; 1] = [BackendKind::Reference];
+
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Reference => "reference",
+        }
+    }
+
+    /// Builds the backend for these weights.
+    pub fn create(self, weights: &Weights, options: &BackendOptions) -> Result<Box<dyn Backend>> {
+        let _ = options;
+        Ok(match self {
+            BackendKind::Reference => Box::new(ReferenceBackend::new(weights)),
+        })
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| Error::Backend {
+                name: s.to_string(),
+                reason: format!(
+                    "unknown backend (available: {})",
+                    BackendKind::ALL.map(|k| k.name()).join(", ")
+                ),
+            })
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Options common to all backends.
+#[derive(Clone, Debug)]
+pub struct BackendOptions {
+    /// Instruction-set level for the kernels (ignored by `reference`).
+    pub isa: Isa,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            isa: Isa::best_supported(),
+        }
+    }
+}
+
+/// Checks a batch's shape: `[N, 3, H, W]`, N >= 1, H and W at least 32 (the network's stride).
+pub(crate) fn check_batch_shape(batch: &ArrayView4<'_, f32>) -> Result<()> {
+    let s = batch.shape();
+    if s[0] == 0 || s[1] != 3 || s[2] < 32 || s[3] < 32 {
+        return Err(Error::InputShape {
+            found: s.to_vec(),
+            min_side: 32,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! The ResNet-18 model of resnet18-rs.
+//!
+//! Data flows through these modules in order:
+//!
+//! 1. [`decode`]: image bytes -> 8-bit RGB, as PIL decodes them (EXIF, alpha, 16-bit, limits).
+//! 2. [`preprocess`]: torchvision's `Resize(256)`, `CenterCrop(224)`, `ToTensor`, `Normalize`,
+//!    bit-exact with PIL's resampling.
+//! 3. [`backend`]: a [`backend::Backend`] built from [`weights::Weights`] runs `[N, 3, 224, 224]`
+//!    to logits `[N, 1000]`, following the layer table of [`arch`].
+//! 4. [`postprocess`]: softmax and top-k, named by [`labels`].
+//!
+//! ```no_run
+//! use resnet_core::{backend::{BackendKind, BackendOptions, NoObserver}, decode, labels::Labels,
+//!                   postprocess, preprocess, weights::Weights};
+//! # fn main() -> Result<(), resnet_core::Error> {
+//! let weights = Weights::load("resnet18.safetensors".as_ref())?;
+//! let backend = BackendKind::Reference.create(&weights, &BackendOptions::default())?;
+//! let image = decode::decode_image_file("cat.jpg".as_ref(), &Default::default())?;
+//! let input = preprocess::preprocess(&image.rgb).insert_axis(ndarray::Axis(0));
+//! let logits = backend.forward(input.view(), &mut NoObserver)?;
+//! let top5 = postprocess::top_k(logits.row(0).as_slice().unwrap(), 5, &Labels::imagenet());
+//! println!("{} ({:.1}%)", top5[0].label, 100.0 * top5[0].probability);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod arch;
+pub mod backend;
+pub mod decode;
+mod error;
+pub mod input;
+pub mod labels;
+pub mod postprocess;
+pub mod preprocess;
+pub mod weights;
+
+pub use error::{Error, ImageProblem, Result};
+pub use resnet_kernels::cpu;

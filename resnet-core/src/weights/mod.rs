@@ -1,0 +1,261 @@
+//! ResNet-18 weights by torchvision's state-dict names: loading, validation, saving.
+//!
+//! A [`Weights`] value always holds exactly the tensors of torchvision's `resnet18()` with the
+//! exact shapes, converted to f32: every loader validates before it returns, so the model code
+//! can look tensors up by name without further checks.
+
+mod fold;
+mod safetensors_io;
+mod synthetic;
+
+pub use fold::{fold_batch_norm, BatchNorm, FoldedConv};
+pub use safetensors_io::StoreDtype;
+pub use synthetic::{synthetic_weights, SYNTHETIC_GENERATOR};
+
+use crate::arch::{ResNet18Arch, TensorRole};
+use crate::error::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Metadata key that marks weights as synthetic (random, untrained).
+pub const META_SYNTHETIC: &str = "resnet18_rs.synthetic";
+/// Metadata key holding the seed of synthetic weights.
+pub const META_SEED: &str = "resnet18_rs.seed";
+
+/// One f32 tensor, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// `shape.iter().product()` values.
+    pub data: Vec<f32>,
+}
+
+/// A dtype a tensor can arrive in, before conversion to f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceDtype {
+    /// IEEE single.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 64-bit integer (only `num_batches_tracked`).
+    I64,
+    /// Anything else, by name.
+    Other(&'static str),
+}
+
+impl SourceDtype {
+    fn name(self) -> &'static str {
+        match self {
+            SourceDtype::F32 => "F32",
+            SourceDtype::F16 => "F16",
+            SourceDtype::BF16 => "BF16",
+            SourceDtype::I64 => "I64",
+            SourceDtype::Other(n) => n,
+        }
+    }
+}
+
+/// A tensor as read from a file, before validation.
+#[derive(Clone, Debug)]
+pub struct RawTensor {
+    /// Its dtype in the file.
+    pub dtype: SourceDtype,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Values converted to f32 (empty for `I64` and `Other`).
+    pub values: Vec<f32>,
+}
+
+/// The validated weights of one ResNet-18.
+#[derive(Clone, Debug)]
+pub struct Weights {
+    tensors: HashMap<String, Tensor>,
+    source: String,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Weights {
+    /// Loads a weights file. Today: safetensors with torchvision key names.
+    pub fn load(path: &Path) -> Result<Weights> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "cannot read weights", e))?;
+        Weights::from_safetensors_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parses safetensors bytes; `source` names them in errors.
+    pub fn from_safetensors_bytes(bytes: &[u8], source: &str) -> Result<Weights> {
+        let (raw, metadata) = safetensors_io::read(bytes, source)?;
+        Weights::from_raw(raw, source, metadata)
+    }
+
+    /// Validates raw tensors against torchvision's ResNet-18 state dict.
+    ///
+    /// Every parameter and statistic must be present with its exact shape and a float dtype;
+    /// `num_batches_tracked` is optional (an i64 scalar when present); any other key is an error.
+    pub fn from_raw(
+        mut raw: BTreeMap<String, RawTensor>,
+        source: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Weights> {
+        let path = source.to_string();
+        let mut tensors = HashMap::new();
+        for expected in ResNet18Arch::new().expected_tensors() {
+            let Some(t) = raw.remove(&expected.key) else {
+                if expected.role == TensorRole::Counter {
+                    continue;
+                }
+                return Err(Error::MissingTensor {
+                    path,
+                    key: expected.key,
+                    expected: expected.shape,
+                });
+            };
+            let shape_ok = t.shape == expected.shape
+                // PyTorch saves num_batches_tracked as a 0-d tensor; some converters write [1].
+                || (expected.role == TensorRole::Counter && t.shape == [1]);
+            if !shape_ok {
+                return Err(Error::WrongShape {
+                    path,
+                    key: expected.key,
+                    expected: expected.shape,
+                    found: t.shape,
+                });
+            }
+            match (expected.role, t.dtype) {
+                (TensorRole::Counter, SourceDtype::I64) => continue,
+                (TensorRole::Counter, found) => {
+                    return Err(Error::WrongDtype {
+                        path,
+                        key: expected.key,
+                        expected: "I64",
+                        found: found.name().into(),
+                    })
+                }
+                (_, SourceDtype::F32 | SourceDtype::F16 | SourceDtype::BF16) => {}
+                (_, found) => {
+                    return Err(Error::WrongDtype {
+                        path,
+                        key: expected.key,
+                        expected: "F32, F16 or BF16",
+                        found: found.name().into(),
+                    })
+                }
+            }
+            if let Some(bad) = t.values.iter().find(|v| !v.is_finite()) {
+                return Err(Error::CorruptWeights {
+                    path,
+                    reason: format!("tensor '{}' holds a non-finite value ({bad})", expected.key),
+                });
+            }
+            if expected.key.ends_with("running_var") && t.values.iter().any(|&v| v < 0.0) {
+                return Err(Error::CorruptWeights {
+                    path,
+                    reason: format!("tensor '{}' holds a negative variance", expected.key),
+                });
+            }
+            tensors.insert(
+                expected.key,
+                Tensor {
+                    shape: t.shape,
+                    data: t.values,
+                },
+            );
+        }
+        if let Some((key, t)) = raw.into_iter().next() {
+            return Err(Error::UnexpectedTensor {
+                path,
+                key,
+                shape: t.shape,
+            });
+        }
+        Ok(Weights {
+            tensors,
+            source: source.to_string(),
+            metadata,
+        })
+    }
+
+    /// The tensor stored under a torchvision key.
+    ///
+    /// # Panics
+    /// If `key` is not a ResNet-18 key: loading validated the set of keys, so a miss is a bug
+    /// in the caller, not bad input.
+    pub fn tensor(&self, key: &str) -> &Tensor {
+        self.tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("'{key}' is not a ResNet-18 state-dict key"))
+    }
+
+    /// The BatchNorm whose state-dict prefix is `prefix` (e.g. `layer1.0.bn1`).
+    pub fn batch_norm(&self, prefix: &str) -> BatchNorm<'_> {
+        BatchNorm {
+            gamma: &self.tensor(&format!("{prefix}.weight")).data,
+            beta: &self.tensor(&format!("{prefix}.bias")).data,
+            mean: &self.tensor(&format!("{prefix}.running_mean")).data,
+            var: &self.tensor(&format!("{prefix}.running_var")).data,
+            eps: crate::arch::BN_EPS,
+        }
+    }
+
+    /// Where the weights came from (a path, or a description).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The file's string metadata.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// True for seeded random weights from [`synthetic_weights`]: predictions made with them
+    /// mean nothing, and every output that shows them says so.
+    pub fn is_synthetic(&self) -> bool {
+        self.metadata.get(META_SYNTHETIC).map(String::as_str) == Some("true")
+    }
+
+    /// Learned parameters (excluding BatchNorm running statistics).
+    pub fn parameter_count(&self) -> usize {
+        ResNet18Arch::new()
+            .expected_tensors()
+            .iter()
+            .filter(|t| t.role == TensorRole::Parameter)
+            .map(|t| self.tensor(&t.key).data.len())
+            .sum()
+    }
+
+    /// Serialises to safetensors with torchvision's key names (plus an i64
+    /// `num_batches_tracked` per BatchNorm, as in a real state dict), so that
+    /// `torchvision.models.resnet18().load_state_dict(safetensors.torch.load_file(...))` takes it.
+    pub fn to_safetensors_bytes(&self, dtype: StoreDtype) -> Vec<u8> {
+        safetensors_io::write(&self.tensors, &self.metadata, dtype)
+    }
+
+    /// Writes [`Weights::to_safetensors_bytes`] to `path` (via a temporary file and a rename, so
+    /// that a failed write never leaves a file that looks complete).
+    pub fn save_safetensors(&self, path: &Path, dtype: StoreDtype) -> Result<()> {
+        write_atomically(path, &self.to_safetensors_bytes(dtype))
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, "cannot write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, "cannot write", e)
+    })
+}
+
+/// SHA-256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,11 @@
+//! Compute kernels for resnet18-rs. This crate knows nothing about ResNet, images or files:
+//! it takes slices and shapes and returns numbers.
+//!
+//! It is the only crate of the workspace that may contain `unsafe`; every such block carries a
+//! `// SAFETY:` line naming the invariant it relies on.
+//!
+//! - [`cpu`]: CPU feature detection (once per process) and the [`cpu::Isa`] levels, with the
+//!   `RESNET_ISA` override.
+#![deny(missing_docs)]
+
+pub mod cpu;
