@@ -18,7 +18,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Classify images (or preprocessed .npy tensors) and print the top-k classes.
-    #[command(after_help = "Example:\n  resnet classify --weights resnet18.safetensors photos/cat.jpg photos/dog.png\n  resnet classify --weights resnet18.safetensors --format json --logits cat.jpg")]
+    #[command(
+        after_help = "Example:\n  resnet classify --weights resnet18.safetensors photos/cat.jpg photos/dog.png\n  resnet classify --weights resnet18.safetensors --format json --logits cat.jpg"
+    )]
     Classify(ClassifyArgs),
     /// Write the network's input for an image (torchvision's Resize(256), CenterCrop(224),
     /// ToTensor, Normalize) as a 1x3x224x224 float32 .npy.

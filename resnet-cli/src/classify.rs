@@ -138,7 +138,12 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
 
 /// Decodes a chunk of inputs in parallel, runs the good ones as one batch, and returns one
 /// outcome per input in input order.
-fn classify_chunk(model: &Model, chunk: &[PathBuf], opts: &DecodeOptions, k: usize) -> Vec<Outcome> {
+fn classify_chunk(
+    model: &Model,
+    chunk: &[PathBuf],
+    opts: &DecodeOptions,
+    k: usize,
+) -> Vec<Outcome> {
     let loaded: Vec<Result<Array3<f32>, String>> = chunk
         .par_iter()
         .map(|p| load_input(p, opts).map_err(|e| e.to_string()))
@@ -180,22 +185,19 @@ fn classify_chunk(model: &Model, chunk: &[PathBuf], opts: &DecodeOptions, k: usi
 }
 
 fn print_text(out: &mut impl Write, outcome: &Outcome) -> std::io::Result<()> {
-    match &outcome.result {
-        Ok((preds, _)) => {
-            writeln!(out, "{}", outcome.path.display())?;
-            for p in preds {
-                writeln!(
-                    out,
-                    "  {:>2}. {:>6.2}%  {:<4} {}",
-                    p.rank,
-                    100.0 * p.probability,
-                    p.index,
-                    p.label
-                )?;
-            }
+    // A failed input was reported on stderr already: stdout carries data only.
+    if let Ok((preds, _)) = &outcome.result {
+        writeln!(out, "{}", outcome.path.display())?;
+        for p in preds {
+            writeln!(
+                out,
+                "  {:>2}. {:>6.2}%  {:<4} {}",
+                p.rank,
+                100.0 * p.probability,
+                p.index,
+                p.label
+            )?;
         }
-        // The error went to stderr already; stdout carries data only.
-        Err(_) => {}
     }
     Ok(())
 }

@@ -40,13 +40,19 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         total_macs as f64 / 1e9
     )?;
     writeln!(out)?;
-    writeln!(out, "cpu features: {}", CpuFeatures::get().names().join(" "))?;
+    writeln!(
+        out,
+        "cpu features: {}",
+        CpuFeatures::get().names().join(" ")
+    )?;
     let supported: Vec<_> = Isa::supported().iter().map(|i| i.name()).collect();
     writeln!(
         out,
         "kernel ISAs supported: {} (selected: {})",
         supported.join(", "),
-        Isa::from_env_or_best().map(|i| i.to_string()).unwrap_or_else(|e| e.to_string())
+        Isa::from_env_or_best()
+            .map(|i| i.to_string())
+            .unwrap_or_else(|e| e.to_string())
     )?;
     for kind in BackendKind::ALL {
         writeln!(out, "backend {kind}")?;
@@ -59,7 +65,11 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "weights {}: valid ResNet-18, {} parameters{}",
             path.display(),
             w.parameter_count(),
-            if w.is_synthetic() { ", synthetic (untrained)" } else { "" }
+            if w.is_synthetic() {
+                ", synthetic (untrained)"
+            } else {
+                ""
+            }
         )?;
     }
     Ok(ExitCode::SUCCESS)

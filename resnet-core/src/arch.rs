@@ -65,7 +65,12 @@ impl ConvBn {
 
     /// Shape of the convolution weight: `[OC, C, KH, KW]`.
     pub fn weight_shape(&self) -> [usize; 4] {
-        [self.out_channels, self.in_channels, self.kernel, self.kernel]
+        [
+            self.out_channels,
+            self.in_channels,
+            self.kernel,
+            self.kernel,
+        ]
     }
 
     /// Output spatial size for an input of `h x w`.
@@ -104,9 +109,13 @@ pub struct BasicBlock {
 impl BasicBlock {
     /// The block's convolutions in execution order.
     pub fn convs(&self) -> impl Iterator<Item = &ConvBn> {
-        [Some(&self.conv1), Some(&self.conv2), self.downsample.as_ref()]
-            .into_iter()
-            .flatten()
+        [
+            Some(&self.conv1),
+            Some(&self.conv2),
+            self.downsample.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -351,7 +360,11 @@ mod tests {
         let macs: usize = rows.iter().map(|r| r.macs).sum();
         // torchvision's model card: 11,689,512 parameters, 1.814 GFLOPS (multiply-adds).
         assert_eq!(params, 11_689_512);
-        assert_eq!((macs as f64 / 1e9 * 1000.0).round() / 1000.0, 1.814, "{macs}");
+        assert_eq!(
+            (macs as f64 / 1e9 * 1000.0).round() / 1000.0,
+            1.814,
+            "{macs}"
+        );
         let expected_params: usize = arch
             .expected_tensors()
             .iter()

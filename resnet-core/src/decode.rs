@@ -294,7 +294,11 @@ mod tests {
         assert!(matches!(
             err,
             Error::Image {
-                problem: ImageProblem::TooManyPixels { width: 8, height: 8, .. },
+                problem: ImageProblem::TooManyPixels {
+                    width: 8,
+                    height: 8,
+                    ..
+                },
                 ..
             }
         ));

@@ -94,7 +94,9 @@ pub enum Error {
         reason: String,
     },
     /// A batch given to a backend does not have the shape it needs.
-    #[error("input batch has shape {found:?}, expected [N, 3, H, W] with N >= 1 and H, W >= {min_side}")]
+    #[error(
+        "input batch has shape {found:?}, expected [N, 3, H, W] with N >= 1 and H, W >= {min_side}"
+    )]
     InputShape {
         /// The shape given.
         found: Vec<usize>,

@@ -25,8 +25,8 @@ impl Labels {
     /// Reads a labels file: a JSON array of strings, or one name per line. It must hold exactly
     /// 1000 names.
     pub fn from_file(path: &Path) -> Result<Labels> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(path, "cannot read labels", e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read labels", e))?;
         Labels::parse(&text, &path.display().to_string())
     }
 

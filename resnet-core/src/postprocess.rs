@@ -73,7 +73,10 @@ mod tests {
         logits[281] = 5.0;
         logits[282] = 4.0;
         let p = top_k(&logits, 2, &Labels::imagenet());
-        assert_eq!((p[0].rank, p[0].index, p[0].label.as_str()), (1, 281, "tabby"));
+        assert_eq!(
+            (p[0].rank, p[0].index, p[0].label.as_str()),
+            (1, 281, "tabby")
+        );
         assert_eq!((p[1].rank, p[1].index), (2, 282));
         assert!(p[0].probability > p[1].probability);
     }

@@ -48,8 +48,11 @@ impl LayerObserver for Capture {
     }
     fn on_layer(&mut self, e: &LayerEvent<'_>) {
         let out = e.output.as_ref().expect("output requested");
-        self.0
-            .push((e.name.to_string(), e.shape.clone(), out.iter().copied().collect()));
+        self.0.push((
+            e.name.to_string(),
+            e.shape.clone(),
+            out.iter().copied().collect(),
+        ));
     }
 }
 
@@ -76,7 +79,9 @@ fn reference_backend_matches_pytorch() {
     let inputs: Vec<_> = cases
         .iter()
         .map(|c| {
-            let crop = image::open(data(c["crop"].as_str().unwrap())).unwrap().to_rgb8();
+            let crop = image::open(data(c["crop"].as_str().unwrap()))
+                .unwrap()
+                .to_rgb8();
             to_normalized_chw(&crop).insert_axis(Axis(0))
         })
         .collect();
@@ -91,12 +96,21 @@ fn reference_backend_matches_pytorch() {
         let got = logits.row(i).to_vec();
         let (max, mean, _) = common::diff_stats(&got, &want);
         let worst = (0..1000)
-            .max_by(|&a, &b| (got[a] - want[a]).abs().total_cmp(&(got[b] - want[b]).abs()))
+            .max_by(|&a, &b| {
+                (got[a] - want[a])
+                    .abs()
+                    .total_cmp(&(got[b] - want[b]).abs())
+            })
             .unwrap();
         println!("{name}: max |logit error| {max:.2e} (mean {mean:.2e}), worst at class {worst}: ours {} pytorch {}", got[worst], want[worst]);
         assert!(max <= LOGIT_TOLERANCE, "{name}: logits differ by {max:.2e} > {LOGIT_TOLERANCE:.0e}; first values ours {:?} pytorch {:?}", &got[..4], &want[..4]);
         let top5: Vec<u64> = top_k_indices(&got, 5).iter().map(|&i| i as u64).collect();
-        let want_top5: Vec<u64> = case["top5"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let want_top5: Vec<u64> = case["top5"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
         assert_eq!(top5, want_top5, "{name}: top-5 differs");
 
         // Per trace point: the sampled values must agree. Activations grow to ~10 in layer4;
@@ -107,20 +121,40 @@ fn reference_backend_matches_pytorch() {
                 .iter()
                 .find(|(n, _, _)| n == point)
                 .unwrap_or_else(|| panic!("backend did not report trace point {point}"));
-            let want_shape: Vec<usize> = summary["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            let want_shape: Vec<usize> = summary["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
             assert_eq!(&shape[1..], &want_shape[1..], "{name} {point}: shape");
             let per_image = values.len() / shape[0];
             let image_values = &values[i * per_image..(i + 1) * per_image];
-            let scale = summary["max"].as_f64().unwrap().abs().max(summary["min"].as_f64().unwrap().abs());
+            let scale = summary["max"]
+                .as_f64()
+                .unwrap()
+                .abs()
+                .max(summary["min"].as_f64().unwrap().abs());
             let tol = 1e-4 * scale + 1e-5;
-            for (idx, want) in summary["sample_index"].as_array().unwrap().iter().zip(summary["sample_value"].as_array().unwrap()) {
+            for (idx, want) in summary["sample_index"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(summary["sample_value"].as_array().unwrap())
+            {
                 let (idx, want) = (idx.as_u64().unwrap() as usize, want.as_f64().unwrap());
                 let got = image_values[idx] as f64;
-                assert!((got - want).abs() <= tol, "{name} {point}[{idx}]: ours {got} pytorch {want} (tolerance {tol:.1e})");
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{name} {point}[{idx}]: ours {got} pytorch {want} (tolerance {tol:.1e})"
+                );
             }
             let mean: f64 = image_values.iter().map(|&v| v as f64).sum::<f64>() / per_image as f64;
             let want_mean = summary["mean"].as_f64().unwrap();
-            assert!((mean - want_mean).abs() <= tol, "{name} {point}: mean ours {mean} pytorch {want_mean}");
+            assert!(
+                (mean - want_mean).abs() <= tol,
+                "{name} {point}: mean ours {mean} pytorch {want_mean}"
+            );
         }
     }
 }

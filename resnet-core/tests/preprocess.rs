@@ -43,9 +43,13 @@ fn compare(a: &image::RgbImage, b: &image::RgbImage) -> (u8, f64, f64) {
 fn non_jpeg_crops_are_bit_identical_to_pil() {
     let mut checked = 0;
     for name in good_images().iter().filter(|n| !n.ends_with(".jpg")) {
-        let (max, mean, frac) = compare(&ours(name, ExifMode::Ignore), &pil_crop(&format!("{name}.png")));
+        let (max, mean, frac) = compare(
+            &ours(name, ExifMode::Ignore),
+            &pil_crop(&format!("{name}.png")),
+        );
         assert_eq!(
-            max, 0,
+            max,
+            0,
             "{name}: differs from PIL by up to {max} levels (mean {mean:.4}, {:.2}% of samples)",
             100.0 * frac
         );
@@ -57,7 +61,10 @@ fn non_jpeg_crops_are_bit_identical_to_pil() {
 #[test]
 fn jpeg_crops_are_close_to_pil() {
     for name in good_images().iter().filter(|n| n.ends_with(".jpg")) {
-        let (max, mean, frac) = compare(&ours(name, ExifMode::Ignore), &pil_crop(&format!("{name}.png")));
+        let (max, mean, frac) = compare(
+            &ours(name, ExifMode::Ignore),
+            &pil_crop(&format!("{name}.png")),
+        );
         println!(
             "{name}: max {max} levels, mean {mean:.3} levels, {:.1}% of samples differ",
             100.0 * frac
@@ -75,10 +82,16 @@ fn exif_orientation_is_applied_like_pil_exif_transpose() {
     let name = "rocket_exif_orient6.jpg";
     let upright = ours(name, ExifMode::Apply);
     let (_, mean, _) = compare(&upright, &pil_crop(&format!("{name}.exif.png")));
-    assert!(mean < 0.6, "{name}: mean difference {mean:.3} levels after rotation");
+    assert!(
+        mean < 0.6,
+        "{name}: mean difference {mean:.3} levels after rotation"
+    );
     // Ignoring EXIF gives the stored (sideways) pixels, which differ a lot from the upright ones.
     let (_, sideways, _) = compare(&ours(name, ExifMode::Ignore), &upright);
-    assert!(sideways > 10.0, "EXIF rotation had no visible effect ({sideways:.2})");
+    assert!(
+        sideways > 10.0,
+        "EXIF rotation had no visible effect ({sideways:.2})"
+    );
 }
 
 #[test]

@@ -151,7 +151,8 @@ static FEATURES: OnceLock<CpuFeatures> = OnceLock::new();
 fn cpuid_amx_int8() -> bool {
     // SAFETY: CPUID is available on every x86-64 CPU, and leaf 7 exists on every CPU that
     // reports AVX2 (checked first); on older CPUs the leaf is not queried.
-    is_x86_feature_detected!("avx2") && unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx & (1 << 25) != 0
+    is_x86_feature_detected!("avx2")
+        && unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx & (1 << 25) != 0
 }
 
 impl CpuFeatures {
@@ -208,7 +209,10 @@ mod tests {
         for isa in Isa::ALL {
             assert_eq!(isa.name().parse::<Isa>().unwrap(), isa);
         }
-        assert!(matches!("sse9".parse::<Isa>(), Err(IsaError::UnknownName(_))));
+        assert!(matches!(
+            "sse9".parse::<Isa>(),
+            Err(IsaError::UnknownName(_))
+        ));
     }
 
     #[test]

@@ -68,7 +68,6 @@ impl Backend for ReferenceBackend {
     ) -> Result<Array2<f32>> {
         check_batch_shape(&batch)?;
         let mut trace = Reporter::new(observer);
-        
 
         // Stem: conv1 7x7/2 -> bn1 -> relu -> maxpool 3x3/2.
         let x = relu(self.conv_bn(&batch.to_owned(), &self.arch.stem));
@@ -141,7 +140,8 @@ pub fn conv2d(
                                 for ow in 0..ow_size {
                                     let iw = (ow * stride + kw) as isize - pad as isize;
                                     if iw >= 0 && iw < width as isize {
-                                        acc[oh * ow_size + ow] += weight * x_row[iw as usize] as f64;
+                                        acc[oh * ow_size + ow] +=
+                                            weight * x_row[iw as usize] as f64;
                                     }
                                 }
                             }
@@ -268,8 +268,8 @@ mod tests {
 
     #[test]
     fn max_pool_ignores_padding_and_picks_the_max() {
-        let x = Array::from_shape_vec((1, 1, 4, 4), (0..16).map(|v| -(v as f32)).collect())
-            .unwrap();
+        let x =
+            Array::from_shape_vec((1, 1, 4, 4), (0..16).map(|v| -(v as f32)).collect()).unwrap();
         let y = max_pool_3x3_s2_p1(&x);
         // Windows start at (-1,-1), (-1,1), (1,-1), (1,1): their maxima are the top-left cells.
         assert_eq!(y.into_raw_vec_and_offset().0, vec![0.0, -1.0, -4.0, -5.0]);
@@ -277,8 +277,8 @@ mod tests {
 
     #[test]
     fn pool_and_linear() {
-        let x = Array::from_shape_vec((1, 2, 2, 2), vec![1., 2., 3., 4., -1., -1., -1., -1.])
-            .unwrap();
+        let x =
+            Array::from_shape_vec((1, 2, 2, 2), vec![1., 2., 3., 4., -1., -1., -1., -1.]).unwrap();
         let p = global_avg_pool(&x);
         assert_eq!(p.as_slice().unwrap(), &[2.5, -1.0]);
         let y = linear(&p, &[1.0, 2.0, 0.0, -1.0], &[0.5, 0.0]);

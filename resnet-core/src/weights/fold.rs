@@ -42,7 +42,11 @@ pub struct FoldedConv {
 /// computed in f64 and rounded once, so folding adds at most one f32 rounding per weight.
 pub fn fold_batch_norm(weight: &[f32], bn: &BatchNorm<'_>) -> FoldedConv {
     let out_channels = bn.gamma.len();
-    assert_eq!(weight.len() % out_channels, 0, "weight rows must match BN channels");
+    assert_eq!(
+        weight.len() % out_channels,
+        0,
+        "weight rows must match BN channels"
+    );
     let row = weight.len() / out_channels;
     let mut folded = Vec::with_capacity(weight.len());
     let mut bias = Vec::with_capacity(out_channels);

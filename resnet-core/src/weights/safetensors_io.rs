@@ -164,7 +164,7 @@ fn serialize_sorted(
     }
     let mut header = serde_json::to_vec(&header).expect("a JSON map always serialises");
     // The format pads the header with spaces so that the data starts 8-byte aligned.
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + header.len() + offset);

@@ -88,7 +88,10 @@ pub fn synthetic_weights(seed: u64) -> Weights {
     let metadata = BTreeMap::from([
         (META_SYNTHETIC.to_string(), "true".to_string()),
         (META_SEED.to_string(), seed.to_string()),
-        ("resnet18_rs.generator".to_string(), SYNTHETIC_GENERATOR.to_string()),
+        (
+            "resnet18_rs.generator".to_string(),
+            SYNTHETIC_GENERATOR.to_string(),
+        ),
     ]);
     Weights {
         tensors,
@@ -117,7 +120,12 @@ mod tests {
         let t = w.tensor("layer3.0.conv2.weight");
         let n = t.data.len() as f64;
         let mean = t.data.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = t.data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let var = t
+            .data
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         let want = 2.0 / (256.0 * 9.0);
         // 590k samples: the sample variance is within 1% of the true one with high probability.
         assert!((var / want - 1.0).abs() < 0.01, "var {var} want {want}");

@@ -15,7 +15,9 @@ pub fn image(name: &str) -> PathBuf {
 
 /// `resnet-core/tests/data/<rel>`.
 pub fn data(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
 }
 
 /// The good test images (every file of testdata/images but the README).
