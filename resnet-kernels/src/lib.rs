@@ -6,6 +6,8 @@
 //!
 //! - [`cpu`]: CPU feature detection (once per process) and the [`cpu::Isa`] levels, with the
 //!   `RESNET_ISA` override.
+//! - [`gemm`]: packed SGEMM with per-ISA micro-kernels and a fused epilogue; implicit im2col.
 #![deny(missing_docs)]
 
 pub mod cpu;
+pub mod gemm;

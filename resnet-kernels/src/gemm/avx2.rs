@@ -1,0 +1,96 @@
+//! AVX2 + FMA micro-kernel: 6 rows x 16 columns (two 8-lane registers) = 12 accumulators of the
+//! 16 ymm registers, plus two for the B row and one for the broadcast A value.
+
+use super::{MicroKernel, TileEpilogue};
+use std::arch::x86_64::*;
+
+/// `avx2_f32_6x16`.
+pub(crate) struct Avx2FmaKernel;
+
+const MR: usize = 6;
+const NR: usize = 16;
+
+impl MicroKernel for Avx2FmaKernel {
+    const MR: usize = MR;
+    const NR: usize = NR;
+    const NAME: &'static str = "avx2_f32_6x16";
+
+    unsafe fn run(
+        rows: usize,
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        epi: Option<&TileEpilogue>,
+    ) {
+        // SAFETY: forwarded from the caller's contract (ISA support, buffer sizes).
+        unsafe {
+            match rows {
+                1 => kernel::<1>(kc, a, b, c, ldc, accumulate, epi),
+                2 => kernel::<2>(kc, a, b, c, ldc, accumulate, epi),
+                3 => kernel::<3>(kc, a, b, c, ldc, accumulate, epi),
+                4 => kernel::<4>(kc, a, b, c, ldc, accumulate, epi),
+                5 => kernel::<5>(kc, a, b, c, ldc, accumulate, epi),
+                6 => kernel::<6>(kc, a, b, c, ldc, accumulate, epi),
+                _ => unreachable!("rows must be 1..=6"),
+            }
+        }
+    }
+}
+
+/// R rows of the tile (R = MR except on the last rows of C, so tails waste no FMAs).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    epi: Option<&TileEpilogue>,
+) {
+    let mut acc0 = [_mm256_setzero_ps(); R];
+    let mut acc1 = [_mm256_setzero_ps(); R];
+    for k in 0..kc {
+        // SAFETY: k < kc, so b + k*NR + 16 and a + k*MR + R stay inside the panels.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(k * NR));
+            let b1 = _mm256_loadu_ps(b.add(k * NR + 8));
+            for i in 0..R {
+                let a_ik = _mm256_broadcast_ss(&*a.add(k * MR + i));
+                acc0[i] = _mm256_fmadd_ps(a_ik, b0, acc0[i]);
+                acc1[i] = _mm256_fmadd_ps(a_ik, b1, acc1[i]);
+            }
+        }
+    }
+    for i in 0..R {
+        // SAFETY: row i < R <= rows of the tile: c, bias and residual cover it (caller contract).
+        unsafe {
+            let out = c.add(i * ldc);
+            let (mut v0, mut v1) = (acc0[i], acc1[i]);
+            if accumulate {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(out));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(out.add(8)));
+            }
+            if let Some(e) = epi {
+                if !e.bias.is_null() {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(e.bias));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(e.bias.add(8)));
+                }
+                if !e.residual.is_null() {
+                    let r = e.residual.add(i * e.ldr);
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(r));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(r.add(8)));
+                }
+                if e.relu {
+                    v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
+                    v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
+                }
+            }
+            _mm256_storeu_ps(out, v0);
+            _mm256_storeu_ps(out.add(8), v1);
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Packing: B (weights) once per model, A (activations) per call, and im2col geometry.
+
+/// A convolution's geometry in NHWC layout (`[N, H, W, C]`, channels innermost).
+///
+/// As a GEMM it has `M = N·OH·OW` rows (output pixels), `K = KH·KW·C` (window x channels, in
+/// that order: the im2col row of a pixel is its window's pixels one after another, each with
+/// its C channels) and one column per output channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+    /// Input channels.
+    pub in_c: usize,
+    /// Square kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+}
+
+impl ConvGeometry {
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+
+    /// GEMM rows: output pixels of the whole batch.
+    pub fn m(&self) -> usize {
+        self.batch * self.out_h() * self.out_w()
+    }
+
+    /// GEMM depth: `KH·KW·C`.
+    pub fn k(&self) -> usize {
+        self.kernel * self.kernel * self.in_c
+    }
+
+    /// Input elements expected.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_h * self.in_w * self.in_c
+    }
+
+    /// Copies columns `k0..k0+dst.len()` of im2col row `row` into `dst` (zeros in the padding).
+    #[inline]
+    pub(crate) fn im2col_row_segment(&self, input: &[f32], row: usize, k0: usize, dst: &mut [f32]) {
+        let (oh_n, ow_n) = (self.out_h(), self.out_w());
+        let n = row / (oh_n * ow_n);
+        let oh = row / ow_n % oh_n;
+        let ow = row % ow_n;
+        let c_n = self.in_c;
+        let mut k = k0;
+        let end = k0 + dst.len();
+        while k < end {
+            let window = k / c_n;
+            let c0 = k % c_n;
+            let len = (c_n - c0).min(end - k);
+            let ih = (oh * self.stride + window / self.kernel) as isize - self.pad as isize;
+            let iw = (ow * self.stride + window % self.kernel) as isize - self.pad as isize;
+            let out = &mut dst[k - k0..k - k0 + len];
+            if ih >= 0 && iw >= 0 && (ih as usize) < self.in_h && (iw as usize) < self.in_w {
+                let at = ((n * self.in_h + ih as usize) * self.in_w + iw as usize) * c_n + c0;
+                out.copy_from_slice(&input[at..at + len]);
+            } else {
+                out.fill(0.0);
+            }
+            k += len;
+        }
+    }
+}
+
+/// The explicit im2col matrix `[M, K]` of an NHWC input (the implicit packing's scalar twin).
+pub fn im2col_nhwc(input: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    assert_eq!(input.len(), g.input_len());
+    let k = g.k();
+    let mut out = vec![0.0; g.m() * k];
+    for (row, dst) in out.chunks_exact_mut(k).enumerate() {
+        g.im2col_row_segment(input, row, 0, dst);
+    }
+    out
+}
+
+/// Splits `k` into blocks of at most `kc_max`, as even as possible: `(k0, kc)` pairs.
+pub(crate) fn k_blocks(k: usize, kc_max: usize) -> Vec<(usize, usize)> {
+    let count = k.div_ceil(kc_max).max(1);
+    let (base, extra) = (k / count, k % count);
+    let mut k0 = 0;
+    (0..count)
+        .map(|i| {
+            let kc = base + usize::from(i < extra);
+            let block = (k0, kc);
+            k0 += kc;
+            block
+        })
+        .collect()
+}
+
+/// Packs a row-major `K x N` matrix into K blocks of NR-wide micro-panels, k-major, zero-padded
+/// to a multiple of NR columns. Returns `(k0, kc, offset)` per block and the packed data.
+pub(crate) fn pack_b(
+    b: &[f32],
+    k: usize,
+    n: usize,
+    nr: usize,
+    kc_max: usize,
+) -> (Vec<(usize, usize, usize)>, Vec<f32>) {
+    let panels = n.div_ceil(nr);
+    let mut data = Vec::with_capacity(k * panels * nr);
+    let mut blocks = Vec::new();
+    for (k0, kc) in k_blocks(k, kc_max) {
+        blocks.push((k0, kc, data.len()));
+        for p in 0..panels {
+            for kk in k0..k0 + kc {
+                for j in p * nr..(p + 1) * nr {
+                    data.push(if j < n { b[kk * n + j] } else { 0.0 });
+                }
+            }
+        }
+    }
+    (blocks, data)
+}

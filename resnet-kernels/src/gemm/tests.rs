@@ -1,0 +1,151 @@
+//! Every kernel x every epilogue x every ISA this CPU supports, against the naive triple loop,
+//! over random shapes with tails (M, N, K not multiples of any tile), with C poisoned by NaN so
+//! that a kernel reading C before writing it, or leaving part of its tile unwritten, fails.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Values in [-1, 1] from a seeded generator (xorshift), so failures reproduce.
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Worst-case bound of recursive f32 summation: |error| <= (K + 3) · eps · Σ|terms|.
+fn check(got: &[f32], want: &[f32], bound: &[f32], what: &str) {
+    for (idx, ((g, w), b)) in got.iter().zip(want).zip(bound).enumerate() {
+        let tol = b * f32::EPSILON;
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: element {idx}: got {g}, want {w}, tolerance {tol:e}"
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Problem {
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: bool,
+    residual: bool,
+    relu: bool,
+    seed: u64,
+}
+
+impl Problem {
+    fn run(&self, isa: Isa) {
+        let Problem { m, n, k, seed, .. } = *self;
+        let (lda, ldc, ldr) = (k + 3, n + 5, n + 1);
+        let a = values(m * lda, seed);
+        let b = values(k * n, seed + 1);
+        let bias = values(n, seed + 2);
+        let res = values(m * ldr, seed + 3);
+        let epi = Epilogue {
+            bias: self.bias.then_some(&bias[..]),
+            residual: self.residual.then_some((&res[..], ldr)),
+            relu: self.relu,
+        };
+        let mut want = vec![f32::NAN; m * ldc];
+        sgemm_naive(m, n, k, &a, lda, &b, &mut want, ldc, &epi);
+        let mut bound = vec![0.0f32; m * ldc];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f32 = (0..k).map(|p| (a[i * lda + p] * b[p * n + j]).abs()).sum();
+                bound[i * ldc + j] = (k as f32 + 3.0) * (s + 2.0);
+            }
+        }
+        let packed = PackedB::new(&b, k, n, isa);
+        let mut got = vec![f32::NAN; m * ldc];
+        sgemm_packed(&ASource::Matrix { data: &a, rows: m, lda }, &packed, &mut got, ldc, &epi);
+        // Only the m x n part is compared; the stride gaps must stay NaN (never written).
+        for i in 0..m {
+            let row = i * ldc;
+            check(&got[row..row + n], &want[row..row + n], &bound[row..row + n], &format!("{isa} {self:?} row {i}"));
+            assert!(got[row + n..row + ldc].iter().all(|v| v.is_nan()), "{isa}: wrote past column n in row {i}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn packed_gemm_matches_naive(
+        m in 1usize..80, n in 1usize..100, k in 1usize..600,
+        bias: bool, residual: bool, relu: bool, seed in 0u64..1000,
+    ) {
+        let p = Problem { m, n, k, bias, residual, relu, seed };
+        for isa in Isa::supported() {
+            p.run(isa);
+        }
+    }
+}
+
+/// Shapes of ResNet-18 itself (pinned, including the 49-pixel layer4 tail and the 1000 classes).
+#[test]
+fn resnet_shapes_match_naive() {
+    for (m, n, k) in [(49, 512, 4608 / 8), (49, 64, 147), (1, 1000, 512), (3, 1000, 512), (196, 256, 128), (13, 32, 256 * 2 + 1)] {
+        for isa in Isa::supported() {
+            Problem { m, n, k, bias: true, residual: true, relu: true, seed: 7 }.run(isa);
+        }
+    }
+}
+
+/// The implicit im2col packing equals the explicit im2col matrix, for strides, paddings and odd sizes.
+#[test]
+fn implicit_im2col_matches_explicit() {
+    let cases = [
+        ConvGeometry { batch: 2, in_h: 9, in_w: 7, in_c: 3, kernel: 7, stride: 2, pad: 3 },
+        ConvGeometry { batch: 1, in_h: 7, in_w: 7, in_c: 20, kernel: 3, stride: 1, pad: 1 },
+        ConvGeometry { batch: 3, in_h: 8, in_w: 5, in_c: 16, kernel: 3, stride: 2, pad: 1 },
+        ConvGeometry { batch: 2, in_h: 6, in_w: 6, in_c: 8, kernel: 1, stride: 2, pad: 0 },
+        ConvGeometry { batch: 1, in_h: 5, in_w: 11, in_c: 300, kernel: 3, stride: 1, pad: 1 },
+    ];
+    for g in cases {
+        let input = values(g.input_len(), 11);
+        let n = 40;
+        let b = values(g.k() * n, 12);
+        let explicit = im2col_nhwc(&input, &g);
+        for isa in Isa::supported() {
+            let packed = PackedB::new(&b, g.k(), n, isa);
+            let mut via_matrix = vec![f32::NAN; g.m() * n];
+            let mut via_conv = vec![f32::NAN; g.m() * n];
+            let epi = Epilogue::default();
+            sgemm_packed(&ASource::Matrix { data: &explicit, rows: g.m(), lda: g.k() }, &packed, &mut via_matrix, n, &epi);
+            sgemm_packed(&ASource::Conv { input: &input, geometry: g }, &packed, &mut via_conv, n, &epi);
+            assert_eq!(via_matrix, via_conv, "{isa} {g:?}");
+        }
+    }
+}
+
+/// A hand-checked im2col: 1 image 3x3, 1 channel, 3x3 kernel, pad 1: the centre pixel's row is
+/// the whole image, the corner's has zeros where the window leaves the image.
+#[test]
+fn im2col_geometry_by_hand() {
+    let g = ConvGeometry { batch: 1, in_h: 3, in_w: 3, in_c: 1, kernel: 3, stride: 1, pad: 1 };
+    let input: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    let cols = im2col_nhwc(&input, &g);
+    assert_eq!(&cols[4 * 9..5 * 9], &input[..]);
+    assert_eq!(&cols[..9], &[0., 0., 0., 0., 1., 2., 0., 4., 5.]);
+}
+
+/// On a CPU that has AVX-512 (this project's machines do), its kernels must be among those tested.
+#[test]
+fn no_supported_isa_is_skipped() {
+    let f = crate::cpu::CpuFeatures::get();
+    let tested = Isa::supported();
+    if f.avx512f {
+        assert!(tested.contains(&Isa::Avx512));
+    }
+    if f.avx2 && f.fma {
+        assert!(tested.contains(&Isa::Avx2));
+    }
+    assert!(tested.contains(&Isa::Portable));
+}
