@@ -6,8 +6,12 @@
 //!
 //! - [`cpu`]: CPU feature detection (once per process) and the [`cpu::Isa`] levels, with the
 //!   `RESNET_ISA` override.
+//! - [`pool`]: max-pool 3x3/2 and global average pool, NHWC and NCHW.
+//! - [`library_gemm`]: `matrixmultiply` behind a safe interface, and NCHW im2col (the baseline).
 //! - [`gemm`]: packed SGEMM with per-ISA micro-kernels and a fused epilogue; implicit im2col.
 #![deny(missing_docs)]
 
 pub mod cpu;
 pub mod gemm;
+pub mod library_gemm;
+pub mod pool;

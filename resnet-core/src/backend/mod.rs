@@ -7,8 +7,13 @@
 //! [`LayerObserver`], so tracing, profiling and class activation maps work the same for every
 //! backend.
 
+mod folded;
+mod gemm;
+mod native;
 mod reference;
 
+pub use gemm::GemmBackend;
+pub use native::NativeBackend;
 pub use reference::ReferenceBackend;
 
 use crate::error::{Error, Result};
@@ -71,6 +76,23 @@ impl<'o> Reporter<'o> {
         }
     }
 
+    /// Reports trace point `name` with its NCHW shape, and its output when there is one.
+    pub(crate) fn report_shape<'a>(
+        &mut self,
+        name: &'a str,
+        shape: &[usize],
+        out: Option<ArrayViewD<'a, f32>>,
+    ) {
+        let elapsed = self.clock.elapsed();
+        self.observer.on_layer(&LayerEvent {
+            name,
+            shape: shape.to_vec(),
+            elapsed,
+            output: out,
+        });
+        self.clock = Instant::now();
+    }
+
     /// Reports trace point `name` whose output is `out` (NCHW or NF).
     pub(crate) fn report<'a>(&mut self, name: &'a str, out: ArrayViewD<'a, f32>) {
         let elapsed = self.clock.elapsed();
@@ -97,24 +119,41 @@ impl LayerObserver for NoObserver {
 pub enum BackendKind {
     /// Direct convolution loops, unfolded BatchNorm, no SIMD: the textbook and the oracle.
     Reference,
+    /// NCHW im2col + `matrixmultiply`, BatchNorm folded, unfused passes: the library baseline.
+    Gemm,
+    /// resnet-kernels' packed micro-kernels, NHWC, fused epilogues: the fast path.
+    Native,
 }
 
 impl BackendKind {
     /// Every backend, in order of sophistication.
-    pub const ALL: [BackendKind; 1] = [BackendKind::Reference];
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Reference,
+        BackendKind::Gemm,
+        BackendKind::Native,
+    ];
 
     /// The CLI name.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Reference => "reference",
+            BackendKind::Gemm => "gemm",
+            BackendKind::Native => "native",
         }
     }
 
     /// Builds the backend for these weights.
     pub fn create(self, weights: &Weights, options: &BackendOptions) -> Result<Box<dyn Backend>> {
-        let _ = options;
+        if !options.isa.is_supported() {
+            return Err(Error::Backend {
+                name: self.name().into(),
+                reason: format!("this CPU does not support the {} kernels", options.isa),
+            });
+        }
         Ok(match self {
             BackendKind::Reference => Box::new(ReferenceBackend::new(weights)),
+            BackendKind::Gemm => Box::new(GemmBackend::new(weights)),
+            BackendKind::Native => Box::new(NativeBackend::new(weights, options.isa)),
         })
     }
 }

@@ -90,7 +90,10 @@ pub(crate) fn gemm<K: MicroKernel>(
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too small");
     match a {
         ASource::Matrix { data, lda, .. } => {
-            assert!(*lda >= b.k && data.len() >= (m - 1) * lda + b.k, "A too small")
+            assert!(
+                *lda >= b.k && data.len() >= (m - 1) * lda + b.k,
+                "A too small"
+            )
         }
         ASource::Conv { input, geometry } => {
             assert_eq!(geometry.k(), b.k, "conv K differs from the packed weights");
@@ -102,7 +105,10 @@ pub(crate) fn gemm<K: MicroKernel>(
         assert!(bias.len() >= n, "bias too short");
     }
     if let Some((r, ldr)) = epi.residual {
-        assert!(ldr >= n && r.len() >= (m - 1) * ldr + n, "residual too small");
+        assert!(
+            ldr >= n && r.len() >= (m - 1) * ldr + n,
+            "residual too small"
+        );
     }
 
     // Loop 3 and 5 make the work items: row blocks of about MC rows (rounded to MR, split evenly)
@@ -137,10 +143,12 @@ pub(crate) fn gemm<K: MicroKernel>(
                         let a_panel = &a_pack[ir * kc * K::MR..][..kc * K::MR];
                         if cols == K::NR {
                             let tile_epi = last.then(|| TileEpilogue {
-                                bias: epi.bias.map_or(std::ptr::null(), |bias| bias[j0..].as_ptr()),
-                                residual: epi
-                                    .residual
-                                    .map_or(std::ptr::null(), |(r, ldr)| r[i0 * ldr + j0..].as_ptr()),
+                                bias: epi
+                                    .bias
+                                    .map_or(std::ptr::null(), |bias| bias[j0..].as_ptr()),
+                                residual: epi.residual.map_or(std::ptr::null(), |(r, ldr)| {
+                                    r[i0 * ldr + j0..].as_ptr()
+                                }),
                                 ldr: epi.residual.map_or(0, |(_, ldr)| ldr),
                                 relu: epi.relu,
                             });
@@ -163,7 +171,15 @@ pub(crate) fn gemm<K: MicroKernel>(
                             }
                         } else {
                             edge_tile::<K>(
-                                EdgeTile { i0, j0, rows, cols, kc, accumulate, last },
+                                EdgeTile {
+                                    i0,
+                                    j0,
+                                    rows,
+                                    cols,
+                                    kc,
+                                    accumulate,
+                                    last,
+                                },
                                 a_panel,
                                 b_panel,
                                 shared_c,
@@ -204,7 +220,11 @@ fn edge_tile<K: MicroKernel>(
     for i in 0..t.rows {
         for j in 0..t.cols {
             // SAFETY: (i0+i, j0+j) is inside C and inside this work item's tiles.
-            tile[i * K::NR + j] = if t.accumulate { unsafe { *c.add((t.i0 + i) * ldc + t.j0 + j) } } else { 0.0 };
+            tile[i * K::NR + j] = if t.accumulate {
+                unsafe { *c.add((t.i0 + i) * ldc + t.j0 + j) }
+            } else {
+                0.0
+            };
         }
     }
     // SAFETY: the kernel's ISA was checked when B was packed; the panels hold kc*MR and kc*NR

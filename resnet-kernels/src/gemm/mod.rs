@@ -16,13 +16,13 @@
 //! The micro-kernel keeps its MR x NR tile of C in registers for the whole KC loop, then applies
 //! the [`Epilogue`] (bias per column, residual add, ReLU) on the last K block, before the store.
 
-mod loops;
-mod pack;
-mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod loops;
+mod pack;
+mod scalar;
 
 pub use loops::ASource;
 pub use pack::{im2col_nhwc, ConvGeometry};

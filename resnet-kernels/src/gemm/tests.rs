@@ -64,12 +64,30 @@ impl Problem {
         }
         let packed = PackedB::new(&b, k, n, isa);
         let mut got = vec![f32::NAN; m * ldc];
-        sgemm_packed(&ASource::Matrix { data: &a, rows: m, lda }, &packed, &mut got, ldc, &epi);
+        sgemm_packed(
+            &ASource::Matrix {
+                data: &a,
+                rows: m,
+                lda,
+            },
+            &packed,
+            &mut got,
+            ldc,
+            &epi,
+        );
         // Only the m x n part is compared; the stride gaps must stay NaN (never written).
         for i in 0..m {
             let row = i * ldc;
-            check(&got[row..row + n], &want[row..row + n], &bound[row..row + n], &format!("{isa} {self:?} row {i}"));
-            assert!(got[row + n..row + ldc].iter().all(|v| v.is_nan()), "{isa}: wrote past column n in row {i}");
+            check(
+                &got[row..row + n],
+                &want[row..row + n],
+                &bound[row..row + n],
+                &format!("{isa} {self:?} row {i}"),
+            );
+            assert!(
+                got[row + n..row + ldc].iter().all(|v| v.is_nan()),
+                "{isa}: wrote past column n in row {i}"
+            );
         }
     }
 }
@@ -91,9 +109,25 @@ proptest! {
 /// Shapes of ResNet-18 itself (pinned, including the 49-pixel layer4 tail and the 1000 classes).
 #[test]
 fn resnet_shapes_match_naive() {
-    for (m, n, k) in [(49, 512, 4608 / 8), (49, 64, 147), (1, 1000, 512), (3, 1000, 512), (196, 256, 128), (13, 32, 256 * 2 + 1)] {
+    for (m, n, k) in [
+        (49, 512, 4608 / 8),
+        (49, 64, 147),
+        (1, 1000, 512),
+        (3, 1000, 512),
+        (196, 256, 128),
+        (13, 32, 256 * 2 + 1),
+    ] {
         for isa in Isa::supported() {
-            Problem { m, n, k, bias: true, residual: true, relu: true, seed: 7 }.run(isa);
+            Problem {
+                m,
+                n,
+                k,
+                bias: true,
+                residual: true,
+                relu: true,
+                seed: 7,
+            }
+            .run(isa);
         }
     }
 }
@@ -102,11 +136,51 @@ fn resnet_shapes_match_naive() {
 #[test]
 fn implicit_im2col_matches_explicit() {
     let cases = [
-        ConvGeometry { batch: 2, in_h: 9, in_w: 7, in_c: 3, kernel: 7, stride: 2, pad: 3 },
-        ConvGeometry { batch: 1, in_h: 7, in_w: 7, in_c: 20, kernel: 3, stride: 1, pad: 1 },
-        ConvGeometry { batch: 3, in_h: 8, in_w: 5, in_c: 16, kernel: 3, stride: 2, pad: 1 },
-        ConvGeometry { batch: 2, in_h: 6, in_w: 6, in_c: 8, kernel: 1, stride: 2, pad: 0 },
-        ConvGeometry { batch: 1, in_h: 5, in_w: 11, in_c: 300, kernel: 3, stride: 1, pad: 1 },
+        ConvGeometry {
+            batch: 2,
+            in_h: 9,
+            in_w: 7,
+            in_c: 3,
+            kernel: 7,
+            stride: 2,
+            pad: 3,
+        },
+        ConvGeometry {
+            batch: 1,
+            in_h: 7,
+            in_w: 7,
+            in_c: 20,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        },
+        ConvGeometry {
+            batch: 3,
+            in_h: 8,
+            in_w: 5,
+            in_c: 16,
+            kernel: 3,
+            stride: 2,
+            pad: 1,
+        },
+        ConvGeometry {
+            batch: 2,
+            in_h: 6,
+            in_w: 6,
+            in_c: 8,
+            kernel: 1,
+            stride: 2,
+            pad: 0,
+        },
+        ConvGeometry {
+            batch: 1,
+            in_h: 5,
+            in_w: 11,
+            in_c: 300,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        },
     ];
     for g in cases {
         let input = values(g.input_len(), 11);
@@ -118,8 +192,27 @@ fn implicit_im2col_matches_explicit() {
             let mut via_matrix = vec![f32::NAN; g.m() * n];
             let mut via_conv = vec![f32::NAN; g.m() * n];
             let epi = Epilogue::default();
-            sgemm_packed(&ASource::Matrix { data: &explicit, rows: g.m(), lda: g.k() }, &packed, &mut via_matrix, n, &epi);
-            sgemm_packed(&ASource::Conv { input: &input, geometry: g }, &packed, &mut via_conv, n, &epi);
+            sgemm_packed(
+                &ASource::Matrix {
+                    data: &explicit,
+                    rows: g.m(),
+                    lda: g.k(),
+                },
+                &packed,
+                &mut via_matrix,
+                n,
+                &epi,
+            );
+            sgemm_packed(
+                &ASource::Conv {
+                    input: &input,
+                    geometry: g,
+                },
+                &packed,
+                &mut via_conv,
+                n,
+                &epi,
+            );
             assert_eq!(via_matrix, via_conv, "{isa} {g:?}");
         }
     }
@@ -129,7 +222,15 @@ fn implicit_im2col_matches_explicit() {
 /// the whole image, the corner's has zeros where the window leaves the image.
 #[test]
 fn im2col_geometry_by_hand() {
-    let g = ConvGeometry { batch: 1, in_h: 3, in_w: 3, in_c: 1, kernel: 3, stride: 1, pad: 1 };
+    let g = ConvGeometry {
+        batch: 1,
+        in_h: 3,
+        in_w: 3,
+        in_c: 1,
+        kernel: 3,
+        stride: 1,
+        pad: 1,
+    };
     let input: Vec<f32> = (1..=9).map(|v| v as f32).collect();
     let cols = im2col_nhwc(&input, &g);
     assert_eq!(&cols[4 * 9..5 * 9], &input[..]);

@@ -1,0 +1,92 @@
+//! ResNet-18 with every BatchNorm folded into its convolution: what the fast backends start from.
+
+use crate::arch::{ConvBn, ResNet18Arch};
+use crate::weights::{fold_batch_norm, FoldedConv, Weights};
+
+/// One convolution with its BatchNorm folded in (weights `[OC, C, KH, KW]`, one bias per OC).
+pub(crate) struct FoldedLayer {
+    pub spec: ConvBn,
+    pub conv: FoldedConv,
+}
+
+impl FoldedLayer {
+    fn new(weights: &Weights, spec: &ConvBn) -> FoldedLayer {
+        let w = weights.tensor(&format!("{}.weight", spec.conv));
+        FoldedLayer {
+            spec: spec.clone(),
+            conv: fold_batch_norm(&w.data, &weights.batch_norm(&spec.bn)),
+        }
+    }
+
+    /// The weights as the `K x N` GEMM operand of an NHWC convolution:
+    /// `b[((kh·KW + kw)·C + c)·OC + oc] = w[oc, c, kh, kw]`.
+    pub fn weights_khwc_by_oc(&self) -> Vec<f32> {
+        let [oc_n, c_n, k, _] = self.spec.weight_shape();
+        let mut b = vec![0.0; oc_n * c_n * k * k];
+        for oc in 0..oc_n {
+            for c in 0..c_n {
+                for kh in 0..k {
+                    for kw in 0..k {
+                        b[((kh * k + kw) * c_n + c) * oc_n + oc] =
+                            self.conv.weight[((oc * c_n + c) * k + kh) * k + kw];
+                    }
+                }
+            }
+        }
+        b
+    }
+}
+
+/// A BasicBlock with folded convolutions.
+pub(crate) struct FoldedBlock {
+    pub name: String,
+    pub conv1: FoldedLayer,
+    pub conv2: FoldedLayer,
+    pub downsample: Option<FoldedLayer>,
+}
+
+/// The whole network, folded.
+pub(crate) struct FoldedResNet18 {
+    pub stem: FoldedLayer,
+    pub blocks: Vec<FoldedBlock>,
+    /// `[1000, 512]`.
+    pub fc_weight: Vec<f32>,
+    /// `[1000]`.
+    pub fc_bias: Vec<f32>,
+}
+
+impl FoldedResNet18 {
+    pub fn new(weights: &Weights) -> FoldedResNet18 {
+        let arch = ResNet18Arch::new();
+        FoldedResNet18 {
+            stem: FoldedLayer::new(weights, &arch.stem),
+            blocks: arch
+                .blocks
+                .iter()
+                .map(|b| FoldedBlock {
+                    name: b.name.clone(),
+                    conv1: FoldedLayer::new(weights, &b.conv1),
+                    conv2: FoldedLayer::new(weights, &b.conv2),
+                    downsample: b.downsample.as_ref().map(|d| FoldedLayer::new(weights, d)),
+                })
+                .collect(),
+            fc_weight: weights.tensor("fc.weight").data.clone(),
+            fc_bias: weights.tensor("fc.bias").data.clone(),
+        }
+    }
+}
+
+/// `[N, H, W, C]` -> `[N, C, H, W]`, for trace events.
+pub(crate) fn nhwc_to_nchw(
+    data: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+) -> ndarray::ArrayD<f32> {
+    let mut out = ndarray::Array4::<f32>::zeros((n, c, h, w));
+    for ((b, ch, y, x), v) in out.indexed_iter_mut() {
+        *v = data[((b * h + y) * w + x) * c + ch];
+    }
+    out.into_dyn()
+}

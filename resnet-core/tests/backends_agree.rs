@@ -1,0 +1,140 @@
+//! Every backend x every ISA this CPU supports against the reference backend, on real photos and
+//! on random inputs of other sizes and batch sizes, checked at every trace point.
+//!
+//! Tolerance: logits within 1e-3 absolute (logits here have magnitude ~7; f32 GEMMs with
+//! different summation orders drift by ~1e-5 over 20 layers) and identical top-5. Intermediate
+//! activations within 1e-4 of the layer's largest magnitude.
+
+mod common;
+
+use ndarray::{Array4, ArrayD, Axis};
+use resnet_core::backend::{BackendKind, BackendOptions, LayerEvent, LayerObserver};
+use resnet_core::cpu::Isa;
+use resnet_core::postprocess::top_k_indices;
+use resnet_core::preprocess::to_normalized_chw;
+use resnet_core::weights::synthetic_weights;
+
+#[derive(Default)]
+struct Capture(Vec<(String, ArrayD<f32>)>);
+
+impl LayerObserver for Capture {
+    fn wants_outputs(&self) -> bool {
+        true
+    }
+    fn on_layer(&mut self, e: &LayerEvent<'_>) {
+        let out = e.output.as_ref().expect("output requested").to_owned();
+        assert_eq!(out.shape(), &e.shape[..], "{}: event shape", e.name);
+        self.0.push((e.name.to_string(), out));
+    }
+}
+
+/// A pseudo-random input in the range of normalised images.
+fn random_batch(n: usize, h: usize, w: usize, seed: u64) -> Array4<f32> {
+    let mut s = seed | 1;
+    Array4::from_shape_fn((n, 3, h, w), |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+    })
+}
+
+fn photo_batch() -> Array4<f32> {
+    let names = [
+        "cat_baseline.jpg.png",
+        "astronaut_rgb.png.png",
+        "flower.gif.png",
+    ];
+    let views: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let crop = image::open(common::data(&format!("preprocess/{n}")))
+                .unwrap()
+                .to_rgb8();
+            to_normalized_chw(&crop).insert_axis(Axis(0))
+        })
+        .collect();
+    let views: Vec<_> = views.iter().map(|v| v.view()).collect();
+    ndarray::concatenate(Axis(0), &views).unwrap()
+}
+
+fn compare_all(batch: &Array4<f32>, what: &str) {
+    let weights = synthetic_weights(0);
+    let reference = BackendKind::Reference
+        .create(&weights, &BackendOptions::default())
+        .unwrap();
+    let mut want = Capture::default();
+    let want_logits = reference.forward(batch.view(), &mut want).unwrap();
+    let mut combos = 0;
+    for kind in [BackendKind::Gemm, BackendKind::Native] {
+        let isas = if kind == BackendKind::Native {
+            Isa::supported()
+        } else {
+            vec![Isa::best_supported()]
+        };
+        for isa in isas {
+            combos += 1;
+            let backend = kind.create(&weights, &BackendOptions { isa }).unwrap();
+            let mut got = Capture::default();
+            let logits = backend.forward(batch.view(), &mut got).unwrap();
+            let names: Vec<_> = got.0.iter().map(|(n, _)| n.as_str()).collect();
+            let want_names: Vec<_> = want.0.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, want_names, "{kind}/{isa}: trace points");
+            for ((name, g), (_, w)) in got.0.iter().zip(&want.0) {
+                let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let tol = 1e-4 * scale + 1e-5;
+                let err = g
+                    .iter()
+                    .zip(w)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    err <= tol,
+                    "{what} {kind}/{isa} at {name}: max error {err:e} > {tol:e}"
+                );
+            }
+            for i in 0..batch.dim().0 {
+                let (g, w) = (logits.row(i).to_vec(), want_logits.row(i).to_vec());
+                let (max, _, _) = common::diff_stats(&g, &w);
+                assert!(
+                    max <= 1e-3,
+                    "{what} {kind}/{isa} image {i}: logits differ by {max:e}"
+                );
+                assert_eq!(
+                    top_k_indices(&g, 5),
+                    top_k_indices(&w, 5),
+                    "{what} {kind}/{isa} image {i}: top-5"
+                );
+            }
+            println!("{what}: {kind}/{isa} agrees with reference");
+        }
+    }
+    assert!(combos >= 2);
+}
+
+#[test]
+fn backends_agree_on_photos() {
+    compare_all(&photo_batch(), "photos");
+}
+
+#[test]
+fn backends_agree_on_random_inputs_of_other_shapes() {
+    // Batch 2 at an odd size (layer4 is then 3x4 per image) and batch 1 at 224.
+    compare_all(&random_batch(2, 67, 100, 5), "random 2x3x67x100");
+    compare_all(&random_batch(1, 224, 224, 9), "random 1x3x224x224");
+}
+
+#[test]
+fn native_reuses_buffers_and_is_deterministic() {
+    let weights = synthetic_weights(0);
+    let backend = BackendKind::Native
+        .create(&weights, &BackendOptions::default())
+        .unwrap();
+    let x = random_batch(1, 224, 224, 3);
+    let a = backend
+        .forward(x.view(), &mut resnet_core::backend::NoObserver)
+        .unwrap();
+    let b = backend
+        .forward(x.view(), &mut resnet_core::backend::NoObserver)
+        .unwrap();
+    assert_eq!(a, b);
+}
