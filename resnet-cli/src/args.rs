@@ -29,6 +29,9 @@ pub enum Command {
     /// Create, convert and describe weights files.
     #[command(subcommand)]
     Weights(WeightsCommand),
+    /// Time the backends side by side: median and p90 latency, images/s, GFLOP/s, % of peak.
+    #[command(after_help = "Example:\n  resnet bench --backend gemm,native --batch 1,8 --iters 20\n  resnet bench --backend all --format json")]
+    Bench(BenchArgs),
     /// Show the layer table, the totals, the CPU features and the backends.
     #[command(after_help = "Example:\n  resnet inspect")]
     Inspect(InspectArgs),
@@ -127,4 +130,26 @@ pub struct InspectArgs {
     /// Also check and describe this weights file.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Weights (default: $RESNET_WEIGHTS, else synthetic weights, which time the same).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Backends to time, comma-separated, or `all`.
+    #[arg(long, value_delimiter = ',', default_value = "gemm,native")]
+    pub backend: Vec<String>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batch: Vec<usize>,
+    /// Timed runs per backend and batch (after 2 warm-up runs; the reference backend does 3).
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Kernel ISA for `native` (default: $RESNET_ISA, else the best this CPU supports).
+    #[arg(long)]
+    pub isa: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod bench;
 mod classify;
 mod inspect;
 mod weights_cmd;
@@ -35,6 +36,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Preprocess(a) => classify::preprocess(a),
         args::Command::Weights(w) => weights_cmd::run(w),
         args::Command::Inspect(a) => inspect::run(a),
+        args::Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -37,3 +37,9 @@ pub mod weights;
 
 pub use error::{Error, ImageProblem, Result};
 pub use resnet_kernels::cpu;
+
+/// The machine's measured FMA peak in GFLOP/s on the current thread pool (see
+/// `resnet_kernels::peak`).
+pub fn kernels_peak_gflops(isa: cpu::Isa) -> f64 {
+    resnet_kernels::peak::measure_peak_gflops(isa)
+}

@@ -6,6 +6,7 @@
 //!
 //! - [`cpu`]: CPU feature detection (once per process) and the [`cpu::Isa`] levels, with the
 //!   `RESNET_ISA` override.
+//! - [`peak`]: the measured FMA peak, for "percent of peak" figures.
 //! - [`pool`]: max-pool 3x3/2 and global average pool, NHWC and NCHW.
 //! - [`library_gemm`]: `matrixmultiply` behind a safe interface, and NCHW im2col (the baseline).
 //! - [`gemm`]: packed SGEMM with per-ISA micro-kernels and a fused epilogue; implicit im2col.
@@ -15,3 +16,4 @@ pub mod cpu;
 pub mod gemm;
 pub mod library_gemm;
 pub mod pool;
+pub mod peak;

@@ -1,0 +1,134 @@
+//! `resnet bench`: every backend timed side by side in one run, on the same weights and input.
+
+use crate::args::{BenchArgs, Format};
+use anyhow::bail;
+use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
+use resnet_core::backend::{BackendKind, BackendOptions, NoObserver};
+use resnet_core::cpu::Isa;
+use resnet_core::weights::{synthetic_weights, Weights};
+use serde::Serialize;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Serialize)]
+struct Row {
+    backend: String,
+    kernel: String,
+    batch: usize,
+    threads: usize,
+    runs: usize,
+    median_ms: f64,
+    p90_ms: f64,
+    images_per_s: f64,
+    gflops: f64,
+    percent_of_peak: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    weights: String,
+    synthetic_weights: bool,
+    isa: String,
+    threads: usize,
+    peak_gflops: f64,
+    peak_method: &'static str,
+    rows: Vec<Row>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let isa = match &args.isa {
+        Some(s) => {
+            let isa: Isa = s.parse()?;
+            if !isa.is_supported() {
+                bail!("--isa {isa}: not supported by this CPU");
+            }
+            isa
+        }
+        None => Isa::from_env_or_best()?,
+    };
+    let kinds: Vec<BackendKind> = if args.backend.iter().any(|b| b == "all") {
+        BackendKind::ALL.to_vec()
+    } else {
+        args.backend.iter().map(|b| b.parse()).collect::<Result<_, _>>()?
+    };
+    if args.batch.contains(&0) || args.iters == 0 {
+        bail!("--batch sizes and --iters must be at least 1");
+    }
+    let weights = match args.weights.clone().or_else(|| std::env::var_os("RESNET_WEIGHTS").map(Into::into)) {
+        Some(p) => Weights::load(&p)?,
+        None => {
+            eprintln!("note: no weights given: timing synthetic weights (seed 0); speed does not depend on the values");
+            synthetic_weights(0)
+        }
+    };
+    let threads = rayon::current_num_threads();
+    let peak = resnet_core::kernels_peak_gflops(isa);
+    let macs: usize = ResNet18Arch::new().layer_table(INPUT_SIZE, INPUT_SIZE).iter().map(|r| r.macs).sum();
+    let mut rows = Vec::new();
+    for kind in &kinds {
+        let backend = kind.create(&weights, &BackendOptions { isa })?;
+        for &batch in &args.batch {
+            let input = ndarray::Array4::<f32>::from_shape_fn((batch, 3, INPUT_SIZE, INPUT_SIZE), |(n, c, h, w)| {
+                ((n * 7 + c * 13 + h * 3 + w) % 17) as f32 / 8.0 - 1.0
+            });
+            let runs = if *kind == BackendKind::Reference { args.iters.min(3) } else { args.iters };
+            for _ in 0..2.min(runs) {
+                backend.forward(input.view(), &mut NoObserver)?;
+            }
+            let mut times: Vec<f64> = (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    backend.forward(input.view(), &mut NoObserver).map(|_| t.elapsed().as_secs_f64() * 1e3)
+                })
+                .collect::<Result<_, _>>()?;
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            let p90 = times[((times.len() as f64 * 0.9).ceil() as usize).clamp(1, times.len()) - 1];
+            let gflops = 2.0 * macs as f64 * batch as f64 / (median / 1e3) / 1e9;
+            rows.push(Row {
+                backend: kind.name().into(),
+                kernel: backend.describe(),
+                batch,
+                threads,
+                runs,
+                median_ms: median,
+                p90_ms: p90,
+                images_per_s: batch as f64 / (median / 1e3),
+                gflops,
+                percent_of_peak: 100.0 * gflops / peak,
+            });
+        }
+    }
+    let report = Report {
+        weights: weights.source().to_string(),
+        synthetic_weights: weights.is_synthetic(),
+        isa: isa.to_string(),
+        threads,
+        peak_gflops: peak,
+        peak_method: "independent FMA chains on every thread at once, best of 3 (resnet_kernels::peak)",
+        rows,
+    };
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => {
+            println!(
+                "threads {threads}, isa {isa}, measured FMA peak {peak:.0} GFLOP/s, {:.3} GMACs per image{}",
+                macs as f64 / 1e9,
+                if report.synthetic_weights { ", synthetic weights" } else { "" }
+            );
+            println!("{:<10} {:>5} {:>10} {:>10} {:>9} {:>9} {:>7}", "backend", "batch", "median ms", "p90 ms", "images/s", "GFLOP/s", "% peak");
+            for r in &report.rows {
+                println!(
+                    "{:<10} {:>5} {:>10.2} {:>10.2} {:>9.1} {:>9.1} {:>6.1}%",
+                    r.backend, r.batch, r.median_ms, r.p90_ms, r.images_per_s, r.gflops, r.percent_of_peak
+                );
+            }
+            for kind in &kinds {
+                if let Some(r) = report.rows.iter().find(|r| r.backend == kind.name()) {
+                    println!("{}: {}", r.backend, r.kernel);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
