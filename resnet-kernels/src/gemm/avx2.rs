@@ -54,12 +54,12 @@ unsafe fn kernel<const R: usize>(
     let mut acc0 = [_mm256_setzero_ps(); R];
     let mut acc1 = [_mm256_setzero_ps(); R];
     for k in 0..kc {
-        // SAFETY: k < kc, so b + k*NR + 16 and a + k*MR + R stay inside the panels.
+        // SAFETY: k < kc and i < R <= MR, so a + i*kc + k and b + k*NR + 16 and a + k*MR + R stay inside the panels.
         unsafe {
             let b0 = _mm256_loadu_ps(b.add(k * NR));
             let b1 = _mm256_loadu_ps(b.add(k * NR + 8));
             for i in 0..R {
-                let a_ik = _mm256_broadcast_ss(&*a.add(k * MR + i));
+                let a_ik = _mm256_broadcast_ss(&*a.add(i * kc + k));
                 acc0[i] = _mm256_fmadd_ps(a_ik, b0, acc0[i]);
                 acc1[i] = _mm256_fmadd_ps(a_ik, b1, acc1[i]);
             }

@@ -33,25 +33,21 @@ impl ASource<'_> {
         }
     }
 
-    /// Packs rows `m0..m0+rows` x columns `k0..k0+kc` into MR-row micro-panels, k-major
-    /// (`out[panel][k][i]`); rows past the end of the last panel are zero.
+    /// Copies rows `m0..m0+rows` x columns `k0..k0+kc` into `out`, row-major with row stride
+    /// `kc` (the micro-kernels broadcast A values straight from these rows). For a convolution
+    /// this is the im2col of the block, built from contiguous channel runs; rows up to the next
+    /// multiple of MR are zero.
     fn pack(&self, m0: usize, rows: usize, k0: usize, kc: usize, mr: usize, out: &mut Vec<f32>) {
-        let panels = rows.div_ceil(mr);
         out.clear();
-        out.resize(panels * kc * mr, 0.0);
-        let mut row_buf = [0.0f32; blocking::KC];
-        for r in 0..rows {
-            let src: &[f32] = match self {
-                ASource::Matrix { data, lda, .. } => &data[(m0 + r) * lda + k0..][..kc],
-                ASource::Conv { input, geometry } => {
-                    geometry.im2col_row_segment(input, m0 + r, k0, &mut row_buf[..kc]);
-                    &row_buf[..kc]
+        out.resize(rows.div_ceil(mr) * mr * kc, 0.0);
+        for (r, dst) in out.chunks_exact_mut(kc).take(rows).enumerate() {
+            match self {
+                ASource::Matrix { data, lda, .. } => {
+                    dst.copy_from_slice(&data[(m0 + r) * lda + k0..][..kc])
                 }
-            };
-            let panel = &mut out[(r / mr) * kc * mr..][..kc * mr];
-            let i = r % mr;
-            for (k, &v) in src.iter().enumerate() {
-                panel[k * mr + i] = v;
+                ASource::Conv { input, geometry } => {
+                    geometry.im2col_row_segment(input, m0 + r, k0, dst)
+                }
             }
         }
     }

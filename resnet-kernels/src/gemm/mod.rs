@@ -194,7 +194,7 @@ pub(crate) trait MicroKernel: Sync {
     ///
     /// # Safety
     /// - the CPU supports the kernel's ISA;
-    /// - `a` holds `kc * MR` floats (k-major), `b` holds `kc * NR` floats (k-major);
+    /// - `a` holds MR rows of `kc` floats (row-major, stride kc), `b` holds `kc * NR` floats (k-major);
     /// - `c` addresses `rows` rows of `NR` writable floats with row stride `ldc`;
     /// - the epilogue's `bias` holds NR floats and `residual`, if not null, `rows` rows of NR
     ///   floats with stride `ldr`.

@@ -34,7 +34,7 @@ impl MicroKernel for ScalarKernel {
         for k in 0..kc {
             let b_row = &b[k * NR..][..NR];
             for (i, acc_row) in acc.iter_mut().enumerate() {
-                let a_ik = a[k * MR + i];
+                let a_ik = a[i * kc + k];
                 for (acc_ij, &b_kj) in acc_row.iter_mut().zip(b_row) {
                     *acc_ij += a_ik * b_kj;
                 }
