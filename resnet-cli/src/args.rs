@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub struct Cli {
     /// Worker threads for inference (default: the CPUs this process may use).
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<usize>,
+    pub threads: Option<u16>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -30,7 +30,9 @@ pub enum Command {
     #[command(subcommand)]
     Weights(WeightsCommand),
     /// Time the backends side by side: median and p90 latency, images/s, GFLOP/s, % of peak.
-    #[command(after_help = "Example:\n  resnet bench --backend gemm,native --batch 1,8 --iters 20\n  resnet bench --backend all --format json")]
+    #[command(
+        after_help = "Example:\n  resnet bench --backend gemm,native --batch 1,8 --iters 20\n  resnet bench --backend all --format json"
+    )]
     Bench(BenchArgs),
     /// Show the layer table, the totals, the CPU features and the backends.
     #[command(after_help = "Example:\n  resnet inspect")]
@@ -43,8 +45,9 @@ pub struct ModelArgs {
     /// Weights file (safetensors with torchvision key names). Default: $RESNET_WEIGHTS.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// Backend that computes the network.
-    #[arg(long, default_value = "reference", value_name = "NAME")]
+    /// Backend that computes the network: native (fastest), gemm (library baseline) or
+    /// reference (textbook loops, slow).
+    #[arg(long, default_value = "native", value_name = "NAME")]
     pub backend: String,
     /// Class names: a JSON array or one name per line, exactly 1000 (default: built-in ImageNet).
     #[arg(long, value_name = "FILE")]

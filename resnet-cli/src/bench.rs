@@ -49,12 +49,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let kinds: Vec<BackendKind> = if args.backend.iter().any(|b| b == "all") {
         BackendKind::ALL.to_vec()
     } else {
-        args.backend.iter().map(|b| b.parse()).collect::<Result<_, _>>()?
+        args.backend
+            .iter()
+            .map(|b| b.parse())
+            .collect::<Result<_, _>>()?
     };
     if args.batch.contains(&0) || args.iters == 0 {
         bail!("--batch sizes and --iters must be at least 1");
     }
-    let weights = match args.weights.clone().or_else(|| std::env::var_os("RESNET_WEIGHTS").map(Into::into)) {
+    let weights = match args
+        .weights
+        .clone()
+        .or_else(|| std::env::var_os("RESNET_WEIGHTS").map(Into::into))
+    {
         Some(p) => Weights::load(&p)?,
         None => {
             eprintln!("note: no weights given: timing synthetic weights (seed 0); speed does not depend on the values");
@@ -63,22 +70,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let threads = rayon::current_num_threads();
     let peak = resnet_core::kernels_peak_gflops(isa);
-    let macs: usize = ResNet18Arch::new().layer_table(INPUT_SIZE, INPUT_SIZE).iter().map(|r| r.macs).sum();
+    let macs: usize = ResNet18Arch::new()
+        .layer_table(INPUT_SIZE, INPUT_SIZE)
+        .iter()
+        .map(|r| r.macs)
+        .sum();
     let mut rows = Vec::new();
     for kind in &kinds {
         let backend = kind.create(&weights, &BackendOptions { isa })?;
         for &batch in &args.batch {
-            let input = ndarray::Array4::<f32>::from_shape_fn((batch, 3, INPUT_SIZE, INPUT_SIZE), |(n, c, h, w)| {
-                ((n * 7 + c * 13 + h * 3 + w) % 17) as f32 / 8.0 - 1.0
-            });
-            let runs = if *kind == BackendKind::Reference { args.iters.min(3) } else { args.iters };
+            let input = ndarray::Array4::<f32>::from_shape_fn(
+                (batch, 3, INPUT_SIZE, INPUT_SIZE),
+                |(n, c, h, w)| ((n * 7 + c * 13 + h * 3 + w) % 17) as f32 / 8.0 - 1.0,
+            );
+            let runs = if *kind == BackendKind::Reference {
+                args.iters.min(3)
+            } else {
+                args.iters
+            };
             for _ in 0..2.min(runs) {
                 backend.forward(input.view(), &mut NoObserver)?;
             }
             let mut times: Vec<f64> = (0..runs)
                 .map(|_| {
                     let t = Instant::now();
-                    backend.forward(input.view(), &mut NoObserver).map(|_| t.elapsed().as_secs_f64() * 1e3)
+                    backend
+                        .forward(input.view(), &mut NoObserver)
+                        .map(|_| t.elapsed().as_secs_f64() * 1e3)
                 })
                 .collect::<Result<_, _>>()?;
             times.sort_by(f64::total_cmp);
@@ -105,7 +123,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         isa: isa.to_string(),
         threads,
         peak_gflops: peak,
-        peak_method: "independent FMA chains on every thread at once, best of 3 (resnet_kernels::peak)",
+        peak_method:
+            "independent FMA chains on every thread at once, best of 3 (resnet_kernels::peak)",
         rows,
     };
     match args.format {
@@ -116,11 +135,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 macs as f64 / 1e9,
                 if report.synthetic_weights { ", synthetic weights" } else { "" }
             );
-            println!("{:<10} {:>5} {:>10} {:>10} {:>9} {:>9} {:>7}", "backend", "batch", "median ms", "p90 ms", "images/s", "GFLOP/s", "% peak");
+            println!(
+                "{:<10} {:>5} {:>10} {:>10} {:>9} {:>9} {:>7}",
+                "backend", "batch", "median ms", "p90 ms", "images/s", "GFLOP/s", "% peak"
+            );
             for r in &report.rows {
                 println!(
                     "{:<10} {:>5} {:>10.2} {:>10.2} {:>9.1} {:>9.1} {:>6.1}%",
-                    r.backend, r.batch, r.median_ms, r.p90_ms, r.images_per_s, r.gflops, r.percent_of_peak
+                    r.backend,
+                    r.batch,
+                    r.median_ms,
+                    r.p90_ms,
+                    r.images_per_s,
+                    r.gflops,
+                    r.percent_of_peak
                 );
             }
             for kind in &kinds {

@@ -54,8 +54,9 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             .map(|i| i.to_string())
             .unwrap_or_else(|e| e.to_string())
     )?;
+    let isa = Isa::from_env_or_best().unwrap_or(Isa::Portable);
     for kind in BackendKind::ALL {
-        writeln!(out, "backend {kind}")?;
+        writeln!(out, "backend {:<10} {}", kind.name(), kind.describe(isa))?;
     }
     if let Some(path) = args.weights {
         let w = Weights::load(&path)?;

@@ -310,3 +310,61 @@ fn inspect_prints_totals() {
     );
     assert!(text.contains("layer2.0.downsample.0"));
 }
+
+#[test]
+fn threads_flag_and_native_backend_agree_with_reference() {
+    let img = image("dogs_lossless.webp");
+    let mut logits = Vec::new();
+    for backend in ["reference", "native", "gemm"] {
+        let out = resnet(&[
+            &"--threads",
+            &"1",
+            &"classify",
+            &"--backend",
+            &backend,
+            &"--weights",
+            &synth(),
+            &"--format",
+            &"json",
+            &"--logits",
+            &img,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        logits.push(v[0]["logits"].as_array().unwrap().clone());
+    }
+    // Tolerance as in resnet-core/tests/backends_agree.rs: 1e-3 absolute on logits.
+    assert!(max_abs_diff(&logits[0], &logits[1]) <= 1e-3);
+    assert!(max_abs_diff(&logits[0], &logits[2]) <= 1e-3);
+    let out = resnet(&[&"--threads", &"0", &"inspect"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bench_reports_every_backend_as_json() {
+    let out = resnet(&[
+        &"--threads",
+        &"2",
+        &"bench",
+        &"--weights",
+        &synth(),
+        &"--backend",
+        &"gemm,native",
+        &"--batch",
+        &"1",
+        &"--iters",
+        &"1",
+        &"--format",
+        &"json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert!(r["median_ms"].as_f64().unwrap() > 0.0);
+        assert!(r["gflops"].as_f64().unwrap() > 0.0);
+    }
+    assert!(v["peak_gflops"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["synthetic_weights"], true);
+}

@@ -15,5 +15,5 @@
 pub mod cpu;
 pub mod gemm;
 pub mod library_gemm;
-pub mod pool;
 pub mod peak;
+pub mod pool;

@@ -76,6 +76,18 @@ mod x86 {
             }
         };
     }
-    fma_loop!(fma_avx512, "avx512f", __m512, _mm512_set1_ps, _mm512_fmadd_ps);
-    fma_loop!(fma_avx2, "avx2,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps);
+    fma_loop!(
+        fma_avx512,
+        "avx512f",
+        __m512,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps
+    );
+    fma_loop!(
+        fma_avx2,
+        "avx2,fma",
+        __m256,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps
+    );
 }

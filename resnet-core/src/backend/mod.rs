@@ -142,6 +142,18 @@ impl BackendKind {
         }
     }
 
+    /// How this backend computes on `isa`, without building it (for `resnet inspect`).
+    pub fn describe(self, isa: Isa) -> String {
+        match self {
+            BackendKind::Reference => "direct convolution loops, f64 accumulation, no SIMD (quality: reference)".into(),
+            BackendKind::Gemm => "NCHW im2col + matrixmultiply::sgemm, unfused passes (quality: library)".into(),
+            BackendKind::Native => format!(
+                "packed GEMM kernel {}, NHWC, implicit im2col, fused epilogue (quality: intrinsics)",
+                resnet_kernels::gemm::kernel_name(isa)
+            ),
+        }
+    }
+
     /// Builds the backend for these weights.
     pub fn create(self, weights: &Weights, options: &BackendOptions) -> Result<Box<dyn Backend>> {
         if !options.isa.is_supported() {

@@ -146,8 +146,15 @@ impl NativeBackend {
         let (n, c_in, mut h, mut w) = batch.dim();
         // NCHW -> NHWC.
         ws.x.resize(n * h * w * c_in, 0.0);
-        for ((b, ch, y, x), v) in batch.indexed_iter() {
-            ws.x[((b * h + y) * w + x) * c_in + ch] = *v;
+        let input = batch.as_standard_layout();
+        let input = input.as_slice().expect("standard layout");
+        for (b, image) in input.chunks_exact(c_in * h * w).enumerate() {
+            let out = &mut ws.x[b * h * w * c_in..][..h * w * c_in];
+            for (ch, plane) in image.chunks_exact(h * w).enumerate() {
+                for (p, &v) in plane.iter().enumerate() {
+                    out[p * c_in + ch] = v;
+                }
+            }
         }
         let report =
             |trace: &mut Reporter<'_>, name: &str, data: &[f32], h: usize, w: usize, c: usize| {

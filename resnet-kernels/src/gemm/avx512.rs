@@ -60,7 +60,7 @@ unsafe fn kernel<const R: usize>(
     let mut acc0 = [_mm512_setzero_ps(); R];
     let mut acc1 = [_mm512_setzero_ps(); R];
     for k in 0..kc {
-        // SAFETY: k < kc and i < R <= MR, so a + i*kc + k and b + k*NR + 32 and a + k*MR + R stay inside the panels.
+        // SAFETY: k < kc and i < R <= MR: a + i*kc + k and b + k*NR .. b + k*NR + NR stay inside the panels.
         unsafe {
             let b0 = _mm512_loadu_ps(b.add(k * NR));
             let b1 = _mm512_loadu_ps(b.add(k * NR + 16));

@@ -62,17 +62,24 @@ impl ConvGeometry {
         while k < end {
             let window = k / c_n;
             let c0 = k % c_n;
-            let len = (c_n - c0).min(end - k);
-            let ih = (oh * self.stride + window / self.kernel) as isize - self.pad as isize;
-            let iw = (ow * self.stride + window % self.kernel) as isize - self.pad as isize;
-            let out = &mut dst[k - k0..k - k0 + len];
-            if ih >= 0 && iw >= 0 && (ih as usize) < self.in_h && (iw as usize) < self.in_w {
+            let (kh, kw) = (window / self.kernel, window % self.kernel);
+            let ih = (oh * self.stride + kh) as isize - self.pad as isize;
+            let iw = (ow * self.stride + kw) as isize - self.pad as isize;
+            let row_inside = ih >= 0 && (ih as usize) < self.in_h;
+            if row_inside && iw >= 0 && (iw as usize) < self.in_w {
+                // Along a kernel row the window's pixels are neighbours in NHWC memory: copy
+                // every in-bounds kw of this kernel row in one run (21 floats for the 7x7x3
+                // stem instead of seven runs of 3).
+                let kw_inside = (self.kernel - kw).min(self.in_w - iw as usize);
+                let len = (kw_inside * c_n - c0).min(end - k);
                 let at = ((n * self.in_h + ih as usize) * self.in_w + iw as usize) * c_n + c0;
-                out.copy_from_slice(&input[at..at + len]);
+                dst[k - k0..k - k0 + len].copy_from_slice(&input[at..at + len]);
+                k += len;
             } else {
-                out.fill(0.0);
+                let len = (c_n - c0).min(end - k);
+                dst[k - k0..k - k0 + len].fill(0.0);
+                k += len;
             }
-            k += len;
         }
     }
 }

@@ -187,6 +187,11 @@ fn implicit_im2col_matches_explicit() {
         let n = 40;
         let b = values(g.k() * n, 12);
         let explicit = im2col_nhwc(&input, &g);
+        assert_eq!(
+            explicit,
+            naive_im2col(&input, &g),
+            "{g:?}: im2col vs its definition"
+        );
         for isa in Isa::supported() {
             let packed = PackedB::new(&b, g.k(), n, isa);
             let mut via_matrix = vec![f32::NAN; g.m() * n];
@@ -249,4 +254,36 @@ fn no_supported_isa_is_skipped() {
         assert!(tested.contains(&Isa::Avx2));
     }
     assert!(tested.contains(&Isa::Portable));
+}
+
+/// im2col straight from its definition, one element at a time: row (n, oh, ow), column
+/// (kh, kw, c) holds input[n, oh·s + kh − pad, ow·s + kw − pad, c], or 0 outside the image.
+fn naive_im2col(input: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (oh_n, ow_n) = (g.out_h(), g.out_w());
+    let mut out = Vec::with_capacity(g.m() * g.k());
+    for n in 0..g.batch {
+        for oh in 0..oh_n {
+            for ow in 0..ow_n {
+                for kh in 0..g.kernel {
+                    for kw in 0..g.kernel {
+                        for c in 0..g.in_c {
+                            let ih = (oh * g.stride + kh) as isize - g.pad as isize;
+                            let iw = (ow * g.stride + kw) as isize - g.pad as isize;
+                            let inside = ih >= 0
+                                && iw >= 0
+                                && (ih as usize) < g.in_h
+                                && (iw as usize) < g.in_w;
+                            out.push(if inside {
+                                input[((n * g.in_h + ih as usize) * g.in_w + iw as usize) * g.in_c
+                                    + c]
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
