@@ -16,13 +16,11 @@
 //! The micro-kernel keeps its MR x NR tile of C in registers for the whole KC loop, then applies
 //! the [`Epilogue`] (bias per column, residual add, ReLU) on the last K block, before the store.
 
-#[cfg(target_arch = "x86_64")]
-mod avx2;
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 mod loops;
 mod pack;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 pub use loops::ASource;
 pub use pack::{im2col_nhwc, ConvGeometry};
@@ -59,9 +57,9 @@ pub fn kernel_name(isa: Isa) -> &'static str {
     match isa {
         Isa::Portable => scalar::ScalarKernel::NAME,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::Avx2FmaKernel::NAME,
+        Isa::Avx2 => simd::Avx2FmaKernel::NAME,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::Avx512Kernel::NAME,
+        Isa::Avx512 => simd::Avx512Kernel::NAME,
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::ScalarKernel::NAME,
     }
@@ -71,9 +69,9 @@ fn nr_for(isa: Isa) -> usize {
     match isa {
         Isa::Portable => scalar::ScalarKernel::NR,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::Avx2FmaKernel::NR,
+        Isa::Avx2 => simd::Avx2FmaKernel::NR,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::Avx512Kernel::NR,
+        Isa::Avx512 => simd::Avx512Kernel::NR,
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::ScalarKernel::NR,
     }
@@ -138,9 +136,9 @@ pub fn sgemm_packed(a: &ASource<'_>, b: &PackedB, c: &mut [f32], ldc: usize, epi
     match b.isa {
         Isa::Portable => loops::gemm::<scalar::ScalarKernel>(a, b, c, ldc, epi),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => loops::gemm::<avx2::Avx2FmaKernel>(a, b, c, ldc, epi),
+        Isa::Avx2 => loops::gemm::<simd::Avx2FmaKernel>(a, b, c, ldc, epi),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => loops::gemm::<avx512::Avx512Kernel>(a, b, c, ldc, epi),
+        Isa::Avx512 => loops::gemm::<simd::Avx512Kernel>(a, b, c, ldc, epi),
         #[cfg(not(target_arch = "x86_64"))]
         _ => loops::gemm::<scalar::ScalarKernel>(a, b, c, ldc, epi),
     }
