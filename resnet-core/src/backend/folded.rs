@@ -10,7 +10,7 @@ pub(crate) struct FoldedLayer {
 }
 
 impl FoldedLayer {
-    fn new(weights: &Weights, spec: &ConvBn) -> FoldedLayer {
+    pub fn new(weights: &Weights, spec: &ConvBn) -> FoldedLayer {
         let w = weights.tensor(&format!("{}.weight", spec.conv));
         FoldedLayer {
             spec: spec.clone(),

@@ -10,8 +10,9 @@
 //! - **Buffers reused**: each forward takes a workspace from a pool and gives it back; in steady
 //!   state no layer allocates.
 
-use super::folded::{nhwc_to_nchw, FoldedLayer, FoldedResNet18};
+use super::folded::{nhwc_to_nchw, FoldedLayer};
 use super::{check_batch_shape, Backend, LayerObserver, Reporter};
+use crate::arch::ResNet18Arch;
 use crate::error::Result;
 use ndarray::{Array2, ArrayView4};
 use resnet_kernels::cpu::Isa;
@@ -105,32 +106,37 @@ pub struct NativeBackend {
 }
 
 impl NativeBackend {
-    /// Folds BatchNorm and packs every weight matrix for `isa`'s micro-kernel.
+    /// Folds BatchNorm and packs every weight matrix for `isa`'s micro-kernel, one layer at a
+    /// time, so that only one folded copy of a layer exists beside the packed ones (this keeps
+    /// the peak memory of a start at about weights + packed weights).
     pub fn new(weights: &crate::weights::Weights, isa: Isa) -> NativeBackend {
-        let m = FoldedResNet18::new(weights);
-        let classes = m.fc_bias.len();
-        let features = m.fc_weight.len() / classes;
-        let mut fc_t = vec![0.0; m.fc_weight.len()];
+        let arch = ResNet18Arch::new();
+        let pack = |spec| PackedLayer::new(&FoldedLayer::new(weights, spec), isa);
+        let fc_w = &weights.tensor("fc.weight").data;
+        let fc_bias = weights.tensor("fc.bias").data.clone();
+        let classes = fc_bias.len();
+        let features = fc_w.len() / classes;
+        let mut fc_t = vec![0.0; fc_w.len()];
         for k in 0..classes {
             for f in 0..features {
-                fc_t[f * classes + k] = m.fc_weight[k * features + f];
+                fc_t[f * classes + k] = fc_w[k * features + f];
             }
         }
         NativeBackend {
             isa,
-            stem: PackedLayer::new(&m.stem, isa),
-            blocks: m
+            stem: pack(&arch.stem),
+            blocks: arch
                 .blocks
                 .iter()
                 .map(|b| PackedBlock {
                     name: b.name.clone(),
-                    conv1: PackedLayer::new(&b.conv1, isa),
-                    conv2: PackedLayer::new(&b.conv2, isa),
-                    downsample: b.downsample.as_ref().map(|d| PackedLayer::new(d, isa)),
+                    conv1: pack(&b.conv1),
+                    conv2: pack(&b.conv2),
+                    downsample: b.downsample.as_ref().map(pack),
                 })
                 .collect(),
             fc: PackedB::new(&fc_t, features, classes, isa),
-            fc_bias: m.fc_bias,
+            fc_bias,
             workspaces: Mutex::new(Vec::new()),
         }
     }
