@@ -49,8 +49,8 @@ pub(crate) struct FoldedBlock {
 pub(crate) struct FoldedResNet18 {
     pub stem: FoldedLayer,
     pub blocks: Vec<FoldedBlock>,
-    /// `[1000, 512]`.
-    pub fc_weight: Vec<f32>,
+    /// The classifier weights transposed, `[512, 1000]`: the `K x N` GEMM operand.
+    pub fc_weight_t: Vec<f32>,
     /// `[1000]`.
     pub fc_bias: Vec<f32>,
 }
@@ -70,10 +70,23 @@ impl FoldedResNet18 {
                     downsample: b.downsample.as_ref().map(|d| FoldedLayer::new(weights, d)),
                 })
                 .collect(),
-            fc_weight: weights.tensor("fc.weight").data.clone(),
+            fc_weight_t: fc_weight_transposed(weights),
             fc_bias: weights.tensor("fc.bias").data.clone(),
         }
     }
+}
+
+/// torchvision's `fc.weight` `[classes, features]` transposed to `[features, classes]`.
+pub(crate) fn fc_weight_transposed(weights: &Weights) -> Vec<f32> {
+    let w = weights.tensor("fc.weight");
+    let (classes, features) = (w.shape[0], w.shape[1]);
+    let mut t = vec![0.0; w.data.len()];
+    for k in 0..classes {
+        for f in 0..features {
+            t[f * classes + k] = w.data[k * features + f];
+        }
+    }
+    t
 }
 
 /// `[N, H, W, C]` -> `[N, C, H, W]`, for trace events.

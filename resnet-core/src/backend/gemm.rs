@@ -116,19 +116,15 @@ impl Backend for GemmBackend {
             features.as_slice_mut().unwrap(),
         );
         trace.report("avgpool", features.view().into_dyn());
-        // fc: logits[N, 1000] = features[N, 512] · W^T, via W^T materialised once per call.
+        // fc: logits[N, 1000] = features[N, 512] · W^T (W^T prepared once, in `new`).
         let classes = m.fc_bias.len();
-        let wt = Array2::from_shape_vec((classes, c), m.fc_weight.clone())
-            .unwrap()
-            .reversed_axes();
-        let wt = wt.as_standard_layout();
         let mut logits = Array2::<f32>::zeros((n, classes));
         sgemm_library(
             n,
             classes,
             c,
             features.as_slice().unwrap(),
-            wt.as_slice().unwrap(),
+            &m.fc_weight_t,
             logits.as_slice_mut().unwrap(),
         );
         logits += &ndarray::aview1(&m.fc_bias);

@@ -95,15 +95,9 @@ impl<'o> Reporter<'o> {
 
     /// Reports trace point `name` whose output is `out` (NCHW or NF).
     pub(crate) fn report<'a>(&mut self, name: &'a str, out: ArrayViewD<'a, f32>) {
-        let elapsed = self.clock.elapsed();
+        let shape = out.shape().to_vec();
         let wants = self.observer.wants_outputs();
-        self.observer.on_layer(&LayerEvent {
-            name,
-            shape: out.shape().to_vec(),
-            elapsed,
-            output: wants.then_some(out),
-        });
-        self.clock = Instant::now();
+        self.report_shape(name, &shape, wants.then_some(out));
     }
 }
 

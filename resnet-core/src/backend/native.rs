@@ -10,7 +10,7 @@
 //! - **Buffers reused**: each forward takes a workspace from a pool and gives it back; in steady
 //!   state no layer allocates.
 
-use super::folded::{nhwc_to_nchw, FoldedLayer};
+use super::folded::{fc_weight_transposed, nhwc_to_nchw, FoldedLayer};
 use super::{check_batch_shape, Backend, LayerObserver, Reporter};
 use crate::arch::ResNet18Arch;
 use crate::error::Result;
@@ -112,16 +112,10 @@ impl NativeBackend {
     pub fn new(weights: &crate::weights::Weights, isa: Isa) -> NativeBackend {
         let arch = ResNet18Arch::new();
         let pack = |spec| PackedLayer::new(&FoldedLayer::new(weights, spec), isa);
-        let fc_w = &weights.tensor("fc.weight").data;
         let fc_bias = weights.tensor("fc.bias").data.clone();
+        let fc_t = fc_weight_transposed(weights);
         let classes = fc_bias.len();
-        let features = fc_w.len() / classes;
-        let mut fc_t = vec![0.0; fc_w.len()];
-        for k in 0..classes {
-            for f in 0..features {
-                fc_t[f * classes + k] = fc_w[k * features + f];
-            }
-        }
+        let features = fc_t.len() / classes;
         NativeBackend {
             isa,
             stem: pack(&arch.stem),

@@ -94,7 +94,6 @@ pub(crate) fn gemm<K: MicroKernel>(
         ASource::Conv { input, geometry } => {
             assert_eq!(geometry.k(), b.k, "conv K differs from the packed weights");
             assert_eq!(input.len(), geometry.input_len(), "input size");
-            assert!(b.blocks.iter().all(|&(_, kc, _)| kc <= blocking::KC));
         }
     }
     if let Some(bias) = epi.bias {
