@@ -5,6 +5,7 @@
 //! can look tensors up by name without further checks.
 
 mod fold;
+mod pth;
 mod safetensors_io;
 mod synthetic;
 
@@ -77,17 +78,72 @@ pub struct Weights {
     metadata: BTreeMap<String, String>,
 }
 
-impl Weights {
-    /// Loads a weights file. Today: safetensors with torchvision key names.
-    pub fn load(path: &Path) -> Result<Weights> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "cannot read weights", e))?;
-        Weights::from_safetensors_bytes(&bytes, &path.display().to_string())
+/// The file formats weights can be read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsFormat {
+    /// safetensors (what `resnet` writes and caches).
+    Safetensors,
+    /// A PyTorch checkpoint written by `torch.save(state_dict)` (zip format).
+    Pth,
+}
+
+impl WeightsFormat {
+    /// Tells the format from the first bytes: a `.pth` is a zip archive (or, in the refused
+    /// legacy format, a bare pickle); anything else is treated as safetensors.
+    pub fn sniff(bytes: &[u8]) -> WeightsFormat {
+        if bytes.starts_with(b"PK") || bytes.starts_with(&[0x80, 0x02]) {
+            WeightsFormat::Pth
+        } else {
+            WeightsFormat::Safetensors
+        }
     }
 
-    /// Parses safetensors bytes; `source` names them in errors.
-    pub fn from_safetensors_bytes(bytes: &[u8], source: &str) -> Result<Weights> {
-        let (raw, metadata) = safetensors_io::read(bytes, source)?;
-        Weights::from_raw(raw, source, metadata)
+    /// The name users know it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightsFormat::Safetensors => "safetensors",
+            WeightsFormat::Pth => "PyTorch .pth (zip)",
+        }
+    }
+}
+
+/// A weights file as read, before it is checked against ResNet-18 (for `resnet weights info`).
+#[derive(Clone, Debug)]
+pub struct RawWeights {
+    /// The file's format.
+    pub format: WeightsFormat,
+    /// Every tensor, by key.
+    pub tensors: BTreeMap<String, RawTensor>,
+    /// The file's string metadata (safetensors only).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Reads every tensor of a weights file in either format; `source` names it in errors.
+pub fn read_raw(bytes: &[u8], source: &str) -> Result<RawWeights> {
+    let format = WeightsFormat::sniff(bytes);
+    let (tensors, metadata) = match format {
+        WeightsFormat::Pth => (pth::read(bytes, source)?, BTreeMap::new()),
+        WeightsFormat::Safetensors => safetensors_io::read(bytes, source)?,
+    };
+    Ok(RawWeights {
+        format,
+        tensors,
+        metadata,
+    })
+}
+
+impl Weights {
+    /// Loads a weights file: safetensors or a PyTorch `.pth` checkpoint (told apart by content),
+    /// with torchvision key names.
+    pub fn load(path: &Path) -> Result<Weights> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "cannot read weights", e))?;
+        Weights::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parses the bytes of a weights file in either format; `source` names them in errors.
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Weights> {
+        let raw = read_raw(bytes, source)?;
+        Weights::from_raw(raw.tensors, source, raw.metadata)
     }
 
     /// Validates raw tensors against torchvision's ResNet-18 state dict.

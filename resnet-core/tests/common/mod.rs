@@ -50,3 +50,66 @@ pub fn diff_stats(a: &[f32], b: &[f32]) -> (f32, f64, Option<usize>) {
     }
     (max, sum / a.len() as f64, first)
 }
+
+/// A `.pth` checkpoint laid out exactly as `torch.save(state_dict)` lays it out (zip archive
+/// `archive/data.pkl` + `archive/data/<n>`, protocol-2 pickle of an OrderedDict of
+/// `_rebuild_tensor_v2` calls), each tensor f32 with its own contiguous storage. Used to make
+/// full-size checkpoints from synthetic weights; the tiny fixtures in tests/data/pth are the
+/// ones real PyTorch wrote.
+pub fn torch_style_pth(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+    use std::io::Write;
+    fn unicode(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: usize) {
+        p.push(b'J');
+        p.extend_from_slice(&(v as i32).to_le_bytes());
+    }
+    fn int_tuple(p: &mut Vec<u8>, v: &[usize]) {
+        p.push(b'(');
+        for &x in v {
+            int(p, x);
+        }
+        p.push(b't');
+    }
+    let mut p = b"\x80\x02ccollections\nOrderedDict\nq\x00)R(".to_vec();
+    for (i, (key, shape, _)) in tensors.iter().enumerate() {
+        let numel: usize = shape.iter().product();
+        let mut stride = vec![1usize; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * shape[d + 1];
+        }
+        unicode(&mut p, key);
+        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        unicode(&mut p, "storage");
+        p.extend_from_slice(b"ctorch\nFloatStorage\n");
+        unicode(&mut p, &i.to_string());
+        unicode(&mut p, "cpu");
+        int(&mut p, numel);
+        p.extend_from_slice(b"tQ");
+        int(&mut p, 0);
+        int_tuple(&mut p, shape);
+        int_tuple(&mut p, &stride);
+        p.extend_from_slice(b"\x89h\x00)Rtq\x01R");
+    }
+    p.extend_from_slice(b"u.");
+
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", stored).unwrap();
+    zip.write_all(&p).unwrap();
+    zip.start_file("archive/byteorder", stored).unwrap();
+    zip.write_all(b"little").unwrap();
+    for (i, (_, _, values)) in tensors.iter().enumerate() {
+        zip.start_file(format!("archive/data/{i}"), stored).unwrap();
+        for v in values.iter() {
+            zip.write_all(&v.to_le_bytes()).unwrap();
+        }
+    }
+    zip.start_file("archive/version", stored).unwrap();
+    zip.write_all(b"3\n").unwrap();
+    zip.finish().unwrap().into_inner()
+}
