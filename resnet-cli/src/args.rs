@@ -42,9 +42,12 @@ pub enum Command {
 /// Where weights and labels come from.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Weights file (safetensors with torchvision key names). Default: $RESNET_WEIGHTS.
+    /// Weights file: safetensors or a PyTorch .pth state dict, with torchvision key names.
+    /// Default: $RESNET_WEIGHTS, else the cache, else download the official weights.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub download: DownloadArgs,
     /// Backend that computes the network: native (fastest), gemm (library baseline) or
     /// reference (textbook loops, slow).
     #[arg(long, default_value = "native", value_name = "NAME")]
@@ -52,6 +55,28 @@ pub struct ModelArgs {
     /// Class names: a JSON array or one name per line, exactly 1000 (default: built-in ImageNet).
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
+}
+
+/// How missing weights are downloaded.
+#[derive(Args, Debug, Clone)]
+pub struct DownloadArgs {
+    /// Download the weights from this URL instead of the official one (a mirror).
+    /// Default: $RESNET_WEIGHTS_URL, else the official URL in weights/manifest.json.
+    #[arg(long = "url", value_name = "URL")]
+    pub url: Option<String>,
+    /// Expected SHA-256 of the downloaded file (full digest or a prefix of at least 8 hex
+    /// digits). Default: $RESNET_WEIGHTS_SHA256, else the official file's.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Never use the network (also: RESNET_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Allow plain http to hosts other than loopback.
+    #[arg(long)]
+    pub allow_http: bool,
+    /// Connect and read timeout of the download, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub timeout_s: u64,
 }
 
 /// How images are decoded.
@@ -113,14 +138,52 @@ pub struct PreprocessArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum WeightsCommand {
-    /// Write seeded random weights with realistic statistics (untrained: for tests and benchmarks).
+    /// Download the official torchvision weights, verify their SHA-256 and cache them as
+    /// safetensors (in $RESNET_CACHE, else ~/.cache/resnet18-rs); prints the cached path.
+    #[command(
+        after_help = "Example:\n  resnet weights fetch\n  resnet weights fetch --url https://mirror.example/resnet18-f37072fd.pth"
+    )]
+    Fetch {
+        #[command(flatten)]
+        download: DownloadArgs,
+        /// Download again even if the cache has the file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Convert weights (a PyTorch .pth or safetensors) to safetensors, or to .pth when OUT ends
+    /// in .pth; the weights are checked to be a complete ResNet-18 first.
+    #[command(
+        after_help = "Example:\n  resnet weights convert resnet18-f37072fd.pth resnet18.safetensors --dtype f16"
+    )]
+    Convert {
+        /// Input weights file.
+        input: PathBuf,
+        /// Output file (.safetensors, or .pth).
+        out: PathBuf,
+        /// Storage dtype of the output.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+        dtype: String,
+    },
+    /// Describe a weights file: format, tensors, parameters, dtypes, SHA-256, whether it is the
+    /// official checkpoint, whether BatchNorm statistics are present, whether it is a valid
+    /// ResNet-18.
+    #[command(after_help = "Example:\n  resnet weights info resnet18-f37072fd.pth")]
+    Info {
+        /// The weights file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Write seeded random weights with realistic statistics (untrained: for tests and
+    /// benchmarks), as safetensors, or as a PyTorch .pth when OUT ends in .pth.
     #[command(after_help = "Example:\n  resnet weights synth --seed 0 --out synth.safetensors")]
     Synth {
         /// The seed: the same seed gives the same bytes on every machine.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Output file.
-        #[arg(long, value_name = "FILE.safetensors")]
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Storage dtype.
         #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]

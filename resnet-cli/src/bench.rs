@@ -57,14 +57,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.batch.contains(&0) || args.iters == 0 {
         bail!("--batch sizes and --iters must be at least 1");
     }
-    let weights = match args
-        .weights
-        .clone()
-        .or_else(|| std::env::var_os("RESNET_WEIGHTS").map(Into::into))
-    {
-        Some(p) => Weights::load(&p)?,
-        None => {
-            eprintln!("note: no weights given: timing synthetic weights (seed 0); speed does not depend on the values");
+    // Speed does not depend on the values, so bench never downloads: given or cached weights,
+    // else synthetic ones (and the report says which).
+    let offline = crate::weights_store::FetchOptions::new(None, None, true, false, 1)?;
+    let weights = match crate::weights_store::resolve(args.weights.as_deref(), &offline) {
+        Ok(p) => Weights::load(&p)?,
+        Err(_) => {
+            eprintln!("note: no weights given or cached: timing synthetic weights (seed 0); speed does not depend on the values");
             synthetic_weights(0)
         }
     };

@@ -12,7 +12,7 @@ use resnet_core::postprocess::{top_k, Prediction};
 use resnet_core::weights::Weights;
 use serde::Serialize;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// A backend ready to run, with the labels that name its outputs.
@@ -21,26 +21,11 @@ pub struct Model {
     pub labels: Labels,
 }
 
-/// Finds the weights file: `--weights`, else `$RESNET_WEIGHTS`.
-pub fn weights_path(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = arg {
-        return Ok(p.to_path_buf());
-    }
-    match std::env::var_os("RESNET_WEIGHTS") {
-        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-        _ => bail!(
-            "no weights given: pass --weights FILE.safetensors or set RESNET_WEIGHTS.\n\
-             The official torchvision weights (resnet18-f37072fd.pth, converted to safetensors) \
-             give real predictions; to try the tool without them, create synthetic \
-             (random, untrained) weights with:\n    resnet weights synth --seed 0 --out synth.safetensors"
-        ),
-    }
-}
-
 /// Loads weights and labels and builds the backend. Every failure here is a configuration error.
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
     let kind: BackendKind = args.backend.parse()?;
-    let path = weights_path(args.weights.as_deref())?;
+    let fetch = crate::weights_cmd::fetch_options(&args.download)?;
+    let path = crate::weights_store::resolve(args.weights.as_deref(), &fetch)?;
     let weights = Weights::load(&path)?;
     if weights.is_synthetic() {
         eprintln!(

@@ -6,6 +6,7 @@ mod bench;
 mod classify;
 mod inspect;
 mod weights_cmd;
+mod weights_store;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -5,7 +5,10 @@
 mod common;
 
 use resnet_core::arch::{ResNet18Arch, TensorRole};
-use resnet_core::weights::{read_raw, synthetic_weights, SourceDtype, Weights, WeightsFormat};
+use resnet_core::weights::pth::{self, PthEntry};
+use resnet_core::weights::{
+    read_raw, synthetic_weights, SourceDtype, StoreDtype, Weights, WeightsFormat,
+};
 use resnet_core::Error;
 use serde_json::Value;
 
@@ -118,27 +121,10 @@ fn flipped_bytes_never_panic() {
     }
 }
 
-fn synthetic_pth(weights: &Weights, skip: Option<&str>) -> Vec<u8> {
-    let arch = ResNet18Arch::new();
-    let expected: Vec<_> = arch
-        .expected_tensors()
-        .into_iter()
-        .filter(|t| t.role != TensorRole::Counter && Some(t.key.as_str()) != skip)
-        .collect();
-    let tensors: Vec<(&str, &[usize], &[f32])> = expected
-        .iter()
-        .map(|t| {
-            let w = weights.tensor(&t.key);
-            (t.key.as_str(), w.shape.as_slice(), w.data.as_slice())
-        })
-        .collect();
-    common::torch_style_pth(&tensors)
-}
-
 #[test]
 fn full_size_checkpoint_loads_identical_to_its_source() {
     let source = synthetic_weights(0);
-    let bytes = synthetic_pth(&source, None);
+    let bytes = source.to_pth_bytes(StoreDtype::F32);
     let loaded = Weights::from_bytes(&bytes, "synthetic.pth").unwrap();
     for t in ResNet18Arch::new().expected_tensors() {
         if t.role != TensorRole::Counter {
@@ -150,7 +136,20 @@ fn full_size_checkpoint_loads_identical_to_its_source() {
 
 #[test]
 fn full_size_checkpoint_missing_a_tensor_names_it() {
-    let bytes = synthetic_pth(&synthetic_weights(0), Some("layer3.1.bn2.running_var"));
+    let source = synthetic_weights(0);
+    let expected = ResNet18Arch::new().expected_tensors();
+    let entries: Vec<_> = expected
+        .iter()
+        .filter(|t| t.role != TensorRole::Counter && t.key != "layer3.1.bn2.running_var")
+        .map(|t| {
+            let w = source.tensor(&t.key);
+            (
+                t.key.as_str(),
+                PthEntry::Float(&w.shape, &w.data, StoreDtype::F32),
+            )
+        })
+        .collect();
+    let bytes = pth::write(&entries);
     let err = Weights::from_bytes(&bytes, "partial.pth").unwrap_err();
     assert!(
         err.to_string()
@@ -162,10 +161,47 @@ fn full_size_checkpoint_missing_a_tensor_names_it() {
 #[test]
 fn storage_shorter_than_its_tensor_is_an_error() {
     // Declare a 2x3 tensor but store 5 values.
-    let bytes = common::torch_style_pth(&[("w", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0])]);
+    let bytes = short_storage_checkpoint();
     let err = read_raw(&bytes, "short.pth").unwrap_err().to_string();
     assert!(
-        err.contains("short.pth") && err.contains("storage '0' holds 5 elements"),
+        err.contains("short.pth")
+            && err.contains("storage '0' holds 5 elements, the checkpoint declares 6"),
         "{err}"
     );
+}
+
+/// A checkpoint whose only tensor claims 6 elements while its storage holds 5: written as a
+/// 5-element tensor, then the declared numel and shape patched (same byte length, so the zip
+/// entry's CRC is recomputed by rewriting the archive).
+fn short_storage_checkpoint() -> Vec<u8> {
+    use std::io::{Read, Write};
+    let good = pth::write(&[(
+        "w",
+        PthEntry::Float(&[5], &[1.0, 2.0, 3.0, 4.0, 5.0], StoreDtype::F32),
+    )]);
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(good)).unwrap();
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        if name.ends_with("data.pkl") {
+            // numel (J 5) and size tuple ((J 5 t) become 6.
+            let five = [b'J', 5, 0, 0, 0];
+            let mut patched = 0;
+            for at in 0..data.len() - 4 {
+                if data[at..at + 5] == five {
+                    data[at + 1] = 6;
+                    patched += 1;
+                }
+            }
+            assert_eq!(patched, 2, "numel and size");
+        }
+        out.start_file(name, stored).unwrap();
+        out.write_all(&data).unwrap();
+    }
+    out.finish().unwrap().into_inner()
 }

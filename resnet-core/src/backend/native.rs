@@ -15,6 +15,7 @@ use super::{check_batch_shape, Backend, LayerObserver, Reporter};
 use crate::arch::ResNet18Arch;
 use crate::error::Result;
 use ndarray::{Array2, ArrayView4};
+use rayon::prelude::*;
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::{kernel_name, sgemm_packed, ASource, ConvGeometry, Epilogue, PackedB};
 use resnet_kernels::pool::{global_avg_pool_nhwc, max_pool_3x3_s2_p1_nhwc};
@@ -106,9 +107,9 @@ pub struct NativeBackend {
 }
 
 impl NativeBackend {
-    /// Folds BatchNorm and packs every weight matrix for `isa`'s micro-kernel, one layer at a
-    /// time, so that only one folded copy of a layer exists beside the packed ones (this keeps
-    /// the peak memory of a start at about weights + packed weights).
+    /// Folds BatchNorm and packs every weight matrix for `isa`'s micro-kernel, one layer per
+    /// thread at a time, so that only a folded copy of a layer per thread exists beside the
+    /// packed ones (this keeps the peak memory of a start at about weights + packed weights).
     pub fn new(weights: &crate::weights::Weights, isa: Isa) -> NativeBackend {
         let arch = ResNet18Arch::new();
         let pack = |spec| PackedLayer::new(&FoldedLayer::new(weights, spec), isa);
@@ -121,7 +122,7 @@ impl NativeBackend {
             stem: pack(&arch.stem),
             blocks: arch
                 .blocks
-                .iter()
+                .par_iter()
                 .map(|b| PackedBlock {
                     name: b.name.clone(),
                     conv1: pack(&b.conv1),

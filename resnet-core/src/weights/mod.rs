@@ -5,7 +5,7 @@
 //! can look tensors up by name without further checks.
 
 mod fold;
-mod pth;
+pub mod pth;
 mod safetensors_io;
 mod synthetic;
 
@@ -48,7 +48,8 @@ pub enum SourceDtype {
 }
 
 impl SourceDtype {
-    fn name(self) -> &'static str {
+    /// The dtype's name as safetensors spells it (`F32`, `BF16`, ...).
+    pub fn name(self) -> &'static str {
         match self {
             SourceDtype::F32 => "F32",
             SourceDtype::F16 => "F16",
@@ -265,6 +266,17 @@ impl Weights {
         &self.metadata
     }
 
+    /// Adds string metadata (saved with safetensors), e.g. where the weights came from.
+    pub fn with_metadata<'a>(
+        mut self,
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Weights {
+        for (k, v) in entries {
+            self.metadata.insert(k.to_string(), v.to_string());
+        }
+        self
+    }
+
     /// True for seeded random weights from [`synthetic_weights`]: predictions made with them
     /// mean nothing, and every output that shows them says so.
     pub fn is_synthetic(&self) -> bool {
@@ -286,6 +298,27 @@ impl Weights {
     /// `torchvision.models.resnet18().load_state_dict(safetensors.torch.load_file(...))` takes it.
     pub fn to_safetensors_bytes(&self, dtype: StoreDtype) -> Vec<u8> {
         safetensors_io::write(&self.tensors, &self.metadata, dtype)
+    }
+
+    /// Serialises to a PyTorch checkpoint laid out as `torch.save(model.state_dict())` lays it
+    /// out, in torchvision's key order (with a zero `num_batches_tracked` per BatchNorm), so
+    /// that `resnet18().load_state_dict(torch.load(f, weights_only=True))` takes it.
+    pub fn to_pth_bytes(&self, dtype: StoreDtype) -> Vec<u8> {
+        let expected = ResNet18Arch::new().expected_tensors();
+        let entries: Vec<(&str, pth::PthEntry<'_>)> = expected
+            .iter()
+            .map(|t| {
+                let entry = match t.role {
+                    TensorRole::Counter => pth::PthEntry::Counter(0),
+                    _ => {
+                        let v = self.tensor(&t.key);
+                        pth::PthEntry::Float(&v.shape, &v.data, dtype)
+                    }
+                };
+                (t.key.as_str(), entry)
+            })
+            .collect();
+        pth::write(&entries)
     }
 
     /// Writes [`Weights::to_safetensors_bytes`] to `path` (via a temporary file and a rename, so

@@ -892,6 +892,104 @@ fn opcode_name(op: u8) -> &'static str {
     }
 }
 
+/// One state-dict entry to write.
+pub enum PthEntry<'a> {
+    /// A float tensor: shape and row-major values, stored in the given dtype.
+    Float(&'a [usize], &'a [f32], super::StoreDtype),
+    /// A 0-d int64 tensor (`num_batches_tracked`).
+    Counter(i64),
+}
+
+/// Writes a checkpoint exactly as `torch.save(state_dict)` lays it out (protocol-2 pickle of an
+/// OrderedDict of `_rebuild_tensor_v2` calls, one contiguous storage per tensor), so that
+/// `torch.load(f, weights_only=True)` reads it.
+pub fn write(entries: &[(&str, PthEntry<'_>)]) -> Vec<u8> {
+    use std::io::Write;
+    fn unicode(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: usize) {
+        p.push(b'J');
+        p.extend_from_slice(&(v as i32).to_le_bytes());
+    }
+    fn int_tuple(p: &mut Vec<u8>, v: &[usize]) {
+        p.push(b'(');
+        for &x in v {
+            int(p, x);
+        }
+        p.push(b't');
+    }
+    let mut pickle = b"\x80\x02ccollections\nOrderedDict\nq\x00)R(".to_vec();
+    let mut storages: Vec<Vec<u8>> = Vec::new();
+    for (key, entry) in entries {
+        let (class, shape, bytes): (&str, &[usize], Vec<u8>) = match entry {
+            PthEntry::Float(shape, values, dtype) => {
+                let bytes: Vec<u8> = match dtype {
+                    super::StoreDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    super::StoreDtype::F16 => values
+                        .iter()
+                        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                        .collect(),
+                    super::StoreDtype::BF16 => values
+                        .iter()
+                        .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                        .collect(),
+                };
+                let class = match dtype {
+                    super::StoreDtype::F32 => "FloatStorage",
+                    super::StoreDtype::F16 => "HalfStorage",
+                    super::StoreDtype::BF16 => "BFloat16Storage",
+                };
+                (class, shape, bytes)
+            }
+            PthEntry::Counter(n) => ("LongStorage", &[], n.to_le_bytes().to_vec()),
+        };
+        let numel: usize = shape.iter().product();
+        let mut stride = vec![1usize; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * shape[d + 1];
+        }
+        unicode(&mut pickle, key);
+        pickle.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        unicode(&mut pickle, "storage");
+        pickle.extend_from_slice(format!("ctorch\n{class}\n").as_bytes());
+        unicode(&mut pickle, &storages.len().to_string());
+        unicode(&mut pickle, "cpu");
+        int(&mut pickle, numel);
+        pickle.extend_from_slice(b"tQ");
+        int(&mut pickle, 0);
+        int_tuple(&mut pickle, shape);
+        int_tuple(&mut pickle, &stride);
+        // requires_grad=False, backward_hooks=OrderedDict() (memo 0 holds the class).
+        pickle.extend_from_slice(b"\x89h\x00)RtR");
+        storages.push(bytes);
+    }
+    pickle.extend_from_slice(b"u.");
+
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    // torch.save stores entries uncompressed (and aligned, which readers do not require).
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut put = |name: String, data: &[u8]| -> std::io::Result<()> {
+        zip.start_file(name, stored)?;
+        zip.write_all(data)
+    };
+    let written = (|| -> std::io::Result<()> {
+        put("archive/data.pkl".into(), &pickle)?;
+        put("archive/byteorder".into(), b"little")?;
+        for (i, data) in storages.iter().enumerate() {
+            put(format!("archive/data/{i}"), data)?;
+        }
+        put("archive/version".into(), b"3\n")
+    })();
+    written.expect("writing a zip archive to memory cannot fail");
+    zip.finish()
+        .expect("finishing a zip archive in memory cannot fail")
+        .into_inner()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

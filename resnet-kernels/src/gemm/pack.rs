@@ -125,10 +125,11 @@ pub(crate) fn pack_b(
     for (k0, kc) in k_blocks(k, kc_max) {
         blocks.push((k0, kc, data.len()));
         for p in 0..panels {
+            let (j0, j1) = (p * nr, ((p + 1) * nr).min(n));
             for kk in k0..k0 + kc {
-                for j in p * nr..(p + 1) * nr {
-                    data.push(if j < n { b[kk * n + j] } else { 0.0 });
-                }
+                data.extend_from_slice(&b[kk * n + j0..kk * n + j1]);
+                // The last panel is padded with zeros to the kernel's full width.
+                data.resize(data.len() + nr - (j1 - j0), 0.0);
             }
         }
     }
