@@ -11,6 +11,14 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 
+    /// Only errors on stderr: no progress bar, no notes.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// More messages on stderr (-v: info, -vv: debug). RUST_LOG overrides, e.g. RUST_LOG=debug.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,6 +45,26 @@ pub enum Command {
     /// Show the layer table, the totals, the CPU features and the backends.
     #[command(after_help = "Example:\n  resnet inspect")]
     Inspect(InspectArgs),
+    /// Run one image and print every layer's output shape, time and activation statistics;
+    /// optionally dump each output as .npy or compare two backends layer by layer.
+    #[command(
+        after_help = "Example:\n  resnet trace cat.jpg\n  resnet trace cat.jpg --dump layers/   # layers/01_stem.npy ... 12_fc.npy (NCHW float32)\n  resnet trace cat.jpg --backend native --compare reference"
+    )]
+    Trace(TraceArgs),
+    /// Top-1 / top-5 accuracy over a labelled image set (ImageNet validation layout
+    /// DIR/<wnid>/*.JPEG, or a flat folder with a `filename,index` labels file).
+    #[command(
+        after_help = "Example:\n  resnet eval imagenet/val --limit 1000\n  resnet eval photos/ --labels-file labels.csv --format json"
+    )]
+    Eval(EvalArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  resnet completions bash > ~/.local/share/bash-completion/completions/resnet\n  resnet completions zsh > ~/.zfunc/_resnet\n  resnet completions fish > ~/.config/fish/completions/resnet.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Where weights and labels come from.
@@ -102,6 +130,15 @@ pub enum Format {
     Json,
 }
 
+/// Output formats of `classify`: jsonl and csv stream one line per image as it finishes.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassifyFormat {
+    Text,
+    Json,
+    Jsonl,
+    Csv,
+}
+
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
     #[command(flatten)]
@@ -111,18 +148,61 @@ pub struct ClassifyArgs {
     /// How many classes to print per input.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub top_k: u16,
+    /// Output format: text, json (one array), jsonl or csv (one line per image, streamed).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ClassifyFormat,
+    /// Include the 1000 raw logits in JSON / JSONL output.
+    #[arg(long)]
+    pub logits: bool,
+    /// Images run through the network together (the next batch is decoded meanwhile).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch_size: u16,
+    /// Image files, directories (searched recursively for images and .npy, in sorted order),
+    /// or glob patterns such as 'photos/**/*.jpg'. A .npy holds a preprocessed float32
+    /// [3,224,224] or [1,3,224,224].
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// The image (or a preprocessed .npy).
+    pub input: PathBuf,
+    /// Write every trace point's output as DIR/NN_name.npy (NCHW float32, as PyTorch hooks see it).
+    #[arg(long, value_name = "DIR")]
+    pub dump: Option<PathBuf>,
+    /// Also run this backend and print per-layer max abs error and SQNR against it.
+    #[arg(long, value_name = "BACKEND")]
+    pub compare: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-    /// Include the 1000 raw logits in JSON output.
-    #[arg(long)]
-    pub logits: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// The image set: DIR/<wnid>/*.JPEG (ImageNet layout), or a folder named by --labels-file.
+    pub dir: PathBuf,
+    /// `filename,index` lines (a header line is allowed), filenames relative to DIR.
+    #[arg(long, value_name = "FILE")]
+    pub labels_file: Option<PathBuf>,
+    /// Evaluate only the first N images (in sorted order).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
     /// Images run through the network together.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub batch_size: u16,
-    /// Image files, or .npy files holding a preprocessed float32 [3,224,224] or [1,3,224,224].
-    #[arg(required = true, value_name = "INPUT")]
-    pub inputs: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }
 
 #[derive(Args, Debug)]

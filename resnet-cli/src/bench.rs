@@ -63,7 +63,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let weights = match crate::weights_store::resolve(args.weights.as_deref(), &offline) {
         Ok(p) => Weights::load(&p)?,
         Err(_) => {
-            eprintln!("note: no weights given or cached: timing synthetic weights (seed 0); speed does not depend on the values");
+            log::info!("no weights given or cached: timing synthetic weights (seed 0); speed does not depend on the values");
             synthetic_weights(0)
         }
     };

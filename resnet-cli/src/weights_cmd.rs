@@ -25,7 +25,7 @@ pub fn run(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
             let opts = fetch_options(&download)?;
             let target = opts.cache_file()?;
             if target.is_file() && !force {
-                eprintln!("already cached (use --force to download again)");
+                log::info!("already cached (use --force to download again)");
             } else {
                 weights_store::fetch(&opts)?;
             }
@@ -41,7 +41,7 @@ pub fn run(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
             drop(bytes);
             let weights = weights.with_metadata([("resnet18_rs.source_sha256", digest.as_str())]);
             save(&weights, &out, dtype)?;
-            eprintln!(
+            log::info!(
                 "wrote {} ({} parameters, {dtype:?}) from {}",
                 out.display(),
                 weights.parameter_count(),
@@ -53,7 +53,7 @@ pub fn run(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
         WeightsCommand::Synth { seed, out, dtype } => {
             let dtype: StoreDtype = dtype.parse().map_err(anyhow::Error::msg)?;
             save(&synthetic_weights(seed), &out, dtype)?;
-            eprintln!(
+            log::info!(
                 "wrote {} (synthetic seed {seed}: random, untrained weights for tests and benchmarks)",
                 out.display()
             );

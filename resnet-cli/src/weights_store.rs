@@ -39,8 +39,6 @@ pub struct FetchOptions {
     pub allow_http: bool,
     /// Connect and read timeout.
     pub timeout: Duration,
-    /// No progress output.
-    pub quiet: bool,
 }
 
 fn env_flag(name: &str) -> bool {
@@ -80,7 +78,6 @@ impl FetchOptions {
             offline: offline || env_flag("RESNET_OFFLINE"),
             allow_http,
             timeout: Duration::from_secs(timeout_s.max(1)),
-            quiet: false,
         })
     }
 
@@ -132,12 +129,10 @@ pub fn resolve(weights: Option<&Path>, fetch_opts: &FetchOptions) -> anyhow::Res
             file = cached.display()
         );
     }
-    if !fetch_opts.quiet {
-        eprintln!(
-            "no weights given and none cached: downloading the official weights (once) from {}",
-            fetch_opts.url
-        );
-    }
+    log::info!(
+        "no weights given and none cached: downloading the official weights (once) from {}",
+        fetch_opts.url
+    );
     fetch(fetch_opts).with_context(|| {
         format!(
             "no weights: {tried}, and the download failed.\n\
@@ -222,9 +217,7 @@ fn download_and_convert(opts: &FetchOptions, part: &Path, target: &Path) -> anyh
         ("resnet18_rs.source_sha256", digest.as_str()),
     ]);
     weights.save_safetensors(target, StoreDtype::F32)?;
-    if !opts.quiet {
-        eprintln!("verified SHA-256 {digest}; cached as {}", target.display());
-    }
+    log::info!("verified SHA-256 {digest}; cached as {}", target.display());
     Ok(())
 }
 
@@ -256,7 +249,7 @@ fn download(opts: &FetchOptions, part: &Path) -> anyhow::Result<(String, u64)> {
             total.unwrap_or(0)
         );
     }
-    let bar = progress_bar(total, opts.quiet);
+    let bar = progress_bar(total, !log::log_enabled!(log::Level::Info));
     let mut file =
         std::fs::File::create(part).with_context(|| format!("cannot write {}", part.display()))?;
     let mut reader = response.into_reader().take(MAX_DOWNLOAD_BYTES + 1);
@@ -292,13 +285,11 @@ fn download(opts: &FetchOptions, part: &Path) -> anyhow::Result<(String, u64)> {
     }
     file.sync_all()
         .with_context(|| format!("cannot write {}", part.display()))?;
-    if !opts.quiet {
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "downloaded {size} bytes in {secs:.1} s ({:.1} MB/s)",
-            size as f64 / 1e6 / secs.max(1e-9)
-        );
-    }
+    let secs = started.elapsed().as_secs_f64();
+    log::info!(
+        "downloaded {size} bytes in {secs:.1} s ({:.1} MB/s)",
+        size as f64 / 1e6 / secs.max(1e-9)
+    );
     Ok((hex(&hasher.finalize()), size))
 }
 

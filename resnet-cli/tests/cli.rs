@@ -729,3 +729,360 @@ fn convert_and_info_round_trip_pth_and_safetensors() {
         stderr(&out)
     );
 }
+
+// ---- classify at scale, trace, eval, completions, logging ----
+
+#[test]
+fn classify_takes_directories_and_globs_and_streams_jsonl_and_csv() {
+    let images = repo().join("testdata/images");
+    let expected_files = {
+        let mut n = 0;
+        for dir in [images.clone(), images.join("bad")] {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                n += (p.is_file() && p.extension().is_none_or(|e| e != "md")) as usize;
+            }
+        }
+        n
+    };
+    let out = resnet(&[
+        &"classify",
+        &"--weights",
+        &synth(),
+        &"--format",
+        &"jsonl",
+        &"--batch-size",
+        &"3",
+        &images,
+    ]);
+    // testdata/images/bad holds malformed files: they fail one by one, the rest succeed.
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), expected_files);
+    let paths: Vec<&str> = lines.iter().map(|l| l["path"].as_str().unwrap()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort();
+    assert_eq!(paths, sorted, "directory order is sorted");
+    let failed: Vec<&Value> = lines.iter().filter(|l| l.get("error").is_some()).collect();
+    assert!(failed
+        .iter()
+        .all(|l| l["path"].as_str().unwrap().contains("/bad/")));
+    assert!(!failed.is_empty());
+    assert!(lines
+        .iter()
+        .filter(|l| l.get("error").is_none())
+        .all(|l| l["predictions"].as_array().unwrap().len() == 5));
+
+    // A glob (quoted, so the tool expands it), a missing file, CSV with a header.
+    let pattern = images.join("*.webp");
+    let out = resnet(&[
+        &"classify",
+        &"--weights",
+        &synth(),
+        &"--format",
+        &"csv",
+        &"--top-k",
+        &"2",
+        &pattern,
+        &"missing.jpg",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        rows[0],
+        "path,error,index_1,label_1,probability_1,index_2,label_2,probability_2"
+    );
+    assert_eq!(rows.len(), 4, "{text}");
+    assert!(
+        rows[1].contains("dogs_lossless.webp,,") && rows[2].contains("fig_lossy.webp,,"),
+        "{text}"
+    );
+    assert!(
+        rows[3].starts_with("missing.jpg,missing.jpg: no such file or directory"),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("missing.jpg: no such file or directory"));
+
+    // JSON is one array whatever the batch size; --quiet leaves only errors on stderr.
+    let out = resnet(&[
+        &"classify",
+        &"-q",
+        &"--weights",
+        &synth(),
+        &"--format",
+        &"json",
+        &"--batch-size",
+        &"1",
+        &image("cat_24bit.bmp"),
+        &image("flower.gif"),
+    ]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(stderr(&out), "", "--quiet");
+}
+
+fn read_npy(path: &Path) -> ndarray::ArrayD<f32> {
+    use ndarray_npy::ReadNpyExt;
+    ndarray::ArrayD::<f32>::read_npy(std::fs::File::open(path).unwrap()).unwrap()
+}
+
+/// `trace --dump` writes what PyTorch's forward hooks saw, layer by layer: the golden fixture's
+/// sampled activations (torchvision, same weights, same input tensor) within 1e-3 (the
+/// foundation's tolerance; the reference backend accumulates in f64, so it is far closer).
+#[test]
+fn trace_dump_matches_pytorch_per_layer() {
+    let g = golden();
+    let case = g["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["image"] == "cat_baseline.jpg")
+        .unwrap();
+    let npy = repo().join("resnet-core/tests/data/golden/cat_baseline.input.npy");
+    let dir = tempfile::tempdir().unwrap();
+    let out = resnet(&[
+        &"trace",
+        &"--weights",
+        &synth(),
+        &"--backend",
+        &"reference",
+        &npy,
+        &"--dump",
+        &dir.path(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let trace = case["trace"].as_object().unwrap();
+    for (point, summary) in trace {
+        assert!(
+            text.contains(&format!("\n{point:<10} ")),
+            "{point} missing in:\n{text}"
+        );
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .ends_with(&format!("_{point}.npy"))
+            })
+            .unwrap_or_else(|| panic!("no dump for {point}"));
+        let a = read_npy(&file);
+        let want_shape: Vec<usize> = summary["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(
+            a.len(),
+            want_shape.iter().product::<usize>(),
+            "{point} size"
+        );
+        let flat: Vec<f32> = a.iter().copied().collect();
+        for (idx, want) in summary["sample_index"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(summary["sample_value"].as_array().unwrap())
+        {
+            let got = flat[idx.as_u64().unwrap() as usize] as f64;
+            assert!(
+                (got - want.as_f64().unwrap()).abs() <= 1e-3,
+                "{point}[{idx}]: {got} vs {want}"
+            );
+        }
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), trace.len());
+}
+
+#[test]
+fn trace_compare_reports_error_and_sqnr_per_layer() {
+    let out = resnet(&[
+        &"trace",
+        &"--weights",
+        &synth(),
+        &"--backend",
+        &"native",
+        &"--compare",
+        &"reference",
+        &"--format",
+        &"json",
+        &image("cat_24bit.bmp"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 12);
+    for r in &rows {
+        let err = r["versus"]["max_abs_error"].as_f64().unwrap();
+        // f32 native vs f64 reference: rounding only. A wrong layer gives errors of order 1 and
+        // an SQNR near 0 dB.
+        assert!(err < 1e-3, "{}: {err}", r["layer"]);
+        let sqnr = r["versus"]["sqnr_db"].as_f64().unwrap_or(f64::INFINITY);
+        assert!(sqnr > 80.0, "{}: {sqnr} dB", r["layer"]);
+        assert!(r["zeros"].as_f64().unwrap() >= 0.0 && r["std"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(rows[0]["layer"], "stem");
+    assert_eq!(rows[11]["layer"], "fc");
+}
+
+/// The network's own top-5 for some photos, to build evaluation sets with known answers.
+fn top5(images: &[&str]) -> Vec<Vec<u64>> {
+    let paths: Vec<PathBuf> = images.iter().map(|i| image(i)).collect();
+    let weights = synth().to_path_buf();
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+        vec![&"classify", &"--weights", &weights, &"--format", &"json"];
+    for p in &paths {
+        args.push(p);
+    }
+    let out = resnet(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["predictions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["index"].as_u64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn eval_counts_top1_and_top5_on_sets_with_known_answers() {
+    let names = [
+        "astronaut_rgb.png",
+        "cat_24bit.bmp",
+        "fig_lossy.webp",
+        "flower.gif",
+    ];
+    let best = top5(&names);
+    let outside = |t: &Vec<u64>| (0..1000).find(|i| !t.contains(i)).unwrap();
+    // Labels: right, right, in the top 5 but not first, outside the top 5.
+    let truth = [best[0][0], best[1][0], best[2][2], outside(&best[3])];
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("filename,index\n");
+    for (n, t) in names.iter().zip(truth) {
+        std::fs::copy(image(n), dir.path().join(n)).unwrap();
+        csv.push_str(&format!("{n},{t}\n"));
+    }
+    let labels = dir.path().join("labels.csv");
+    std::fs::write(&labels, csv).unwrap();
+    let out = resnet(&[
+        &"eval",
+        &"--weights",
+        &synth(),
+        &dir.path(),
+        &"--labels-file",
+        &labels,
+        &"--format",
+        &"json",
+        &"--batch-size",
+        &"3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["images"], 4);
+    assert_eq!(r["top1"].as_f64().unwrap(), 50.0);
+    assert_eq!(r["top5"].as_f64().unwrap(), 75.0);
+    let missed = r["most_missed"].as_array().unwrap();
+    assert_eq!(missed.len(), 2);
+
+    // --limit takes the first N in sorted order: astronaut (right), cat (right).
+    let out = resnet(&[
+        &"eval",
+        &"--weights",
+        &synth(),
+        &dir.path(),
+        &"--labels-file",
+        &labels,
+        &"--limit",
+        &"2",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("top-1 100.000% (2/2)  top-5 100.000% (2/2)"),
+        "{text}"
+    );
+
+    // ImageNet layout: DIR/<wnid>/ with wnids in the standard sorted order (n01440764 = 0).
+    let wnids: Vec<String> = std::fs::read_to_string(repo().join("weights/imagenet_wnids.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let set = tempfile::tempdir().unwrap();
+    for (n, class) in [(names[0], best[0][0]), (names[3], outside(&best[3]))] {
+        let folder = set.path().join(&wnids[class as usize]);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(image(n), folder.join(n)).unwrap();
+    }
+    let out = resnet(&[
+        &"eval",
+        &"--weights",
+        &synth(),
+        &set.path(),
+        &"--format",
+        &"json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["images"].as_u64(), r["top1"].as_f64(), r["top5"].as_f64()),
+        (Some(2), Some(50.0), Some(50.0))
+    );
+
+    // A folder that is not a wnid, and a flat folder without a labels file: clear errors.
+    std::fs::create_dir_all(set.path().join("cats")).unwrap();
+    let out = resnet(&[&"eval", &"--weights", &synth(), &set.path()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("folder 'cats' is not an ImageNet-1k WordNet id"),
+        "{}",
+        stderr(&out)
+    );
+    let out = resnet(&[&"eval", &"--weights", &synth(), &dir.path()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--labels-file"), "{}", stderr(&out));
+}
+
+#[test]
+fn completions_for_every_shell_and_logging_levels() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = resnet(&[&"completions", &shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("classify") && script.contains("trace"),
+            "{shell}"
+        );
+    }
+    let out = resnet(&[&"completions", &"tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // Default: notes and warnings; RUST_LOG=debug adds debug lines; NO_COLOR: no escapes.
+    let mut cmd = resnet_cmd();
+    cmd.env("RUST_LOG", "debug")
+        .env("NO_COLOR", "1")
+        .args(["classify", "--weights"])
+        .arg(synth())
+        .arg(image("flower.gif"));
+    let out = cmd.output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: ") && err.contains("synthetic weights"),
+        "{err}"
+    );
+    assert!(err.contains("debug: 1 inputs"), "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+}
