@@ -42,7 +42,13 @@ fn main() {
         for (kind, b, first) in &mut build {
             let t = Instant::now();
             let backend = kind
-                .create(&weights, &BackendOptions { isa })
+                .create(
+                    &weights,
+                    &BackendOptions {
+                        isa,
+                        ..Default::default()
+                    },
+                )
                 .expect("backend");
             b.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();

@@ -80,6 +80,15 @@ pub struct ModelArgs {
     /// reference (textbook loops, slow).
     #[arg(long, default_value = "native", value_name = "NAME")]
     pub backend: String,
+    /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3): off, auto
+    /// (layer1-3) or all.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "POLICY",
+        env = "RESNET_WINOGRAD"
+    )]
+    pub winograd: String,
     /// Class names: a JSON array or one name per line, exactly 1000 (default: built-in ImageNet).
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
@@ -295,6 +304,9 @@ pub struct BenchArgs {
     /// Kernel ISA for `native` (default: $RESNET_ISA, else the best this CPU supports).
     #[arg(long)]
     pub isa: Option<String>,
+    /// Winograd policies to time `native` with, comma-separated: off, auto (layer1-3), all.
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    pub winograd: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,

@@ -36,7 +36,8 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
         None => Labels::imagenet(),
     };
     let isa = resnet_core::cpu::Isa::from_env_or_best()?;
-    let backend = kind.create(&weights, &BackendOptions { isa })?;
+    let winograd = args.winograd.parse()?;
+    let backend = kind.create(&weights, &BackendOptions { isa, winograd })?;
     Ok(Model { backend, labels })
 }
 

@@ -10,6 +10,7 @@
 //! - [`pool`]: max-pool 3x3/2 and global average pool, NHWC and NCHW.
 //! - [`library_gemm`]: `matrixmultiply` behind a safe interface, and NCHW im2col (the baseline).
 //! - [`gemm`]: packed SGEMM with per-ISA micro-kernels and a fused epilogue; implicit im2col.
+//! - [`winograd`]: F(4x4, 3x3) convolution for 3x3 stride-1 layers, on top of [`gemm`].
 #![deny(missing_docs)]
 
 pub mod cpu;
@@ -17,3 +18,4 @@ pub mod gemm;
 pub mod library_gemm;
 pub mod peak;
 pub mod pool;
+pub mod winograd;

@@ -159,7 +159,9 @@ impl BackendKind {
         Ok(match self {
             BackendKind::Reference => Box::new(ReferenceBackend::new(weights)),
             BackendKind::Gemm => Box::new(GemmBackend::new(weights)),
-            BackendKind::Native => Box::new(NativeBackend::new(weights, options.isa)),
+            BackendKind::Native => {
+                Box::new(NativeBackend::new(weights, options.isa, options.winograd))
+            }
         })
     }
 }
@@ -191,12 +193,65 @@ impl std::fmt::Display for BackendKind {
 pub struct BackendOptions {
     /// Instruction-set level for the kernels (ignored by `reference`).
     pub isa: Isa,
+    /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3).
+    pub winograd: WinogradPolicy,
 }
 
 impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions {
             isa: Isa::best_supported(),
+            winograd: WinogradPolicy::default(),
+        }
+    }
+}
+
+/// Which 3x3 stride-1 convolutions use Winograd F(4x4, 3x3) instead of the direct GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WinogradPolicy {
+    /// None: every convolution is a direct (implicit im2col) GEMM.
+    Off,
+    /// Layers with at most 256 input channels (ResNet-18's layer1 to layer3). layer4's 512-channel
+    /// filters would take 4x their memory (28 MB more) while its 7x7 maps fill only 4 tiles
+    /// per image, where the transforms cost most and the GEMMs are smallest: measured slower.
+    #[default]
+    Auto,
+    /// Every 3x3 stride-1 convolution.
+    All,
+}
+
+impl WinogradPolicy {
+    /// The name as `RESNET_WINOGRAD` and `--winograd` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WinogradPolicy::Off => "off",
+            WinogradPolicy::Auto => "auto",
+            WinogradPolicy::All => "all",
+        }
+    }
+
+    /// Whether `layer` runs with Winograd under this policy.
+    pub fn applies(self, layer: &crate::arch::ConvBn) -> bool {
+        let eligible = layer.kernel == 3 && layer.stride == 1 && layer.padding == 1;
+        match self {
+            WinogradPolicy::Off => false,
+            WinogradPolicy::Auto => eligible && layer.in_channels <= 256,
+            WinogradPolicy::All => eligible,
+        }
+    }
+}
+
+impl std::str::FromStr for WinogradPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" => Ok(WinogradPolicy::Off),
+            "auto" => Ok(WinogradPolicy::Auto),
+            "all" => Ok(WinogradPolicy::All),
+            _ => Err(Error::Backend {
+                name: "native".into(),
+                reason: format!("unknown Winograd policy '{s}' (use off, auto or all)"),
+            }),
         }
     }
 }
