@@ -37,7 +37,7 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
     };
     let isa = resnet_core::cpu::Isa::from_env_or_best()?;
     let winograd = args.winograd.parse()?;
-    let backend = kind.create(&weights, &BackendOptions { isa, winograd })?;
+    let backend = kind.create_owned(weights, &BackendOptions { isa, winograd })?;
     Ok(Model { backend, labels })
 }
 

@@ -59,30 +59,35 @@ impl WinogradWeights {
     pub fn new(weights: &[f32], in_channels: usize, out_channels: usize, isa: Isa) -> Self {
         let (c_n, k_n) = (in_channels, out_channels);
         assert_eq!(weights.len(), k_n * c_n * 9, "weights must be [K, C, 3, 3]");
-        // u[p][c][k], row-major C x K per position.
-        let mut u = vec![vec![0.0f32; c_n * k_n]; T * T];
-        for k in 0..k_n {
-            for c in 0..c_n {
-                let g = &weights[(k * c_n + c) * 9..][..9];
-                // G g (6x3), then (G g) Gᵀ (6x6), in f64.
-                let mut gg = [[0.0f64; 3]; T];
-                for (i, row) in gg.iter_mut().enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|t| G[i][t] * g[t * 3 + j] as f64).sum();
+        // One row i of the 6x6 transformed tile per task: its six U[i·6 + j] (C x K,
+        // row-major) are computed, packed and dropped, so building holds at most six unpacked
+        // matrices per thread beside the packed ones.
+        let rows: Vec<Vec<PackedB>> = (0..T)
+            .into_par_iter()
+            .map(|i| {
+                let mut u = vec![vec![0.0f32; c_n * k_n]; T];
+                for c in 0..c_n {
+                    for k in 0..k_n {
+                        let g = &weights[(k * c_n + c) * 9..][..9];
+                        // (G g)[i][s], then (G g Gᵀ)[i][j] = Σ_s (G g)[i][s] G[j][s], in f64.
+                        let mut gi = [0.0f64; 3];
+                        for (s, v) in gi.iter_mut().enumerate() {
+                            *v = (0..3).map(|t| G[i][t] * g[t * 3 + s] as f64).sum();
+                        }
+                        for (j, uj) in u.iter_mut().enumerate() {
+                            let v: f64 = (0..3).map(|s| gi[s] * G[j][s]).sum();
+                            uj[c * k_n + k] = v as f32;
+                        }
                     }
                 }
-                for i in 0..T {
-                    for j in 0..T {
-                        let v: f64 = (0..3).map(|t| gg[i][t] * G[j][t]).sum();
-                        u[i * T + j][c * k_n + k] = v as f32;
-                    }
-                }
-            }
-        }
+                u.iter().map(|m| PackedB::new(m, c_n, k_n, isa)).collect()
+            })
+            .collect();
+        let packed = rows.into_iter().flatten().collect();
         WinogradWeights {
             in_channels,
             out_channels,
-            packed: u.iter().map(|m| PackedB::new(m, c_n, k_n, isa)).collect(),
+            packed,
         }
     }
 

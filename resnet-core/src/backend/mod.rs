@@ -148,14 +148,40 @@ impl BackendKind {
         }
     }
 
-    /// Builds the backend for these weights.
-    pub fn create(self, weights: &Weights, options: &BackendOptions) -> Result<Box<dyn Backend>> {
-        if !options.isa.is_supported() {
-            return Err(Error::Backend {
+    /// Like [`BackendKind::create`], taking the weights so that a backend that repacks them
+    /// (`native`) can free each tensor once packed instead of copying them all first.
+    pub fn create_owned(
+        self,
+        weights: Weights,
+        options: &BackendOptions,
+    ) -> Result<Box<dyn Backend>> {
+        match self {
+            BackendKind::Native => {
+                self.check_isa(options)?;
+                Ok(Box::new(NativeBackend::from_weights(
+                    weights,
+                    options.isa,
+                    options.winograd,
+                )))
+            }
+            _ => self.create(&weights, options),
+        }
+    }
+
+    fn check_isa(self, options: &BackendOptions) -> Result<()> {
+        if options.isa.is_supported() {
+            Ok(())
+        } else {
+            Err(Error::Backend {
                 name: self.name().into(),
                 reason: format!("this CPU does not support the {} kernels", options.isa),
-            });
+            })
         }
+    }
+
+    /// Builds the backend for these weights.
+    pub fn create(self, weights: &Weights, options: &BackendOptions) -> Result<Box<dyn Backend>> {
+        self.check_isa(options)?;
         Ok(match self {
             BackendKind::Reference => Box::new(ReferenceBackend::new(weights)),
             BackendKind::Gemm => Box::new(GemmBackend::new(weights)),

@@ -42,9 +42,10 @@ struct PackedLayer {
 }
 
 impl PackedLayer {
-    fn new(layer: &FoldedLayer, isa: Isa, policy: WinogradPolicy) -> PackedLayer {
-        let s = &layer.spec;
-        let weights = if policy.applies(s) {
+    /// Packs a folded layer, dropping each intermediate copy as soon as the next exists.
+    fn new(layer: FoldedLayer, isa: Isa, policy: WinogradPolicy) -> PackedLayer {
+        let s = layer.spec.clone();
+        let weights = if policy.applies(&s) {
             LayerWeights::Winograd(WinogradWeights::new(
                 &layer.conv.weight,
                 s.in_channels,
@@ -52,17 +53,18 @@ impl PackedLayer {
                 isa,
             ))
         } else {
+            let b = layer.weights_khwc_by_oc();
             LayerWeights::Gemm(PackedB::new(
-                &layer.weights_khwc_by_oc(),
+                &b,
                 s.in_channels * s.kernel * s.kernel,
                 s.out_channels,
                 isa,
             ))
         };
         PackedLayer {
-            spec: s.clone(),
+            spec: s,
             weights,
-            bias: layer.conv.bias.clone(),
+            bias: layer.conv.bias,
         }
     }
 
@@ -141,35 +143,64 @@ pub struct NativeBackend {
 }
 
 impl NativeBackend {
-    /// Folds BatchNorm and packs every weight matrix for `isa`'s micro-kernel, one layer per
-    /// thread at a time, so that only a folded copy of a layer per thread exists beside the
-    /// packed ones (this keeps the peak memory of a start at about weights + packed weights).
+    /// Folds BatchNorm and packs every weight matrix for `isa`'s micro-kernel, from a copy of
+    /// `weights` (see [`NativeBackend::from_weights`], which needs no copy).
     pub fn new(
         weights: &crate::weights::Weights,
         isa: Isa,
         winograd: WinogradPolicy,
     ) -> NativeBackend {
+        NativeBackend::from_weights(weights.clone(), isa, winograd)
+    }
+
+    /// Folds BatchNorm and packs every weight matrix for `isa`'s micro-kernel, one block at a
+    /// time (its two or three convolutions in parallel), freeing each block's tensors as soon as
+    /// they are packed: the model never holds the weights twice, which keeps the peak memory
+    /// of a start near the size of the packed weights.
+    pub fn from_weights(
+        mut weights: crate::weights::Weights,
+        isa: Isa,
+        winograd: WinogradPolicy,
+    ) -> NativeBackend {
         let arch = ResNet18Arch::new();
-        let pack = |spec| PackedLayer::new(&FoldedLayer::new(weights, spec), isa, winograd);
         let fc_bias = weights.tensor("fc.bias").data.clone();
-        let fc_t = fc_weight_transposed(weights);
+        let fc_t = fc_weight_transposed(&weights);
         let classes = fc_bias.len();
         let features = fc_t.len() / classes;
+        let fc = PackedB::new(&fc_t, features, classes, isa);
+        drop(fc_t);
+        let mut pack_and_release = |specs: &[&crate::arch::ConvBn]| -> Vec<PackedLayer> {
+            let packed: Vec<PackedLayer> = specs
+                .par_iter()
+                .map(|spec| PackedLayer::new(FoldedLayer::new(&weights, spec), isa, winograd))
+                .collect();
+            for spec in specs {
+                weights.release_conv_bn(&spec.conv, &spec.bn);
+            }
+            packed
+        };
+        let stem = pack_and_release(&[&arch.stem]).remove(0);
+        let blocks = arch
+            .blocks
+            .iter()
+            .map(|b| {
+                let mut specs = vec![&b.conv1, &b.conv2];
+                specs.extend(b.downsample.as_ref());
+                let mut layers = pack_and_release(&specs).into_iter();
+                PackedBlock {
+                    name: b.name.clone(),
+                    conv1: layers.next().expect("conv1"),
+                    conv2: layers.next().expect("conv2"),
+                    downsample: layers.next(),
+                }
+            })
+            .collect();
         NativeBackend {
             isa,
             winograd,
-            stem: pack(&arch.stem),
-            blocks: arch
-                .blocks
-                .par_iter()
-                .map(|b| PackedBlock {
-                    name: b.name.clone(),
-                    conv1: pack(&b.conv1),
-                    conv2: pack(&b.conv2),
-                    downsample: b.downsample.as_ref().map(pack),
-                })
-                .collect(),
-            fc: PackedB::new(&fc_t, features, classes, isa),
+            stem,
+            blocks,
+            fc,
             fc_bias,
             workspaces: Mutex::new(Vec::new()),
         }

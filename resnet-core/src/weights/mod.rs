@@ -245,6 +245,16 @@ impl Weights {
             .unwrap_or_else(|| panic!("'{key}' is not a ResNet-18 state-dict key"))
     }
 
+    /// Frees the tensors of one convolution and its BatchNorm, once a backend has folded and
+    /// packed them (so that a model being built never holds all weights twice). Looking them
+    /// up afterwards is a bug and panics.
+    pub fn release_conv_bn(&mut self, conv: &str, bn: &str) {
+        self.tensors.remove(&format!("{conv}.weight"));
+        for part in ["weight", "bias", "running_mean", "running_var"] {
+            self.tensors.remove(&format!("{bn}.{part}"));
+        }
+    }
+
     /// The BatchNorm whose state-dict prefix is `prefix` (e.g. `layer1.0.bn1`).
     pub fn batch_norm(&self, prefix: &str) -> BatchNorm<'_> {
         BatchNorm {
