@@ -226,7 +226,7 @@ pub(super) fn read(bytes: &[u8], source: &str) -> Result<BTreeMap<String, RawTen
         .map(str::to_string)
         .ok_or_else(|| corrupt("the zip archive has no data.pkl".into()))?;
     let prefix = pickle_name.trim_end_matches("data.pkl").to_string();
-    if let Ok(order) = read_entry(&mut archive, &format!("{prefix}byteorder"), 16) {
+    if let Ok(order) = read_entry(&mut archive, bytes.len(), &format!("{prefix}byteorder"), 16) {
         if order != b"little" {
             return Err(corrupt(format!(
                 "storages are stored {}-endian; only little-endian checkpoints are supported",
@@ -234,7 +234,7 @@ pub(super) fn read(bytes: &[u8], source: &str) -> Result<BTreeMap<String, RawTen
             )));
         }
     }
-    let pickle = read_entry(&mut archive, &pickle_name, MAX_PICKLE_BYTES).map_err(corrupt)?;
+    let pickle = read_entry(&mut archive, bytes.len(), &pickle_name, MAX_PICKLE_BYTES).map_err(corrupt)?;
     let root = Unpickler::new(&pickle, source).run()?;
 
     let entries = match root {
@@ -280,7 +280,7 @@ pub(super) fn read(bytes: &[u8], source: &str) -> Result<BTreeMap<String, RawTen
         if !storages.contains_key(&tensor.storage) {
             let name = format!("{prefix}data/{}", tensor.storage);
             let want = tensor.storage_numel * tensor.dtype.size() as u64;
-            let data = read_entry(&mut archive, &name, want).map_err(|e| {
+            let data = read_entry(&mut archive, bytes.len(), &name, want).map_err(|e| {
                 corrupt(format!(
                     "storage '{}' of tensor '{key}': {e}",
                     tensor.storage
@@ -302,12 +302,20 @@ pub(super) fn read(bytes: &[u8], source: &str) -> Result<BTreeMap<String, RawTen
     Ok(out)
 }
 
-/// Reads one zip entry, refusing more than `limit` bytes (so a deflate bomb cannot grow).
+/// How much larger than the whole archive one entry may decompress to. torch.save stores
+/// entries uncompressed (ratio 1); this only bounds what a deflate bomb can allocate.
+const MAX_EXPANSION: u64 = 16;
+
+/// Reads one zip entry, refusing more than `limit` bytes, and more than [`MAX_EXPANSION`]
+/// times the archive's size (so a deflate bomb cannot grow).
 fn read_entry(
     archive: &mut zip::ZipArchive<Cursor<&[u8]>>,
+    archive_len: usize,
     name: &str,
     limit: u64,
 ) -> std::result::Result<Vec<u8>, String> {
+    let archive_len = archive_len as u64;
+    let limit = limit.min(archive_len.saturating_mul(MAX_EXPANSION));
     let entry = archive
         .by_name(name)
         .map_err(|e| format!("zip entry '{name}': {e}"))?;
