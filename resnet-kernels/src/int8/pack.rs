@@ -1,0 +1,68 @@
+//! Packing for the INT8 kernels: B (weights) once per model in 4-k groups, and the `u8` im2col.
+
+use crate::gemm::ConvGeometry;
+
+/// Splits `k` into blocks of at most `kc_max` (a multiple of 4), as even as possible, every block
+/// but the last a multiple of 4: `(k0, kc)` pairs.
+pub(crate) fn k_blocks4(k: usize, kc_max: usize) -> Vec<(usize, usize)> {
+    debug_assert!(kc_max.is_multiple_of(4));
+    let groups = k.div_ceil(4);
+    let count = groups.div_ceil(kc_max / 4).max(1);
+    let (base, extra) = (groups / count, groups % count);
+    let mut k0 = 0;
+    (0..count)
+        .map(|i| {
+            let g = base + usize::from(i < extra);
+            let kc = (4 * g).min(k - k0);
+            let block = (k0, kc);
+            k0 += kc;
+            block
+        })
+        .collect()
+}
+
+/// Packs a row-major `K x N` byte matrix into K blocks of NR-wide micro-panels. Within a panel,
+/// for each group of 4 consecutive k: NR columns x 4 bytes (`[g][j][t]`, k = 4g + t), so that
+/// one vector load gives each `i32` lane the 4 weights of its column. Zero-padded to a multiple
+/// of 4 in K and of NR in N. Returns `(k0, kc, offset)` per block and the data.
+pub(crate) fn pack_b8(
+    b: &[i8],
+    k: usize,
+    n: usize,
+    nr: usize,
+    kc_max: usize,
+) -> (Vec<(usize, usize, usize)>, Vec<i8>) {
+    let panels = n.div_ceil(nr);
+    let mut data = Vec::with_capacity(k.div_ceil(4) * 4 * panels * nr);
+    let mut blocks = Vec::new();
+    for (k0, kc) in k_blocks4(k, kc_max) {
+        blocks.push((k0, kc, data.len()));
+        for p in 0..panels {
+            for g in 0..kc.div_ceil(4) {
+                for j in p * nr..(p + 1) * nr {
+                    for t in 0..4 {
+                        let kk = k0 + 4 * g + t;
+                        data.push(if j < n && kk < k0 + kc {
+                            b[kk * n + j]
+                        } else {
+                            0
+                        });
+                    }
+                }
+            }
+        }
+    }
+    (blocks, data)
+}
+
+/// The explicit im2col matrix `[M, K]` of an NHWC `u8` input, `pad` outside the image (the
+/// implicit packing's twin in tests).
+pub fn im2col_nhwc_u8(input: &[u8], g: &ConvGeometry, pad: u8) -> Vec<u8> {
+    assert_eq!(input.len(), g.input_len());
+    let k = g.k();
+    let mut out = vec![0; g.m() * k];
+    for (row, dst) in out.chunks_exact_mut(k).enumerate() {
+        g.im2col_row_segment_padded(input, row, 0, dst, pad);
+    }
+    out
+}
