@@ -20,14 +20,15 @@ use resnet_kernels::gemm::{kernel_name, sgemm_packed, ASource, ConvGeometry, Epi
 use resnet_kernels::pool::{global_avg_pool_nhwc, max_pool_3x3_s2_p1_nhwc};
 use std::sync::Mutex;
 
-struct PackedLayer {
-    spec: crate::arch::ConvBn,
+/// One convolution's packed f32 weights and bias (also the INT8 backend's f32 layers).
+pub(super) struct PackedLayer {
+    pub(super) spec: crate::arch::ConvBn,
     weights: PackedB,
     bias: Vec<f32>,
 }
 
 impl PackedLayer {
-    fn new(layer: &FoldedLayer, isa: Isa) -> PackedLayer {
+    pub(super) fn new(layer: &FoldedLayer, isa: Isa) -> PackedLayer {
         let s = &layer.spec;
         PackedLayer {
             spec: s.clone(),
@@ -42,7 +43,7 @@ impl PackedLayer {
     }
 
     /// `out = epilogue(conv(input))` for an NHWC batch; returns the output height and width.
-    fn run(
+    pub(super) fn run(
         &self,
         input: &[f32],
         (n, h, w): (usize, usize, usize),
