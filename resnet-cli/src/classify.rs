@@ -41,6 +41,9 @@ pub fn weights_path(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
     let kind: BackendKind = args.backend.parse()?;
     let path = weights_path(args.weights.as_deref())?;
+    if kind == BackendKind::Int8 {
+        return crate::quantize::load_model(args, &path);
+    }
     let weights = Weights::load(&path)?;
     if weights.is_synthetic() {
         eprintln!(

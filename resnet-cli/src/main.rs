@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod classify;
 mod inspect;
+mod quantize;
 mod weights_cmd;
 
 use clap::Parser;
@@ -35,6 +36,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Classify(a) => classify::run(a),
         args::Command::Preprocess(a) => classify::preprocess(a),
         args::Command::Weights(w) => weights_cmd::run(w),
+        args::Command::Quantize(a) => quantize::run(a),
         args::Command::Inspect(a) => inspect::run(a),
         args::Command::Bench(a) => bench::run(a),
     }

@@ -23,7 +23,10 @@ pub use calibrate::{calibrate, CalibrationMethod, CalibrationProgress};
 pub use data::{augmented_inputs, default_calibration_inputs, DEFAULT_CALIBRATION_NAMES};
 pub use format::{is_int8_file, INT8_FORMAT};
 pub use metrics::{sqnr_db, Agreement};
-pub use resnet_kernels::int8::needs_7bit_weights;
+pub use resnet_kernels::int8::{
+    kernel_name as int8_kernel_name, measure_peak_gops as measure_int8_peak_gops,
+    needs_7bit_weights,
+};
 
 use crate::arch::{ConvBn, ResNet18Arch};
 

@@ -375,3 +375,46 @@ pub(crate) struct TileRequant {
 
 #[cfg(test)]
 mod tests;
+
+/// The machine's measured INT8 peak in GOP/s (2 ops per multiply-accumulate) for `isa`'s kernel
+/// instruction (`vpdpbusd`, or `vpmaddubsw` + `vpmaddwd` + `vpaddd`): 12 independent chains on
+/// every thread of the current rayon pool at once, best of 3 per thread, summed.
+pub fn measure_peak_gops(isa: Isa) -> f64 {
+    let rates = rayon::broadcast(|_| {
+        let run = |iters: usize| -> f64 {
+            match kernel_isa(isa) {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the guard checked that the CPU supports this ISA.
+                Isa::Vnni if isa.is_supported() => unsafe { simd::peak_vnni512(iters) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the guard checked that the CPU supports this ISA (with BW: kernel_isa).
+                Isa::Avx512 if isa.is_supported() => unsafe { simd::peak_bw512(iters) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the guard checked that the CPU supports this ISA.
+                Isa::AvxVnni if isa.is_supported() => unsafe { simd::peak_avxvnni(iters) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the guard checked that the CPU supports AVX2 (isa or kernel_isa's fallback).
+                Isa::Avx2 if isa.is_supported() => unsafe { simd::peak_avx2(iters) },
+                _ => {
+                    let mut acc = [1i32; 12];
+                    for i in 0..iters {
+                        for a in acc.iter_mut() {
+                            *a = a.wrapping_mul(3).wrapping_add(i as i32);
+                        }
+                    }
+                    std::hint::black_box(acc);
+                    (iters * 12) as f64
+                }
+            }
+        };
+        run(200_000);
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let macs = run(2_000_000);
+                2.0 * macs / t.elapsed().as_secs_f64() / 1e9
+            })
+            .fold(0.0, f64::max)
+    });
+    rates.iter().sum()
+}

@@ -270,3 +270,35 @@ int8_kernel!(
     Avx2Kernel8, name: "avx2_i32_6x16", features: "avx2",
     mr: 6, width: w256, dot: dot_bw, rows: [1, 2, 3, 4, 5, 6]
 );
+
+/// Defines a throughput probe: 12 independent chains of one kernel's 4-byte dot product.
+macro_rules! dot_peak {
+    ($(#[$doc:meta])* $fn:ident, features: $features:literal, width: $w:ident, dot: $dot:ident) => {
+        $(#[$doc])*
+        /// Returns the multiply-accumulates done.
+        ///
+        /// # Safety
+        /// The CPU supports the features named.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $fn(iters: usize) -> f64 {
+            // SAFETY: the features are enabled on this fn; no memory is touched.
+            unsafe {
+                let a = $w::splat(0x0102_0304);
+                let b = $w::splat(0x0101_0101);
+                let mut acc = [$w::zero(); 12];
+                for _ in 0..iters {
+                    for v in acc.iter_mut() {
+                        *v = $w::$dot(*v, a, b);
+                    }
+                }
+                std::hint::black_box(acc);
+            }
+            (iters * 12 * $w::LANES * 4) as f64
+        }
+    };
+}
+
+dot_peak!(peak_vnni512, features: "avx512f,avx512bw,avx512vnni", width: w512, dot: dot_vnni);
+dot_peak!(peak_bw512, features: "avx512f,avx512bw", width: w512, dot: dot_bw);
+dot_peak!(peak_avxvnni, features: "avx2,avxvnni", width: w256, dot: dot_vnni);
+dot_peak!(peak_avx2, features: "avx2", width: w256, dot: dot_bw);
