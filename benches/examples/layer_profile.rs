@@ -21,7 +21,7 @@ fn main() {
         .unwrap_or(1);
     let weights = synthetic_weights(0);
     let input = ndarray::Array4::<f32>::from_elem((batch, 3, 224, 224), 0.3);
-    for kind in [BackendKind::Gemm, BackendKind::Native] {
+    for kind in [BackendKind::Gemm, BackendKind::Native, BackendKind::Int8] {
         let backend = kind.create(&weights, &BackendOptions::default()).unwrap();
         let mut samples: BTreeMap<usize, (String, Vec<f64>)> = BTreeMap::new();
         for run in 0..23 {

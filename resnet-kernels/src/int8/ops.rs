@@ -7,7 +7,13 @@ use super::Requant;
 /// `clamp(round_half_even(x · inv_scale) + zero_point, 0, 255)`.
 #[inline]
 pub fn quantize_u8(x: f32, inv_scale: f32, zero_point: i32) -> u8 {
-    ((x * inv_scale).round_ties_even() as i32 + zero_point).clamp(0, 255) as u8
+    // Clamp first (to the codes' range, exact bounds), then round half to even by adding and
+    // subtracting 1.5·2^23, which is exact for |v| < 2^22 under the default rounding mode and,
+    // unlike `f32::round_ties_even`, needs no SSE4.1 (a libm call on baseline x86-64).
+    let lo = -(zero_point as f32);
+    let v = (x * inv_scale).max(lo).min(255.0 + lo);
+    const MAGIC: f32 = 12_582_912.0;
+    (((v + MAGIC) - MAGIC) as i32 + zero_point) as u8
 }
 
 /// Rounds half to even and saturates to `i32` (for biases quantised once per model).

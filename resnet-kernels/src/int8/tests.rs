@@ -337,6 +337,9 @@ fn int8_implicit_im2col_matches_explicit() {
                 assert_eq!(v, want, "{g:?} row {row} col {col}");
             }
         }
+        let mut direct = vec![9u8; 3];
+        im2col_nhwc_u8_into(&input, &g, zp, &mut direct);
+        assert_eq!(direct, explicit, "{g:?}: direct-loop im2col");
         let n = 40;
         for isa in Isa::supported() {
             let b = rng.weights(g.k() * n, isa);
@@ -401,6 +404,31 @@ fn int8_pools_match_f32() {
     quantize_nchw_to_nhwc_u8(&x, 2, 3, 4, 10.0, 10, &mut nhwc);
     // Element (n=1, c=2, p=3) of NCHW is x[1*12 + 2*4 + 3] = x[23] = 1.3 -> 13 + 10.
     assert_eq!(nhwc[(4 + 3) * 3 + 2], 23);
+}
+
+/// The fast rounding of `quantize_u8` equals `round_ties_even` then clamp, on halves, on values
+/// far outside the range, and on a dense sweep.
+#[test]
+fn int8_quantize_rounds_half_to_even() {
+    let reference =
+        |x: f32, inv: f32, zp: i32| ((x * inv).round_ties_even() as i32 + zp).clamp(0, 255) as u8;
+    for zp in [0, 1, 77, 128, 255] {
+        for inv in [1.0f32, 0.5, 3.7, 1000.0] {
+            for i in -40_000..40_000 {
+                let x = i as f32 * 0.0125;
+                assert_eq!(
+                    quantize_u8(x, inv, zp),
+                    reference(x, inv, zp),
+                    "{x} {inv} {zp}"
+                );
+            }
+        }
+    }
+    assert_eq!(quantize_u8(2.5, 1.0, 0), 2);
+    assert_eq!(quantize_u8(3.5, 1.0, 0), 4);
+    assert_eq!(quantize_u8(-2.5, 1.0, 10), 8);
+    assert_eq!(quantize_u8(1e30, 1.0, 10), 255);
+    assert_eq!(quantize_u8(-1e30, 1.0, 10), 0);
 }
 
 /// On a CPU that has them (this project's machines do), every INT8 kernel level must be among
