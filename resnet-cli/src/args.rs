@@ -171,8 +171,9 @@ pub struct QuantizeArgs {
     /// Calibration images: files or directories (their image files, not recursive).
     #[arg(long, required = true, num_args = 1.., value_name = "DIR_OR_FILES")]
     pub calib: Vec<PathBuf>,
-    /// How activation ranges are chosen: minmax, percentile (99.99), percentile:P, or mse.
-    #[arg(long, default_value = "percentile")]
+    /// How activation ranges are chosen: mse (least squared error, measured best), minmax,
+    /// percentile (99.99) or percentile:P.
+    #[arg(long, default_value = "mse")]
     pub method: String,
     /// Augmented crops per calibration image, besides its standard preprocessing.
     #[arg(long, default_value_t = 4)]

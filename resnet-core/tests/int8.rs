@@ -228,4 +228,14 @@ fn int8_methods_report() {
             println!("stem {stem:?}, {method}: {m}");
         }
     }
+    // The vpmaddubsw kernels' 7-bit weights (avx2 / avx512 without VNNI).
+    for isa in Isa::supported()
+        .into_iter()
+        .filter(|&i| needs_7bit_weights(i))
+    {
+        let model = quantized(DEFAULT_METHOD, DEFAULT_STEM);
+        let logits = run_all(&Int8Backend::new(&model, isa), &f.eval);
+        let m = Agreement::compute(&f.fp32, &logits);
+        println!("{isa} (7-bit weights), {DEFAULT_METHOD}: {m}");
+    }
 }

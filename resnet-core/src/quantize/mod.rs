@@ -31,7 +31,7 @@ pub use resnet_kernels::int8::{
 use crate::arch::{ConvBn, ResNet18Arch};
 
 /// The calibration method used when none is given (chosen by measurement, see the README).
-pub const DEFAULT_METHOD: CalibrationMethod = CalibrationMethod::Percentile(99.99);
+pub const DEFAULT_METHOD: CalibrationMethod = CalibrationMethod::Mse;
 /// The stem's precision when none is given (chosen by measurement, see the README).
 pub const DEFAULT_STEM: LayerPrecision = LayerPrecision::Int8;
 use std::collections::BTreeMap;
