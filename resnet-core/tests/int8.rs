@@ -16,8 +16,8 @@ use resnet_core::cpu::Isa;
 use resnet_core::decode::{decode_image_file, DecodeOptions};
 use resnet_core::preprocess::preprocess;
 use resnet_core::quantize::{
-    augmented_inputs, calibrate, needs_7bit_weights, sqnr_db, Agreement, CalibrationMethod,
-    LayerPrecision, QuantizedModel, DEFAULT_METHOD, DEFAULT_STEM,
+    augmented_inputs, calibrate, sqnr_db, Agreement, CalibrationMethod, LayerPrecision,
+    QuantizedModel, DEFAULT_METHOD, DEFAULT_STEM,
 };
 use resnet_core::weights::{synthetic_weights, Weights};
 use std::sync::OnceLock;
@@ -101,39 +101,39 @@ fn int8_agrees_with_fp32_on_centred_logits() {
     assert!(m.raw_cosine_mean >= 0.9995, "{m}");
 }
 
-/// Every ISA's INT8 kernel computes the same codes as the others of its weight width (the VNNI
-/// kernels and the portable twin use the 8-bit weights, the vpmaddubsw kernels, avx2 and
-/// avx512, the same weights halved to 7 bits): every trace point up to the average pool is
-/// bit-identical. Only the f32 classifier differs, by its f32 kernel's summation order
-/// (tolerance 1e-4 on logits of magnitude ~10: 512-term f32 sums differ by ~1e-6).
+/// Every ISA's INT8 kernel computes the same codes: every trace point up to the average pool
+/// is bit-identical on every ISA this CPU supports. Only the f32 classifier differs, by its f32
+/// kernel's summation order (tolerance 1e-4 on logits of magnitude ~10: 512-term f32 sums
+/// differ by ~1e-6).
 #[test]
 fn int8_backend_is_bit_exact_across_isas() {
     let f = fixture();
     let model = quantized(DEFAULT_METHOD, DEFAULT_STEM);
     let views: Vec<_> = f.eval[..3].iter().map(|a| a.view()).collect();
     let batch = ndarray::stack(Axis(0), &views).unwrap();
-    let mut by_width: [Option<(Isa, Capture)>; 2] = [None, None];
+    let mut first: Option<(Isa, Capture)> = None;
+    let mut tested = 0;
     for isa in Isa::supported() {
         let mut got = Capture::default();
         Int8Backend::new(&model, isa)
             .forward(batch.view(), &mut got)
             .unwrap();
-        let slot = &mut by_width[usize::from(needs_7bit_weights(isa))];
-        match slot {
-            Some((first, want)) => {
-                for ((name, w), (_, g)) in want.0.iter().zip(&got.0) {
-                    if name == "fc" {
-                        let err = w.iter().zip(g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                        assert!(err <= 1e-4, "{isa} vs {first}: fc differs by {err}");
-                    } else {
-                        assert!(w == g, "{isa} differs from {first} at {name}");
-                    }
-                }
+        tested += 1;
+        let Some((first_isa, want)) = &first else {
+            first = Some((isa, got));
+            continue;
+        };
+        assert_eq!(want.0.len(), got.0.len());
+        for ((name, w), (_, g)) in want.0.iter().zip(&got.0) {
+            if name == "fc" {
+                let err = w.iter().zip(g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err <= 1e-4, "{isa} vs {first_isa}: fc differs by {err}");
+            } else {
+                assert!(w == g, "{isa} differs from {first_isa} at {name}");
             }
-            None => *slot = Some((isa, got)),
         }
     }
-    assert!(by_width[0].is_some());
+    assert_eq!(tested, Isa::supported().len());
 }
 
 /// The file round trip: saved, loaded, same logits; and the metadata describes the model.
@@ -227,15 +227,5 @@ fn int8_methods_report() {
             let m = Agreement::compute(&f.fp32, &logits);
             println!("stem {stem:?}, {method}: {m}");
         }
-    }
-    // The vpmaddubsw kernels' 7-bit weights (avx2 / avx512 without VNNI).
-    for isa in Isa::supported()
-        .into_iter()
-        .filter(|&i| needs_7bit_weights(i))
-    {
-        let model = quantized(DEFAULT_METHOD, DEFAULT_STEM);
-        let logits = run_all(&Int8Backend::new(&model, isa), &f.eval);
-        let m = Agreement::compute(&f.fp32, &logits);
-        println!("{isa} (7-bit weights), {DEFAULT_METHOD}: {m}");
     }
 }

@@ -18,8 +18,7 @@ use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::{sgemm_packed, ASource, Epilogue, PackedB};
 use resnet_kernels::int8::{
     avg_pool_u8_nhwc, gemm_u8s8, im2col_nhwc_u8_into, max_pool_3x3_s2_p1_u8_nhwc,
-    needs_7bit_weights, quantize_nchw_to_nhwc_u8, round_half_even_i32, ASource8, Output8, PackedB8,
-    Requant, Residual8,
+    quantize_nchw_to_nhwc_u8, round_half_even_i32, ASource8, Output8, PackedB8, Requant, Residual8,
 };
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
 use std::sync::Mutex;
@@ -38,23 +37,15 @@ struct Int8Layer {
 impl Int8Layer {
     fn new(conv: &QuantizedConv, input: ActQuant, output: ActQuant, isa: Isa) -> Int8Layer {
         let s = &conv.spec;
-        let mut codes = conv.khwc_by_oc(&conv.weight);
-        let mut weight_scale = conv.weight_scale.clone();
-        if needs_7bit_weights(isa) {
-            // vpmaddubsw saturates unless |w| <= 64: halve the codes (round half to even, so
-            // ±127 -> ±64) and double the scales. One more rounding, on these ISAs only.
-            for w in codes.iter_mut() {
-                *w = (*w as f32 / 2.0).round_ties_even() as i8;
-            }
-            weight_scale.iter_mut().for_each(|s| *s *= 2.0);
-        }
+        let codes = conv.khwc_by_oc(&conv.weight);
+        let weight_scale = &conv.weight_scale;
         let k = s.in_channels * s.kernel * s.kernel;
         let weights = PackedB8::new(&codes, k, s.out_channels, isa);
         let (sx, zx) = (input.scale as f64, input.zero_point as i32);
         let bias = conv
             .bias
             .iter()
-            .zip(&weight_scale)
+            .zip(weight_scale)
             .zip(weights.column_sums())
             .map(|((&b, &sw), &colsum)| {
                 round_half_even_i32(b as f64 / (sx * sw as f64)) - zx * colsum
@@ -390,13 +381,8 @@ impl Backend for Int8Backend {
 
     fn describe(&self) -> String {
         format!(
-            "INT8 kernel {}, NHWC u8 activations, per-channel {} weights, stem {}, fc f32; calibration {}",
+            "INT8 kernel {}, NHWC u8 activations, per-channel int8 weights, stem {}, fc f32; calibration {}",
             resnet_kernels::int8::kernel_name(self.isa),
-            if needs_7bit_weights(self.isa) {
-                "7-bit"
-            } else {
-                "8-bit"
-            },
             match self.stem {
                 Stem::Int8(_) => "int8",
                 Stem::F32 { .. } => "f32",

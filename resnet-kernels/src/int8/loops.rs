@@ -199,7 +199,8 @@ fn gemm_dst<K: MicroKernel8>(a: &ASource8<'_>, b: &PackedB8, m: usize, n: usize,
                     // Loop 2: NR-wide micro-panels of B.
                     for j0 in (j_begin..j_end).step_by(K::NR) {
                         let cols = K::NR.min(n - j0);
-                        let b_panel = &b.data[offset + (j0 / K::NR) * kc4 * K::NR..][..kc4 * K::NR];
+                        let panel = kc4 * K::NR * K::B_PARTS;
+                        let b_panel = &b.data[offset + (j0 / K::NR) * panel..][..panel];
                         // Loop 1: MR-row micro-panels of A.
                         for ir in 0..rows_in_block.div_ceil(K::MR) {
                             let i0 = m0 + ir * K::MR;

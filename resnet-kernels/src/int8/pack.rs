@@ -24,30 +24,40 @@ pub(crate) fn k_blocks4(k: usize, kc_max: usize) -> Vec<(usize, usize)> {
 
 /// Packs a row-major `K x N` byte matrix into K blocks of NR-wide micro-panels. Within a panel,
 /// for each group of 4 consecutive k: NR columns x 4 bytes (`[g][j][t]`, k = 4g + t), so that
-/// one vector load gives each `i32` lane the 4 weights of its column. Zero-padded to a multiple
-/// of 4 in K and of NR in N. Returns `(k0, kc, offset)` per block and the data.
+/// one vector load gives each `i32` lane the 4 weights of its column. With `split`, each group
+/// is stored twice: first `h = w >> 1`, then `l = w & 1` (`w = 2h + l`, for the `vpmaddubsw`
+/// kernels). Zero-padded to a multiple of 4 in K and of NR in N. Returns `(k0, kc, offset)` per
+/// block and the data.
 pub(crate) fn pack_b8(
     b: &[i8],
     k: usize,
     n: usize,
     nr: usize,
     kc_max: usize,
+    split: bool,
 ) -> (Vec<(usize, usize, usize)>, Vec<i8>) {
     let panels = n.div_ceil(nr);
-    let mut data = Vec::with_capacity(k.div_ceil(4) * 4 * panels * nr);
+    let parts: &[fn(i8) -> i8] = if split {
+        &[|w| w >> 1, |w| w & 1]
+    } else {
+        &[|w| w]
+    };
+    let mut data = Vec::with_capacity(k.div_ceil(4) * 4 * panels * nr * parts.len());
     let mut blocks = Vec::new();
     for (k0, kc) in k_blocks4(k, kc_max) {
         blocks.push((k0, kc, data.len()));
         for p in 0..panels {
             for g in 0..kc.div_ceil(4) {
-                for j in p * nr..(p + 1) * nr {
-                    for t in 0..4 {
-                        let kk = k0 + 4 * g + t;
-                        data.push(if j < n && kk < k0 + kc {
-                            b[kk * n + j]
-                        } else {
-                            0
-                        });
+                for part in parts {
+                    for j in p * nr..(p + 1) * nr {
+                        for t in 0..4 {
+                            let kk = k0 + 4 * g + t;
+                            data.push(if j < n && kk < k0 + kc {
+                                part(b[kk * n + j])
+                            } else {
+                                0
+                            });
+                        }
                     }
                 }
             }

@@ -63,6 +63,7 @@ impl MicroKernel8 for ScalarKernel8 {
     const MR: usize = MR;
     const NR: usize = NR;
     const NAME: &'static str = "portable_i32_4x16";
+    const B_PARTS: usize = 1;
 
     unsafe fn run(
         rows: usize,

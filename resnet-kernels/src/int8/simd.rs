@@ -1,6 +1,6 @@
 //! The x86 INT8 micro-kernels, written once: one macro body instantiated per ISA with that ISA's
-//! vector width ([`w512`] or [`w256`]) and its 4-byte dot product (`vpdpbusd`, or
-//! `vpmaddubsw` + `vpmaddwd` + `vpaddd`). Each tile is MR rows x two vectors of `i32` columns;
+//! vector width ([`w512`] or [`w256`]) and its 4-byte dot product (`vpdpbusd`, or two
+//! `vpmaddubsw` + `vpmaddwd` pairs on the split weights). Each tile is MR rows x two vectors of `i32` columns;
 //! the 4 activation bytes of a row are broadcast as one `i32` and meet both B vectors
 //! (`2·MR` accumulators).
 
@@ -44,14 +44,16 @@ pub(crate) mod w512 {
     }
     /// `vpdpbusd`: each lane += 4 `u8 x s8` products, exact.
     #[inline(always)]
-    pub unsafe fn dot_vnni(acc: V, a: V, b: V) -> V {
+    pub unsafe fn dot_vnni(acc: V, a: V, b: V, _: V) -> V {
         _mm512_dpbusd_epi32(acc, a, b)
     }
-    /// `vpmaddubsw` (pairs into saturating i16: exact when |b| <= 64) + `vpmaddwd` by 1 + add.
+    /// The split-weight dot product: `a·h` and `a·l` by `vpmaddubsw` (exact: |h| <= 64,
+    /// l in {0, 1}), widened by `vpmaddwd` with 2 and 1, added: `a·(2h + l) = a·w`.
     #[inline(always)]
-    pub unsafe fn dot_bw(acc: V, a: V, b: V) -> V {
-        let pairs = _mm512_maddubs_epi16(a, b);
-        _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)))
+    pub unsafe fn dot_split(acc: V, a: V, h: V, l: V) -> V {
+        let high = _mm512_madd_epi16(_mm512_maddubs_epi16(a, h), _mm512_set1_epi16(2));
+        let low = _mm512_madd_epi16(_mm512_maddubs_epi16(a, l), _mm512_set1_epi16(1));
+        _mm512_add_epi32(acc, _mm512_add_epi32(high, low))
     }
     /// The design note's epilogue on 16 columns `j0..j0+16` of row `i`, stored as u8.
     #[inline(always)]
@@ -117,14 +119,16 @@ pub(crate) mod w256 {
     }
     /// AVX-VNNI `vpdpbusd` (VEX): each lane += 4 `u8 x s8` products, exact.
     #[inline(always)]
-    pub unsafe fn dot_vnni(acc: V, a: V, b: V) -> V {
+    pub unsafe fn dot_vnni(acc: V, a: V, b: V, _: V) -> V {
         _mm256_dpbusd_avx_epi32(acc, a, b)
     }
-    /// `vpmaddubsw` (pairs into saturating i16: exact when |b| <= 64) + `vpmaddwd` by 1 + add.
+    /// The split-weight dot product: `a·h` and `a·l` by `vpmaddubsw` (exact: |h| <= 64,
+    /// l in {0, 1}), widened by `vpmaddwd` with 2 and 1, added: `a·(2h + l) = a·w`.
     #[inline(always)]
-    pub unsafe fn dot_bw(acc: V, a: V, b: V) -> V {
-        let pairs = _mm256_maddubs_epi16(a, b);
-        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    pub unsafe fn dot_split(acc: V, a: V, h: V, l: V) -> V {
+        let high = _mm256_madd_epi16(_mm256_maddubs_epi16(a, h), _mm256_set1_epi16(2));
+        let low = _mm256_madd_epi16(_mm256_maddubs_epi16(a, l), _mm256_set1_epi16(1));
+        _mm256_add_epi32(acc, _mm256_add_epi32(high, low))
     }
     /// The design note's epilogue on 8 columns `j0..j0+8` of row `i`, stored as u8.
     #[inline(always)]
@@ -161,7 +165,8 @@ macro_rules! int8_kernel {
     (
         $(#[$doc:meta])*
         $kernel:ident, name: $name:literal, features: $features:literal,
-        mr: $mr:literal, width: $w:ident, dot: $dot:ident, rows: [$($r:literal),+]
+        mr: $mr:literal, width: $w:ident, dot: $dot:ident, parts: $parts:literal,
+        rows: [$($r:literal),+]
     ) => {
         $(#[$doc])*
         pub(crate) struct $kernel;
@@ -170,6 +175,7 @@ macro_rules! int8_kernel {
             const MR: usize = $mr;
             const NR: usize = 2 * $w::LANES;
             const NAME: &'static str = $name;
+            const B_PARTS: usize = $parts;
 
             unsafe fn run(
                 rows: usize,
@@ -199,15 +205,22 @@ macro_rules! int8_kernel {
                     let mut acc1: [$w::V; R] = [unsafe { $w::zero() }; R];
                     for g in 0..kc4 / 4 {
                         // SAFETY: g < kc4/4 and i < R <= MR: a + i*kc4 + 4g + 4 and
-                        // b + (g+1)*NR*4 stay inside the panels (caller contract).
+                        // b + (g+1)*NR*4*parts stay inside the panels (caller contract).
                         unsafe {
-                            let b0 = $w::load(b.add(g * NR * 4));
-                            let b1 = $w::load(b.add(g * NR * 4 + L * 4));
+                            let group = b.add(g * NR * 4 * $parts);
+                            let b0 = $w::load(group);
+                            let b1 = $w::load(group.add(L * 4));
+                            // The low weight parts of a split kernel (unused otherwise).
+                            let (l0, l1) = if $parts == 2 {
+                                ($w::load(group.add(NR * 4)), $w::load(group.add(NR * 4 + L * 4)))
+                            } else {
+                                (b0, b1)
+                            };
                             for i in 0..R {
                                 let a4 = a.add(i * kc4 + 4 * g).cast::<i32>().read_unaligned();
                                 let av = $w::splat(a4);
-                                acc0[i] = $w::$dot(acc0[i], av, b0);
-                                acc1[i] = $w::$dot(acc1[i], av, b1);
+                                acc0[i] = $w::$dot(acc0[i], av, b0, l0);
+                                acc1[i] = $w::$dot(acc1[i], av, b1, l1);
                             }
                         }
                     }
@@ -250,25 +263,27 @@ macro_rules! int8_kernel {
 int8_kernel!(
     /// `avx512vnni_i32_12x32`: 12 x 32 tile, 24 zmm accumulators, one `vpdpbusd` per 4 k.
     Avx512VnniKernel8, name: "avx512vnni_i32_12x32", features: "avx512f,avx512bw,avx512vnni",
-    mr: 12, width: w512, dot: dot_vnni, rows: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    mr: 12, width: w512, dot: dot_vnni, parts: 1, rows: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
 );
 
 int8_kernel!(
-    /// `avx512bw_i32_12x32`: as the VNNI kernel, with `vpmaddubsw` + `vpmaddwd` + `vpaddd`.
+    /// `avx512bw_i32_12x32`: as the VNNI kernel, with the split weights' two `vpmaddubsw` +
+    /// `vpmaddwd` pairs.
     Avx512BwKernel8, name: "avx512bw_i32_12x32", features: "avx512f,avx512bw",
-    mr: 12, width: w512, dot: dot_bw, rows: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    mr: 12, width: w512, dot: dot_split, parts: 2, rows: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
 );
 
 int8_kernel!(
     /// `avxvnni_i32_6x16`: 6 x 16 tile, 12 ymm accumulators, one VEX `vpdpbusd` per 4 k.
     AvxVnniKernel8, name: "avxvnni_i32_6x16", features: "avx2,avxvnni",
-    mr: 6, width: w256, dot: dot_vnni, rows: [1, 2, 3, 4, 5, 6]
+    mr: 6, width: w256, dot: dot_vnni, parts: 1, rows: [1, 2, 3, 4, 5, 6]
 );
 
 int8_kernel!(
-    /// `avx2_i32_6x16`: 6 x 16 tile, `vpmaddubsw` + `vpmaddwd` + `vpaddd` per 4 k.
+    /// `avx2_i32_6x16`: 6 x 16 tile, the split weights' two `vpmaddubsw` + `vpmaddwd` pairs
+    /// per 4 k.
     Avx2Kernel8, name: "avx2_i32_6x16", features: "avx2",
-    mr: 6, width: w256, dot: dot_bw, rows: [1, 2, 3, 4, 5, 6]
+    mr: 6, width: w256, dot: dot_split, parts: 2, rows: [1, 2, 3, 4, 5, 6]
 );
 
 /// Defines a throughput probe: 12 independent chains of one kernel's 4-byte dot product.
@@ -288,7 +303,7 @@ macro_rules! dot_peak {
                 let mut acc = [$w::zero(); 12];
                 for _ in 0..iters {
                     for v in acc.iter_mut() {
-                        *v = $w::$dot(*v, a, b);
+                        *v = $w::$dot(*v, a, b, b);
                     }
                 }
                 std::hint::black_box(acc);
@@ -299,6 +314,6 @@ macro_rules! dot_peak {
 }
 
 dot_peak!(peak_vnni512, features: "avx512f,avx512bw,avx512vnni", width: w512, dot: dot_vnni);
-dot_peak!(peak_bw512, features: "avx512f,avx512bw", width: w512, dot: dot_bw);
+dot_peak!(peak_bw512, features: "avx512f,avx512bw", width: w512, dot: dot_split);
 dot_peak!(peak_avxvnni, features: "avx2,avxvnni", width: w256, dot: dot_vnni);
-dot_peak!(peak_avx2, features: "avx2", width: w256, dot: dot_bw);
+dot_peak!(peak_avx2, features: "avx2", width: w256, dot: dot_split);

@@ -24,18 +24,9 @@ impl Rng {
     fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| (self.next() >> 32) as u8).collect()
     }
-    /// Weights in the range `isa`'s kernel accepts (`[-64, 64]` for vpmaddubsw, else full s8).
-    fn weights(&mut self, len: usize, isa: Isa) -> Vec<i8> {
-        (0..len)
-            .map(|_| {
-                let v = (self.next() >> 32) as u8 as i8;
-                if needs_7bit_weights(isa) {
-                    (v as i32 * 64 / 128) as i8
-                } else {
-                    v
-                }
-            })
-            .collect()
+    /// Weights over the whole `i8` range (every kernel is exact for all of them).
+    fn weights(&mut self, len: usize, _isa: Isa) -> Vec<i8> {
+        (0..len).map(|_| (self.next() >> 32) as u8 as i8).collect()
     }
     fn unit(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32
@@ -176,19 +167,15 @@ fn int8_resnet_shapes_match_naive() {
     }
 }
 
-/// The saturation boundary of `vpmaddubsw`: all activations 255 against the extreme weights each
-/// kernel accepts (`±64` for the maddubs kernels, `-128`/`127` for the others) stay exact.
+/// The saturation boundary of `vpmaddubsw`: all activations 255 against the extreme weights
+/// `-128` and `127` (a plain `vpmaddubsw` would saturate: `2 · 255 · 127 > 32767`) stay exact on
+/// every kernel, the split-weight ones included, and so does a mix of both in one pair.
 #[test]
 fn int8_extreme_values_are_exact() {
     let (m, n, k) = (13, 40, 300);
     let a = vec![255u8; m * k];
     for isa in Isa::supported() {
-        let (lo, hi) = if needs_7bit_weights(isa) {
-            (-64i8, 64i8)
-        } else {
-            (-128, 127)
-        };
-        for w in [lo, hi] {
+        for w in [-128i8, 127, -127, 1, -1] {
             let b = vec![w; k * n];
             let packed = PackedB8::new(&b, k, n, isa);
             let mut got = vec![0i32; m * n];
@@ -209,18 +196,28 @@ fn int8_extreme_values_are_exact() {
                 "{isa}: w = {w}"
             );
         }
-    }
-}
-
-/// The maddubs kernels refuse weights they would saturate on, instead of computing wrong sums.
-#[test]
-fn int8_maddubs_kernels_refuse_8bit_weights() {
-    for isa in Isa::supported()
-        .into_iter()
-        .filter(|&i| needs_7bit_weights(i))
-    {
-        let refused = std::panic::catch_unwind(|| PackedB8::new(&[65i8; 8], 2, 4, isa));
-        assert!(refused.is_err(), "{isa} accepted |w| = 65");
+        // Alternating 127 / -128 along K.
+        let b: Vec<i8> = (0..k * n)
+            .map(|i| if (i / n) % 2 == 0 { 127 } else { -128 })
+            .collect();
+        let packed = PackedB8::new(&b, k, n, isa);
+        let mut got = vec![0i32; m * n];
+        gemm_u8s8(
+            &ASource8::Matrix {
+                data: &a,
+                rows: m,
+                lda: k,
+            },
+            &packed,
+            Output8::I32 {
+                c: &mut got,
+                ldc: n,
+            },
+        );
+        assert!(
+            got.iter().all(|&v| v == 255 * (150 * 127 - 150 * 128)),
+            "{isa}: mixed"
+        );
     }
 }
 
