@@ -298,12 +298,14 @@ macro_rules! dot_peak {
         pub(crate) unsafe fn $fn(iters: usize) -> f64 {
             // SAFETY: the features are enabled on this fn; no memory is touched.
             unsafe {
-                let a = $w::splat(0x0102_0304);
-                let b = $w::splat(0x0101_0101);
-                let mut acc = [$w::zero(); 12];
+                // Each chain feeds its accumulator back as the activations, so that no part of
+                // the dot product is loop-invariant (LLVM folds or hoists `vpmaddubsw` and
+                // `vpmaddwd` of constants; it did, and the probe then reported 4x the truth).
+                let b = std::hint::black_box($w::splat(0x0101_0101));
+                let mut acc = [$w::splat(0x0102_0304); 12];
                 for _ in 0..iters {
                     for v in acc.iter_mut() {
-                        *v = $w::$dot(*v, a, b, b);
+                        *v = $w::$dot(*v, *v, b, b);
                     }
                 }
                 std::hint::black_box(acc);
