@@ -78,6 +78,24 @@
 //! loop 4 cuts K into blocks of [`blocking::KC`] (a multiple of 4); loops 2 and 1 walk NR-wide B
 //! micro-panels and MR-row A micro-panels. When K has several blocks, the `i32` partial sums of a
 //! work item live in a per-thread scratch buffer and the epilogue runs on the last block.
+//!
+//! ## The other operations, on 8-bit data
+//!
+//! - The network input is quantised once (`f32` NCHW -> `u8` NHWC, [`quantize_nchw_to_nhwc_u8`]);
+//!   from there no layer returns to f32 until the average pool.
+//! - im2col reads `u8` and pads with the zero point: implicitly while packing A
+//!   ([`ASource8::Conv`]), or explicitly by direct loops ([`im2col_nhwc_u8_into`]) for the
+//!   3-channel stem, where the implicit packing's per-segment index arithmetic dominated.
+//! - Max-pool runs on the codes and is exact (quantisation is monotonic); the global average
+//!   pool sums codes exactly in `u32` and dequantises once per channel.
+//!
+//! ## What runs where
+//!
+//! [`gemm_u8s8`] holds the one `match` from [`Isa`] to kernel type. `vnni` needs AVX-512
+//! F/BW/VNNI, `avxvnni` AVX2 + AVX-VNNI; `avx512` on a CPU without AVX-512BW (Knights Landing)
+//! falls back to the AVX2 kernel. [`measure_peak_gops`] measures each kernel instruction's
+//! throughput like `crate::peak` does for FMAs. AMX-INT8 (tile registers, the `arch_prctl`
+//! permission) is not implemented; the machine this was written on has no AMX.
 
 mod loops;
 mod ops;
