@@ -33,6 +33,7 @@ fn main() {
             WinogradPolicy::Auto,
         ),
         ("native/wino-all", BackendKind::Native, WinogradPolicy::All),
+        ("int8", BackendKind::Int8, WinogradPolicy::Off),
     ];
     let mut columns: Vec<Vec<(String, f64)>> = Vec::new();
     for (_, kind, winograd) in configs {

@@ -42,6 +42,11 @@ pub enum Command {
         after_help = "Example:\n  resnet bench --backend gemm,native --batch 1,8 --iters 20\n  resnet bench --backend all --format json"
     )]
     Bench(BenchArgs),
+    /// Quantise weights to INT8, calibrating activations on images, for `--backend int8`.
+    #[command(
+        after_help = "Example:\n  resnet quantize --weights resnet18.safetensors --calib photos/ --out resnet18.int8.safetensors\n  resnet classify --backend int8 --weights resnet18.int8.safetensors cat.jpg"
+    )]
+    Quantize(QuantizeArgs),
     /// Show the layer table, the totals, the CPU features and the backends.
     #[command(after_help = "Example:\n  resnet inspect")]
     Inspect(InspectArgs),
@@ -76,8 +81,9 @@ pub struct ModelArgs {
     pub weights: Option<PathBuf>,
     #[command(flatten)]
     pub download: DownloadArgs,
-    /// Backend that computes the network: native (fastest), gemm (library baseline) or
-    /// reference (textbook loops, slow).
+    /// Backend that computes the network: native (fastest f32), int8 (calibrated INT8: give
+    /// a `resnet quantize` file, or f32 weights to quantise on the fly), gemm (library
+    /// baseline) or reference (textbook loops, slow).
     #[arg(long, default_value = "native", value_name = "NAME")]
     pub backend: String,
     /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3): off, auto
@@ -310,4 +316,27 @@ pub struct BenchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// f32 weights (safetensors, torchvision key names). Default: $RESNET_WEIGHTS.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Calibration images: files or directories (their image files, not recursive).
+    #[arg(long, required = true, num_args = 1.., value_name = "DIR_OR_FILES")]
+    pub calib: Vec<PathBuf>,
+    /// How activation ranges are chosen: mse (least squared error, measured best), minmax,
+    /// percentile (99.99) or percentile:P.
+    #[arg(long, default_value = "mse")]
+    pub method: String,
+    /// Augmented crops per calibration image, besides its standard preprocessing.
+    #[arg(long, default_value_t = 4)]
+    pub crops: usize,
+    /// Precision of the first convolution: int8 or f32.
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+    pub stem: String,
+    /// Output file.
+    #[arg(long, value_name = "FILE.int8.safetensors")]
+    pub out: PathBuf,
 }

@@ -32,6 +32,9 @@ struct Report {
     threads: usize,
     peak_gflops: f64,
     peak_method: &'static str,
+    /// Measured INT8 peak (GOP/s) of the int8 kernel's instruction; int8 rows' % peak uses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    int8_peak_gops: Option<f64>,
     rows: Vec<Row>,
 }
 
@@ -57,10 +60,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.batch.contains(&0) || args.iters == 0 {
         bail!("--batch sizes and --iters must be at least 1");
     }
+    // A quantised model file times the int8 backend only.
+    let weights_path = args
+        .weights
+        .clone()
+        .or_else(|| std::env::var_os("RESNET_WEIGHTS").map(Into::into));
+    let int8_file = weights_path
+        .as_ref()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| resnet_core::quantize::is_int8_file(&b)));
+    if let Some(path) = int8_file.filter(|_| kinds.iter().any(|k| *k != BackendKind::Int8)) {
+        bail!(
+            "{} is a quantised model: only --backend int8 can run it",
+            path.display()
+        );
+    }
     // Speed does not depend on the values, so bench never downloads: given or cached weights,
     // else synthetic ones (and the report says which).
     let offline = crate::weights_store::FetchOptions::new(None, None, true, false, 1)?;
     let weights = match crate::weights_store::resolve(args.weights.as_deref(), &offline) {
+        Ok(_) if int8_file.is_some() => synthetic_weights(0),
         Ok(p) => Weights::load(&p)?,
         Err(_) => {
             log::info!("no weights given or cached: timing synthetic weights (seed 0); speed does not depend on the values");
@@ -69,6 +87,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let threads = rayon::current_num_threads();
     let peak = resnet_core::kernels_peak_gflops(isa);
+    let int8_peak = kinds
+        .contains(&BackendKind::Int8)
+        .then(|| resnet_core::quantize::measure_int8_peak_gops(isa));
     let macs: usize = ResNet18Arch::new()
         .layer_table(INPUT_SIZE, INPUT_SIZE)
         .iter()
@@ -97,13 +118,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let mut rows = Vec::new();
     for (kind, winograd, label) in &configs {
-        let backend = kind.create(
-            &weights,
-            &BackendOptions {
-                isa,
-                winograd: *winograd,
-            },
-        )?;
+        let options = BackendOptions {
+            isa,
+            winograd: *winograd,
+        };
+        let backend = match (kind, int8_file) {
+            (BackendKind::Int8, Some(path)) => crate::quantize::int8_backend(path, isa)?,
+            (BackendKind::Int8, None) => {
+                log::info!("int8: quantising the f32 weights on the fly (default calibration on the built-in photos)");
+                kind.create(&weights, &options)?
+            }
+            _ => kind.create(&weights, &options)?,
+        };
         for &batch in &args.batch {
             let input = ndarray::Array4::<f32>::from_shape_fn(
                 (batch, 3, INPUT_SIZE, INPUT_SIZE),
@@ -139,7 +165,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 p90_ms: p90,
                 images_per_s: batch as f64 / (median / 1e3),
                 gflops,
-                percent_of_peak: 100.0 * gflops / peak,
+                percent_of_peak: 100.0 * gflops
+                    / int8_peak
+                        .filter(|_| *kind == BackendKind::Int8)
+                        .unwrap_or(peak),
             });
         }
     }
@@ -151,6 +180,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         peak_gflops: peak,
         peak_method:
             "independent FMA chains on every thread at once, best of 3 (resnet_kernels::peak)",
+        int8_peak_gops: int8_peak,
         rows,
     };
     match args.format {
@@ -161,6 +191,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 macs as f64 / 1e9,
                 if report.synthetic_weights { ", synthetic weights" } else { "" }
             );
+            if let Some(p) = int8_peak {
+                println!(
+                    "measured INT8 peak {p:.0} GOP/s ({}): the int8 rows' % peak",
+                    resnet_core::quantize::int8_kernel_name(isa)
+                );
+            }
             println!(
                 "{:<10} {:>5} {:>10} {:>10} {:>9} {:>9} {:>7}",
                 "backend", "batch", "median ms", "p90 ms", "images/s", "GFLOP/s", "% peak"

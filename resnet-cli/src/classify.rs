@@ -24,6 +24,9 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
     let kind: BackendKind = args.backend.parse()?;
     let fetch = crate::weights_cmd::fetch_options(&args.download)?;
     let path = crate::weights_store::resolve(args.weights.as_deref(), &fetch)?;
+    if kind == BackendKind::Int8 {
+        return crate::quantize::load_model(args, &path);
+    }
     let weights = Weights::load(&path)?;
     if weights.is_synthetic() {
         log::warn!(

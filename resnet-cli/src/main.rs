@@ -7,6 +7,7 @@ mod classify;
 mod eval;
 mod inputs;
 mod inspect;
+mod quantize;
 mod trace;
 mod weights_cmd;
 mod weights_store;
@@ -68,6 +69,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Classify(a) => classify::run(a, cli.quiet),
         args::Command::Preprocess(a) => classify::preprocess(a),
         args::Command::Weights(w) => weights_cmd::run(w),
+        args::Command::Quantize(a) => quantize::run(a),
         args::Command::Inspect(a) => inspect::run(a),
         args::Command::Bench(a) => bench::run(a),
         args::Command::Trace(a) => trace::run(a),

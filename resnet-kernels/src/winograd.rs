@@ -154,7 +154,8 @@ pub fn conv3x3_winograd(
     if let Some(b) = epi.bias {
         assert_eq!(b.len(), k_n, "one bias per output channel");
     }
-    let isa = weights.packed[0].isa();
+    // The transforms are f32 code: VNNI levels run the f32 kernels of their base level.
+    let isa = weights.packed[0].isa().f32_level();
     let (tiles_h, tiles_w) = (h.div_ceil(M), w.div_ceil(M));
     let tiles = batch * tiles_h * tiles_w;
 

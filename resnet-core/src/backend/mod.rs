@@ -9,10 +9,13 @@
 
 mod folded;
 mod gemm;
+mod int8;
 mod native;
 mod reference;
 
 pub use gemm::GemmBackend;
+pub(crate) use int8::Fp32Probe;
+pub use int8::Int8Backend;
 pub use native::NativeBackend;
 pub use reference::ReferenceBackend;
 
@@ -117,14 +120,17 @@ pub enum BackendKind {
     Gemm,
     /// resnet-kernels' packed micro-kernels, NHWC, fused epilogues: the fast path.
     Native,
+    /// Calibrated INT8: `u8 x s8` kernels with fused requantisation, NHWC `u8` activations.
+    Int8,
 }
 
 impl BackendKind {
     /// Every backend, in order of sophistication.
-    pub const ALL: [BackendKind; 3] = [
+    pub const ALL: [BackendKind; 4] = [
         BackendKind::Reference,
         BackendKind::Gemm,
         BackendKind::Native,
+        BackendKind::Int8,
     ];
 
     /// The CLI name.
@@ -133,6 +139,7 @@ impl BackendKind {
             BackendKind::Reference => "reference",
             BackendKind::Gemm => "gemm",
             BackendKind::Native => "native",
+            BackendKind::Int8 => "int8",
         }
     }
 
@@ -144,6 +151,10 @@ impl BackendKind {
             BackendKind::Native => format!(
                 "packed GEMM kernel {}, NHWC, implicit im2col, fused epilogue (quality: intrinsics)",
                 resnet_kernels::gemm::kernel_name(isa)
+            ),
+            BackendKind::Int8 => format!(
+                "INT8 kernel {}, NHWC u8 activations, per-channel weights, fused requantisation; fc f32 (quality: intrinsics)",
+                resnet_kernels::int8::kernel_name(isa)
             ),
         }
     }
@@ -179,7 +190,10 @@ impl BackendKind {
         }
     }
 
-    /// Builds the backend for these weights.
+    /// Builds the backend for these weights. `Int8` quantises them first, calibrating on the
+    /// built-in photos ([`crate::quantize::default_calibration_inputs`]); to use a calibrated
+    /// `.int8.safetensors` file, build [`Int8Backend::new`] from
+    /// [`crate::quantize::QuantizedModel::load`] instead.
     pub fn create(self, weights: &Weights, options: &BackendOptions) -> Result<Box<dyn Backend>> {
         self.check_isa(options)?;
         Ok(match self {
@@ -188,6 +202,7 @@ impl BackendKind {
             BackendKind::Native => {
                 Box::new(NativeBackend::new(weights, options.isa, options.winograd))
             }
+            BackendKind::Int8 => Box::new(Int8Backend::from_weights(weights, options.isa)?),
         })
     }
 }

@@ -35,15 +35,15 @@ enum LayerWeights {
     Winograd(WinogradWeights),
 }
 
-struct PackedLayer {
-    spec: crate::arch::ConvBn,
+pub(super) struct PackedLayer {
+    pub(super) spec: crate::arch::ConvBn,
     weights: LayerWeights,
     bias: Vec<f32>,
 }
 
 impl PackedLayer {
     /// Packs a folded layer, dropping each intermediate copy as soon as the next exists.
-    fn new(layer: FoldedLayer, isa: Isa, policy: WinogradPolicy) -> PackedLayer {
+    pub(super) fn new(layer: FoldedLayer, isa: Isa, policy: WinogradPolicy) -> PackedLayer {
         let s = layer.spec.clone();
         let weights = if policy.applies(&s) {
             LayerWeights::Winograd(WinogradWeights::new(
@@ -70,7 +70,7 @@ impl PackedLayer {
 
     /// `out = epilogue(conv(input))` for an NHWC batch; returns the output height and width.
     #[allow(clippy::too_many_arguments)]
-    fn run(
+    pub(super) fn run(
         &self,
         input: &[f32],
         (n, h, w): (usize, usize, usize),

@@ -234,7 +234,8 @@ pub(super) fn read(bytes: &[u8], source: &str) -> Result<BTreeMap<String, RawTen
             )));
         }
     }
-    let pickle = read_entry(&mut archive, bytes.len(), &pickle_name, MAX_PICKLE_BYTES).map_err(corrupt)?;
+    let pickle =
+        read_entry(&mut archive, bytes.len(), &pickle_name, MAX_PICKLE_BYTES).map_err(corrupt)?;
     let root = Unpickler::new(&pickle, source).run()?;
 
     let entries = match root {
