@@ -3,8 +3,10 @@
 
 mod args;
 mod bench;
+mod cam;
 mod classify;
 mod inspect;
+mod serve;
 mod weights_cmd;
 
 use clap::Parser;
@@ -37,6 +39,8 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Weights(w) => weights_cmd::run(w),
         args::Command::Inspect(a) => inspect::run(a),
         args::Command::Bench(a) => bench::run(a),
+        args::Command::Serve(a) => serve::run(a),
+        args::Command::Cam(a) => cam::run(a),
     }
 }
 
