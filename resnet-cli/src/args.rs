@@ -70,6 +70,78 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Serve classification over HTTP (JSON API, web page, metrics) with dynamic batching.
+    #[command(
+        after_help = "Example:\n  resnet serve --weights resnet18.safetensors --addr 127.0.0.1:8080\n  curl -F file=@cat.jpg http://127.0.0.1:8080/v1/classify"
+    )]
+    Serve(ServeArgs),
+    /// Write the class activation map of an image ("where did the network look") as a PNG.
+    #[command(
+        after_help = "Example:\n  resnet cam cat.jpg --out cat_cam.png --weights resnet18.safetensors"
+    )]
+    Cam(CamArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Most images run through the network together.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_batch: u16,
+    /// How long the first queued image waits for others to join its batch, in milliseconds.
+    #[arg(long, default_value_t = 2.0, value_name = "MS")]
+    pub batch_wait_ms: f64,
+    /// Images that may wait for the model; beyond that requests get 503 with Retry-After.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue: u32,
+    /// Largest request body, in MiB (413 above it).
+    #[arg(long, default_value_t = 10.0, value_name = "MB")]
+    pub max_body_mb: f64,
+    /// Refuse images larger than this many megapixels (422, checked before decoding).
+    #[arg(long, default_value_t = 64.0, value_name = "MP")]
+    pub max_megapixels: f64,
+    /// Whole-request deadline in seconds, upload included (504 after it).
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    pub timeout_s: f64,
+    /// Seconds a client has to send its request headers.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub header_timeout_s: f64,
+    /// Require 'Authorization: Bearer TOKEN' on every route but /, /healthz and /readyz.
+    /// Default: $RESNET_TOKEN.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Recognitions kept in memory for /v1/history and the page (0: none).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub history: usize,
+    /// Also append every recognition to this JSON-lines file (and reload it at start).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub history_file: Option<PathBuf>,
+    /// Apply the EXIF orientation of uploads (as viewers do) or ignore it (as torchvision does).
+    #[arg(long, value_enum, default_value = "apply")]
+    pub exif: ExifArg,
+}
+
+#[derive(Args, Debug)]
+pub struct CamArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Class to explain (default: the top-1 class).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..1000))]
+    pub class: Option<u16>,
+    /// Opacity of the heat map over the image, 0 to 1.
+    #[arg(long, default_value_t = 0.45)]
+    pub alpha: f32,
+    /// The image.
+    pub input: PathBuf,
+    /// Where to write the PNG (the 224x224 crop the network saw, with the heat map over it).
+    #[arg(long, value_name = "FILE.png")]
+    pub out: PathBuf,
 }
 
 /// Where weights and labels come from.
@@ -119,7 +191,7 @@ pub struct DownloadArgs {
     pub allow_http: bool,
     /// Connect and read timeout of the download, in seconds.
     #[arg(long, default_value_t = 30, value_name = "S")]
-    pub timeout_s: u64,
+    pub download_timeout_s: u64,
 }
 
 /// How images are decoded.

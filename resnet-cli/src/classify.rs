@@ -17,6 +17,8 @@ use std::process::ExitCode;
 pub struct Model {
     pub backend: Box<dyn Backend>,
     pub labels: Labels,
+    /// The weights file it was built from (after `--weights` / env / cache resolution).
+    pub weights_path: std::path::PathBuf,
 }
 
 /// Loads weights and labels and builds the backend. Every failure here is a configuration error.
@@ -41,7 +43,11 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
     let isa = resnet_core::cpu::Isa::from_env_or_best()?;
     let winograd = args.winograd.parse()?;
     let backend = kind.create_owned(weights, &BackendOptions { isa, winograd })?;
-    Ok(Model { backend, labels })
+    Ok(Model {
+        backend,
+        labels,
+        weights_path: path,
+    })
 }
 
 pub fn decode_options(args: &DecodeArgs) -> anyhow::Result<DecodeOptions> {

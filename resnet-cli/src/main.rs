@@ -3,11 +3,13 @@
 
 mod args;
 mod bench;
+mod cam;
 mod classify;
 mod eval;
 mod inputs;
 mod inspect;
 mod quantize;
+mod serve;
 mod trace;
 mod weights_cmd;
 mod weights_store;
@@ -84,6 +86,8 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        args::Command::Serve(a) => serve::run(a, cli.quiet),
+        args::Command::Cam(a) => cam::run(a),
     }
 }
 

@@ -55,6 +55,7 @@ pub fn load_model(args: &crate::args::ModelArgs, path: &Path) -> anyhow::Result<
     Ok(Model {
         backend: int8_backend(path, isa)?,
         labels,
+        weights_path: path.to_path_buf(),
     })
 }
 

@@ -15,7 +15,7 @@ pub fn fetch_options(d: &DownloadArgs) -> anyhow::Result<FetchOptions> {
         d.sha256.as_deref(),
         d.offline,
         d.allow_http,
-        d.timeout_s,
+        d.download_timeout_s,
     )
 }
 

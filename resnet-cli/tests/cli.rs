@@ -586,7 +586,11 @@ fn fetch_survives_a_dropped_connection_a_404_and_a_stalled_server() {
 
     let url = http_server(Serve::Stall(std::time::Duration::from_secs(20)));
     let started = std::time::Instant::now();
-    let out = fetch(&url, cache.path(), &["--sha256", sha, "--timeout-s", "1"]);
+    let out = fetch(
+        &url,
+        cache.path(),
+        &["--sha256", sha, "--download-timeout-s", "1"],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         started.elapsed().as_secs() < 15,

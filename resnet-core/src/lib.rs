@@ -29,6 +29,7 @@
 
 pub mod arch;
 pub mod backend;
+pub mod cam;
 pub mod decode;
 mod error;
 pub mod input;

@@ -1,0 +1,97 @@
+//! `resnet serve`: the HTTP service of `resnet-server`, with the model the CLI loads.
+
+use crate::args::{ExifArg, ModelArgs, ServeArgs};
+use crate::classify::load_model;
+use anyhow::{bail, Context};
+use resnet_core::decode::ExifMode;
+use resnet_core::weights::{sha256_hex, Weights};
+use resnet_server::{Config, ServedModel};
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub fn run(args: ServeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let config = config(&args, quiet)?;
+    let threads = rayon::current_num_threads();
+    let model = served_model(&args.model, threads)?;
+    resnet_server::run(config, model, threads)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The model as `classify` loads it, plus what the server shows about its weights file
+/// (SHA-256, synthetic or not) and the `fc.weight` class activation maps need.
+pub fn served_model(args: &ModelArgs, threads: usize) -> anyhow::Result<ServedModel> {
+    let model = load_model(args)?;
+    let (weights, sha256) = weights_identity(&model.weights_path)?;
+    let isa = resnet_core::cpu::Isa::from_env_or_best()?;
+    Ok(ServedModel::new(
+        model.backend,
+        model.labels,
+        &weights,
+        Some(sha256),
+        isa,
+        threads,
+    ))
+}
+
+/// Reads the weights file `load_model` used again, for its digest and its `fc.weight` (the
+/// backend keeps only its own prepared copy). Transient: dropped once the server has what it
+/// needs.
+pub fn weights_identity(path: &std::path::Path) -> anyhow::Result<(Weights, String)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let sha256 = sha256_hex(&bytes);
+    let weights = Weights::from_bytes(&bytes, &path.display().to_string())?;
+    Ok((weights, sha256))
+}
+
+fn positive_secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v > 0.0 && v.is_finite()) {
+        bail!("--{name} must be a positive number, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn config(args: &ServeArgs, quiet: bool) -> anyhow::Result<Config> {
+    if !(args.batch_wait_ms >= 0.0 && args.batch_wait_ms.is_finite()) {
+        bail!(
+            "--batch-wait-ms must be zero or positive, got {}",
+            args.batch_wait_ms
+        );
+    }
+    if !(args.max_body_mb > 0.0 && args.max_body_mb <= 4096.0) {
+        bail!(
+            "--max-body-mb must be in (0, 4096], got {}",
+            args.max_body_mb
+        );
+    }
+    if !(args.max_megapixels > 0.0 && args.max_megapixels.is_finite()) {
+        bail!(
+            "--max-megapixels must be a positive number, got {}",
+            args.max_megapixels
+        );
+    }
+    let token = match &args.token {
+        Some(t) => Some(t.clone()),
+        None => std::env::var("RESNET_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    let config = Config {
+        addr: args.addr,
+        max_batch: args.max_batch as usize,
+        batch_wait: Duration::from_secs_f64(args.batch_wait_ms / 1e3),
+        queue: args.queue as usize,
+        max_body_bytes: (args.max_body_mb * (1 << 20) as f64) as usize,
+        max_pixels: (args.max_megapixels * 1e6) as u64,
+        timeout: positive_secs("timeout-s", args.timeout_s)?,
+        header_read_timeout: positive_secs("header-timeout-s", args.header_timeout_s)?,
+        token,
+        history: args.history,
+        history_file: args.history_file.clone(),
+        exif: match args.exif {
+            ExifArg::Apply => ExifMode::Apply,
+            ExifArg::Ignore => ExifMode::Ignore,
+        },
+        log_requests: !quiet,
+        ..Config::default()
+    };
+    config.validate()?;
+    Ok(config)
+}

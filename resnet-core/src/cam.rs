@@ -1,0 +1,262 @@
+//! Class activation maps (Zhou et al., 2016, "Learning Deep Features for Discriminative
+//! Localization"): where in the image the network found the evidence for a class.
+//!
+//! ResNet-18 ends with `layer4` (features `F[512, 7, 7]` for a 224x224 input), a global average
+//! pool and one linear layer. Because the pool and the linear layer are both linear, the logit of
+//! class `c` is the spatial mean of one map:
+//!
+//! ```text
+//! CAM_c[y, x] = sum_k fc.weight[c, k] * F[k, y, x]
+//! logit_c     = mean_yx(CAM_c) + fc.bias[c]
+//! ```
+//!
+//! [`class_activation_map`] runs one forward pass, takes `F` from the `layer4.1` trace point via a
+//! [`LayerObserver`] (so it works with every backend) and weights it by the class's row of
+//! `fc.weight`. [`heatmap_overlay`] upsamples the map bilinearly to the 224x224 crop the network
+//! saw and blends it over the crop as a heat map.
+
+use crate::arch::{FC_IN, NUM_CLASSES};
+use crate::backend::{Backend, LayerEvent, LayerObserver};
+use crate::error::{Error, Result};
+use image::{Rgb, RgbImage};
+use ndarray::{Array3, ArrayView3, Axis};
+
+/// The trace point whose output the map is made of: the last residual block.
+pub const FEATURE_LAYER: &str = "layer4.1";
+
+/// A class activation map for one image.
+#[derive(Clone, Debug)]
+pub struct ClassActivationMap {
+    /// The class the map explains.
+    pub class: usize,
+    /// Map height (7 for a 224x224 input).
+    pub height: usize,
+    /// Map width.
+    pub width: usize,
+    /// `CAM_c[y, x]` row-major, unnormalised: its mean plus `fc.bias[c]` is the class's logit.
+    pub raw: Vec<f32>,
+    /// `raw` min-max scaled to `[0, 1]` (all zeros when the map is flat).
+    pub normalized: Vec<f32>,
+    /// The image's 1000 logits from the same forward pass.
+    pub logits: Vec<f32>,
+}
+
+/// Keeps the output of [`FEATURE_LAYER`].
+struct FeatureGrabber {
+    features: Option<Array3<f32>>,
+}
+
+impl LayerObserver for FeatureGrabber {
+    fn wants_outputs(&self) -> bool {
+        true
+    }
+
+    fn on_layer(&mut self, event: &LayerEvent<'_>) {
+        if event.name != FEATURE_LAYER {
+            return;
+        }
+        if let Some(out) = &event.output {
+            if let Ok(nchw) = out.view().into_dimensionality::<ndarray::Ix4>() {
+                self.features = Some(nchw.index_axis(Axis(0), 0).to_owned());
+            }
+        }
+    }
+}
+
+/// Runs `input` (`[3, H, W]`, normalised as in [`crate::preprocess`]) through `backend` and
+/// computes the map of `class` (default: the top-1 class). `fc_weight` is `fc.weight`,
+/// `[1000, 512]` row-major, as in [`crate::weights::Weights::tensor`].
+pub fn class_activation_map(
+    backend: &dyn Backend,
+    fc_weight: &[f32],
+    input: ArrayView3<'_, f32>,
+    class: Option<usize>,
+) -> Result<ClassActivationMap> {
+    if fc_weight.len() != NUM_CLASSES * FC_IN {
+        return Err(Error::Backend {
+            name: backend.name().into(),
+            reason: format!(
+                "fc.weight has {} values, expected {NUM_CLASSES}x{FC_IN}",
+                fc_weight.len()
+            ),
+        });
+    }
+    if let Some(c) = class {
+        if c >= NUM_CLASSES {
+            return Err(Error::Backend {
+                name: backend.name().into(),
+                reason: format!("class {c} out of range (0..{NUM_CLASSES})"),
+            });
+        }
+    }
+    let mut grabber = FeatureGrabber { features: None };
+    let logits = backend.forward(input.insert_axis(Axis(0)), &mut grabber)?;
+    let logits = logits.row(0).to_vec();
+    let features = grabber.features.ok_or_else(|| Error::Backend {
+        name: backend.name().into(),
+        reason: format!("did not report the output of {FEATURE_LAYER}"),
+    })?;
+    let class = class.unwrap_or_else(|| crate::postprocess::top_k_indices(&logits, 1)[0]);
+    let (k, height, width) = features.dim();
+    if k != FC_IN {
+        return Err(Error::Backend {
+            name: backend.name().into(),
+            reason: format!("{FEATURE_LAYER} has {k} channels, expected {FC_IN}"),
+        });
+    }
+    let row = &fc_weight[class * FC_IN..(class + 1) * FC_IN];
+    let mut raw = vec![0.0f32; height * width];
+    for (channel, &w) in features.outer_iter().zip(row) {
+        for (acc, &f) in raw.iter_mut().zip(channel.iter()) {
+            *acc += w * f;
+        }
+    }
+    Ok(ClassActivationMap {
+        class,
+        height,
+        width,
+        normalized: min_max_normalize(&raw),
+        raw,
+        logits,
+    })
+}
+
+fn min_max_normalize(values: &[f32]) -> Vec<f32> {
+    let min = values.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let range = max - min;
+    if !(range > 0.0 && range.is_finite()) {
+        return vec![0.0; values.len()];
+    }
+    values.iter().map(|v| (v - min) / range).collect()
+}
+
+/// Upsamples `map` (`h x w`, values in `[0, 1]`) to `out_w x out_h` bilinearly with half-pixel
+/// centres (OpenCV's `INTER_LINEAR`, PyTorch's `align_corners=False`).
+pub fn upsample_bilinear(
+    map: &[f32],
+    (h, w): (usize, usize),
+    (out_w, out_h): (u32, u32),
+) -> Vec<f32> {
+    let coord = |o: u32, out: u32, inp: usize| {
+        let s = ((o as f32 + 0.5) * inp as f32 / out as f32 - 0.5).clamp(0.0, (inp - 1) as f32);
+        let i0 = s.floor() as usize;
+        let i1 = (i0 + 1).min(inp - 1);
+        (i0, i1, s - i0 as f32)
+    };
+    let mut out = Vec::with_capacity(out_w as usize * out_h as usize);
+    for oy in 0..out_h {
+        let (y0, y1, fy) = coord(oy, out_h, h);
+        for ox in 0..out_w {
+            let (x0, x1, fx) = coord(ox, out_w, w);
+            let top = map[y0 * w + x0] * (1.0 - fx) + map[y0 * w + x1] * fx;
+            let bottom = map[y1 * w + x0] * (1.0 - fx) + map[y1 * w + x1] * fx;
+            out.push(top * (1.0 - fy) + bottom * fy);
+        }
+    }
+    out
+}
+
+/// The "jet" colour map: 0 is dark blue, 0.5 green-yellow, 1 dark red.
+pub fn jet(v: f32) -> [u8; 3] {
+    let v = v.clamp(0.0, 1.0);
+    let channel =
+        |offset: f32| ((1.5 - (4.0 * v - offset).abs()).clamp(0.0, 1.0) * 255.0).round() as u8;
+    [channel(3.0), channel(2.0), channel(1.0)]
+}
+
+/// Blends the map over `crop` (the image the network saw, e.g.
+/// [`crate::preprocess::resize_and_crop`]): `out = (1 - alpha) * crop + alpha * jet(map)`.
+pub fn heatmap_overlay(crop: &RgbImage, map: &ClassActivationMap, alpha: f32) -> RgbImage {
+    let (w, h) = crop.dimensions();
+    let up = upsample_bilinear(&map.normalized, (map.height, map.width), (w, h));
+    let alpha = alpha.clamp(0.0, 1.0);
+    RgbImage::from_fn(w, h, |x, y| {
+        let heat = jet(up[(y * w + x) as usize]);
+        let p = crop.get_pixel(x, y).0;
+        Rgb(std::array::from_fn(|c| {
+            ((1.0 - alpha) * p[c] as f32 + alpha * heat[c] as f32).round() as u8
+        }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_spans_zero_to_one_and_handles_flat_maps() {
+        assert_eq!(min_max_normalize(&[2.0, 4.0, 3.0]), vec![0.0, 1.0, 0.5]);
+        assert_eq!(min_max_normalize(&[5.0; 4]), vec![0.0; 4]);
+        assert_eq!(min_max_normalize(&[f32::NAN, 1.0]), vec![0.0; 2]);
+    }
+
+    #[test]
+    fn upsampling_keeps_constants_and_interpolates_between_centres() {
+        let up = upsample_bilinear(&[0.25; 4], (2, 2), (8, 8));
+        assert!(up.iter().all(|&v| (v - 0.25).abs() < 1e-6));
+        // 1x2 map [0, 1] to width 4: centres at 0.25 and 0.75 of the way; edges clamp.
+        let up = upsample_bilinear(&[0.0, 1.0], (1, 2), (4, 1));
+        assert_eq!(up, vec![0.0, 0.25, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn jet_runs_blue_to_red() {
+        assert_eq!(jet(0.0), [0, 0, 128]);
+        assert_eq!(jet(1.0), [128, 0, 0]);
+        let mid = jet(0.5);
+        assert!(mid[1] == 255 && mid[0] == 128 && mid[2] == 128);
+    }
+
+    /// The defining identity: the spatial mean of the raw map plus the class's bias is the logit
+    /// the same forward pass produced, for every backend that reports the feature layer.
+    #[test]
+    fn map_mean_plus_bias_is_the_logit() {
+        use crate::backend::{BackendKind, BackendOptions};
+        let weights = crate::weights::synthetic_weights(0);
+        let fc_weight = &weights.tensor("fc.weight").data;
+        let fc_bias = &weights.tensor("fc.bias").data;
+        let input = Array3::from_shape_fn((3, 224, 224), |(c, y, x)| {
+            ((c * 31 + y * 7 + x * 3) % 97) as f32 / 40.0 - 1.2
+        });
+        for kind in [BackendKind::Gemm, BackendKind::Native] {
+            let backend = kind.create(&weights, &BackendOptions::default()).unwrap();
+            for class in [None, Some(0), Some(999)] {
+                let map = class_activation_map(&*backend, fc_weight, input.view(), class).unwrap();
+                assert_eq!((map.height, map.width), (7, 7));
+                let c = map.class;
+                if class.is_none() {
+                    assert_eq!(c, crate::postprocess::top_k_indices(&map.logits, 1)[0]);
+                }
+                let mean = map.raw.iter().sum::<f32>() / 49.0;
+                let (expected, found) = (map.logits[c], mean + fc_bias[c]);
+                assert!(
+                    (expected - found).abs() < 1e-3 * expected.abs().max(1.0),
+                    "{kind} class {c}: logit {expected}, mean(CAM) + bias {found}"
+                );
+            }
+        }
+        let backend = BackendKind::Native
+            .create(&weights, &BackendOptions::default())
+            .unwrap();
+        assert!(class_activation_map(&*backend, fc_weight, input.view(), Some(1000)).is_err());
+        assert!(class_activation_map(&*backend, &fc_weight[1..], input.view(), None).is_err());
+    }
+
+    #[test]
+    fn overlay_with_alpha_zero_is_the_crop() {
+        let crop = RgbImage::from_fn(14, 14, |x, y| Rgb([x as u8, y as u8, 7]));
+        let map = ClassActivationMap {
+            class: 0,
+            height: 7,
+            width: 7,
+            raw: (0..49).map(|i| i as f32).collect(),
+            normalized: min_max_normalize(&(0..49).map(|i| i as f32).collect::<Vec<_>>()),
+            logits: vec![],
+        };
+        assert_eq!(heatmap_overlay(&crop, &map, 0.0), crop);
+        let full = heatmap_overlay(&crop, &map, 1.0);
+        assert_eq!(full.get_pixel(0, 0).0, jet(0.0));
+        assert_eq!(full.get_pixel(13, 13).0, jet(1.0));
+    }
+}

@@ -1,0 +1,93 @@
+//! The server's settings, validated once at start.
+
+use crate::error::ServerError;
+use resnet_core::decode::ExifMode;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `resnet serve` can be told.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen (`127.0.0.1:0` picks a free port).
+    pub addr: SocketAddr,
+    /// Most images run through the network together.
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for others.
+    pub batch_wait: Duration,
+    /// Requests that may wait for the model; more get 503 with `Retry-After`.
+    pub queue: usize,
+    /// Largest request body in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Largest image in pixels, checked from its header (422 above it).
+    pub max_pixels: u64,
+    /// Whole-request deadline, body upload included (504 after it).
+    pub timeout: Duration,
+    /// Deadline for a client to send its request headers (the connection is closed after it).
+    pub header_read_timeout: Duration,
+    /// Bearer token every route but `/healthz`, `/readyz` and the page `/` requires.
+    pub token: Option<String>,
+    /// Recognitions kept for `/v1/history` (0 turns history off).
+    pub history: usize,
+    /// Append-only JSON-lines file the history is written to and reloaded from.
+    pub history_file: Option<PathBuf>,
+    /// Most images in one `/v1/classify/batch` request.
+    pub max_batch_parts: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// EXIF orientation handling for uploads.
+    pub exif: ExifMode,
+    /// One log line per request on stderr.
+    pub log_requests: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_batch: 8,
+            batch_wait: Duration::from_millis(2),
+            queue: 64,
+            max_body_bytes: 10 << 20,
+            max_pixels: resnet_core::decode::DEFAULT_MAX_PIXELS,
+            timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            token: None,
+            history: 50,
+            history_file: None,
+            max_batch_parts: 32,
+            shutdown_grace: Duration::from_secs(30),
+            exif: ExifMode::Apply,
+            log_requests: true,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the ranges that would otherwise make the server misbehave.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let bad = |m: &str| Err(ServerError::Config(m.to_string()));
+        if self.max_batch == 0 || self.max_batch > 256 {
+            return bad("--max-batch must be between 1 and 256");
+        }
+        if self.queue == 0 {
+            return bad("--queue must be at least 1");
+        }
+        if self.max_body_bytes == 0 {
+            return bad("--max-body-mb must be positive");
+        }
+        if self.max_pixels == 0 {
+            return bad("--max-megapixels must be positive");
+        }
+        if self.timeout.is_zero() || self.header_read_timeout.is_zero() {
+            return bad("timeouts must be positive");
+        }
+        if self.max_batch_parts == 0 {
+            return bad("the batch route needs at least one part");
+        }
+        if matches!(&self.token, Some(t) if t.is_empty()) {
+            return bad("the token must not be empty");
+        }
+        Ok(())
+    }
+}

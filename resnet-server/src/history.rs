@@ -1,0 +1,216 @@
+//! The recognition log: the last N classifications in memory, optionally appended to a
+//! JSON-lines file (one object per line, flushed per record) and reloaded from it at start.
+
+use crate::error::ServerError;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One recognition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// When it was answered, UTC, RFC 3339 (`2026-11-27T23:59:01.123Z`).
+    pub time: String,
+    /// Which route answered it.
+    pub route: String,
+    /// Image width in pixels (after EXIF rotation).
+    pub width: u32,
+    /// Image height in pixels.
+    pub height: u32,
+    /// Top-1 class index.
+    pub index: usize,
+    /// Top-1 class name.
+    pub label: String,
+    /// Top-1 probability, 0..1.
+    pub probability: f32,
+    /// Request latency in milliseconds.
+    pub latency_ms: f64,
+    /// A small JPEG of the image as a `data:` URL.
+    pub thumbnail: String,
+}
+
+/// The in-memory log and its file.
+pub struct History {
+    capacity: usize,
+    entries: Mutex<VecDeque<Entry>>,
+    file: Option<(PathBuf, Mutex<File>)>,
+}
+
+impl History {
+    /// A log of `capacity` entries (0: off), reloading and appending to `file` when given.
+    /// Unparsable lines in the file (e.g. one cut short by a crash) are skipped.
+    pub fn open(capacity: usize, file: Option<&Path>) -> Result<History, ServerError> {
+        let mut entries = VecDeque::with_capacity(capacity.min(4096));
+        let file = match file {
+            None => None,
+            Some(path) => {
+                let err = |source| ServerError::History {
+                    path: path.display().to_string(),
+                    source,
+                };
+                if capacity > 0 && path.exists() {
+                    let reader = BufReader::new(File::open(path).map_err(err)?);
+                    for line in reader.lines() {
+                        let line = line.map_err(err)?;
+                        if let Ok(e) = serde_json::from_str::<Entry>(&line) {
+                            if entries.len() == capacity {
+                                entries.pop_front();
+                            }
+                            entries.push_back(e);
+                        }
+                    }
+                }
+                let mut f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(err)?;
+                // Terminate a line torn by a crash, so the next record starts on its own line.
+                if last_byte(path).map_err(err)?.is_some_and(|b| b != b'\n') {
+                    f.write_all(b"\n").map_err(err)?;
+                }
+                Some((path.to_path_buf(), Mutex::new(f)))
+            }
+        };
+        Ok(History {
+            capacity,
+            entries: Mutex::new(entries),
+            file,
+        })
+    }
+
+    /// Whether anything is recorded.
+    pub fn enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
+    /// The capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Adds a recognition (and appends it to the file). Blocking: call off the async threads.
+    pub fn record(&self, entry: Entry) {
+        if !self.enabled() {
+            return;
+        }
+        if let Some((path, file)) = &self.file {
+            let mut line = serde_json::to_string(&entry).unwrap_or_default();
+            line.push('\n');
+            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.flush()) {
+                eprintln!("resnet serve: cannot append to {}: {e}", path.display());
+            }
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() == self.capacity {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+    }
+
+    /// The entries, newest first.
+    pub fn newest_first(&self) -> Vec<Entry> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.iter().rev().cloned().collect()
+    }
+}
+
+fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut b = [0u8];
+    f.read_exact(&mut b)?;
+    Ok(Some(b[0]))
+}
+
+/// Now as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs() as i64, d.subsec_millis())
+}
+
+/// Formats Unix time as `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, Howard Hinnant's
+/// `civil_from_days`).
+pub fn rfc3339(unix_secs: i64, millis: u32) -> String {
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(1_795_823_999, 999), "2026-11-27T23:59:59.999Z");
+    }
+
+    fn entry(i: usize) -> Entry {
+        Entry {
+            time: rfc3339(i as i64, 0),
+            route: "classify".into(),
+            width: 10,
+            height: 20,
+            index: i,
+            label: format!("class {i}"),
+            probability: 0.5,
+            latency_ms: 1.0,
+            thumbnail: String::new(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_last_n_and_survives_a_restart_with_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        let h = History::open(3, Some(&path)).unwrap();
+        for i in 0..5 {
+            h.record(entry(i));
+        }
+        let idx: Vec<usize> = h.newest_first().iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![4, 3, 2]);
+        drop(h);
+        // A crash in the middle of a write leaves a partial line; it is skipped.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"time\": \"2026").unwrap();
+        drop(f);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 6);
+        let h = History::open(3, Some(&path)).unwrap();
+        let idx: Vec<usize> = h.newest_first().iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![4, 3, 2]);
+        h.record(entry(5));
+        drop(h);
+        let h = History::open(3, Some(&path)).unwrap();
+        let idx: Vec<usize> = h.newest_first().iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![5, 4, 3]);
+        assert!(!History::open(0, None).unwrap().enabled());
+    }
+}

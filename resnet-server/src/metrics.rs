@@ -1,0 +1,191 @@
+//! Prometheus metrics, written by hand in the text exposition format (version 0.0.4).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Request latency buckets, seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Batch size buckets.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Forward-pass duration buckets, seconds.
+const INFERENCE_BUCKETS: &[f64] = &[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+
+#[derive(Clone, Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(&mut self.counts) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// Everything `/metrics` shows. Routes are a fixed set of names, so label cardinality is bounded.
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    batch_size: Mutex<Histogram>,
+    inference: Mutex<Histogram>,
+    queue_depth: AtomicI64,
+    images: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Mutex::new(BTreeMap::new()),
+            latency: Mutex::new(BTreeMap::new()),
+            batch_size: Mutex::new(Histogram::new(BATCH_BUCKETS)),
+            inference: Mutex::new(Histogram::new(INFERENCE_BUCKETS)),
+            queue_depth: AtomicI64::new(0),
+            images: AtomicU64::new(0),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn observe_request(&self, route: &'static str, status: u16, latency: Duration) {
+        *lock(&self.requests).entry((route, status)).or_insert(0) += 1;
+        lock(&self.latency)
+            .entry(route)
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Counts one forward pass of `n` images.
+    pub fn observe_batch(&self, n: usize, took: Duration) {
+        lock(&self.batch_size).observe(n as f64);
+        lock(&self.inference).observe(took.as_secs_f64());
+        self.images.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Moves the queue-depth gauge.
+    pub fn queue_depth_add(&self, delta: i64) {
+        self.queue_depth.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Jobs waiting for the model now.
+    pub fn queue_depth(&self) -> i64 {
+        self.queue_depth.load(Ordering::Relaxed)
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP resnet_http_requests_total HTTP requests answered, by route and status.\n",
+        );
+        out.push_str("# TYPE resnet_http_requests_total counter\n");
+        for ((route, status), n) in lock(&self.requests).iter() {
+            let _ = writeln!(
+                out,
+                "resnet_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP resnet_http_request_duration_seconds Time from request to response, by route.\n");
+        out.push_str("# TYPE resnet_http_request_duration_seconds histogram\n");
+        for (route, h) in lock(&self.latency).iter() {
+            h.render(
+                &mut out,
+                "resnet_http_request_duration_seconds",
+                &format!("route=\"{route}\""),
+            );
+        }
+        out.push_str("# HELP resnet_batch_size Images per forward pass.\n");
+        out.push_str("# TYPE resnet_batch_size histogram\n");
+        lock(&self.batch_size).render(&mut out, "resnet_batch_size", "");
+        out.push_str("# HELP resnet_inference_duration_seconds Time of one forward pass.\n");
+        out.push_str("# TYPE resnet_inference_duration_seconds histogram\n");
+        lock(&self.inference).render(&mut out, "resnet_inference_duration_seconds", "");
+        out.push_str("# HELP resnet_queue_depth Images waiting for the model.\n");
+        out.push_str("# TYPE resnet_queue_depth gauge\n");
+        let _ = writeln!(out, "resnet_queue_depth {}", self.queue_depth().max(0));
+        out.push_str(
+            "# HELP resnet_images_classified_total Images that went through the network.\n",
+        );
+        out.push_str("# TYPE resnet_images_classified_total counter\n");
+        let _ = writeln!(
+            out,
+            "resnet_images_classified_total {}",
+            self.images.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_rendered_with_inf() {
+        let m = Metrics::default();
+        m.observe_batch(1, Duration::from_millis(10));
+        m.observe_batch(3, Duration::from_millis(30));
+        m.observe_request("classify", 200, Duration::from_millis(20));
+        m.observe_request("classify", 503, Duration::from_millis(1));
+        let text = m.render();
+        assert!(
+            text.contains("resnet_batch_size_bucket{le=\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("resnet_batch_size_bucket{le=\"2\"} 1\n"));
+        assert!(text.contains("resnet_batch_size_bucket{le=\"4\"} 2\n"));
+        assert!(text.contains("resnet_batch_size_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("resnet_batch_size_sum 4\n"));
+        assert!(text.contains("resnet_images_classified_total 4\n"));
+        assert!(text.contains("resnet_http_requests_total{route=\"classify\",status=\"503\"} 1\n"));
+        assert!(text.contains(
+            "resnet_http_request_duration_seconds_bucket{route=\"classify\",le=\"0.025\"} 2\n"
+        ));
+        assert!(text.contains("resnet_http_request_duration_seconds_count{route=\"classify\"} 2\n"));
+    }
+}

@@ -1,0 +1,209 @@
+//! Binding, the accept loop, graceful shutdown, and the blocking entry point the CLI calls.
+
+use crate::batcher::{BatchSettings, Batcher};
+use crate::config::Config;
+use crate::error::ServerError;
+use crate::history::History;
+use crate::metrics::Metrics;
+use crate::model::ServedModel;
+use crate::routes::{handle, AppState};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A running server. Dropping it also shuts the server down.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Binds `config.addr`, starts the inference thread (which warms the model up) and the
+    /// accept loop. Must be called inside a tokio runtime.
+    pub async fn start(config: Config, model: ServedModel) -> Result<Server, ServerError> {
+        config.validate()?;
+        let listener =
+            TcpListener::bind(config.addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.addr,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        let history = History::open(config.history, config.history_file.as_deref())?;
+        let batcher = Batcher::start(
+            Arc::clone(&model.backend),
+            Arc::clone(&model.fc_weight),
+            BatchSettings {
+                max_batch: config.max_batch,
+                batch_wait: config.batch_wait,
+                queue: config.queue,
+            },
+            Arc::clone(&metrics),
+        )
+        .map_err(|source| ServerError::Start {
+            what: "inference thread",
+            source,
+        })?;
+        let state = Arc::new(AppState {
+            config,
+            model,
+            batcher,
+            metrics,
+            history,
+            shutting_down: AtomicBool::new(false),
+        });
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), stopped));
+        Ok(Server {
+            addr,
+            stop: Some(stop),
+            task,
+            state,
+        })
+    }
+
+    /// The address it listens on (with the real port when `:0` was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// True once the model is warmed up.
+    pub fn is_ready(&self) -> bool {
+        self.state.batcher.is_ready()
+    }
+
+    /// Waits until the model is warmed up.
+    pub async fn wait_ready(&self) {
+        while !self.is_ready() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the configured grace period),
+    /// closes idle connections, then stops the inference thread.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: oneshot::Receiver<()>) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .keep_alive(true);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let st = Arc::clone(&state);
+                    let service = service_fn(move |req| {
+                        let st = Arc::clone(&st);
+                        async move { Ok::<_, Infallible>(handle(req, st).await) }
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let watched = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        // A connection error (client gone, header timeout) ends that connection only.
+                        let _ = watched.await;
+                    });
+                }
+                Err(e) => {
+                    // E.g. out of file descriptors: wait a little rather than spin or die.
+                    eprintln!("resnet serve: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    state.shutting_down.store(true, Ordering::Release);
+    let grace = state.config.shutdown_grace;
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            eprintln!("resnet serve: requests still running after {:.0} s; closing anyway", grace.as_secs_f64());
+        }
+    }
+    let st = Arc::clone(&state);
+    let _ = tokio::task::spawn_blocking(move || st.batcher.close()).await;
+}
+
+/// Runs the server until SIGINT or SIGTERM, then shuts it down gracefully. Builds its own
+/// tokio runtime: `threads` async workers and as many blocking threads for decoding.
+pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), ServerError> {
+    let threads = threads.max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .max_blocking_threads(threads.max(2))
+        .thread_name("resnet-http")
+        .enable_all()
+        .build()
+        .map_err(|source| ServerError::Start {
+            what: "async runtime",
+            source,
+        })?;
+    runtime.block_on(async move {
+        let log = config.log_requests;
+        let server = Server::start(config, model).await?;
+        eprintln!("resnet serve: listening on http://{}", server.local_addr());
+        tokio::select! {
+            () = server.wait_ready() => {
+                if log {
+                    eprintln!("resnet serve: model warmed up, ready");
+                }
+            }
+            () = termination() => {}
+        }
+        if server.is_ready() {
+            termination().await;
+        }
+        eprintln!("resnet serve: shutting down, finishing in-flight requests");
+        server.shutdown().await;
+        eprintln!("resnet serve: stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn termination() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
