@@ -149,7 +149,7 @@ impl BackendKind {
             BackendKind::Reference => "direct convolution loops, f64 accumulation, no SIMD (quality: reference)".into(),
             BackendKind::Gemm => "NCHW im2col + matrixmultiply::sgemm, unfused passes (quality: library)".into(),
             BackendKind::Native => format!(
-                "packed GEMM kernel {}, NHWC, implicit im2col, fused epilogue (quality: intrinsics)",
+                "packed GEMM kernel {}, NHWC, implicit im2col, fused epilogue, Winograd F(4x4,3x3) on the 3x3 stride-1 convolutions of layer1-3 by default (quality: intrinsics)",
                 resnet_kernels::gemm::kernel_name(isa)
             ),
             BackendKind::Int8 => format!(
