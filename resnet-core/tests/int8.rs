@@ -211,7 +211,7 @@ fn int8_sqnr_per_layer() {
 /// Not a check: the measurement behind the default calibration method and the stem's
 /// precision (run with `--ignored --nocapture`; figures in the README's INT8 section).
 #[test]
-#[ignore]
+#[ignore = "a measurement report, not a check: run with --ignored --nocapture"]
 fn int8_methods_report() {
     let f = fixture();
     for stem in [LayerPrecision::Int8, LayerPrecision::F32] {
