@@ -101,7 +101,7 @@ impl Int8Layer {
             pad: s.padding,
         };
         let oc = s.out_channels;
-        out.resize(geometry.m() * oc, 0);
+        let out = grow(out, geometry.m() * oc);
         let requant = Requant {
             bias: &self.bias,
             scale: &self.scale,
@@ -286,10 +286,12 @@ impl Int8Backend {
             trace.report_shape(name, &[n, c, h, w], wants.then(|| out.view()));
         };
 
+        // Buffers only grow (`grow`), so a steady state never zeroes memory; each tensor is the
+        // first n·h·w·c bytes of its buffer.
         // Stem: conv1 + bn1 + relu, then max-pool on the codes.
         let stem_q = match &self.stem {
             Stem::Int8(layer) => {
-                ws.x.resize(input.len(), 0);
+                let x = grow(&mut ws.x, input.len());
                 quantize_nchw_to_nhwc_u8(
                     input,
                     n,
@@ -297,10 +299,9 @@ impl Int8Backend {
                     h * w,
                     1.0 / self.input.scale,
                     self.input.zero_point as i32,
-                    &mut ws.x,
+                    x,
                 );
-                (h, w) =
-                    layer.run_with(&ws.x, (n, h, w), &mut ws.t, None, true, Some(&mut ws.cols));
+                (h, w) = layer.run_with(x, (n, h, w), &mut ws.t, None, true, Some(&mut ws.cols));
                 layer.output
             }
             Stem::F32 { layer, output } => {
@@ -320,38 +321,64 @@ impl Int8Backend {
             }
         };
         let mut c = 64;
-        report(&mut trace, "stem", &ws.t, stem_q, (h, w, c));
+        let len = |h: usize, w: usize, c: usize| n * h * w * c;
+        report(&mut trace, "stem", &ws.t[..len(h, w, c)], stem_q, (h, w, c));
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
-        ws.x.resize(n * ph * pw * c, 0);
-        max_pool_3x3_s2_p1_u8_nhwc(&ws.t, n, h, w, c, &mut ws.x);
+        max_pool_3x3_s2_p1_u8_nhwc(
+            &ws.t[..len(h, w, c)],
+            n,
+            h,
+            w,
+            c,
+            grow(&mut ws.x, len(ph, pw, c)),
+        );
         (h, w) = (ph, pw);
-        report(&mut trace, "maxpool", &ws.x, stem_q, (h, w, c));
+        report(
+            &mut trace,
+            "maxpool",
+            &ws.x[..len(h, w, c)],
+            stem_q,
+            (h, w, c),
+        );
 
         let mut x_q = stem_q;
         for block in &self.blocks {
+            let x = &ws.x[..len(h, w, c)];
             // Residual branch, first conv: conv1 + bn1 + relu.
-            let (oh, ow) = block.conv1.run(&ws.x, (n, h, w), &mut ws.t, None, true);
+            let (oh, ow) = block.conv1.run(x, (n, h, w), &mut ws.t, None, true);
+            let oc = block.conv2.spec.out_channels;
             // Skip branch: the input, or downsample conv + bn.
             let skip: (&[u8], ActQuant) = match &block.downsample {
                 Some(ds) => {
-                    ds.run(&ws.x, (n, h, w), &mut ws.skip, None, false);
-                    (&ws.skip, ds.output)
+                    ds.run(x, (n, h, w), &mut ws.skip, None, false);
+                    (&ws.skip[..len(oh, ow, oc)], ds.output)
                 }
-                None => (&ws.x, x_q),
+                None => (x, x_q),
             };
             // conv2 + bn2 + residual add + relu, requantised in the epilogue.
-            block
-                .conv2
-                .run(&ws.t, (n, oh, ow), &mut ws.y, Some(skip), true);
+            block.conv2.run(
+                &ws.t[..len(oh, ow, block.conv1.spec.out_channels)],
+                (n, oh, ow),
+                &mut ws.y,
+                Some(skip),
+                true,
+            );
             std::mem::swap(&mut ws.x, &mut ws.y);
-            (h, w, c) = (oh, ow, block.conv2.spec.out_channels);
+            (h, w, c) = (oh, ow, oc);
             x_q = block.conv2.output;
-            report(&mut trace, &block.name, &ws.x, x_q, (h, w, c));
+            report(
+                &mut trace,
+                &block.name,
+                &ws.x[..len(h, w, c)],
+                x_q,
+                (h, w, c),
+            );
         }
+        let x = &ws.x[..len(h, w, c)];
 
         ws.features.resize(n * c, 0.0);
         avg_pool_u8_nhwc(
-            &ws.x,
+            x,
             n,
             h * w,
             c,
@@ -418,6 +445,14 @@ impl Backend for Int8Backend {
         }
         Ok(logits)
     }
+}
+
+/// The first `len` elements of `buf`, growing it (with zeros) if it is shorter, never shrinking.
+fn grow<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buf.len() < len {
+        buf.resize(len, T::default());
+    }
+    &mut buf[..len]
 }
 
 /// NCHW `[N, C, HW]` -> NHWC `[N, HW, C]`.

@@ -186,8 +186,11 @@ fn gemm_dst<K: MicroKernel8>(a: &ASource8<'_>, b: &PackedB8, m: usize, n: usize,
                 let mut a_pack = abuf.borrow_mut();
                 let mut scratch = sbuf.borrow_mut();
                 if multi && matches!(dst, Dst::U8(..)) {
-                    scratch.clear();
-                    scratch.resize(rows_in_block.div_ceil(K::MR) * K::MR * ld_scratch, 0);
+                    // The first K block overwrites every sum it later reads: grow, never clear.
+                    let len = rows_in_block.div_ceil(K::MR) * K::MR * ld_scratch;
+                    if scratch.len() < len {
+                        scratch.resize(len, 0);
+                    }
                 }
                 // Loop 4: K blocks. The first overwrites the sums, the others add to them, the
                 // last applies the epilogue.

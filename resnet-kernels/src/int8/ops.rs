@@ -31,15 +31,25 @@ pub fn quantize_nchw_to_nhwc_u8(
     zero_point: i32,
     out: &mut [u8],
 ) {
+    use rayon::prelude::*;
     assert_eq!(input.len(), batch * c * hw);
     assert_eq!(out.len(), input.len());
-    for (image, dst) in input.chunks_exact(c * hw).zip(out.chunks_exact_mut(c * hw)) {
-        for (ch, plane) in image.chunks_exact(hw).enumerate() {
-            for (p, &x) in plane.iter().enumerate() {
-                dst[p * c + ch] = quantize_u8(x, inv_scale, zero_point);
-            }
-        }
-    }
+    // In parallel over runs of 2048 output pixels (the stem's input is 150 k values per image).
+    const PIXELS: usize = 2048;
+    out.par_chunks_mut(c * hw)
+        .zip(input.par_chunks(c * hw))
+        .for_each(|(dst, image)| {
+            dst.par_chunks_mut(PIXELS * c)
+                .enumerate()
+                .for_each(|(run, dst)| {
+                    for (i, pixel) in dst.chunks_exact_mut(c).enumerate() {
+                        let p = run * PIXELS + i;
+                        for (ch, q) in pixel.iter_mut().enumerate() {
+                            *q = quantize_u8(image[ch * hw + p], inv_scale, zero_point);
+                        }
+                    }
+                });
+        });
 }
 
 /// The requantising epilogue for one element of column `j`, exactly as every kernel computes it
