@@ -392,7 +392,7 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
-    /// f32 weights (safetensors, torchvision key names). Default: $RESNET_WEIGHTS.
+    /// f32 weights (safetensors or .pth, torchvision key names). Default: $RESNET_WEIGHTS, else the cache, else download.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
     /// Calibration images: files or directories (their image files, not recursive).

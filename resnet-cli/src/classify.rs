@@ -29,7 +29,20 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
     if kind == BackendKind::Int8 {
         return crate::quantize::load_model(args, &path);
     }
-    let weights = Weights::load(&path)?;
+    let weights = match Weights::load(&path) {
+        Ok(w) => w,
+        Err(e) => {
+            let quantised =
+                std::fs::read(&path).is_ok_and(|b| resnet_core::quantize::is_int8_file(&b));
+            if quantised {
+                bail!(
+                    "{}: an INT8 model made by `resnet quantize`: run it with --backend int8",
+                    path.display()
+                );
+            }
+            return Err(e.into());
+        }
+    };
     if weights.is_synthetic() {
         log::warn!(
             "{} holds synthetic weights (seeded random, untrained): predictions are meaningless",
