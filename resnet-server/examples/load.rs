@@ -278,6 +278,12 @@ async fn main() {
             mb(samples.last().copied().unwrap_or(0)),
             mb(samples.iter().copied().max().unwrap_or(0)),
         );
+        let every_10s: Vec<String> = samples
+            .iter()
+            .step_by(10)
+            .map(|kb| format!("{:.0}", mb(*kb)))
+            .collect();
+        println!("server RSS every 10 s (MB): {}", every_10s.join(", "));
     }
     if errors > 0 {
         std::process::exit(1);
