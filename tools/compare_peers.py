@@ -4,7 +4,9 @@
 Optional, never run by CI. Needs: pip install torch torchvision onnx onnxruntime safetensors
 Usage (after `cargo build --release -p resnet-cli`):
 
-    python3 tools/compare_peers.py [--threads 2] [--iters 30] [--batch 1,8]
+    python3 tools/compare_peers.py [--threads 2] [--iters 30] [--batch 1,8] [--winograd off,auto,all]
+
+RESNET_BIN=path/to/resnet picks another build of the binary.
 
 All engines run the same synthetic weights (`resnet weights synth --seed 0`), one after the other
 in this one process tree, each with the same thread count; medians are compared as ratios.
@@ -24,7 +26,7 @@ import torchvision
 from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(ROOT, "target", "release", "resnet")
+BINARY = os.environ.get("RESNET_BIN", os.path.join(ROOT, "target", "release", "resnet"))
 
 
 def median_ms(fn, iters):
@@ -43,6 +45,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--winograd", default="off,auto,all", help="native Winograd policies to time")
     args = ap.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
     torch.set_num_threads(args.threads)
@@ -78,7 +81,7 @@ def main():
 
         out = subprocess.run(
             [BINARY, "--threads", str(args.threads), "bench", "--weights", weights, "--backend", "gemm,native",
-             "--batch", args.batch, "--iters", str(args.iters), "--format", "json"],
+             "--winograd", args.winograd, "--batch", args.batch, "--iters", str(args.iters), "--format", "json"],
             check=True, capture_output=True, text=True)
         report = json.loads(out.stdout)
         for r in report["rows"]:

@@ -1,7 +1,10 @@
-//! Per-trace-point time of each backend at batch 1 (median of 20 runs), to see where time goes.
+//! Per-trace-point time of each backend, and of `native` under each Winograd policy, side by
+//! side in one run (median of 20 runs each), to see where time goes.
 //!
 //! `cargo run --release -p resnet-benches --example layer_profile [BATCH]`
-use resnet_core::backend::{BackendKind, BackendOptions, LayerEvent, LayerObserver};
+use resnet_core::backend::{
+    BackendKind, BackendOptions, LayerEvent, LayerObserver, WinogradPolicy,
+};
 use resnet_core::weights::synthetic_weights;
 use std::collections::BTreeMap;
 
@@ -21,8 +24,24 @@ fn main() {
         .unwrap_or(1);
     let weights = synthetic_weights(0);
     let input = ndarray::Array4::<f32>::from_elem((batch, 3, 224, 224), 0.3);
-    for kind in [BackendKind::Gemm, BackendKind::Native] {
-        let backend = kind.create(&weights, &BackendOptions::default()).unwrap();
+    let configs = [
+        ("gemm", BackendKind::Gemm, WinogradPolicy::Off),
+        ("native/wino-off", BackendKind::Native, WinogradPolicy::Off),
+        (
+            "native/wino-auto",
+            BackendKind::Native,
+            WinogradPolicy::Auto,
+        ),
+        ("native/wino-all", BackendKind::Native, WinogradPolicy::All),
+        ("int8", BackendKind::Int8, WinogradPolicy::Off),
+    ];
+    let mut columns: Vec<Vec<(String, f64)>> = Vec::new();
+    for (_, kind, winograd) in configs {
+        let options = BackendOptions {
+            winograd,
+            ..BackendOptions::default()
+        };
+        let backend = kind.create(&weights, &options).unwrap();
         let mut samples: BTreeMap<usize, (String, Vec<f64>)> = BTreeMap::new();
         for run in 0..23 {
             let mut t = Times(Vec::new());
@@ -37,14 +56,32 @@ fn main() {
                 }
             }
         }
-        println!("{} (batch {batch}): median ms per trace point", kind.name());
-        let mut total = 0.0;
-        for (name, mut v) in samples.into_values() {
-            v.sort_by(f64::total_cmp);
-            let med = v[v.len() / 2];
-            total += med;
-            println!("  {name:<10} {med:7.3}");
-        }
-        println!("  {:<10} {total:7.3}", "sum");
+        columns.push(
+            samples
+                .into_values()
+                .map(|(name, mut v)| {
+                    v.sort_by(f64::total_cmp);
+                    (name, v[v.len() / 2])
+                })
+                .collect(),
+        );
     }
+    println!("batch {batch}: median ms per trace point (20 runs each)");
+    print!("  {:<10}", "");
+    for (label, _, _) in configs {
+        print!(" {label:>17}");
+    }
+    println!();
+    for (i, (name, _)) in columns[0].iter().enumerate() {
+        print!("  {name:<10}");
+        for col in &columns {
+            print!(" {:>17.3}", col[i].1);
+        }
+        println!();
+    }
+    print!("  {:<10}", "sum");
+    for col in &columns {
+        print!(" {:>17.3}", col.iter().map(|(_, ms)| ms).sum::<f64>());
+    }
+    println!();
 }

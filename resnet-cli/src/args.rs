@@ -11,6 +11,14 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 
+    /// Only errors on stderr: no progress bar, no notes.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// More messages on stderr (-v: info, -vv: debug). RUST_LOG overrides, e.g. RUST_LOG=debug.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,9 +42,34 @@ pub enum Command {
         after_help = "Example:\n  resnet bench --backend gemm,native --batch 1,8 --iters 20\n  resnet bench --backend all --format json"
     )]
     Bench(BenchArgs),
+    /// Quantise weights to INT8, calibrating activations on images, for `--backend int8`.
+    #[command(
+        after_help = "Example:\n  resnet quantize --weights resnet18.safetensors --calib photos/ --out resnet18.int8.safetensors\n  resnet classify --backend int8 --weights resnet18.int8.safetensors cat.jpg"
+    )]
+    Quantize(QuantizeArgs),
     /// Show the layer table, the totals, the CPU features and the backends.
     #[command(after_help = "Example:\n  resnet inspect")]
     Inspect(InspectArgs),
+    /// Run one image and print every layer's output shape, time and activation statistics;
+    /// optionally dump each output as .npy or compare two backends layer by layer.
+    #[command(
+        after_help = "Example:\n  resnet trace cat.jpg\n  resnet trace cat.jpg --dump layers/   # layers/01_stem.npy ... 12_fc.npy (NCHW float32)\n  resnet trace cat.jpg --backend native --compare reference"
+    )]
+    Trace(TraceArgs),
+    /// Top-1 / top-5 accuracy over a labelled image set (ImageNet validation layout
+    /// DIR/<wnid>/*.JPEG, or a flat folder with a `filename,index` labels file).
+    #[command(
+        after_help = "Example:\n  resnet eval imagenet/val --limit 1000\n  resnet eval photos/ --labels-file labels.csv --format json"
+    )]
+    Eval(EvalArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  resnet completions bash > ~/.local/share/bash-completion/completions/resnet\n  resnet completions zsh > ~/.zfunc/_resnet\n  resnet completions fish > ~/.config/fish/completions/resnet.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Serve classification over HTTP (JSON API, web page, metrics) with dynamic batching.
     #[command(
         after_help = "Example:\n  resnet serve --weights resnet18.safetensors --addr 127.0.0.1:8080\n  curl -F file=@cat.jpg http://127.0.0.1:8080/v1/classify"
@@ -71,9 +104,10 @@ pub struct ServeArgs {
     /// Refuse images larger than this many megapixels (422, checked before decoding).
     #[arg(long, default_value_t = 64.0, value_name = "MP")]
     pub max_megapixels: f64,
-    /// Whole-request deadline in seconds, upload included (504 after it).
+    /// Whole-request deadline in seconds, upload included (504 after it). (`--timeout-s` is the
+    /// weights download's.)
     #[arg(long, default_value_t = 30.0, value_name = "S")]
-    pub timeout_s: f64,
+    pub request_timeout_s: f64,
     /// Seconds a client has to send its request headers.
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     pub header_timeout_s: f64,
@@ -90,9 +124,6 @@ pub struct ServeArgs {
     /// Apply the EXIF orientation of uploads (as viewers do) or ignore it (as torchvision does).
     #[arg(long, value_enum, default_value = "apply")]
     pub exif: ExifArg,
-    /// No log line per request.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -117,16 +148,51 @@ pub struct CamArgs {
 /// Where weights and labels come from.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Weights file (safetensors with torchvision key names). Default: $RESNET_WEIGHTS.
+    /// Weights file: safetensors or a PyTorch .pth state dict, with torchvision key names.
+    /// Default: $RESNET_WEIGHTS, else the cache, else download the official weights.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// Backend that computes the network: native (fastest), gemm (library baseline) or
-    /// reference (textbook loops, slow).
+    #[command(flatten)]
+    pub download: DownloadArgs,
+    /// Backend that computes the network: native (fastest f32), int8 (calibrated INT8: give
+    /// a `resnet quantize` file, or f32 weights to quantise on the fly), gemm (library
+    /// baseline) or reference (textbook loops, slow).
     #[arg(long, default_value = "native", value_name = "NAME")]
     pub backend: String,
+    /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3): off, auto
+    /// (layer1-3) or all.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "POLICY",
+        env = "RESNET_WINOGRAD"
+    )]
+    pub winograd: String,
     /// Class names: a JSON array or one name per line, exactly 1000 (default: built-in ImageNet).
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
+}
+
+/// How missing weights are downloaded.
+#[derive(Args, Debug, Clone)]
+pub struct DownloadArgs {
+    /// Download the weights from this URL instead of the official one (a mirror).
+    /// Default: $RESNET_WEIGHTS_URL, else the official URL in weights/manifest.json.
+    #[arg(long = "url", value_name = "URL")]
+    pub url: Option<String>,
+    /// Expected SHA-256 of the downloaded file (full digest or a prefix of at least 8 hex
+    /// digits). Default: $RESNET_WEIGHTS_SHA256, else the official file's.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Never use the network (also: RESNET_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Allow plain http to hosts other than loopback.
+    #[arg(long)]
+    pub allow_http: bool,
+    /// Connect and read timeout of the download, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub timeout_s: u64,
 }
 
 /// How images are decoded.
@@ -152,6 +218,15 @@ pub enum Format {
     Json,
 }
 
+/// Output formats of `classify`: jsonl and csv stream one line per image as it finishes.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassifyFormat {
+    Text,
+    Json,
+    Jsonl,
+    Csv,
+}
+
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
     #[command(flatten)]
@@ -161,18 +236,61 @@ pub struct ClassifyArgs {
     /// How many classes to print per input.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub top_k: u16,
+    /// Output format: text, json (one array), jsonl or csv (one line per image, streamed).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ClassifyFormat,
+    /// Include the 1000 raw logits in JSON / JSONL output.
+    #[arg(long)]
+    pub logits: bool,
+    /// Images run through the network together (the next batch is decoded meanwhile).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch_size: u16,
+    /// Image files, directories (searched recursively for images and .npy, in sorted order),
+    /// or glob patterns such as 'photos/**/*.jpg'. A .npy holds a preprocessed float32
+    /// [3,224,224] or [1,3,224,224].
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// The image (or a preprocessed .npy).
+    pub input: PathBuf,
+    /// Write every trace point's output as DIR/NN_name.npy (NCHW float32, as PyTorch hooks see it).
+    #[arg(long, value_name = "DIR")]
+    pub dump: Option<PathBuf>,
+    /// Also run this backend and print per-layer max abs error and SQNR against it.
+    #[arg(long, value_name = "BACKEND")]
+    pub compare: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-    /// Include the 1000 raw logits in JSON output.
-    #[arg(long)]
-    pub logits: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// The image set: DIR/<wnid>/*.JPEG (ImageNet layout), or a folder named by --labels-file.
+    pub dir: PathBuf,
+    /// `filename,index` lines (a header line is allowed), filenames relative to DIR.
+    #[arg(long, value_name = "FILE")]
+    pub labels_file: Option<PathBuf>,
+    /// Evaluate only the first N images (in sorted order).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
     /// Images run through the network together.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub batch_size: u16,
-    /// Image files, or .npy files holding a preprocessed float32 [3,224,224] or [1,3,224,224].
-    #[arg(required = true, value_name = "INPUT")]
-    pub inputs: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -188,14 +306,52 @@ pub struct PreprocessArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum WeightsCommand {
-    /// Write seeded random weights with realistic statistics (untrained: for tests and benchmarks).
+    /// Download the official torchvision weights, verify their SHA-256 and cache them as
+    /// safetensors (in $RESNET_CACHE, else ~/.cache/resnet18-rs); prints the cached path.
+    #[command(
+        after_help = "Example:\n  resnet weights fetch\n  resnet weights fetch --url https://mirror.example/resnet18-f37072fd.pth"
+    )]
+    Fetch {
+        #[command(flatten)]
+        download: DownloadArgs,
+        /// Download again even if the cache has the file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Convert weights (a PyTorch .pth or safetensors) to safetensors, or to .pth when OUT ends
+    /// in .pth; the weights are checked to be a complete ResNet-18 first.
+    #[command(
+        after_help = "Example:\n  resnet weights convert resnet18-f37072fd.pth resnet18.safetensors --dtype f16"
+    )]
+    Convert {
+        /// Input weights file.
+        input: PathBuf,
+        /// Output file (.safetensors, or .pth).
+        out: PathBuf,
+        /// Storage dtype of the output.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+        dtype: String,
+    },
+    /// Describe a weights file: format, tensors, parameters, dtypes, SHA-256, whether it is the
+    /// official checkpoint, whether BatchNorm statistics are present, whether it is a valid
+    /// ResNet-18.
+    #[command(after_help = "Example:\n  resnet weights info resnet18-f37072fd.pth")]
+    Info {
+        /// The weights file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Write seeded random weights with realistic statistics (untrained: for tests and
+    /// benchmarks), as safetensors, or as a PyTorch .pth when OUT ends in .pth.
     #[command(after_help = "Example:\n  resnet weights synth --seed 0 --out synth.safetensors")]
     Synth {
         /// The seed: the same seed gives the same bytes on every machine.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Output file.
-        #[arg(long, value_name = "FILE.safetensors")]
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Storage dtype.
         #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
@@ -227,7 +383,33 @@ pub struct BenchArgs {
     /// Kernel ISA for `native` (default: $RESNET_ISA, else the best this CPU supports).
     #[arg(long)]
     pub isa: Option<String>,
+    /// Winograd policies to time `native` with, comma-separated: off, auto (layer1-3), all.
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    pub winograd: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// f32 weights (safetensors, torchvision key names). Default: $RESNET_WEIGHTS.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Calibration images: files or directories (their image files, not recursive).
+    #[arg(long, required = true, num_args = 1.., value_name = "DIR_OR_FILES")]
+    pub calib: Vec<PathBuf>,
+    /// How activation ranges are chosen: mse (least squared error, measured best), minmax,
+    /// percentile (99.99) or percentile:P.
+    #[arg(long, default_value = "mse")]
+    pub method: String,
+    /// Augmented crops per calibration image, besides its standard preprocessing.
+    #[arg(long, default_value_t = 4)]
+    pub crops: usize,
+    /// Precision of the first convolution: int8 or f32.
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+    pub stem: String,
+    /// Output file.
+    #[arg(long, value_name = "FILE.int8.safetensors")]
+    pub out: PathBuf,
 }

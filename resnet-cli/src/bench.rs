@@ -3,7 +3,7 @@
 use crate::args::{BenchArgs, Format};
 use anyhow::bail;
 use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
-use resnet_core::backend::{BackendKind, BackendOptions, NoObserver};
+use resnet_core::backend::{BackendKind, BackendOptions, NoObserver, WinogradPolicy};
 use resnet_core::cpu::Isa;
 use resnet_core::weights::{synthetic_weights, Weights};
 use serde::Serialize;
@@ -32,6 +32,9 @@ struct Report {
     threads: usize,
     peak_gflops: f64,
     peak_method: &'static str,
+    /// Measured INT8 peak (GOP/s) of the int8 kernel's instruction; int8 rows' % peak uses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    int8_peak_gops: Option<f64>,
     rows: Vec<Row>,
 }
 
@@ -57,27 +60,76 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.batch.contains(&0) || args.iters == 0 {
         bail!("--batch sizes and --iters must be at least 1");
     }
-    let weights = match args
+    // A quantised model file times the int8 backend only.
+    let weights_path = args
         .weights
         .clone()
-        .or_else(|| std::env::var_os("RESNET_WEIGHTS").map(Into::into))
-    {
-        Some(p) => Weights::load(&p)?,
-        None => {
-            eprintln!("note: no weights given: timing synthetic weights (seed 0); speed does not depend on the values");
+        .or_else(|| std::env::var_os("RESNET_WEIGHTS").map(Into::into));
+    let int8_file = weights_path
+        .as_ref()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| resnet_core::quantize::is_int8_file(&b)));
+    if let Some(path) = int8_file.filter(|_| kinds.iter().any(|k| *k != BackendKind::Int8)) {
+        bail!(
+            "{} is a quantised model: only --backend int8 can run it",
+            path.display()
+        );
+    }
+    // Speed does not depend on the values, so bench never downloads: given or cached weights,
+    // else synthetic ones (and the report says which).
+    let offline = crate::weights_store::FetchOptions::new(None, None, true, false, 1)?;
+    let weights = match crate::weights_store::resolve(args.weights.as_deref(), &offline) {
+        Ok(_) if int8_file.is_some() => synthetic_weights(0),
+        Ok(p) => Weights::load(&p)?,
+        Err(_) => {
+            log::info!("no weights given or cached: timing synthetic weights (seed 0); speed does not depend on the values");
             synthetic_weights(0)
         }
     };
     let threads = rayon::current_num_threads();
     let peak = resnet_core::kernels_peak_gflops(isa);
+    let int8_peak = kinds
+        .contains(&BackendKind::Int8)
+        .then(|| resnet_core::quantize::measure_int8_peak_gops(isa));
     let macs: usize = ResNet18Arch::new()
         .layer_table(INPUT_SIZE, INPUT_SIZE)
         .iter()
         .map(|r| r.macs)
         .sum();
-    let mut rows = Vec::new();
+    // Native runs once per --winograd policy; the others once.
+    let policies: Vec<WinogradPolicy> = args
+        .winograd
+        .iter()
+        .map(|p| p.parse())
+        .collect::<Result<_, _>>()?;
+    let mut configs: Vec<(BackendKind, WinogradPolicy, String)> = Vec::new();
     for kind in &kinds {
-        let backend = kind.create(&weights, &BackendOptions { isa })?;
+        if *kind == BackendKind::Native {
+            for &p in &policies {
+                let label = if policies.len() > 1 {
+                    format!("native/wino-{}", p.name())
+                } else {
+                    "native".to_string()
+                };
+                configs.push((*kind, p, label));
+            }
+        } else {
+            configs.push((*kind, WinogradPolicy::Off, kind.name().to_string()));
+        }
+    }
+    let mut rows = Vec::new();
+    for (kind, winograd, label) in &configs {
+        let options = BackendOptions {
+            isa,
+            winograd: *winograd,
+        };
+        let backend = match (kind, int8_file) {
+            (BackendKind::Int8, Some(path)) => crate::quantize::int8_backend(path, isa)?,
+            (BackendKind::Int8, None) => {
+                log::info!("int8: quantising the f32 weights on the fly (default calibration on the built-in photos)");
+                kind.create(&weights, &options)?
+            }
+            _ => kind.create(&weights, &options)?,
+        };
         for &batch in &args.batch {
             let input = ndarray::Array4::<f32>::from_shape_fn(
                 (batch, 3, INPUT_SIZE, INPUT_SIZE),
@@ -104,7 +156,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let p90 = times[((times.len() as f64 * 0.9).ceil() as usize).clamp(1, times.len()) - 1];
             let gflops = 2.0 * macs as f64 * batch as f64 / (median / 1e3) / 1e9;
             rows.push(Row {
-                backend: kind.name().into(),
+                backend: label.clone(),
                 kernel: backend.describe(),
                 batch,
                 threads,
@@ -113,7 +165,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 p90_ms: p90,
                 images_per_s: batch as f64 / (median / 1e3),
                 gflops,
-                percent_of_peak: 100.0 * gflops / peak,
+                percent_of_peak: 100.0 * gflops
+                    / int8_peak
+                        .filter(|_| *kind == BackendKind::Int8)
+                        .unwrap_or(peak),
             });
         }
     }
@@ -125,6 +180,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         peak_gflops: peak,
         peak_method:
             "independent FMA chains on every thread at once, best of 3 (resnet_kernels::peak)",
+        int8_peak_gops: int8_peak,
         rows,
     };
     match args.format {
@@ -135,6 +191,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 macs as f64 / 1e9,
                 if report.synthetic_weights { ", synthetic weights" } else { "" }
             );
+            if let Some(p) = int8_peak {
+                println!(
+                    "measured INT8 peak {p:.0} GOP/s ({}): the int8 rows' % peak",
+                    resnet_core::quantize::int8_kernel_name(isa)
+                );
+            }
             println!(
                 "{:<10} {:>5} {:>10} {:>10} {:>9} {:>9} {:>7}",
                 "backend", "batch", "median ms", "p90 ms", "images/s", "GFLOP/s", "% peak"
@@ -151,10 +213,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     r.percent_of_peak
                 );
             }
-            for kind in &kinds {
-                if let Some(r) = report.rows.iter().find(|r| r.backend == kind.name()) {
+            for (_, _, label) in &configs {
+                if let Some(r) = report.rows.iter().find(|r| &r.backend == label) {
                     println!("{}: {}", r.backend, r.kernel);
                 }
+            }
+            if configs
+                .iter()
+                .any(|(k, w, _)| *k == BackendKind::Native && *w != WinogradPolicy::Off)
+            {
+                println!("GFLOP/s count the direct convolution's 1.814 GMACs per image: with Winograd they are effective rates, and % of peak can pass 100%");
             }
         }
     }

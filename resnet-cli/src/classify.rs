@@ -1,10 +1,9 @@
 //! `resnet classify` and `resnet preprocess`.
 
-use crate::args::{ClassifyArgs, DecodeArgs, ExifArg, Format, ModelArgs, PreprocessArgs};
+use crate::args::{ClassifyArgs, ClassifyFormat, DecodeArgs, ExifArg, ModelArgs, PreprocessArgs};
 use anyhow::{bail, Context};
-use ndarray::{Array3, Array4, Axis};
-use rayon::prelude::*;
-use resnet_core::backend::{Backend, BackendKind, BackendOptions, NoObserver};
+use ndarray::Axis;
+use resnet_core::backend::{Backend, BackendKind, BackendOptions};
 use resnet_core::decode::{DecodeOptions, ExifMode};
 use resnet_core::input::{load_input, write_npy};
 use resnet_core::labels::Labels;
@@ -12,7 +11,6 @@ use resnet_core::postprocess::{top_k, Prediction};
 use resnet_core::weights::Weights;
 use serde::Serialize;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// A backend ready to run, with the labels that name its outputs.
@@ -21,30 +19,18 @@ pub struct Model {
     pub labels: Labels,
 }
 
-/// Finds the weights file: `--weights`, else `$RESNET_WEIGHTS`.
-pub fn weights_path(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = arg {
-        return Ok(p.to_path_buf());
-    }
-    match std::env::var_os("RESNET_WEIGHTS") {
-        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-        _ => bail!(
-            "no weights given: pass --weights FILE.safetensors or set RESNET_WEIGHTS.\n\
-             The official torchvision weights (resnet18-f37072fd.pth, converted to safetensors) \
-             give real predictions; to try the tool without them, create synthetic \
-             (random, untrained) weights with:\n    resnet weights synth --seed 0 --out synth.safetensors"
-        ),
-    }
-}
-
 /// Loads weights and labels and builds the backend. Every failure here is a configuration error.
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
     let kind: BackendKind = args.backend.parse()?;
-    let path = weights_path(args.weights.as_deref())?;
+    let fetch = crate::weights_cmd::fetch_options(&args.download)?;
+    let path = crate::weights_store::resolve(args.weights.as_deref(), &fetch)?;
+    if kind == BackendKind::Int8 {
+        return crate::quantize::load_model(args, &path);
+    }
     let weights = Weights::load(&path)?;
     if weights.is_synthetic() {
-        eprintln!(
-            "warning: {} holds synthetic weights (seeded random, untrained): predictions are meaningless",
+        log::warn!(
+            "{} holds synthetic weights (seeded random, untrained): predictions are meaningless",
             path.display()
         );
     }
@@ -53,7 +39,8 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
         None => Labels::imagenet(),
     };
     let isa = resnet_core::cpu::Isa::from_env_or_best()?;
-    let backend = kind.create(&weights, &BackendOptions { isa })?;
+    let winograd = args.winograd.parse()?;
+    let backend = kind.create_owned(weights, &BackendOptions { isa, winograd })?;
     Ok(Model { backend, labels })
 }
 
@@ -81,54 +68,95 @@ struct JsonResult<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     logits: Option<&'a [f32]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    error: Option<&'a str>,
 }
 
-/// The outcome for one input.
-struct Outcome {
-    path: PathBuf,
-    result: Result<(Vec<Prediction>, Vec<f32>), String>,
-}
-
-pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ClassifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let opts = decode_options(&args.decode)?;
     let model = load_model(&args.model)?;
-    let mut stdout = std::io::stdout().lock();
-    let mut json: Vec<serde_json::Value> = Vec::new();
+    let inputs = crate::inputs::expand(&args.inputs);
+    log::debug!(
+        "{} inputs, batches of {}, backend {}",
+        inputs.len(),
+        args.batch_size,
+        model.backend.name()
+    );
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let k = args.top_k as usize;
+    let bar = crate::inputs::progress_bar(inputs.len(), quiet);
+    let mut csv_out = (args.format == ClassifyFormat::Csv).then(|| csv_header(k));
+    if let Some(header) = csv_out.take() {
+        out.write_all(&header)?;
+    }
+    if args.format == ClassifyFormat::Json {
+        writeln!(out, "[")?;
+    }
     let mut failed = 0usize;
-    for chunk in args.inputs.chunks(args.batch_size as usize) {
-        for outcome in classify_chunk(&model, chunk, &opts, args.top_k as usize) {
+    let mut done = 0usize;
+    let streaming = matches!(args.format, ClassifyFormat::Jsonl | ClassifyFormat::Csv);
+    crate::inputs::run_batches(
+        &model,
+        &inputs,
+        args.batch_size as usize,
+        &opts,
+        |outcome| {
+            let preds = outcome
+                .result
+                .as_ref()
+                .map(|logits| top_k(logits, k, &model.labels));
             if let Err(e) = &outcome.result {
                 failed += 1;
-                eprintln!("{e}");
+                bar.suspend(|| eprintln!("{e}"));
             }
+            let json = || JsonResult {
+                path: outcome.path.display().to_string(),
+                predictions: preds.as_ref().ok().map(Vec::as_slice),
+                logits: args
+                    .logits
+                    .then_some(outcome.result.as_ref().ok().map(Vec::as_slice))
+                    .flatten(),
+                error: outcome.result.as_ref().err().map(String::as_str),
+            };
             match args.format {
-                Format::Text => print_text(&mut stdout, &outcome)?,
-                Format::Json => {
-                    let item = match &outcome.result {
-                        Ok((preds, logits)) => JsonResult {
-                            path: outcome.path.display().to_string(),
-                            predictions: Some(preds),
-                            logits: args.logits.then_some(logits.as_slice()),
-                            error: None,
-                        },
-                        Err(e) => JsonResult {
-                            path: outcome.path.display().to_string(),
-                            predictions: None,
-                            logits: None,
-                            error: Some(e.clone()),
-                        },
-                    };
-                    json.push(serde_json::to_value(item)?);
+                ClassifyFormat::Text => {
+                    // A failed input was reported on stderr already: stdout carries data only.
+                    if let Ok(preds) = &preds {
+                        print_text(&mut out, &outcome.path, preds)?;
+                    }
+                }
+                ClassifyFormat::Json => {
+                    if done > 0 {
+                        writeln!(out, ",")?;
+                    }
+                    serde_json::to_writer_pretty(&mut out, &json())?;
+                }
+                ClassifyFormat::Jsonl => {
+                    serde_json::to_writer(&mut out, &json())?;
+                    writeln!(out)?;
+                }
+                ClassifyFormat::Csv => {
+                    out.write_all(&csv_row(&outcome.path, &preds, k)?)?;
                 }
             }
+            if streaming {
+                out.flush()?;
+            }
+            done += 1;
+            bar.inc(1);
+            Ok(())
+        },
+    )?;
+    bar.finish_and_clear();
+    if args.format == ClassifyFormat::Json {
+        if done > 0 {
+            writeln!(out)?;
         }
+        writeln!(out, "]")?;
     }
-    if args.format == Format::Json {
-        serde_json::to_writer_pretty(&mut stdout, &json)?;
-        writeln!(stdout)?;
+    out.flush()?;
+    if failed > 0 {
+        log::warn!("{failed} of {} inputs failed", inputs.len());
     }
-    stdout.flush()?;
     Ok(if failed > 0 {
         ExitCode::from(1)
     } else {
@@ -136,68 +164,63 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Decodes a chunk of inputs in parallel, runs the good ones as one batch, and returns one
-/// outcome per input in input order.
-fn classify_chunk(
-    model: &Model,
-    chunk: &[PathBuf],
-    opts: &DecodeOptions,
-    k: usize,
-) -> Vec<Outcome> {
-    let loaded: Vec<Result<Array3<f32>, String>> = chunk
-        .par_iter()
-        .map(|p| load_input(p, opts).map_err(|e| e.to_string()))
-        .collect();
-    let good: Vec<_> = loaded.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let logits = if good.is_empty() {
-        None
-    } else {
-        let views: Vec<_> = good.iter().map(|a| a.view().insert_axis(Axis(0))).collect();
-        let batch: Array4<f32> = ndarray::concatenate(Axis(0), &views).expect("same shapes");
-        Some(
-            model
-                .backend
-                .forward(batch.view(), &mut NoObserver)
-                .map_err(|e| e.to_string()),
-        )
-    };
-    let mut row = 0;
-    chunk
-        .iter()
-        .zip(loaded)
-        .map(|(path, input)| {
-            let result = match (input, &logits) {
-                (Err(e), _) => Err(e),
-                (Ok(_), Some(Ok(l))) => {
-                    let r = l.row(row).to_vec();
-                    row += 1;
-                    Ok((top_k(&r, k, &model.labels), r))
-                }
-                (Ok(_), Some(Err(e))) => Err(format!("{}: {e}", path.display())),
-                (Ok(_), None) => unreachable!("a good input makes a batch"),
-            };
-            Outcome {
-                path: path.clone(),
-                result,
-            }
-        })
-        .collect()
+/// `path,error,index_1,label_1,probability_1,...` up to `k`.
+fn csv_header(k: usize) -> Vec<u8> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["path".to_string(), "error".to_string()];
+    for r in 1..=k {
+        header.extend([
+            format!("index_{r}"),
+            format!("label_{r}"),
+            format!("probability_{r}"),
+        ]);
+    }
+    w.write_record(&header).expect("in-memory CSV");
+    w.into_inner().expect("in-memory CSV")
 }
 
-fn print_text(out: &mut impl Write, outcome: &Outcome) -> std::io::Result<()> {
-    // A failed input was reported on stderr already: stdout carries data only.
-    if let Ok((preds, _)) = &outcome.result {
-        writeln!(out, "{}", outcome.path.display())?;
-        for p in preds {
-            writeln!(
-                out,
-                "  {:>2}. {:>6.2}%  {:<4} {}",
-                p.rank,
-                100.0 * p.probability,
-                p.index,
-                p.label
-            )?;
+fn csv_row(
+    path: &std::path::Path,
+    preds: &Result<Vec<Prediction>, &String>,
+    k: usize,
+) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut row = vec![path.display().to_string()];
+    match preds {
+        Ok(preds) => {
+            row.push(String::new());
+            for p in preds {
+                row.extend([
+                    p.index.to_string(),
+                    p.label.clone(),
+                    format!("{:.6}", p.probability),
+                ]);
+            }
         }
+        Err(e) => {
+            row.push(e.to_string());
+            row.extend(std::iter::repeat_n(String::new(), 3 * k));
+        }
+    }
+    w.write_record(&row)?;
+    Ok(w.into_inner()?)
+}
+
+fn print_text(
+    out: &mut impl Write,
+    path: &std::path::Path,
+    preds: &[Prediction],
+) -> std::io::Result<()> {
+    writeln!(out, "{}", path.display())?;
+    for p in preds {
+        writeln!(
+            out,
+            "  {:>2}. {:>6.2}%  {:<4} {}",
+            p.rank,
+            100.0 * p.probability,
+            p.index,
+            p.label
+        )?;
     }
     Ok(())
 }
@@ -206,6 +229,7 @@ pub fn preprocess(args: PreprocessArgs) -> anyhow::Result<ExitCode> {
     let opts = decode_options(&args.decode)?;
     let input = load_input(&args.input, &opts)?;
     let batch = input.insert_axis(Axis(0));
-    write_npy(&args.out, &batch).with_context(|| format!("writing {}", args.out.display()))?;
+    write_npy(&args.out, &batch.view())
+        .with_context(|| format!("writing {}", args.out.display()))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,9 +5,14 @@ mod args;
 mod bench;
 mod cam;
 mod classify;
+mod eval;
+mod inputs;
 mod inspect;
+mod quantize;
 mod serve;
+mod trace;
 mod weights_cmd;
+mod weights_store;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -26,7 +31,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Messages go to stderr as `level: message` (`note:` for info). Default level info; `--quiet`
+/// errors only; `-v` debug, `-vv` trace; `RUST_LOG` overrides all of it. Colour follows the
+/// terminal and honours `NO_COLOR`.
+fn init_logging(quiet: bool, verbose: u8) {
+    use std::io::Write;
+    let level = match (quiet, verbose) {
+        (true, _) => log::LevelFilter::Error,
+        (false, 0) => log::LevelFilter::Info,
+        (false, 1) => log::LevelFilter::Debug,
+        (false, _) => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("RUST_LOG")
+        .format(|buf, record| {
+            let word = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "note",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            let style = buf.default_level_style(record.level());
+            writeln!(buf, "{style}{word}{style:#}: {}", record.args())
+        })
+        .init();
+}
+
 fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
+    init_logging(cli.quiet, cli.verbose);
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n as usize)
@@ -34,13 +68,26 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("cannot start {n} threads: {e}"))?;
     }
     match cli.command {
-        args::Command::Classify(a) => classify::run(a),
+        args::Command::Classify(a) => classify::run(a, cli.quiet),
         args::Command::Preprocess(a) => classify::preprocess(a),
         args::Command::Weights(w) => weights_cmd::run(w),
+        args::Command::Quantize(a) => quantize::run(a),
         args::Command::Inspect(a) => inspect::run(a),
         args::Command::Bench(a) => bench::run(a),
-        args::Command::Serve(a) => serve::run(a),
+        args::Command::Serve(a) => serve::run(a, cli.quiet),
         args::Command::Cam(a) => cam::run(a),
+        args::Command::Trace(a) => trace::run(a),
+        args::Command::Eval(a) => eval::run(a, cli.quiet),
+        args::Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut args::Cli::command(),
+                "resnet",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -25,6 +25,24 @@ pub enum Error {
         /// What the parser found.
         reason: String,
     },
+    /// A `.pth` file is not a readable PyTorch checkpoint (corrupt zip, bad pickle, storage too
+    /// short for its tensor, legacy format, ...).
+    #[error("{path}: not a readable PyTorch checkpoint: {reason}")]
+    CorruptCheckpoint {
+        /// The checkpoint file.
+        path: String,
+        /// What the reader found.
+        reason: String,
+    },
+    /// A `.pth` pickle asks for something a state dict never needs (an arbitrary global such as
+    /// `os.system`, an unknown opcode): refused, never executed.
+    #[error("{path}: refused: the checkpoint's pickle uses {item}, which a PyTorch state dict never needs (this reader loads data only and executes nothing)")]
+    ForbiddenPickle {
+        /// The checkpoint file.
+        path: String,
+        /// The offending opcode or global, e.g. `GLOBAL posix.system`.
+        item: String,
+    },
     /// A tensor the model needs is absent.
     #[error("{path}: missing tensor '{key}' (expected shape {expected:?}); is this a torchvision ResNet-18 state dict?")]
     MissingTensor {

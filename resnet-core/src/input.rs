@@ -4,7 +4,7 @@
 use crate::decode::{decode_image_file, DecodeOptions};
 use crate::error::{Error, Result};
 use crate::preprocess::preprocess;
-use ndarray::{Array3, Array4, ArrayD, Ix3};
+use ndarray::{Array3, ArrayD, Ix3};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use std::path::Path;
 
@@ -55,8 +55,12 @@ pub fn read_npy_input(path: &Path) -> Result<Array3<f32>> {
         .into_owned())
 }
 
-/// Writes a batch as a `.npy` (`[N, 3, 224, 224]` float32, C order).
-pub fn write_npy(path: &Path, batch: &Array4<f32>) -> Result<()> {
+/// Writes a float32 array of any rank as a `.npy` (C order): an input batch
+/// `[N, 3, 224, 224]`, or a layer's output for `resnet trace --dump`.
+pub fn write_npy<D: ndarray::Dimension>(
+    path: &Path,
+    batch: &ndarray::ArrayView<'_, f32, D>,
+) -> Result<()> {
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, "cannot write", e))?;
     batch
         .write_npy(std::io::BufWriter::new(file))

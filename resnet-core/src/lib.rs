@@ -9,6 +9,8 @@
 //!    to logits `[N, 1000]`, following the layer table of [`arch`].
 //! 4. [`postprocess`]: softmax and top-k, named by [`labels`].
 //!
+//! [`quantize`] turns f32 weights into a calibrated INT8 model for the `int8` backend.
+//!
 //! ```no_run
 //! use resnet_core::{backend::{BackendKind, BackendOptions, NoObserver}, decode, labels::Labels,
 //!                   postprocess, preprocess, weights::Weights};
@@ -34,6 +36,7 @@ pub mod input;
 pub mod labels;
 pub mod postprocess;
 pub mod preprocess;
+pub mod quantize;
 pub mod weights;
 
 pub use error::{Error, ImageProblem, Result};

@@ -8,7 +8,9 @@
 mod common;
 
 use ndarray::{Array4, ArrayD, Axis};
-use resnet_core::backend::{BackendKind, BackendOptions, LayerEvent, LayerObserver};
+use resnet_core::backend::{
+    BackendKind, BackendOptions, LayerEvent, LayerObserver, WinogradPolicy,
+};
 use resnet_core::cpu::Isa;
 use resnet_core::postprocess::top_k_indices;
 use resnet_core::preprocess::to_normalized_chw;
@@ -72,9 +74,20 @@ fn compare_all(batch: &Array4<f32>, what: &str) {
         } else {
             vec![Isa::best_supported()]
         };
-        for isa in isas {
+        // Native: every ISA, each with and without Winograd on every eligible layer.
+        let policies = if kind == BackendKind::Native {
+            vec![WinogradPolicy::Off, WinogradPolicy::All]
+        } else {
+            vec![WinogradPolicy::Off]
+        };
+        for (isa, winograd) in isas
+            .into_iter()
+            .flat_map(|i| policies.iter().map(move |&p| (i, p)))
+        {
             combos += 1;
-            let backend = kind.create(&weights, &BackendOptions { isa }).unwrap();
+            let backend = kind
+                .create(&weights, &BackendOptions { isa, winograd })
+                .unwrap();
             let mut got = Capture::default();
             let logits = backend.forward(batch.view(), &mut got).unwrap();
             let names: Vec<_> = got.0.iter().map(|(n, _)| n.as_str()).collect();
@@ -89,7 +102,8 @@ fn compare_all(batch: &Array4<f32>, what: &str) {
                     .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
                 assert!(
                     err <= tol,
-                    "{what} {kind}/{isa} at {name}: max error {err:e} > {tol:e}"
+                    "{what} {kind}/{isa}/winograd-{} at {name}: max error {err:e} > {tol:e}",
+                    winograd.name()
                 );
             }
             for i in 0..batch.dim().0 {
@@ -97,7 +111,8 @@ fn compare_all(batch: &Array4<f32>, what: &str) {
                 let (max, _, _) = common::diff_stats(&g, &w);
                 assert!(
                     max <= 1e-3,
-                    "{what} {kind}/{isa} image {i}: logits differ by {max:e}"
+                    "{what} {kind}/{isa}/winograd-{} image {i}: logits differ by {max:e}",
+                    winograd.name()
                 );
                 assert_eq!(
                     top_k_indices(&g, 5),

@@ -25,7 +25,7 @@ fn edited(edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>))
 }
 
 fn load(bytes: &[u8]) -> Result<Weights, Error> {
-    Weights::from_safetensors_bytes(bytes, "model.safetensors")
+    Weights::from_bytes(bytes, "model.safetensors")
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! CPU features, detected once per process, and the instruction-set levels the kernels target.
 //!
 //! The binary is built for generic x86-64; the best kernel is chosen at run time. The environment
-//! variable `RESNET_ISA=portable|avx2|avx512` forces a level (it can only lower the level: asking
-//! for an ISA the CPU lacks is an error, never a crash).
+//! variable `RESNET_ISA=portable|avx2|avxvnni|avx512|vnni` forces a level (asking for an ISA the
+//! CPU lacks is an error, never a crash).
+//!
+//! The two VNNI levels only change the INT8 kernels ([`crate::int8`]): for f32 work `avxvnni`
+//! runs the AVX2 kernels and `vnni` the AVX-512 ones (see [`Isa::f32_level`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,20 +18,44 @@ pub enum Isa {
     Portable,
     /// AVX2 with FMA (Haswell and later).
     Avx2,
+    /// AVX2 plus AVX-VNNI (VEX `vpdpbusd` on 256-bit registers: Alder Lake, Zen 5, Sapphire
+    /// Rapids). f32 kernels: those of [`Isa::Avx2`].
+    AvxVnni,
     /// AVX-512 Foundation (Skylake-SP and later).
     Avx512,
+    /// AVX-512 F/BW plus AVX-512 VNNI (`vpdpbusd` on 512-bit registers: Cascade Lake, Ice Lake,
+    /// Zen 4). f32 kernels: those of [`Isa::Avx512`].
+    Vnni,
 }
 
 impl Isa {
     /// Every level, most portable first.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 5] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx512,
+        Isa::Vnni,
+    ];
 
     /// The name used by `RESNET_ISA` and in logs.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
+            Isa::Vnni => "vnni",
+        }
+    }
+
+    /// The level whose f32 kernels this level runs: the VNNI levels add integer instructions
+    /// only, so their f32 work is that of the level below.
+    pub fn f32_level(self) -> Isa {
+        match self {
+            Isa::AvxVnni => Isa::Avx2,
+            Isa::Vnni => Isa::Avx512,
+            other => other,
         }
     }
 
@@ -38,7 +65,9 @@ impl Isa {
         match self {
             Isa::Portable => true,
             Isa::Avx2 => f.avx2 && f.fma,
+            Isa::AvxVnni => f.avx2 && f.fma && f.avxvnni,
             Isa::Avx512 => f.avx512f,
+            Isa::Vnni => f.avx512f && f.avx512bw && f.avx512vnni,
         }
     }
 
@@ -77,7 +106,7 @@ impl fmt::Display for Isa {
 /// Why an ISA name could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IsaError {
-    /// The name is not one of `portable`, `avx2`, `avx512`.
+    /// The name is not one of `portable`, `avx2`, `avxvnni`, `avx512`, `vnni`.
     UnknownName(String),
     /// The CPU does not support that level.
     Unsupported(Isa),
@@ -88,7 +117,7 @@ impl fmt::Display for IsaError {
         match self {
             IsaError::UnknownName(s) => write!(
                 f,
-                "unknown ISA '{s}' (RESNET_ISA / --isa take one of: portable, avx2, avx512)"
+                "unknown ISA '{s}' (RESNET_ISA / --isa take one of: portable, avx2, avxvnni, avx512, vnni)"
             ),
             IsaError::Unsupported(isa) => write!(
                 f,
@@ -111,7 +140,9 @@ impl FromStr for Isa {
         match s.trim().to_ascii_lowercase().as_str() {
             "portable" | "scalar" | "generic" => Ok(Isa::Portable),
             "avx2" | "avx2fma" | "fma" => Ok(Isa::Avx2),
+            "avxvnni" | "avx-vnni" => Ok(Isa::AvxVnni),
             "avx512" | "avx512f" => Ok(Isa::Avx512),
+            "vnni" | "avx512vnni" | "avx512-vnni" => Ok(Isa::Vnni),
             other => Err(IsaError::UnknownName(other.to_string())),
         }
     }

@@ -10,10 +10,15 @@
 //! - [`pool`]: max-pool 3x3/2 and global average pool, NHWC and NCHW.
 //! - [`library_gemm`]: `matrixmultiply` behind a safe interface, and NCHW im2col (the baseline).
 //! - [`gemm`]: packed SGEMM with per-ISA micro-kernels and a fused epilogue; implicit im2col.
+//! - [`winograd`]: F(4x4, 3x3) convolution for 3x3 stride-1 layers, on top of [`gemm`].
+//! - [`int8`]: `u8 x s8 -> i32` GEMM (AVX-512 VNNI, AVX-VNNI, AVX2, portable) with a fused
+//!   requantising epilogue, and the INT8 design note.
 #![deny(missing_docs)]
 
 pub mod cpu;
 pub mod gemm;
+pub mod int8;
 pub mod library_gemm;
 pub mod peak;
 pub mod pool;
+pub mod winograd;

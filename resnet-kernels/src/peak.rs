@@ -26,16 +26,17 @@ fn single_thread_gflops(isa: Isa) -> f64 {
 }
 
 fn lanes(isa: Isa) -> usize {
-    match isa {
+    match isa.f32_level() {
         Isa::Portable => 1,
         Isa::Avx2 => 8,
         Isa::Avx512 => 16,
+        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
     }
 }
 
 /// Runs `iters` rounds of 12 independent FMA chains; returns the FLOPs done.
 fn run(isa: Isa, iters: usize) -> f64 {
-    match isa {
+    match isa.f32_level() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the ISA was checked as supported by the caller's `Isa::supported()` choice,
         // and the functions touch no memory.

@@ -9,10 +9,13 @@
 
 mod folded;
 mod gemm;
+mod int8;
 mod native;
 mod reference;
 
 pub use gemm::GemmBackend;
+pub(crate) use int8::Fp32Probe;
+pub use int8::Int8Backend;
 pub use native::NativeBackend;
 pub use reference::ReferenceBackend;
 
@@ -117,14 +120,17 @@ pub enum BackendKind {
     Gemm,
     /// resnet-kernels' packed micro-kernels, NHWC, fused epilogues: the fast path.
     Native,
+    /// Calibrated INT8: `u8 x s8` kernels with fused requantisation, NHWC `u8` activations.
+    Int8,
 }
 
 impl BackendKind {
     /// Every backend, in order of sophistication.
-    pub const ALL: [BackendKind; 3] = [
+    pub const ALL: [BackendKind; 4] = [
         BackendKind::Reference,
         BackendKind::Gemm,
         BackendKind::Native,
+        BackendKind::Int8,
     ];
 
     /// The CLI name.
@@ -133,6 +139,7 @@ impl BackendKind {
             BackendKind::Reference => "reference",
             BackendKind::Gemm => "gemm",
             BackendKind::Native => "native",
+            BackendKind::Int8 => "int8",
         }
     }
 
@@ -145,21 +152,57 @@ impl BackendKind {
                 "packed GEMM kernel {}, NHWC, implicit im2col, fused epilogue (quality: intrinsics)",
                 resnet_kernels::gemm::kernel_name(isa)
             ),
+            BackendKind::Int8 => format!(
+                "INT8 kernel {}, NHWC u8 activations, per-channel weights, fused requantisation; fc f32 (quality: intrinsics)",
+                resnet_kernels::int8::kernel_name(isa)
+            ),
         }
     }
 
-    /// Builds the backend for these weights.
-    pub fn create(self, weights: &Weights, options: &BackendOptions) -> Result<Box<dyn Backend>> {
-        if !options.isa.is_supported() {
-            return Err(Error::Backend {
+    /// Like [`BackendKind::create`], taking the weights so that a backend that repacks them
+    /// (`native`) can free each tensor once packed instead of copying them all first.
+    pub fn create_owned(
+        self,
+        weights: Weights,
+        options: &BackendOptions,
+    ) -> Result<Box<dyn Backend>> {
+        match self {
+            BackendKind::Native => {
+                self.check_isa(options)?;
+                Ok(Box::new(NativeBackend::from_weights(
+                    weights,
+                    options.isa,
+                    options.winograd,
+                )))
+            }
+            _ => self.create(&weights, options),
+        }
+    }
+
+    fn check_isa(self, options: &BackendOptions) -> Result<()> {
+        if options.isa.is_supported() {
+            Ok(())
+        } else {
+            Err(Error::Backend {
                 name: self.name().into(),
                 reason: format!("this CPU does not support the {} kernels", options.isa),
-            });
+            })
         }
+    }
+
+    /// Builds the backend for these weights. `Int8` quantises them first, calibrating on the
+    /// built-in photos ([`crate::quantize::default_calibration_inputs`]); to use a calibrated
+    /// `.int8.safetensors` file, build [`Int8Backend::new`] from
+    /// [`crate::quantize::QuantizedModel::load`] instead.
+    pub fn create(self, weights: &Weights, options: &BackendOptions) -> Result<Box<dyn Backend>> {
+        self.check_isa(options)?;
         Ok(match self {
             BackendKind::Reference => Box::new(ReferenceBackend::new(weights)),
             BackendKind::Gemm => Box::new(GemmBackend::new(weights)),
-            BackendKind::Native => Box::new(NativeBackend::new(weights, options.isa)),
+            BackendKind::Native => {
+                Box::new(NativeBackend::new(weights, options.isa, options.winograd))
+            }
+            BackendKind::Int8 => Box::new(Int8Backend::from_weights(weights, options.isa)?),
         })
     }
 }
@@ -191,12 +234,65 @@ impl std::fmt::Display for BackendKind {
 pub struct BackendOptions {
     /// Instruction-set level for the kernels (ignored by `reference`).
     pub isa: Isa,
+    /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3).
+    pub winograd: WinogradPolicy,
 }
 
 impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions {
             isa: Isa::best_supported(),
+            winograd: WinogradPolicy::default(),
+        }
+    }
+}
+
+/// Which 3x3 stride-1 convolutions use Winograd F(4x4, 3x3) instead of the direct GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WinogradPolicy {
+    /// None: every convolution is a direct (implicit im2col) GEMM.
+    Off,
+    /// Layers with at most 256 input channels (ResNet-18's layer1 to layer3). layer4's 512-channel
+    /// filters would take 4x their memory (28 MB more) while its 7x7 maps fill only 4 tiles
+    /// per image, where the transforms cost most and the GEMMs are smallest: measured slower.
+    #[default]
+    Auto,
+    /// Every 3x3 stride-1 convolution.
+    All,
+}
+
+impl WinogradPolicy {
+    /// The name as `RESNET_WINOGRAD` and `--winograd` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WinogradPolicy::Off => "off",
+            WinogradPolicy::Auto => "auto",
+            WinogradPolicy::All => "all",
+        }
+    }
+
+    /// Whether `layer` runs with Winograd under this policy.
+    pub fn applies(self, layer: &crate::arch::ConvBn) -> bool {
+        let eligible = layer.kernel == 3 && layer.stride == 1 && layer.padding == 1;
+        match self {
+            WinogradPolicy::Off => false,
+            WinogradPolicy::Auto => eligible && layer.in_channels <= 256,
+            WinogradPolicy::All => eligible,
+        }
+    }
+}
+
+impl std::str::FromStr for WinogradPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" => Ok(WinogradPolicy::Off),
+            "auto" => Ok(WinogradPolicy::Auto),
+            "all" => Ok(WinogradPolicy::All),
+            _ => Err(Error::Backend {
+                name: "native".into(),
+                reason: format!("unknown Winograd policy '{s}' (use off, auto or all)"),
+            }),
         }
     }
 }

@@ -7,6 +7,9 @@
 //!   nothing is materialised).
 //! - **Weights packed once**, here in `new`, for the chosen ISA's micro-kernel.
 //! - **Fused epilogue**: folded-BN bias, the residual add and ReLU happen on the register tile.
+//! - **Winograd F(4x4, 3x3)** for 3x3 stride-1 convolutions chosen by [`WinogradPolicy`]: 4x
+//!   fewer multiplications, at the price of 4x the weight memory for those layers and transforms
+//!   around the GEMMs (see `resnet_kernels::winograd`).
 //! - **Buffers reused**: each forward takes a workspace from a pool and gives it back; in steady
 //!   state no layer allocates.
 
@@ -15,40 +18,66 @@ use super::{check_batch_shape, Backend, LayerObserver, Reporter};
 use crate::arch::ResNet18Arch;
 use crate::error::Result;
 use ndarray::{Array2, ArrayView4};
+use rayon::prelude::*;
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::{kernel_name, sgemm_packed, ASource, ConvGeometry, Epilogue, PackedB};
 use resnet_kernels::pool::{global_avg_pool_nhwc, max_pool_3x3_s2_p1_nhwc};
+use resnet_kernels::winograd::{conv3x3_winograd, Conv3x3Shape, WinogradScratch, WinogradWeights};
+
+pub use super::WinogradPolicy;
 use std::sync::Mutex;
 
-struct PackedLayer {
-    spec: crate::arch::ConvBn,
-    weights: PackedB,
+/// How a layer's convolution is computed.
+enum LayerWeights {
+    /// Implicit im2col + packed GEMM.
+    Gemm(PackedB),
+    /// Winograd F(4x4, 3x3) (3x3, stride 1, padding 1 only).
+    Winograd(WinogradWeights),
+}
+
+pub(super) struct PackedLayer {
+    pub(super) spec: crate::arch::ConvBn,
+    weights: LayerWeights,
     bias: Vec<f32>,
 }
 
 impl PackedLayer {
-    fn new(layer: &FoldedLayer, isa: Isa) -> PackedLayer {
-        let s = &layer.spec;
-        PackedLayer {
-            spec: s.clone(),
-            weights: PackedB::new(
-                &layer.weights_khwc_by_oc(),
+    /// Packs a folded layer, dropping each intermediate copy as soon as the next exists.
+    pub(super) fn new(layer: FoldedLayer, isa: Isa, policy: WinogradPolicy) -> PackedLayer {
+        let s = layer.spec.clone();
+        let weights = if policy.applies(&s) {
+            LayerWeights::Winograd(WinogradWeights::new(
+                &layer.conv.weight,
+                s.in_channels,
+                s.out_channels,
+                isa,
+            ))
+        } else {
+            let b = layer.weights_khwc_by_oc();
+            LayerWeights::Gemm(PackedB::new(
+                &b,
                 s.in_channels * s.kernel * s.kernel,
                 s.out_channels,
                 isa,
-            ),
-            bias: layer.conv.bias.clone(),
+            ))
+        };
+        PackedLayer {
+            spec: s,
+            weights,
+            bias: layer.conv.bias,
         }
     }
 
     /// `out = epilogue(conv(input))` for an NHWC batch; returns the output height and width.
-    fn run(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run(
         &self,
         input: &[f32],
         (n, h, w): (usize, usize, usize),
         out: &mut Vec<f32>,
         residual: Option<&[f32]>,
         relu: bool,
+        scratch: &mut WinogradScratch,
     ) -> (usize, usize) {
         let s = &self.spec;
         let geometry = ConvGeometry {
@@ -67,13 +96,19 @@ impl PackedLayer {
             residual: residual.map(|r| (r, oc)),
             relu,
         };
-        sgemm_packed(
-            &ASource::Conv { input, geometry },
-            &self.weights,
-            out,
-            oc,
-            &epi,
-        );
+        match &self.weights {
+            LayerWeights::Gemm(b) => {
+                sgemm_packed(&ASource::Conv { input, geometry }, b, out, oc, &epi)
+            }
+            LayerWeights::Winograd(u) => conv3x3_winograd(
+                input,
+                Conv3x3Shape { batch: n, h, w },
+                u,
+                &epi,
+                out,
+                scratch,
+            ),
+        }
         (geometry.out_h(), geometry.out_w())
     }
 }
@@ -93,11 +128,13 @@ struct Workspace {
     skip: Vec<f32>,
     y: Vec<f32>,
     features: Vec<f32>,
+    winograd: WinogradScratch,
 }
 
 /// Packed GEMM micro-kernels with fused epilogues, NHWC.
 pub struct NativeBackend {
     isa: Isa,
+    winograd: WinogradPolicy,
     stem: PackedLayer,
     blocks: Vec<PackedBlock>,
     fc: PackedB,
@@ -106,30 +143,64 @@ pub struct NativeBackend {
 }
 
 impl NativeBackend {
-    /// Folds BatchNorm and packs every weight matrix for `isa`'s micro-kernel, one layer at a
-    /// time, so that only one folded copy of a layer exists beside the packed ones (this keeps
-    /// the peak memory of a start at about weights + packed weights).
-    pub fn new(weights: &crate::weights::Weights, isa: Isa) -> NativeBackend {
+    /// Folds BatchNorm and packs every weight matrix for `isa`'s micro-kernel, from a copy of
+    /// `weights` (see [`NativeBackend::from_weights`], which needs no copy).
+    pub fn new(
+        weights: &crate::weights::Weights,
+        isa: Isa,
+        winograd: WinogradPolicy,
+    ) -> NativeBackend {
+        NativeBackend::from_weights(weights.clone(), isa, winograd)
+    }
+
+    /// Folds BatchNorm and packs every weight matrix for `isa`'s micro-kernel, one block at a
+    /// time (its two or three convolutions in parallel), freeing each block's tensors as soon as
+    /// they are packed: the model never holds the weights twice, which keeps the peak memory
+    /// of a start near the size of the packed weights.
+    pub fn from_weights(
+        mut weights: crate::weights::Weights,
+        isa: Isa,
+        winograd: WinogradPolicy,
+    ) -> NativeBackend {
         let arch = ResNet18Arch::new();
-        let pack = |spec| PackedLayer::new(&FoldedLayer::new(weights, spec), isa);
         let fc_bias = weights.tensor("fc.bias").data.clone();
-        let fc_t = fc_weight_transposed(weights);
+        let fc_t = fc_weight_transposed(&weights);
         let classes = fc_bias.len();
         let features = fc_t.len() / classes;
+        let fc = PackedB::new(&fc_t, features, classes, isa);
+        drop(fc_t);
+        let mut pack_and_release = |specs: &[&crate::arch::ConvBn]| -> Vec<PackedLayer> {
+            let packed: Vec<PackedLayer> = specs
+                .par_iter()
+                .map(|spec| PackedLayer::new(FoldedLayer::new(&weights, spec), isa, winograd))
+                .collect();
+            for spec in specs {
+                weights.release_conv_bn(&spec.conv, &spec.bn);
+            }
+            packed
+        };
+        let stem = pack_and_release(&[&arch.stem]).remove(0);
+        let blocks = arch
+            .blocks
+            .iter()
+            .map(|b| {
+                let mut specs = vec![&b.conv1, &b.conv2];
+                specs.extend(b.downsample.as_ref());
+                let mut layers = pack_and_release(&specs).into_iter();
+                PackedBlock {
+                    name: b.name.clone(),
+                    conv1: layers.next().expect("conv1"),
+                    conv2: layers.next().expect("conv2"),
+                    downsample: layers.next(),
+                }
+            })
+            .collect();
         NativeBackend {
             isa,
-            stem: pack(&arch.stem),
-            blocks: arch
-                .blocks
-                .iter()
-                .map(|b| PackedBlock {
-                    name: b.name.clone(),
-                    conv1: pack(&b.conv1),
-                    conv2: pack(&b.conv2),
-                    downsample: b.downsample.as_ref().map(pack),
-                })
-                .collect(),
-            fc: PackedB::new(&fc_t, features, classes, isa),
+            winograd,
+            stem,
+            blocks,
+            fc,
             fc_bias,
             workspaces: Mutex::new(Vec::new()),
         }
@@ -167,7 +238,9 @@ impl NativeBackend {
             };
 
         // Stem: conv1 + bn1 + relu fused, then max-pool.
-        (h, w) = self.stem.run(&ws.x, (n, h, w), &mut ws.t, None, true);
+        (h, w) = self
+            .stem
+            .run(&ws.x, (n, h, w), &mut ws.t, None, true, &mut ws.winograd);
         let mut c = self.stem.spec.out_channels;
         report(&mut trace, "stem", &ws.t, h, w, c);
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
@@ -178,19 +251,34 @@ impl NativeBackend {
 
         for block in &self.blocks {
             // Residual branch, first conv: conv1 + bn1 + relu.
-            let (oh, ow) = block.conv1.run(&ws.x, (n, h, w), &mut ws.t, None, true);
+            let (oh, ow) =
+                block
+                    .conv1
+                    .run(&ws.x, (n, h, w), &mut ws.t, None, true, &mut ws.winograd);
             // Skip branch: the input, or downsample conv + bn.
             let skip: &[f32] = match &block.downsample {
                 Some(ds) => {
-                    ds.run(&ws.x, (n, h, w), &mut ws.skip, None, false);
+                    ds.run(
+                        &ws.x,
+                        (n, h, w),
+                        &mut ws.skip,
+                        None,
+                        false,
+                        &mut ws.winograd,
+                    );
                     &ws.skip
                 }
                 None => &ws.x,
             };
             // Second conv: conv2 + bn2 + residual add + relu, all in the epilogue.
-            block
-                .conv2
-                .run(&ws.t, (n, oh, ow), &mut ws.y, Some(skip), true);
+            block.conv2.run(
+                &ws.t,
+                (n, oh, ow),
+                &mut ws.y,
+                Some(skip),
+                true,
+                &mut ws.winograd,
+            );
             std::mem::swap(&mut ws.x, &mut ws.y);
             (h, w, c) = (oh, ow, block.conv2.spec.out_channels);
             report(&mut trace, &block.name, &ws.x, h, w, c);
@@ -230,8 +318,9 @@ impl Backend for NativeBackend {
 
     fn describe(&self) -> String {
         format!(
-            "packed GEMM, kernel {}, NHWC, implicit im2col, fused bias+residual+ReLU",
-            kernel_name(self.isa)
+            "packed GEMM, kernel {}, NHWC, implicit im2col, fused bias+residual+ReLU, Winograd F(4x4,3x3): {}",
+            kernel_name(self.isa),
+            self.winograd.name()
         )
     }
 

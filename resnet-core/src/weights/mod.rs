@@ -5,6 +5,7 @@
 //! can look tensors up by name without further checks.
 
 mod fold;
+pub mod pth;
 mod safetensors_io;
 mod synthetic;
 
@@ -47,7 +48,8 @@ pub enum SourceDtype {
 }
 
 impl SourceDtype {
-    fn name(self) -> &'static str {
+    /// The dtype's name as safetensors spells it (`F32`, `BF16`, ...).
+    pub fn name(self) -> &'static str {
         match self {
             SourceDtype::F32 => "F32",
             SourceDtype::F16 => "F16",
@@ -77,17 +79,72 @@ pub struct Weights {
     metadata: BTreeMap<String, String>,
 }
 
-impl Weights {
-    /// Loads a weights file. Today: safetensors with torchvision key names.
-    pub fn load(path: &Path) -> Result<Weights> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "cannot read weights", e))?;
-        Weights::from_safetensors_bytes(&bytes, &path.display().to_string())
+/// The file formats weights can be read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsFormat {
+    /// safetensors (what `resnet` writes and caches).
+    Safetensors,
+    /// A PyTorch checkpoint written by `torch.save(state_dict)` (zip format).
+    Pth,
+}
+
+impl WeightsFormat {
+    /// Tells the format from the first bytes: a `.pth` is a zip archive (or, in the refused
+    /// legacy format, a bare pickle); anything else is treated as safetensors.
+    pub fn sniff(bytes: &[u8]) -> WeightsFormat {
+        if bytes.starts_with(b"PK") || bytes.starts_with(&[0x80, 0x02]) {
+            WeightsFormat::Pth
+        } else {
+            WeightsFormat::Safetensors
+        }
     }
 
-    /// Parses safetensors bytes; `source` names them in errors.
-    pub fn from_safetensors_bytes(bytes: &[u8], source: &str) -> Result<Weights> {
-        let (raw, metadata) = safetensors_io::read(bytes, source)?;
-        Weights::from_raw(raw, source, metadata)
+    /// The name users know it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightsFormat::Safetensors => "safetensors",
+            WeightsFormat::Pth => "PyTorch .pth (zip)",
+        }
+    }
+}
+
+/// A weights file as read, before it is checked against ResNet-18 (for `resnet weights info`).
+#[derive(Clone, Debug)]
+pub struct RawWeights {
+    /// The file's format.
+    pub format: WeightsFormat,
+    /// Every tensor, by key.
+    pub tensors: BTreeMap<String, RawTensor>,
+    /// The file's string metadata (safetensors only).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Reads every tensor of a weights file in either format; `source` names it in errors.
+pub fn read_raw(bytes: &[u8], source: &str) -> Result<RawWeights> {
+    let format = WeightsFormat::sniff(bytes);
+    let (tensors, metadata) = match format {
+        WeightsFormat::Pth => (pth::read(bytes, source)?, BTreeMap::new()),
+        WeightsFormat::Safetensors => safetensors_io::read(bytes, source)?,
+    };
+    Ok(RawWeights {
+        format,
+        tensors,
+        metadata,
+    })
+}
+
+impl Weights {
+    /// Loads a weights file: safetensors or a PyTorch `.pth` checkpoint (told apart by content),
+    /// with torchvision key names.
+    pub fn load(path: &Path) -> Result<Weights> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "cannot read weights", e))?;
+        Weights::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parses the bytes of a weights file in either format; `source` names them in errors.
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Weights> {
+        let raw = read_raw(bytes, source)?;
+        Weights::from_raw(raw.tensors, source, raw.metadata)
     }
 
     /// Validates raw tensors against torchvision's ResNet-18 state dict.
@@ -188,6 +245,16 @@ impl Weights {
             .unwrap_or_else(|| panic!("'{key}' is not a ResNet-18 state-dict key"))
     }
 
+    /// Frees the tensors of one convolution and its BatchNorm, once a backend has folded and
+    /// packed them (so that a model being built never holds all weights twice). Looking them
+    /// up afterwards is a bug and panics.
+    pub fn release_conv_bn(&mut self, conv: &str, bn: &str) {
+        self.tensors.remove(&format!("{conv}.weight"));
+        for part in ["weight", "bias", "running_mean", "running_var"] {
+            self.tensors.remove(&format!("{bn}.{part}"));
+        }
+    }
+
     /// The BatchNorm whose state-dict prefix is `prefix` (e.g. `layer1.0.bn1`).
     pub fn batch_norm(&self, prefix: &str) -> BatchNorm<'_> {
         BatchNorm {
@@ -207,6 +274,17 @@ impl Weights {
     /// The file's string metadata.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
+    }
+
+    /// Adds string metadata (saved with safetensors), e.g. where the weights came from.
+    pub fn with_metadata<'a>(
+        mut self,
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Weights {
+        for (k, v) in entries {
+            self.metadata.insert(k.to_string(), v.to_string());
+        }
+        self
     }
 
     /// True for seeded random weights from [`synthetic_weights`]: predictions made with them
@@ -230,6 +308,27 @@ impl Weights {
     /// `torchvision.models.resnet18().load_state_dict(safetensors.torch.load_file(...))` takes it.
     pub fn to_safetensors_bytes(&self, dtype: StoreDtype) -> Vec<u8> {
         safetensors_io::write(&self.tensors, &self.metadata, dtype)
+    }
+
+    /// Serialises to a PyTorch checkpoint laid out as `torch.save(model.state_dict())` lays it
+    /// out, in torchvision's key order (with a zero `num_batches_tracked` per BatchNorm), so
+    /// that `resnet18().load_state_dict(torch.load(f, weights_only=True))` takes it.
+    pub fn to_pth_bytes(&self, dtype: StoreDtype) -> Vec<u8> {
+        let expected = ResNet18Arch::new().expected_tensors();
+        let entries: Vec<(&str, pth::PthEntry<'_>)> = expected
+            .iter()
+            .map(|t| {
+                let entry = match t.role {
+                    TensorRole::Counter => pth::PthEntry::Counter(0),
+                    _ => {
+                        let v = self.tensor(&t.key);
+                        pth::PthEntry::Float(&v.shape, &v.data, dtype)
+                    }
+                };
+                (t.key.as_str(), entry)
+            })
+            .collect();
+        pth::write(&entries)
     }
 
     /// Writes [`Weights::to_safetensors_bytes`] to `path` (via a temporary file and a rename, so

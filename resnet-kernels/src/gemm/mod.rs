@@ -54,24 +54,28 @@ pub mod blocking {
 
 /// The register-tile shape and name of the kernel chosen for an ISA.
 pub fn kernel_name(isa: Isa) -> &'static str {
-    match isa {
+    match isa.f32_level() {
         Isa::Portable => scalar::ScalarKernel::NAME,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => simd::Avx2FmaKernel::NAME,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => simd::Avx512Kernel::NAME,
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::ScalarKernel::NAME,
     }
 }
 
 fn nr_for(isa: Isa) -> usize {
-    match isa {
+    match isa.f32_level() {
         Isa::Portable => scalar::ScalarKernel::NR,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => simd::Avx2FmaKernel::NR,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => simd::Avx512Kernel::NR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::ScalarKernel::NR,
     }
@@ -133,12 +137,14 @@ impl PackedB {
 /// # Panics
 /// If the shapes or slice lengths do not fit (a bug in the caller, never bad user input).
 pub fn sgemm_packed(a: &ASource<'_>, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue<'_>) {
-    match b.isa {
+    match b.isa.f32_level() {
         Isa::Portable => loops::gemm::<scalar::ScalarKernel>(a, b, c, ldc, epi),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => loops::gemm::<simd::Avx2FmaKernel>(a, b, c, ldc, epi),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => loops::gemm::<simd::Avx512Kernel>(a, b, c, ldc, epi),
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
         #[cfg(not(target_arch = "x86_64"))]
         _ => loops::gemm::<scalar::ScalarKernel>(a, b, c, ldc, epi),
     }

@@ -52,6 +52,20 @@ impl ConvGeometry {
     /// Copies columns `k0..k0+dst.len()` of im2col row `row` into `dst` (zeros in the padding).
     #[inline]
     pub(crate) fn im2col_row_segment(&self, input: &[f32], row: usize, k0: usize, dst: &mut [f32]) {
+        self.im2col_row_segment_padded(input, row, k0, dst, 0.0)
+    }
+
+    /// [`Self::im2col_row_segment`] for any element type, with `pad` where the window leaves the
+    /// image (the INT8 path pads with the input's zero point, the code of the real value 0).
+    #[inline]
+    pub(crate) fn im2col_row_segment_padded<T: Copy>(
+        &self,
+        input: &[T],
+        row: usize,
+        k0: usize,
+        dst: &mut [T],
+        pad: T,
+    ) {
         let (oh_n, ow_n) = (self.out_h(), self.out_w());
         let n = row / (oh_n * ow_n);
         let oh = row / ow_n % oh_n;
@@ -77,7 +91,7 @@ impl ConvGeometry {
                 k += len;
             } else {
                 let len = (c_n - c0).min(end - k);
-                dst[k - k0..k - k0 + len].fill(0.0);
+                dst[k - k0..k - k0 + len].fill(pad);
                 k += len;
             }
         }
@@ -125,10 +139,11 @@ pub(crate) fn pack_b(
     for (k0, kc) in k_blocks(k, kc_max) {
         blocks.push((k0, kc, data.len()));
         for p in 0..panels {
+            let (j0, j1) = (p * nr, ((p + 1) * nr).min(n));
             for kk in k0..k0 + kc {
-                for j in p * nr..(p + 1) * nr {
-                    data.push(if j < n { b[kk * n + j] } else { 0.0 });
-                }
+                data.extend_from_slice(&b[kk * n + j0..kk * n + j1]);
+                // The last panel is padded with zeros to the kernel's full width.
+                data.resize(data.len() + nr - (j1 - j0), 0.0);
             }
         }
     }

@@ -1,0 +1,432 @@
+//! INT8 GEMM: `u8 x s8 -> i32` with a fused requantising epilogue, in the Goto/BLIS shape of
+//! [`crate::gemm`] (same loop nest, same runtime dispatch on [`Isa`], same implicit im2col).
+//!
+//! # Design note
+//!
+//! ## Number formats
+//!
+//! - **Weights** (B, `K x N`): `i8`, symmetric (zero point 0), one scale per output channel
+//!   (column), quantised after BatchNorm folding, in `[-127, 127]`.
+//! - **Activations** (A, `M x K`): `u8` with a per-tensor scale and zero point. In ResNet-18
+//!   every convolution but the stem reads the output of a ReLU, so its zero point is 0 and the
+//!   whole `[0, 255]` range holds information (an `s8` symmetric format would waste its negative
+//!   half there). The stem's input (the normalised image) and the downsample outputs (no ReLU)
+//!   are signed: they get a non-zero zero point, and that is where the column-sum correction
+//!   below is needed.
+//! - **Accumulators**: `i32`, exact (`K <= 4608` products of at most `255 x 128` each stay far
+//!   below `2^31`).
+//!
+//! ## The `u8 x s8` trick and its column-sum correction
+//!
+//! `vpdpbusd` multiplies 4 unsigned bytes of A by 4 signed bytes of B and adds the 4 products to
+//! an `i32` lane. So A must be unsigned: a real activation `x = s_x (q - z)` is stored as
+//! `q in [0, 255]` with zero point `z`, and
+//!
+//! ```text
+//! sum_k (q_ik - z) w_kj  =  sum_k q_ik w_kj  -  z * colsum_j,     colsum_j = sum_k w_kj
+//! ```
+//!
+//! The kernel computes only the first term; the second is a per-column constant, folded once,
+//! when the model is prepared, into the `i32` bias of the epilogue ([`PackedB8::column_sums`]).
+//! (A symmetric `s8` activation scheme uses the same trick with `z = 128`: add 128 to make it
+//! unsigned, subtract `128 * colsum`.) The im2col padding is the zero point `z`, the code of
+//! the real value 0, so the correction is exact on the image border too.
+//!
+//! ## Kernels
+//!
+//! | ISA (`RESNET_ISA`) | kernel | tile MR x NR | instruction per 4 k | B packing | A packing |
+//! |---|---|---|---|---|---|
+//! | `vnni` (AVX-512 VNNI) | `avx512vnni_i32_12x32` | 12 x 32 (24 zmm accumulators) | `vpdpbusd zmm` | k-groups of 4 x 32 columns x 4 bytes | rows of `kc` bytes, broadcast 4 at a time |
+//! | `avx512` (AVX-512 BW) | `avx512bw_i32_12x32` | 12 x 32 | 2 x (`vpmaddubsw` + `vpmaddwd`) + 2 `vpaddd` | same, each group twice: high and low weight parts | same |
+//! | `avxvnni` (AVX-VNNI) | `avxvnni_i32_6x16` | 6 x 16 (12 ymm) | `vpdpbusd ymm` (VEX) | k-groups of 4 x 16 columns x 4 bytes | same |
+//! | `avx2` | `avx2_i32_6x16` | 6 x 16 | 2 x (`vpmaddubsw` + `vpmaddwd`) + 2 `vpaddd` | as `avx512`, 16 columns | same |
+//! | `portable` | `portable_i32_4x16` | 4 x 16 | scalar `i32` multiply-add: the twin | k-groups of 4 x 16 columns x 4 bytes | same |
+//!
+//! Each B micro-panel stores, for each group of 4 consecutive k, NR columns of 4 bytes, so one
+//! vector load gives every lane its 4 weights; the 4 activation bytes of a row are broadcast as
+//! one `i32`. K is zero-padded to a multiple of 4 (B's padding is 0, so A's is irrelevant).
+//!
+//! `vpmaddubsw` adds two `u8 x s8` products into an `i16` **with saturation**: `255 * 127 * 2`
+//! does not fit. Without VNNI, each weight is therefore split when B is packed into
+//! `w = 2h + l` with `h = w >> 1` in `[-64, 63]` and `l = w & 1` in `{0, 1}`; then
+//! `vpmaddubsw(a, h)` (at most `2 * 255 * 64 = 32640`) and `vpmaddubsw(a, l)` never saturate, and
+//! `vpmaddwd` by 2 and by 1 widens them to the exact `i32` sum `a·w`. Twice the instructions of
+//! a plain `vpmaddubsw` kernel (which would need 7-bit weights: measured on ResNet-18 to cost
+//! centred-logit error 0.046 -> 0.086 and top-1 agreement 92% -> 77%), but every kernel's `i32`
+//! accumulators equal the scalar twin's exactly, for every `i8` weight.
+//!
+//! ## Where rounding and saturation happen
+//!
+//! Only in the epilogue, once per output element, after the exact `i32` sum:
+//!
+//! ```text
+//! v = acc + bias_j                      i32, wrapping (cannot wrap for ResNet-18 ranges)
+//! f = f32(v) * scale_j                  f32 multiply (round to nearest), scale_j = s_x s_w,j / s_y
+//! f = f + f32(r - z_r) * res_scale      optional residual, separate mul and add (no FMA), res_scale = s_r / s_y
+//! f = clamp(f, lo - z_y, 255 - z_y)     lo = z_y with ReLU, else 0: ReLU and u8 saturation in one
+//! q = round_half_even(f) + z_y          cvtps2dq under the default MXCSR mode; `f32::round_ties_even` in the twin
+//! ```
+//!
+//! Clamping before rounding equals clamping after (the bounds are integers), and keeps every
+//! value inside `i32` range, so the SIMD conversion never meets its out-of-range case. The same
+//! operations in the same order in every kernel make the `u8` outputs bit-exact across ISAs.
+//! The bias is quantised with scale `s_x s_w,j` (round half even) when the model is prepared.
+//!
+//! ## Loops
+//!
+//! As in [`crate::gemm`]: loop 5 (NC columns) x loop 3 (MC rows) are the parallel work items;
+//! loop 4 cuts K into blocks of [`blocking::KC`] (a multiple of 4); loops 2 and 1 walk NR-wide B
+//! micro-panels and MR-row A micro-panels. When K has several blocks, the `i32` partial sums of a
+//! work item live in a per-thread scratch buffer and the epilogue runs on the last block.
+//!
+//! ## The other operations, on 8-bit data
+//!
+//! - The network input is quantised once (`f32` NCHW -> `u8` NHWC, [`quantize_nchw_to_nhwc_u8`]);
+//!   from there no layer returns to f32 until the average pool.
+//! - im2col reads `u8` and pads with the zero point: implicitly while packing A
+//!   ([`ASource8::Conv`]), or explicitly by direct loops ([`im2col_nhwc_u8_into`]) for the
+//!   3-channel stem, where the implicit packing's per-segment index arithmetic dominated.
+//! - Max-pool runs on the codes and is exact (quantisation is monotonic); the global average
+//!   pool sums codes exactly in `u32` and dequantises once per channel.
+//!
+//! ## What runs where
+//!
+//! [`gemm_u8s8`] holds the one `match` from [`Isa`] to kernel type. `vnni` needs AVX-512
+//! F/BW/VNNI, `avxvnni` AVX2 + AVX-VNNI; `avx512` on a CPU without AVX-512BW (Knights Landing)
+//! falls back to the AVX2 kernel. [`measure_peak_gops`] measures each kernel instruction's
+//! throughput like `crate::peak` does for FMAs. AMX-INT8 (tile registers, the `arch_prctl`
+//! permission) is not implemented; the machine this was written on has no AMX.
+
+mod loops;
+mod ops;
+mod pack;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod simd;
+
+pub use loops::ASource8;
+pub use ops::{
+    avg_pool_u8_nhwc, max_pool_3x3_s2_p1_u8_nhwc, quantize_nchw_to_nhwc_u8, quantize_u8,
+    requantize_scalar, round_half_even_i32,
+};
+pub use pack::{im2col_nhwc_u8, im2col_nhwc_u8_into};
+
+use crate::cpu::Isa;
+
+/// Cache-blocking constants, each named by the loop it cuts.
+pub mod blocking {
+    /// Loop 4: K is cut into blocks of at most this many bytes (a multiple of 4): a B
+    /// micro-panel is then at most 768 x 32 = 24 KiB and stays in a 32 KiB L1 beside A's rows.
+    /// ResNet-18's K of 576 fits one block; 1152, 2304 and 4608 take 2, 3 and 6.
+    pub const KC: usize = 768;
+    /// Loop 3: rows of A packed at once (144 x 768 B = 108 KiB, in L2). A multiple of every
+    /// kernel's MR (12, 6 and 4).
+    pub const MC: usize = 144;
+    /// Loop 5: columns of C per work item (two items share a 512-channel layer at batch 1).
+    pub const NC: usize = 256;
+}
+
+/// True for the ISAs whose INT8 kernel uses `vpmaddubsw` and so packs each weight as two
+/// parts, `w = 2h + l` (see the module's design note).
+fn splits_weights(isa: Isa) -> bool {
+    matches!(kernel_isa(isa), Isa::Avx2 | Isa::Avx512)
+}
+
+/// The ISA whose INT8 kernel runs for `isa`: itself, except AVX-512 without BW (Knights Landing),
+/// which uses the AVX2 kernel.
+fn kernel_isa(isa: Isa) -> Isa {
+    if isa == Isa::Avx512 && !crate::cpu::CpuFeatures::get().avx512bw {
+        Isa::Avx2
+    } else {
+        isa
+    }
+}
+
+/// The INT8 kernel chosen for an ISA, as `<isa>_<acc>_<MR>x<NR>`.
+pub fn kernel_name(isa: Isa) -> &'static str {
+    match kernel_isa(isa) {
+        Isa::Portable => scalar::ScalarKernel8::NAME,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => simd::Avx2Kernel8::NAME,
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => simd::AvxVnniKernel8::NAME,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => simd::Avx512BwKernel8::NAME,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Vnni => simd::Avx512VnniKernel8::NAME,
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::ScalarKernel8::NAME,
+    }
+}
+
+fn nr_for(isa: Isa) -> usize {
+    match kernel_isa(isa) {
+        Isa::Portable => scalar::ScalarKernel8::NR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => simd::Avx2Kernel8::NR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => simd::AvxVnniKernel8::NR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => simd::Avx512BwKernel8::NR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Vnni => simd::Avx512VnniKernel8::NR,
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::ScalarKernel8::NR,
+    }
+}
+
+/// The B operand (`K x N` signed bytes, the weights) packed for one ISA's INT8 micro-kernel:
+/// K cut into blocks of at most [`blocking::KC`], each block cut into NR-wide micro-panels of
+/// 4-k groups, zero-padded to a multiple of 4 in K and of NR in N.
+#[derive(Clone, Debug)]
+pub struct PackedB8 {
+    isa: Isa,
+    k: usize,
+    n: usize,
+    nr: usize,
+    /// `(k0, kc, offset)` of each K block; `kc` is a multiple of 4 except possibly the last.
+    blocks: Vec<(usize, usize, usize)>,
+    data: Vec<i8>,
+    column_sums: Vec<i32>,
+}
+
+impl PackedB8 {
+    /// Packs `b`, a row-major `K x N` matrix of signed bytes, for `isa`'s INT8 micro-kernel.
+    ///
+    /// # Panics
+    /// If `b.len() != k * n`, or if `isa` is not supported by this CPU.
+    pub fn new(b: &[i8], k: usize, n: usize, isa: Isa) -> PackedB8 {
+        assert_eq!(b.len(), k * n, "B must be K x N");
+        assert!(isa.is_supported(), "ISA {isa} is not supported by this CPU");
+        let nr = nr_for(isa);
+        let (blocks, data) = pack::pack_b8(b, k, n, nr, blocking::KC, splits_weights(isa));
+        let mut column_sums = vec![0i32; n];
+        for row in b.chunks_exact(n.max(1)).take(k) {
+            for (s, &w) in column_sums.iter_mut().zip(row) {
+                *s += w as i32;
+            }
+        }
+        PackedB8 {
+            isa,
+            k,
+            n,
+            nr,
+            blocks,
+            data,
+            column_sums,
+        }
+    }
+
+    /// Rows of B (the GEMM's K).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of B (the GEMM's N).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The ISA whose kernel this packing is for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// `sum_k B[k, j]` per column: times A's zero point, the correction to subtract from the
+    /// accumulators (fold `-z_a * colsum_j` into [`Requant::bias`]).
+    pub fn column_sums(&self) -> &[i32] {
+        &self.column_sums
+    }
+}
+
+/// A `u8` matrix used as a residual in the epilogue: real value `res_scale_to_out * (r - zero_point)`
+/// in units of the output scale.
+#[derive(Clone, Copy, Debug)]
+pub struct Residual8<'a> {
+    /// Shaped like C, row stride `ld`.
+    pub data: &'a [u8],
+    /// Row stride.
+    pub ld: usize,
+    /// The residual tensor's zero point.
+    pub zero_point: i32,
+    /// Its scale divided by the output's scale.
+    pub scale: f32,
+}
+
+/// The requantising epilogue (see the module's design note for the exact order):
+/// `q = clamp(round_half_even(f32(acc + bias_j) * scale_j [+ f32(r - z_r) * res_scale]) + z_y)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Requant<'a> {
+    /// One `i32` per column: the bias in accumulator units, minus `z_a * colsum_j`.
+    pub bias: &'a [i32],
+    /// One multiplier per column: `s_a * s_w,j / s_y`.
+    pub scale: &'a [f32],
+    /// Optional residual added before the clamp.
+    pub residual: Option<Residual8<'a>>,
+    /// The output's zero point.
+    pub zero_point: u8,
+    /// Clamp at the code of 0 (`zero_point`) instead of 0.
+    pub relu: bool,
+}
+
+/// Where the results go.
+#[derive(Debug)]
+pub enum Output8<'a> {
+    /// The raw `i32` accumulators `A · B`, row stride `ldc`.
+    I32 {
+        /// The matrix.
+        c: &'a mut [i32],
+        /// Row stride.
+        ldc: usize,
+    },
+    /// Requantised `u8`, row stride `ldc`.
+    U8 {
+        /// The matrix.
+        c: &'a mut [u8],
+        /// Row stride.
+        ldc: usize,
+        /// The epilogue.
+        requant: Requant<'a>,
+    },
+}
+
+/// `C = A · B` (`i32`) or `C = requant(A · B)` (`u8`), with `A` from `a` (a matrix or an
+/// implicit im2col) and `B` packed. Runs on the current rayon pool.
+///
+/// # Panics
+/// If the shapes or slice lengths do not fit (a bug in the caller, never bad user input).
+pub fn gemm_u8s8(a: &ASource8<'_>, b: &PackedB8, out: Output8<'_>) {
+    match kernel_isa(b.isa) {
+        Isa::Portable => loops::gemm::<scalar::ScalarKernel8>(a, b, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => loops::gemm::<simd::Avx2Kernel8>(a, b, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => loops::gemm::<simd::AvxVnniKernel8>(a, b, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => loops::gemm::<simd::Avx512BwKernel8>(a, b, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Vnni => loops::gemm::<simd::Avx512VnniKernel8>(a, b, out),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => loops::gemm::<scalar::ScalarKernel8>(a, b, out),
+    }
+}
+
+/// The plain triple loop every packed path is tested against: `C[i, j] = sum_k A[i, k] B[k, j]`
+/// in `i32`, `A` `M x K` with stride `lda`, `B` `K x N` row-major, `C` row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8s8_naive(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[u8],
+    lda: usize,
+    b: &[i8],
+    c: &mut [i32],
+    ldc: usize,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            c[i * ldc + j] = (0..k)
+                .map(|p| a[i * lda + p] as i32 * b[p * n + j] as i32)
+                .sum();
+        }
+    }
+}
+
+/// A micro-kernel: an `rows x NR` tile (`rows <= MR`) of `A_panel · B_panel` in `i32`.
+pub(crate) trait MicroKernel8: Sync {
+    /// Rows of the register tile (pixels).
+    const MR: usize;
+    /// Columns of the register tile (output channels).
+    const NR: usize;
+    /// `<isa>_i32_<MR>x<NR>`.
+    const NAME: &'static str;
+    /// Copies of each 4-k group of B in a panel: 1, or 2 for the split weights `(h, l)`.
+    const B_PARTS: usize;
+
+    /// `acc = A_panel · B_panel (+ acc_mem if accumulate)`, then either stored as `i32` to
+    /// `acc_mem` (`out` is `None`) or requantised and stored as `u8` by `out`.
+    ///
+    /// # Safety
+    /// - the CPU supports the kernel's ISA;
+    /// - `a` holds MR rows of `kc4` bytes (row stride `kc4`, a multiple of 4), `b` holds
+    ///   `kc4 * NR * B_PARTS` bytes in 4-k groups;
+    /// - `acc` addresses `rows` rows of NR `i32` with stride `ld_acc` (readable if `accumulate`,
+    ///   writable if `out` is `None`; unused otherwise and may then be null);
+    /// - `out`'s pointers address `rows` rows of NR elements (NR biases and scales).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        rows: usize,
+        kc4: usize,
+        a: *const u8,
+        b: *const i8,
+        acc: *mut i32,
+        ld_acc: usize,
+        accumulate: bool,
+        out: Option<&TileRequant>,
+    );
+}
+
+/// The epilogue of one tile, as pointers at the tile's first row and column.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TileRequant {
+    pub bias: *const i32,
+    pub scale: *const f32,
+    /// The residual tile's first element (null when there is none).
+    pub residual: *const u8,
+    pub ldr: usize,
+    pub res_zero_point: i32,
+    pub res_scale: f32,
+    pub zero_point: i32,
+    /// `lo - z_y` and `255 - z_y`, the clamp bounds before rounding.
+    pub lo: f32,
+    pub hi: f32,
+    pub c: *mut u8,
+    pub ldc: usize,
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The machine's measured INT8 peak in GOP/s (2 ops per multiply-accumulate) for `isa`'s kernel
+/// instruction (`vpdpbusd`, or `vpmaddubsw` + `vpmaddwd` + `vpaddd`): 12 independent chains on
+/// every thread of the current rayon pool at once, best of 3 per thread, summed.
+pub fn measure_peak_gops(isa: Isa) -> f64 {
+    let rates = rayon::broadcast(|_| {
+        let run = |iters: usize| -> f64 {
+            match kernel_isa(isa) {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the guard checked that the CPU supports this ISA.
+                Isa::Vnni if isa.is_supported() => unsafe { simd::peak_vnni512(iters) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the guard checked that the CPU supports this ISA (with BW: kernel_isa).
+                Isa::Avx512 if isa.is_supported() => unsafe { simd::peak_bw512(iters) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the guard checked that the CPU supports this ISA.
+                Isa::AvxVnni if isa.is_supported() => unsafe { simd::peak_avxvnni(iters) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the guard checked that the CPU supports AVX2 (isa or kernel_isa's fallback).
+                Isa::Avx2 if isa.is_supported() => unsafe { simd::peak_avx2(iters) },
+                _ => {
+                    let mut acc = [1i32; 12];
+                    for i in 0..iters {
+                        for a in acc.iter_mut() {
+                            *a = a.wrapping_mul(3).wrapping_add(i as i32);
+                        }
+                    }
+                    std::hint::black_box(acc);
+                    (iters * 12) as f64
+                }
+            }
+        };
+        run(200_000);
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let macs = run(2_000_000);
+                2.0 * macs / t.elapsed().as_secs_f64() / 1e9
+            })
+            .fold(0.0, f64::max)
+    });
+    rates.iter().sum()
+}

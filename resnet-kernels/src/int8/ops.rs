@@ -1,0 +1,118 @@
+//! Element-wise INT8 operations on 8-bit data: quantisation of the network input, max-pool and
+//! average pool on `u8` NHWC tensors, and the scalar requantisation (the rounding definition).
+
+use super::Requant;
+
+/// `x` quantised with scale `1 / inv_scale` and zero point `zero_point`:
+/// `clamp(round_half_even(x · inv_scale) + zero_point, 0, 255)`.
+#[inline]
+pub fn quantize_u8(x: f32, inv_scale: f32, zero_point: i32) -> u8 {
+    // Clamp first (to the codes' range, exact bounds), then round half to even by adding and
+    // subtracting 1.5·2^23, which is exact for |v| < 2^22 under the default rounding mode and,
+    // unlike `f32::round_ties_even`, needs no SSE4.1 (a libm call on baseline x86-64).
+    let lo = -(zero_point as f32);
+    let v = (x * inv_scale).max(lo).min(255.0 + lo);
+    const MAGIC: f32 = 12_582_912.0;
+    (((v + MAGIC) - MAGIC) as i32 + zero_point) as u8
+}
+
+/// Rounds half to even and saturates to `i32` (for biases quantised once per model).
+pub fn round_half_even_i32(x: f64) -> i32 {
+    x.round_ties_even().clamp(i32::MIN as f64, i32::MAX as f64) as i32
+}
+
+/// NCHW `f32` `[N, C, H·W]` -> NHWC `u8` `[N, H·W, C]`, quantised as [`quantize_u8`].
+pub fn quantize_nchw_to_nhwc_u8(
+    input: &[f32],
+    batch: usize,
+    c: usize,
+    hw: usize,
+    inv_scale: f32,
+    zero_point: i32,
+    out: &mut [u8],
+) {
+    assert_eq!(input.len(), batch * c * hw);
+    assert_eq!(out.len(), input.len());
+    for (image, dst) in input.chunks_exact(c * hw).zip(out.chunks_exact_mut(c * hw)) {
+        for (ch, plane) in image.chunks_exact(hw).enumerate() {
+            for (p, &x) in plane.iter().enumerate() {
+                dst[p * c + ch] = quantize_u8(x, inv_scale, zero_point);
+            }
+        }
+    }
+}
+
+/// The requantising epilogue for one element of column `j`, exactly as every kernel computes it
+/// (see the module's design note); `residual` is the residual's byte at that element.
+pub fn requantize_scalar(acc: i32, j: usize, residual: Option<u8>, r: &Requant<'_>) -> u8 {
+    let zp = r.zero_point as i32;
+    super::scalar::requant_core(
+        acc,
+        r.bias[j],
+        r.scale[j],
+        residual
+            .zip(r.residual)
+            .map(|(v, res)| (v, res.zero_point, res.scale)),
+        zp,
+        if r.relu { 0.0 } else { -(zp as f32) },
+        (255 - zp) as f32,
+    )
+}
+
+/// Max-pool 3x3, stride 2, padding 1 on `u8` NHWC (padding never wins). Exact: quantisation is
+/// monotonic, so the max of the codes is the code of the max.
+pub fn max_pool_3x3_s2_p1_u8_nhwc(
+    input: &[u8],
+    batch: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    out: &mut [u8],
+) {
+    let (oh_n, ow_n) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+    assert_eq!(input.len(), batch * h * w * c);
+    assert_eq!(out.len(), batch * oh_n * ow_n * c);
+    for n in 0..batch {
+        for oh in 0..oh_n {
+            for ow in 0..ow_n {
+                let dst = &mut out[((n * oh_n + oh) * ow_n + ow) * c..][..c];
+                dst.fill(0);
+                for ih in (2 * oh).saturating_sub(1)..(2 * oh + 2).min(h) {
+                    for iw in (2 * ow).saturating_sub(1)..(2 * ow + 2).min(w) {
+                        let src = &input[((n * h + ih) * w + iw) * c..][..c];
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            *d = (*d).max(s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Global average pool of a `u8` NHWC tensor `[N, HW, C]` to real values `[N, C]`:
+/// `scale · (sum / HW − zero_point)`, the sum exact in `u32`.
+pub fn avg_pool_u8_nhwc(
+    input: &[u8],
+    batch: usize,
+    hw: usize,
+    c: usize,
+    scale: f32,
+    zero_point: i32,
+    out: &mut [f32],
+) {
+    assert_eq!(input.len(), batch * hw * c);
+    assert_eq!(out.len(), batch * c);
+    let mut sums = vec![0u32; c];
+    for (image, dst) in input.chunks_exact(hw * c).zip(out.chunks_exact_mut(c)) {
+        sums.fill(0);
+        for pixel in image.chunks_exact(c) {
+            for (s, &v) in sums.iter_mut().zip(pixel) {
+                *s += v as u32;
+            }
+        }
+        for (d, &s) in dst.iter_mut().zip(&sums) {
+            *d = scale * (s as f32 / hw as f32 - zero_point as f32);
+        }
+    }
+}

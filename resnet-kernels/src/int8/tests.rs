@@ -1,0 +1,464 @@
+//! Every INT8 kernel x both outputs (raw `i32`, requantised `u8` with every epilogue option) x
+//! every ISA this CPU supports, against the naive triple loop and the scalar epilogue, over
+//! random shapes with tails (M, N, K not multiples of any tile; K over several KC blocks).
+//! Integer results must be **equal**, not close: the accumulation is exact and the epilogue
+//! performs the same f32 operations in the same order in every kernel. Outputs are poisoned
+//! with two different fill bytes so that an unwritten element or a write outside the tile fails.
+
+use super::*;
+use crate::gemm::ConvGeometry;
+use proptest::prelude::*;
+
+/// Seeded xorshift stream, so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| (self.next() >> 32) as u8).collect()
+    }
+    /// Weights over the whole `i8` range (every kernel is exact for all of them).
+    fn weights(&mut self, len: usize, _isa: Isa) -> Vec<i8> {
+        (0..len).map(|_| (self.next() >> 32) as u8 as i8).collect()
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Problem {
+    m: usize,
+    n: usize,
+    k: usize,
+    residual: bool,
+    relu: bool,
+    zero_point: u8,
+    seed: u64,
+}
+
+impl Problem {
+    fn run(&self, isa: Isa) {
+        let Problem { m, n, k, seed, .. } = *self;
+        let (lda, ldc, ldr) = (k + 3, n + 5, n + 1);
+        let mut rng = Rng::new(seed);
+        let a = rng.bytes(m * lda);
+        let b = rng.weights(k * n, isa);
+        let mut want = vec![0i32; m * n];
+        gemm_u8s8_naive(m, n, k, &a, lda, &b, &mut want, n);
+        let packed = PackedB8::new(&b, k, n, isa);
+        let source = ASource8::Matrix {
+            data: &a,
+            rows: m,
+            lda,
+        };
+
+        // Raw i32 accumulators.
+        for poison in [i32::MIN, 0x5A5A_5A5A] {
+            let mut got = vec![poison; m * ldc];
+            gemm_u8s8(&source, &packed, Output8::I32 { c: &mut got, ldc });
+            for i in 0..m {
+                assert_eq!(
+                    &got[i * ldc..i * ldc + n],
+                    &want[i * n..(i + 1) * n],
+                    "{isa} {self:?}: i32 row {i}"
+                );
+                assert!(
+                    got[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == poison),
+                    "{isa}: wrote past column n in row {i}"
+                );
+            }
+        }
+
+        // Requantised u8. Scales put typical accumulators over the whole u8 range.
+        let bias: Vec<i32> = (0..n).map(|_| (rng.next() >> 48) as i32 - 32768).collect();
+        let typical = (k as f32).sqrt() * 128.0 * 40.0 + 1.0;
+        let scale: Vec<f32> = (0..n)
+            .map(|_| (0.5 + rng.unit()) * 255.0 / typical)
+            .collect();
+        let res = rng.bytes(m * ldr);
+        let requant = Requant {
+            bias: &bias,
+            scale: &scale,
+            residual: self.residual.then_some(Residual8 {
+                data: &res,
+                ld: ldr,
+                zero_point: 77,
+                scale: 0.73,
+            }),
+            zero_point: self.zero_point,
+            relu: self.relu,
+        };
+        for poison in [0x5Au8, 0xA5] {
+            let mut got = vec![poison; m * ldc];
+            gemm_u8s8(
+                &source,
+                &packed,
+                Output8::U8 {
+                    c: &mut got,
+                    ldc,
+                    requant,
+                },
+            );
+            for i in 0..m {
+                for j in 0..n {
+                    let r = self.residual.then(|| res[i * ldr + j]);
+                    let expect = requantize_scalar(want[i * n + j], j, r, &requant);
+                    assert_eq!(
+                        got[i * ldc + j],
+                        expect,
+                        "{isa} {self:?}: u8 ({i}, {j}), acc {}",
+                        want[i * n + j]
+                    );
+                }
+                assert!(
+                    got[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == poison),
+                    "{isa}: u8 wrote past column n in row {i}"
+                );
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn int8_gemm_matches_naive(
+        m in 1usize..60, n in 1usize..90, k in 1usize..1700,
+        residual: bool, relu: bool, zero_point in prop_oneof![Just(0u8), any::<u8>()],
+        seed in 0u64..1000,
+    ) {
+        let p = Problem { m, n, k, residual, relu, zero_point, seed };
+        for isa in Isa::supported() {
+            p.run(isa);
+        }
+    }
+}
+
+/// ResNet-18's own GEMM shapes (the 49-pixel layer4 tail, K over several blocks, the stem's
+/// K = 147 that is not a multiple of 4), pinned.
+#[test]
+fn int8_resnet_shapes_match_naive() {
+    for (m, n, k) in [
+        (49, 512, 4608),
+        (49, 64, 147),
+        (25, 128, 1152),
+        (13, 64, 576),
+    ] {
+        for isa in Isa::supported() {
+            Problem {
+                m,
+                n,
+                k,
+                residual: true,
+                relu: true,
+                zero_point: 0,
+                seed: 3,
+            }
+            .run(isa);
+        }
+    }
+}
+
+/// The saturation boundary of `vpmaddubsw`: all activations 255 against the extreme weights
+/// `-128` and `127` (a plain `vpmaddubsw` would saturate: `2 · 255 · 127 > 32767`) stay exact on
+/// every kernel, the split-weight ones included, and so does a mix of both in one pair.
+#[test]
+fn int8_extreme_values_are_exact() {
+    let (m, n, k) = (13, 40, 300);
+    let a = vec![255u8; m * k];
+    for isa in Isa::supported() {
+        for w in [-128i8, 127, -127, 1, -1] {
+            let b = vec![w; k * n];
+            let packed = PackedB8::new(&b, k, n, isa);
+            let mut got = vec![0i32; m * n];
+            gemm_u8s8(
+                &ASource8::Matrix {
+                    data: &a,
+                    rows: m,
+                    lda: k,
+                },
+                &packed,
+                Output8::I32 {
+                    c: &mut got,
+                    ldc: n,
+                },
+            );
+            assert!(
+                got.iter().all(|&v| v == 255 * w as i32 * k as i32),
+                "{isa}: w = {w}"
+            );
+        }
+        // Alternating 127 / -128 along K.
+        let b: Vec<i8> = (0..k * n)
+            .map(|i| if (i / n) % 2 == 0 { 127 } else { -128 })
+            .collect();
+        let packed = PackedB8::new(&b, k, n, isa);
+        let mut got = vec![0i32; m * n];
+        gemm_u8s8(
+            &ASource8::Matrix {
+                data: &a,
+                rows: m,
+                lda: k,
+            },
+            &packed,
+            Output8::I32 {
+                c: &mut got,
+                ldc: n,
+            },
+        );
+        assert!(
+            got.iter().all(|&v| v == 255 * (150 * 127 - 150 * 128)),
+            "{isa}: mixed"
+        );
+    }
+}
+
+/// The column-sum correction: with activations `q` of zero point `z`, `A·B − z·colsum` equals
+/// `Σ (q − z)·w` computed directly.
+#[test]
+fn int8_column_sum_correction() {
+    let (m, n, k, z) = (7, 33, 147, 119i32);
+    let mut rng = Rng::new(5);
+    let a = rng.bytes(m * k);
+    for isa in Isa::supported() {
+        let b = rng.weights(k * n, isa);
+        let packed = PackedB8::new(&b, k, n, isa);
+        let mut got = vec![0i32; m * n];
+        gemm_u8s8(
+            &ASource8::Matrix {
+                data: &a,
+                rows: m,
+                lda: k,
+            },
+            &packed,
+            Output8::I32 {
+                c: &mut got,
+                ldc: n,
+            },
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let direct: i32 = (0..k)
+                    .map(|p| (a[i * k + p] as i32 - z) * b[p * n + j] as i32)
+                    .sum();
+                assert_eq!(
+                    got[i * n + j] - z * packed.column_sums()[j],
+                    direct,
+                    "{isa}"
+                );
+            }
+        }
+    }
+}
+
+/// Rounding and clamping of the epilogue, by hand: half to even, saturation at 0 and 255, ReLU
+/// at the zero point, the residual in output units.
+#[test]
+fn int8_requantize_by_hand() {
+    let bias = [0i32, 10];
+    let scale = [0.5f32, 1.0];
+    let mut r = Requant {
+        bias: &bias,
+        scale: &scale,
+        residual: None,
+        zero_point: 0,
+        relu: false,
+    };
+    assert_eq!(requantize_scalar(5, 0, None, &r), 2); // 2.5 -> 2
+    assert_eq!(requantize_scalar(7, 0, None, &r), 4); // 3.5 -> 4
+    assert_eq!(requantize_scalar(-7, 0, None, &r), 0); // saturates at 0
+    assert_eq!(requantize_scalar(1000, 0, None, &r), 255); // and at 255
+    assert_eq!(requantize_scalar(-3, 1, None, &r), 7); // bias: -3 + 10
+    r.zero_point = 100;
+    assert_eq!(requantize_scalar(-7, 0, None, &r), 96); // -3.5 -> -4, + 100
+    r.relu = true;
+    assert_eq!(requantize_scalar(-7, 0, None, &r), 100); // ReLU: the code of 0
+    let res = [0u8; 1];
+    r.residual = Some(Residual8 {
+        data: &res,
+        ld: 1,
+        zero_point: 20,
+        scale: 0.25,
+    });
+    assert_eq!(requantize_scalar(20, 0, Some(30), &r), 112); // 10 + (30-20)*0.25 = 12.5 -> 12, + 100
+}
+
+/// The implicit `u8` im2col (padding with the zero point) equals the explicit matrix, and the
+/// explicit matrix equals its definition; strides, paddings, odd sizes, the stem's 7x7x3.
+#[test]
+fn int8_implicit_im2col_matches_explicit() {
+    let cases = [
+        (2, 9, 7, 3, 7, 2, 3),
+        (1, 7, 7, 20, 3, 1, 1),
+        (3, 8, 5, 16, 3, 2, 1),
+        (2, 6, 6, 8, 1, 2, 0),
+    ];
+    for (batch, in_h, in_w, in_c, kernel, stride, pad) in cases {
+        let g = ConvGeometry {
+            batch,
+            in_h,
+            in_w,
+            in_c,
+            kernel,
+            stride,
+            pad,
+        };
+        let mut rng = Rng::new(11);
+        let input = rng.bytes(g.input_len());
+        let zp = 37u8;
+        let explicit = im2col_nhwc_u8(&input, &g, zp);
+        for (row, cols) in explicit.chunks_exact(g.k()).enumerate() {
+            let (n, oh, ow) = (
+                row / (g.out_h() * g.out_w()),
+                row / g.out_w() % g.out_h(),
+                row % g.out_w(),
+            );
+            for (col, &v) in cols.iter().enumerate() {
+                let (kh, kw, c) = (col / in_c / kernel, col / in_c % kernel, col % in_c);
+                let ih = (oh * stride + kh) as isize - pad as isize;
+                let iw = (ow * stride + kw) as isize - pad as isize;
+                let inside = ih >= 0 && iw >= 0 && (ih as usize) < in_h && (iw as usize) < in_w;
+                let want = if inside {
+                    input[((n * in_h + ih as usize) * in_w + iw as usize) * in_c + c]
+                } else {
+                    zp
+                };
+                assert_eq!(v, want, "{g:?} row {row} col {col}");
+            }
+        }
+        let mut direct = vec![9u8; 3];
+        im2col_nhwc_u8_into(&input, &g, zp, &mut direct);
+        assert_eq!(direct, explicit, "{g:?}: direct-loop im2col");
+        let n = 40;
+        for isa in Isa::supported() {
+            let b = rng.weights(g.k() * n, isa);
+            let packed = PackedB8::new(&b, g.k(), n, isa);
+            let mut via_matrix = vec![0i32; g.m() * n];
+            let mut via_conv = vec![1i32; g.m() * n];
+            gemm_u8s8(
+                &ASource8::Matrix {
+                    data: &explicit,
+                    rows: g.m(),
+                    lda: g.k(),
+                },
+                &packed,
+                Output8::I32 {
+                    c: &mut via_matrix,
+                    ldc: n,
+                },
+            );
+            gemm_u8s8(
+                &ASource8::Conv {
+                    input: &input,
+                    geometry: g,
+                    pad: zp,
+                },
+                &packed,
+                Output8::I32 {
+                    c: &mut via_conv,
+                    ldc: n,
+                },
+            );
+            assert_eq!(via_matrix, via_conv, "{isa} {g:?}");
+        }
+    }
+}
+
+/// Max-pool on codes equals the codes of the f32 max-pool; the average pool dequantises.
+#[test]
+fn int8_pools_match_f32() {
+    let (n, h, w, c) = (2, 7, 6, 5);
+    let mut rng = Rng::new(2);
+    let q = rng.bytes(n * h * w * c);
+    let (scale, zp) = (0.05f32, 3i32);
+    let real: Vec<f32> = q.iter().map(|&v| scale * (v as i32 - zp) as f32).collect();
+    let (oh, ow) = (4, 3);
+    let mut pooled_q = vec![0u8; n * oh * ow * c];
+    let mut pooled_f = vec![0f32; n * oh * ow * c];
+    max_pool_3x3_s2_p1_u8_nhwc(&q, n, h, w, c, &mut pooled_q);
+    crate::pool::max_pool_3x3_s2_p1_nhwc(&real, n, h, w, c, &mut pooled_f);
+    for (&a, &b) in pooled_q.iter().zip(&pooled_f) {
+        assert_eq!(scale * (a as i32 - zp) as f32, b);
+    }
+    let mut avg_q = vec![0f32; n * c];
+    let mut avg_f = vec![0f32; n * c];
+    avg_pool_u8_nhwc(&q, n, h * w, c, scale, zp, &mut avg_q);
+    crate::pool::global_avg_pool_nhwc(&real, n, h * w, c, &mut avg_f);
+    for (a, b) in avg_q.iter().zip(&avg_f) {
+        // Both are f32 averages of the same 42 values in different orders: within 1e-5 of ~6.
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let mut nhwc = vec![0u8; 2 * 3 * 4];
+    let x: Vec<f32> = (0..24).map(|i| i as f32 * 0.1 - 1.0).collect();
+    quantize_nchw_to_nhwc_u8(&x, 2, 3, 4, 10.0, 10, &mut nhwc);
+    // Element (n=1, c=2, p=3) of NCHW is x[1*12 + 2*4 + 3] = x[23] = 1.3 -> 13 + 10.
+    assert_eq!(nhwc[(4 + 3) * 3 + 2], 23);
+}
+
+/// The fast rounding of `quantize_u8` equals `round_ties_even` then clamp, on halves, on values
+/// far outside the range, and on a dense sweep.
+#[test]
+fn int8_quantize_rounds_half_to_even() {
+    let reference =
+        |x: f32, inv: f32, zp: i32| ((x * inv).round_ties_even() as i32 + zp).clamp(0, 255) as u8;
+    for zp in [0, 1, 77, 128, 255] {
+        for inv in [1.0f32, 0.5, 3.7, 1000.0] {
+            for i in -40_000..40_000 {
+                let x = i as f32 * 0.0125;
+                assert_eq!(
+                    quantize_u8(x, inv, zp),
+                    reference(x, inv, zp),
+                    "{x} {inv} {zp}"
+                );
+            }
+        }
+    }
+    assert_eq!(quantize_u8(2.5, 1.0, 0), 2);
+    assert_eq!(quantize_u8(3.5, 1.0, 0), 4);
+    assert_eq!(quantize_u8(-2.5, 1.0, 10), 8);
+    assert_eq!(quantize_u8(1e30, 1.0, 10), 255);
+    assert_eq!(quantize_u8(-1e30, 1.0, 10), 0);
+}
+
+/// On a CPU that has them (this project's machines do), every INT8 kernel level must be among
+/// those tested: no silently skipped path.
+#[test]
+fn int8_no_supported_isa_is_skipped() {
+    let f = crate::cpu::CpuFeatures::get();
+    let tested = Isa::supported();
+    let expect = [
+        (f.avx2 && f.fma, Isa::Avx2),
+        (f.avx2 && f.fma && f.avxvnni, Isa::AvxVnni),
+        (f.avx512f, Isa::Avx512),
+        (f.avx512f && f.avx512bw && f.avx512vnni, Isa::Vnni),
+    ];
+    for (has, isa) in expect {
+        if has {
+            assert!(tested.contains(&isa), "{isa} supported but not tested");
+        }
+    }
+    let names: Vec<_> = tested.iter().map(|&i| kernel_name(i)).collect();
+    if f.avx512vnni && f.avx512bw {
+        assert!(names.contains(&"avx512vnni_i32_12x32"), "{names:?}");
+    }
+    if f.avxvnni {
+        assert!(names.contains(&"avxvnni_i32_6x16"), "{names:?}");
+    }
+}
+
+/// `RESNET_ISA` names the VNNI levels.
+#[test]
+fn int8_isa_names_parse() {
+    assert_eq!("vnni".parse::<Isa>().unwrap(), Isa::Vnni);
+    assert_eq!("avxvnni".parse::<Isa>().unwrap(), Isa::AvxVnni);
+    assert_eq!(Isa::Vnni.f32_level(), Isa::Avx512);
+    assert_eq!(Isa::AvxVnni.f32_level(), Isa::Avx2);
+}
