@@ -16,8 +16,10 @@ pub fn run(args: CamArgs) -> anyhow::Result<ExitCode> {
     }
     let opts = decode_options(&args.decode)?;
     let model = load_model(&args.model)?;
-    let (weights, _) = weights_identity(&model.weights_path)?;
-    let fc_weight = &weights.tensor("fc.weight").data;
+    let identity = weights_identity(&model.weights_path)?;
+    let Some(fc_weight) = &identity.fc_weight else {
+        bail!("class activation maps need f32 weights (an INT8 model file has no f32 fc.weight)");
+    };
     let image = match decode_image_file(&args.input, &opts) {
         Ok(i) => i,
         Err(e) => {

@@ -74,6 +74,8 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Quantize(a) => quantize::run(a),
         args::Command::Inspect(a) => inspect::run(a),
         args::Command::Bench(a) => bench::run(a),
+        args::Command::Serve(a) => serve::run(a, cli.quiet),
+        args::Command::Cam(a) => cam::run(a),
         args::Command::Trace(a) => trace::run(a),
         args::Command::Eval(a) => eval::run(a, cli.quiet),
         args::Command::Completions { shell } => {
@@ -86,8 +88,6 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        args::Command::Serve(a) => serve::run(a, cli.quiet),
-        args::Command::Cam(a) => cam::run(a),
     }
 }
 

@@ -4,13 +4,15 @@ use crate::args::{ExifArg, ModelArgs, ServeArgs};
 use crate::classify::load_model;
 use anyhow::{bail, Context};
 use resnet_core::decode::ExifMode;
+use resnet_core::quantize::{is_int8_file, QuantizedModel};
 use resnet_core::weights::{sha256_hex, Weights};
-use resnet_server::{Config, ServedModel};
+use resnet_server::{Config, ServedModel, WeightsIdentity};
 use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn run(args: ServeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
-    let config = config(&args, quiet)?;
+    let mut config = config(&args)?;
+    config.log_requests = !quiet;
     let threads = rayon::current_num_threads();
     let model = served_model(&args.model, threads)?;
     resnet_server::run(config, model, threads)?;
@@ -21,26 +23,35 @@ pub fn run(args: ServeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 /// (SHA-256, synthetic or not) and the `fc.weight` class activation maps need.
 pub fn served_model(args: &ModelArgs, threads: usize) -> anyhow::Result<ServedModel> {
     let model = load_model(args)?;
-    let (weights, sha256) = weights_identity(&model.weights_path)?;
+    let identity = weights_identity(&model.weights_path)?;
     let isa = resnet_core::cpu::Isa::from_env_or_best()?;
     Ok(ServedModel::new(
         model.backend,
         model.labels,
-        &weights,
-        Some(sha256),
+        identity,
         isa,
         threads,
     ))
 }
 
-/// Reads the weights file `load_model` used again, for its digest and its `fc.weight` (the
-/// backend keeps only its own prepared copy). Transient: dropped once the server has what it
-/// needs.
-pub fn weights_identity(path: &std::path::Path) -> anyhow::Result<(Weights, String)> {
+/// Reads the weights file `load_model` used again, for its digest and its `fc.weight`: the
+/// backend keeps only its own prepared copy. Transient: dropped once the server has what it
+/// needs. An INT8 model file has no f32 `fc.weight`, so no activation maps.
+pub fn weights_identity(path: &std::path::Path) -> anyhow::Result<WeightsIdentity> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let sha256 = sha256_hex(&bytes);
-    let weights = Weights::from_bytes(&bytes, &path.display().to_string())?;
-    Ok((weights, sha256))
+    let name = path.display().to_string();
+    if is_int8_file(&bytes) {
+        let model = QuantizedModel::from_safetensors_bytes(&bytes, &name)?;
+        return Ok(WeightsIdentity {
+            source: name,
+            sha256: Some(sha256),
+            synthetic: model.synthetic,
+            fc_weight: None,
+        });
+    }
+    let weights = Weights::from_bytes(&bytes, &name)?;
+    Ok(WeightsIdentity::of(&weights, Some(sha256)))
 }
 
 fn positive_secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -50,7 +61,7 @@ fn positive_secs(name: &str, v: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-fn config(args: &ServeArgs, quiet: bool) -> anyhow::Result<Config> {
+fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     if !(args.batch_wait_ms >= 0.0 && args.batch_wait_ms.is_finite()) {
         bail!(
             "--batch-wait-ms must be zero or positive, got {}",
@@ -80,7 +91,7 @@ fn config(args: &ServeArgs, quiet: bool) -> anyhow::Result<Config> {
         queue: args.queue as usize,
         max_body_bytes: (args.max_body_mb * (1 << 20) as f64) as usize,
         max_pixels: (args.max_megapixels * 1e6) as u64,
-        timeout: positive_secs("timeout-s", args.timeout_s)?,
+        timeout: positive_secs("request-timeout-s", args.request_timeout_s)?,
         header_read_timeout: positive_secs("header-timeout-s", args.header_timeout_s)?,
         token,
         history: args.history,
@@ -89,7 +100,6 @@ fn config(args: &ServeArgs, quiet: bool) -> anyhow::Result<Config> {
             ExifArg::Apply => ExifMode::Apply,
             ExifArg::Ignore => ExifMode::Ignore,
         },
-        log_requests: !quiet,
         ..Config::default()
     };
     config.validate()?;

@@ -87,7 +87,7 @@ impl Batcher {
     /// Starts the inference thread. It first runs one warm-up pass, then sets [`Self::is_ready`].
     pub fn start(
         backend: Arc<dyn Backend>,
-        fc_weight: Arc<Vec<f32>>,
+        fc_weight: Option<Arc<Vec<f32>>>,
         settings: BatchSettings,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Batcher> {
@@ -151,7 +151,7 @@ impl Batcher {
 
 struct Worker {
     backend: Arc<dyn Backend>,
-    fc_weight: Arc<Vec<f32>>,
+    fc_weight: Option<Arc<Vec<f32>>>,
     settings: BatchSettings,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -242,8 +242,14 @@ impl Worker {
             return;
         };
         let started = Instant::now();
+        let Some(fc_weight) = &self.fc_weight else {
+            let _ = job.reply.send(Err(
+                "this model has no f32 fc.weight for activation maps".into()
+            ));
+            return;
+        };
         let result = catch_unwind(AssertUnwindSafe(|| {
-            class_activation_map(&*self.backend, &self.fc_weight, input.view(), *class)
+            class_activation_map(&*self.backend, fc_weight, input.view(), *class)
         }));
         let inference = started.elapsed();
         self.metrics.observe_batch(1, inference);

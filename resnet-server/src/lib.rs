@@ -17,8 +17,8 @@
 //! use resnet_server::{Config, ServedModel};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let weights = resnet_core::weights::Weights::load("resnet18.safetensors".as_ref())?;
-//! let isa = resnet_core::cpu::Isa::best_supported();
-//! let model = ServedModel::build(BackendKind::Native, &weights, isa, 2)?;
+//! let options = resnet_core::backend::BackendOptions::default();
+//! let model = ServedModel::build(BackendKind::Native, &weights, &options, 2)?;
 //! resnet_server::run(Config::default(), model, 2)?;
 //! # Ok(()) }
 //! ```
@@ -37,5 +37,5 @@ pub mod server;
 
 pub use config::Config;
 pub use error::{ApiError, ServerError};
-pub use model::{ModelInfo, ServedModel};
+pub use model::{ModelInfo, ServedModel, WeightsIdentity};
 pub use server::{run, Server};

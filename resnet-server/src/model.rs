@@ -30,26 +30,50 @@ pub struct ModelInfo {
     pub synthetic_weights: bool,
 }
 
+/// What the server knows about the weights behind a backend.
+#[derive(Clone, Debug)]
+pub struct WeightsIdentity {
+    /// Where they came from (a path or a description).
+    pub source: String,
+    /// SHA-256 of the file, when they came from one.
+    pub sha256: Option<String>,
+    /// Synthetic (random, untrained) weights: predictions mean nothing.
+    pub synthetic: bool,
+    /// `fc.weight`, `[1000, 512]` row-major, for class activation maps (`None`: no `/v1/cam`,
+    /// e.g. for an INT8 model file).
+    pub fc_weight: Option<Vec<f32>>,
+}
+
+impl WeightsIdentity {
+    /// The identity of f32 weights (with the file's digest when known).
+    pub fn of(weights: &Weights, sha256: Option<String>) -> WeightsIdentity {
+        WeightsIdentity {
+            source: weights.source().into(),
+            sha256,
+            synthetic: weights.is_synthetic(),
+            fc_weight: Some(weights.tensor("fc.weight").data.clone()),
+        }
+    }
+}
+
 /// A prepared backend with its labels and the tensor class activation maps need.
 pub struct ServedModel {
     /// The backend (shared with the inference thread).
     pub backend: Arc<dyn Backend>,
     /// The class names.
     pub labels: Labels,
-    /// `fc.weight`, `[1000, 512]` row-major (for `/v1/cam`).
-    pub fc_weight: Arc<Vec<f32>>,
+    /// `fc.weight`, `[1000, 512]` row-major (for `/v1/cam`), when known.
+    pub fc_weight: Option<Arc<Vec<f32>>>,
     /// What `/v1/model` reports.
     pub info: ModelInfo,
 }
 
 impl ServedModel {
-    /// Wraps a backend built elsewhere (e.g. by the CLI's model loader). `weights` supplies
-    /// `fc.weight`, the synthetic flag and the source name; `sha256` is the file's digest.
+    /// Wraps a backend built elsewhere (e.g. by the CLI's model loader).
     pub fn new(
         backend: Box<dyn Backend>,
         labels: Labels,
-        weights: &Weights,
-        sha256: Option<String>,
+        weights: WeightsIdentity,
         isa: Isa,
         threads: usize,
     ) -> ServedModel {
@@ -60,14 +84,14 @@ impl ServedModel {
             isa: isa.to_string(),
             threads,
             labels: labels.len(),
-            weights_source: weights.source().into(),
-            weights_sha256: sha256,
-            synthetic_weights: weights.is_synthetic(),
+            weights_source: weights.source,
+            weights_sha256: weights.sha256,
+            synthetic_weights: weights.synthetic,
         };
         ServedModel {
             backend: Arc::from(backend),
             labels,
-            fc_weight: Arc::new(weights.tensor("fc.weight").data.clone()),
+            fc_weight: weights.fc_weight.map(Arc::new),
             info,
         }
     }
@@ -76,22 +100,15 @@ impl ServedModel {
     pub fn build(
         kind: BackendKind,
         weights: &Weights,
-        isa: Isa,
+        options: &BackendOptions,
         threads: usize,
     ) -> resnet_core::Result<ServedModel> {
-        let backend = kind.create(
-            weights,
-            &BackendOptions {
-                isa,
-                ..Default::default()
-            },
-        )?;
+        let backend = kind.create(weights, options)?;
         Ok(ServedModel::new(
             backend,
             Labels::imagenet(),
-            weights,
-            None,
-            isa,
+            WeightsIdentity::of(weights, None),
+            options.isa,
             threads,
         ))
     }
@@ -102,7 +119,7 @@ impl ServedModel {
         ServedModel {
             backend: Arc::clone(&self.backend),
             labels: self.labels.clone(),
-            fc_weight: Arc::clone(&self.fc_weight),
+            fc_weight: self.fc_weight.clone(),
             info: self.info.clone(),
         }
     }

@@ -461,6 +461,13 @@ async fn cam(
     upload: Upload,
     class: Option<usize>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    if state.model.fc_weight.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "cam_unavailable",
+            "class activation maps need the f32 fc.weight, which this model (e.g. an INT8 file) does not carry",
+        ));
+    }
     let mut prepared = prepare(state, upload, true).await?;
     let input = std::mem::take(&mut prepared.input);
     let done = infer(state, Work::Cam { input, class }).await?;

@@ -47,7 +47,7 @@ impl Server {
         let history = History::open(config.history, config.history_file.as_deref())?;
         let batcher = Batcher::start(
             Arc::clone(&model.backend),
-            Arc::clone(&model.fc_weight),
+            model.fc_weight.clone(),
             BatchSettings {
                 max_batch: config.max_batch,
                 batch_wait: config.batch_wait,

@@ -617,8 +617,13 @@ async fn cam_returns_the_heat_map_png_of_the_asked_class() {
     let img = decode_image_bytes(&cat, "x", &DecodeOptions::default()).unwrap();
     let crop = resnet_core::preprocess::resize_and_crop(&img.rgb);
     let input = resnet_core::preprocess::to_normalized_chw(&crop);
-    let map = resnet_core::cam::class_activation_map(&*m.backend, &m.fc_weight, input.view(), None)
-        .unwrap();
+    let map = resnet_core::cam::class_activation_map(
+        &*m.backend,
+        m.fc_weight.as_deref().unwrap(),
+        input.view(),
+        None,
+    )
+    .unwrap();
     assert_eq!(png, resnet_core::cam::heatmap_overlay(&crop, &map, 0.45));
 
     let r = post_file(addr, "/v1/cam?class=7", "cat.jpg", &cat).await;

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use ndarray::{Array2, ArrayView4};
-use resnet_core::backend::{Backend, BackendKind, LayerObserver};
+use resnet_core::backend::{Backend, BackendKind, BackendOptions, LayerObserver};
 use resnet_core::cpu::Isa;
 use resnet_server::{Config, ServedModel, Server};
 use std::net::SocketAddr;
@@ -33,7 +33,11 @@ pub fn model() -> ServedModel {
     MODEL
         .get_or_init(|| {
             let weights = resnet_core::weights::synthetic_weights(0);
-            ServedModel::build(BackendKind::Native, &weights, Isa::best_supported(), 2).unwrap()
+            let options = BackendOptions {
+                isa: Isa::best_supported(),
+                ..BackendOptions::default()
+            };
+            ServedModel::build(BackendKind::Native, &weights, &options, 2).unwrap()
         })
         .share()
 }
