@@ -104,10 +104,9 @@ pub struct ServeArgs {
     /// Refuse images larger than this many megapixels (422, checked before decoding).
     #[arg(long, default_value_t = 64.0, value_name = "MP")]
     pub max_megapixels: f64,
-    /// Whole-request deadline in seconds, upload included (504 after it). (`--timeout-s` is the
-    /// weights download's.)
+    /// Whole-request deadline in seconds, upload included (504 after it).
     #[arg(long, default_value_t = 30.0, value_name = "S")]
-    pub request_timeout_s: f64,
+    pub timeout_s: f64,
     /// Seconds a client has to send its request headers.
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     pub header_timeout_s: f64,

@@ -134,7 +134,7 @@ fn serve_answers_then_stops_gracefully_on_sigterm() {
 fn serve_refuses_bad_settings_with_exit_2() {
     for args in [
         &["--queue", "0"][..],
-        &["--request-timeout-s", "0"],
+        &["--timeout-s", "0"],
         &["--max-body-mb", "-1"],
         &["--batch-wait-ms", "nan"],
     ] {
