@@ -107,6 +107,9 @@ pub struct ServeArgs {
     /// Whole-request deadline in seconds, upload included (504 after it).
     #[arg(long, default_value_t = 30.0, value_name = "S")]
     pub timeout_s: f64,
+    /// Most connections open at once; beyond it new ones are closed at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Seconds a client has to send its request headers.
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     pub header_timeout_s: f64,

@@ -92,6 +92,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
         max_body_bytes: (args.max_body_mb * (1 << 20) as f64) as usize,
         max_pixels: (args.max_megapixels * 1e6) as u64,
         timeout: positive_secs("timeout-s", args.timeout_s)?,
+        max_connections: args.max_connections as usize,
         header_read_timeout: positive_secs("header-timeout-s", args.header_timeout_s)?,
         token,
         history: args.history,

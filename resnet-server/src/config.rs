@@ -39,6 +39,9 @@ pub struct Config {
     pub exif: ExifMode,
     /// One log line per request on stderr.
     pub log_requests: bool,
+    /// Most connections open at once; beyond it new connections are closed at once (and
+    /// counted in `/metrics`), so idle or slow clients cannot exhaust memory or descriptors.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             exif: ExifMode::Apply,
             log_requests: true,
+            max_connections: 1024,
         }
     }
 }

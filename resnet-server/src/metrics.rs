@@ -71,6 +71,7 @@ pub struct Metrics {
     inference: Mutex<Histogram>,
     queue_depth: AtomicI64,
     images: AtomicU64,
+    connections_refused: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -82,6 +83,7 @@ impl Default for Metrics {
             inference: Mutex::new(Histogram::new(INFERENCE_BUCKETS)),
             queue_depth: AtomicI64::new(0),
             images: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
         }
     }
 }
@@ -105,6 +107,11 @@ impl Metrics {
         lock(&self.batch_size).observe(n as f64);
         lock(&self.inference).observe(took.as_secs_f64());
         self.images.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed at once because the connection limit was reached.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Moves the queue-depth gauge.
@@ -156,6 +163,13 @@ impl Metrics {
             out,
             "resnet_images_classified_total {}",
             self.images.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP resnet_connections_refused_total Connections closed at once: the connection limit was reached.\n");
+        out.push_str("# TYPE resnet_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "resnet_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
         );
         out
     }

@@ -111,10 +111,20 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: ones
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
         .keep_alive(true);
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        state.config.max_connections.max(1),
+    ));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    // At the connection limit the newcomer is closed at once: better than
+                    // letting idle clients exhaust memory or file descriptors.
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        state.metrics.connection_refused();
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let st = Arc::clone(&state);
                     let service = service_fn(move |req| {
@@ -126,6 +136,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: ones
                     tokio::spawn(async move {
                         // A connection error (client gone, header timeout) ends that connection only.
                         let _ = watched.await;
+                        drop(slot);
                     });
                 }
                 Err(e) => {
