@@ -51,10 +51,15 @@ fn http(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
 
 #[test]
 fn serve_answers_then_stops_gracefully_on_sigterm() {
+    // Served from a copy that is replaced and then deleted while the server runs (issue 8's
+    // fault): the model lives in memory, so nothing changes for the clients.
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w.safetensors");
+    std::fs::copy(synth(), &weights).unwrap();
     let mut child = resnet()
         .arg("serve")
         .arg("--weights")
-        .arg(synth())
+        .arg(&weights)
         .args(["--addr", "127.0.0.1:0", "--max-batch", "4"])
         .stderr(Stdio::piped())
         .spawn()
@@ -89,6 +94,8 @@ fn serve_answers_then_stops_gracefully_on_sigterm() {
         assert!(started.elapsed() < Duration::from_secs(60), "never ready");
         std::thread::sleep(Duration::from_millis(20));
     }
+    std::fs::write(&weights, b"truncated garbage").unwrap();
+    std::fs::remove_file(&weights).unwrap();
     // The seed frontend's request: multipart field `file` to /predict.
     let cat = std::fs::read(repo().join("testdata/images/cat_baseline.jpg")).unwrap();
     let mut body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cat.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".to_vec();

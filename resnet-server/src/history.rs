@@ -52,7 +52,8 @@ impl History {
                     path: path.display().to_string(),
                     source,
                 };
-                if capacity > 0 && path.exists() {
+                // Only a regular file is reloaded (a device such as /dev/full is only written).
+                if capacity > 0 && path.is_file() {
                     let reader = BufReader::new(File::open(path).map_err(err)?);
                     for line in reader.lines() {
                         let line = line.map_err(err)?;
@@ -70,7 +71,7 @@ impl History {
                     .open(path)
                     .map_err(err)?;
                 // Terminate a line torn by a crash, so the next record starts on its own line.
-                if last_byte(path).map_err(err)?.is_some_and(|b| b != b'\n') {
+                if path.is_file() && last_byte(path).map_err(err)?.is_some_and(|b| b != b'\n') {
                     f.write_all(b"\n").map_err(err)?;
                 }
                 Some((path.to_path_buf(), Mutex::new(f)))
@@ -94,16 +95,20 @@ impl History {
     }
 
     /// Adds a recognition (and appends it to the file). Blocking: call off the async threads.
-    pub fn record(&self, entry: Entry) {
+    /// Returns false when the file append failed (full or read-only disk): the entry is still
+    /// kept in memory, the failure is logged, and the caller counts it.
+    pub fn record(&self, entry: Entry) -> bool {
         if !self.enabled() {
-            return;
+            return true;
         }
+        let mut written = true;
         if let Some((path, file)) = &self.file {
             let mut line = serde_json::to_string(&entry).unwrap_or_default();
             line.push('\n');
             let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.flush()) {
                 eprintln!("resnet serve: cannot append to {}: {e}", path.display());
+                written = false;
             }
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -111,6 +116,7 @@ impl History {
             entries.pop_front();
         }
         entries.push_back(entry);
+        written
     }
 
     /// The entries, newest first.

@@ -72,6 +72,7 @@ pub struct Metrics {
     queue_depth: AtomicI64,
     images: AtomicU64,
     connections_refused: AtomicU64,
+    history_write_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -84,6 +85,7 @@ impl Default for Metrics {
             queue_depth: AtomicI64::new(0),
             images: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            history_write_failures: AtomicU64::new(0),
         }
     }
 }
@@ -112,6 +114,11 @@ impl Metrics {
     /// Counts a connection closed at once because the connection limit was reached.
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a history record that could not be appended to the history file.
+    pub fn history_write_failed(&self) {
+        self.history_write_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Moves the queue-depth gauge.
@@ -170,6 +177,13 @@ impl Metrics {
             out,
             "resnet_connections_refused_total {}",
             self.connections_refused.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP resnet_history_write_failures_total History records the history file could not take (full or read-only disk).\n");
+        out.push_str("# TYPE resnet_history_write_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "resnet_history_write_failures_total {}",
+            self.history_write_failures.load(Ordering::Relaxed)
         );
         out
     }

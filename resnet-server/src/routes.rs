@@ -450,7 +450,11 @@ async fn classify_one(
             };
             let st = Arc::clone(state);
             // The file append blocks; the client need not wait for it.
-            tokio::task::spawn_blocking(move || st.history.record(entry));
+            tokio::task::spawn_blocking(move || {
+                if !st.history.record(entry) {
+                    st.metrics.history_write_failed();
+                }
+            });
         }
     }
     Ok(Classified { prepared, done })

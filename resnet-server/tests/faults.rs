@@ -221,3 +221,41 @@ async fn the_connection_limit_holds() {
     assert!(refused >= 1, "{metrics}");
     server.shutdown().await;
 }
+
+/// A history file on a full disk (/dev/full: every write fails with ENOSPC): the request still
+/// succeeds, the failure is counted in /metrics, and the record is kept in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_history_file_fails_no_request() {
+    let mut c = config();
+    c.history = 10;
+    c.history_file = Some("/dev/full".into());
+    let server = start(c, model()).await;
+    let addr = server.local_addr();
+    let cat = image_bytes("cat_baseline.jpg");
+    for _ in 0..2 {
+        let r = post_raw(addr, "/v1/classify", "image/jpeg", &cat).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // The append runs after the answer: give it a moment.
+    let mut failures = 0;
+    for _ in 0..50 {
+        let metrics = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
+        failures = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("resnet_history_write_failures_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if failures >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(failures, 2);
+    let history = get(addr, "/v1/history").await.json();
+    let entries = history
+        .as_array()
+        .or_else(|| history["entries"].as_array())
+        .unwrap_or_else(|| panic!("{history}"));
+    assert_eq!(entries.len(), 2, "kept in memory: {history}");
+    server.shutdown().await;
+}
