@@ -6,9 +6,9 @@
 //! Also here: [`Fp32Probe`], the f32 forward pass that calibration records activations from
 //! (the native backend's kernels, reporting every tensor that gets a quantisation).
 
-use super::folded::{nhwc_to_nchw, FoldedLayer};
+use super::folded::{nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
 use super::native::PackedLayer;
-use super::{check_batch_shape, Backend, LayerObserver, Reporter, WinogradPolicy};
+use super::{check_batch_shape, Backend, LayerObserver, Reporter, WinogradPolicy, WorkspacePool};
 use crate::arch::{ConvBn, ResNet18Arch};
 use crate::error::Result;
 use crate::quantize::{ActQuant, LayerPrecision, QuantizedConv, QuantizedModel};
@@ -22,7 +22,6 @@ use resnet_kernels::int8::{
 };
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
 use resnet_kernels::winograd::WinogradScratch;
-use std::sync::Mutex;
 
 /// One convolution prepared for the INT8 kernel: packed codes, `i32` bias (zero-point
 /// correction folded in) and per-channel requantisation multipliers.
@@ -181,7 +180,7 @@ pub struct Int8Backend {
     fc: PackedB,
     fc_bias: Vec<f32>,
     calibration: String,
-    workspaces: Mutex<Vec<Workspace>>,
+    workspaces: WorkspacePool<Workspace>,
 }
 
 impl Int8Backend {
@@ -242,7 +241,7 @@ impl Int8Backend {
             fc: PackedB::new(&fc_t, features, classes, isa),
             fc_bias: model.fc_bias.clone(),
             calibration: format!("{} on {} inputs", model.method, model.calibration_inputs),
-            workspaces: Mutex::new(Vec::new()),
+            workspaces: WorkspacePool::new(),
         }
     }
 
@@ -433,17 +432,9 @@ impl Backend for Int8Backend {
         observer: &mut dyn LayerObserver,
     ) -> Result<Array2<f32>> {
         check_batch_shape(&batch)?;
-        let mut ws = self
+        Ok(self
             .workspaces
-            .lock()
-            .map(|mut p| p.pop())
-            .unwrap_or(None)
-            .unwrap_or_default();
-        let logits = self.forward_in(batch, &mut ws, observer);
-        if let Ok(mut pool) = self.workspaces.lock() {
-            pool.push(ws);
-        }
-        Ok(logits)
+            .with(|ws| self.forward_in(batch, ws, observer)))
     }
 }
 
@@ -453,21 +444,6 @@ fn grow<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
         buf.resize(len, T::default());
     }
     &mut buf[..len]
-}
-
-/// NCHW `[N, C, HW]` -> NHWC `[N, HW, C]`.
-fn nchw_to_nhwc(input: &[f32], n: usize, c: usize, hw: usize, out: &mut [f32]) {
-    for (image, dst) in input
-        .chunks_exact(c * hw)
-        .zip(out.chunks_exact_mut(c * hw))
-        .take(n)
-    {
-        for (ch, plane) in image.chunks_exact(hw).enumerate() {
-            for (p, &v) in plane.iter().enumerate() {
-                dst[p * c + ch] = v;
-            }
-        }
-    }
 }
 
 /// The f32 network (native backend's kernels, NHWC) reporting every tensor that gets an INT8

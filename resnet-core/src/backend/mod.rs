@@ -104,6 +104,32 @@ impl<'o> Reporter<'o> {
     }
 }
 
+/// Buffers kept between forward passes: each pass takes one set (or a fresh default one when
+/// every set is in use by a concurrent pass) and gives it back, so in steady state no pass
+/// allocates and concurrent passes never share buffers.
+pub(crate) struct WorkspacePool<W>(std::sync::Mutex<Vec<W>>);
+
+impl<W: Default> WorkspacePool<W> {
+    pub(crate) fn new() -> Self {
+        WorkspacePool(std::sync::Mutex::new(Vec::new()))
+    }
+
+    /// Runs `f` with a workspace from the pool, then returns the workspace to it.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut W) -> R) -> R {
+        let mut ws = self
+            .0
+            .lock()
+            .map(|mut p| p.pop())
+            .unwrap_or(None)
+            .unwrap_or_default();
+        let out = f(&mut ws);
+        if let Ok(mut pool) = self.0.lock() {
+            pool.push(ws);
+        }
+        out
+    }
+}
+
 /// An observer that ignores everything.
 pub struct NoObserver;
 

@@ -13,8 +13,8 @@
 //! - **Buffers reused**: each forward takes a workspace from a pool and gives it back; in steady
 //!   state no layer allocates.
 
-use super::folded::{fc_weight_transposed, nhwc_to_nchw, FoldedLayer};
-use super::{check_batch_shape, Backend, LayerObserver, Reporter};
+use super::folded::{fc_weight_transposed, nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
+use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
 use crate::arch::ResNet18Arch;
 use crate::error::Result;
 use ndarray::{Array2, ArrayView4};
@@ -25,7 +25,6 @@ use resnet_kernels::pool::{global_avg_pool_nhwc, max_pool_3x3_s2_p1_nhwc};
 use resnet_kernels::winograd::{conv3x3_winograd, Conv3x3Shape, WinogradScratch, WinogradWeights};
 
 pub use super::WinogradPolicy;
-use std::sync::Mutex;
 
 /// How a layer's convolution is computed.
 enum LayerWeights {
@@ -139,7 +138,7 @@ pub struct NativeBackend {
     blocks: Vec<PackedBlock>,
     fc: PackedB,
     fc_bias: Vec<f32>,
-    workspaces: Mutex<Vec<Workspace>>,
+    workspaces: WorkspacePool<Workspace>,
 }
 
 impl NativeBackend {
@@ -202,7 +201,7 @@ impl NativeBackend {
             blocks,
             fc,
             fc_bias,
-            workspaces: Mutex::new(Vec::new()),
+            workspaces: WorkspacePool::new(),
         }
     }
 
@@ -215,18 +214,10 @@ impl NativeBackend {
         let wants = observer.wants_outputs();
         let mut trace = Reporter::new(observer);
         let (n, c_in, mut h, mut w) = batch.dim();
-        // NCHW -> NHWC.
         ws.x.resize(n * h * w * c_in, 0.0);
         let input = batch.as_standard_layout();
         let input = input.as_slice().expect("standard layout");
-        for (b, image) in input.chunks_exact(c_in * h * w).enumerate() {
-            let out = &mut ws.x[b * h * w * c_in..][..h * w * c_in];
-            for (ch, plane) in image.chunks_exact(h * w).enumerate() {
-                for (p, &v) in plane.iter().enumerate() {
-                    out[p * c_in + ch] = v;
-                }
-            }
-        }
+        nchw_to_nhwc(input, n, c_in, h * w, &mut ws.x);
         let report =
             |trace: &mut Reporter<'_>, name: &str, data: &[f32], h: usize, w: usize, c: usize| {
                 let out = if wants {
@@ -330,16 +321,8 @@ impl Backend for NativeBackend {
         observer: &mut dyn LayerObserver,
     ) -> Result<Array2<f32>> {
         check_batch_shape(&batch)?;
-        let mut ws = self
+        Ok(self
             .workspaces
-            .lock()
-            .map(|mut p| p.pop())
-            .unwrap_or(None)
-            .unwrap_or_default();
-        let logits = self.forward_in(batch, &mut ws, observer);
-        if let Ok(mut pool) = self.workspaces.lock() {
-            pool.push(ws);
-        }
-        Ok(logits)
+            .with(|ws| self.forward_in(batch, ws, observer)))
     }
 }
