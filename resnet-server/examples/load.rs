@@ -8,7 +8,9 @@
 //! Each connection keeps one HTTP/1.1 keep-alive connection and sends `POST /v1/classify` with
 //! the image as the raw body, one request at a time, until the time or the request budget runs
 //! out. The image is re-encoded to `--width x --height` JPEG first (default 640x480) so runs are
-//! comparable. Prints requests/s, latency percentiles, errors by status, and, with `--pid`, the
+//! comparable. With `--bad-every N`, every Nth request of a connection sends the JPEG cut in
+//! half, which must be answered 400 (a soak mixes good and bad requests). Prints requests/s,
+//! latency percentiles (and p99 per minute on long runs), errors by status, and, with `--pid`, the
 //! server's peak RSS (`VmHWM`) and its RSS sampled every second (to see whether memory is flat).
 
 use std::collections::BTreeMap;
@@ -30,6 +32,8 @@ struct Args {
     pid: Option<u32>,
     token: Option<String>,
     path: String,
+    /// Every Nth request of a connection sends a truncated JPEG, which must get 400 (0: none).
+    bad_every: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         pid: None,
         token: None,
         path: "/v1/classify".into(),
+        bad_every: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
             "--pid" => a.pid = Some(value()?.parse().map_err(|e| format!("{e}"))?),
             "--token" => a.token = Some(value()?),
             "--path" => a.path = value()?,
+            "--bad-every" => a.bad_every = value()?.parse().map_err(|e| format!("{e}"))?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -150,6 +156,14 @@ async fn main() {
         args.addr,
         body.len()
     ));
+    // The bad request: the same JPEG cut in half (the server must answer 400, and go on).
+    let bad_body = Arc::new(body[..body.len() / 2].to_vec());
+    let bad_head = Arc::new(format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: image/jpeg\r\n{auth}Content-Length: {}\r\n\r\n",
+        args.path,
+        args.addr,
+        bad_body.len()
+    ));
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -170,14 +184,24 @@ async fn main() {
     let workers: Vec<_> = (0..args.connections)
         .map(|_| {
             let (head, body, sent) = (Arc::clone(&head), Arc::clone(&body), Arc::clone(&sent));
-            let (addr, max) = (args.addr, args.max_requests);
+            let (bad_head, bad_body) = (Arc::clone(&bad_head), Arc::clone(&bad_body));
+            let (addr, max, bad_every) = (args.addr, args.max_requests, args.bad_every);
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
                 let mut io_errors = 0u64;
+                let mut unexpected = 0u64;
                 let mut buf = Vec::with_capacity(4096);
                 let mut conn: Option<TcpStream> = None;
+                let mut k = 0u64;
                 while Instant::now() < deadline && sent.fetch_add(1, Ordering::Relaxed) < max {
+                    let bad = bad_every > 0 && k % bad_every == bad_every - 1;
+                    k += 1;
+                    let (head, body) = if bad {
+                        (&bad_head, &bad_body)
+                    } else {
+                        (&head, &body)
+                    };
                     if conn.is_none() {
                         match TcpStream::connect(addr).await {
                             Ok(s) => {
@@ -201,7 +225,11 @@ async fn main() {
                     .await;
                     match result {
                         Ok(status) => {
-                            latencies.push(t.elapsed());
+                            if !bad {
+                                latencies
+                                    .push((started.elapsed().as_secs_f64() as u64, t.elapsed()));
+                            }
+                            unexpected += (status != if bad { 400 } else { 200 }) as u64;
                             *statuses.entry(status).or_insert(0) += 1;
                         }
                         Err(_) => {
@@ -210,7 +238,7 @@ async fn main() {
                         }
                     }
                 }
-                (latencies, statuses, io_errors)
+                (latencies, statuses, io_errors, unexpected)
             })
         })
         .collect();
@@ -218,8 +246,10 @@ async fn main() {
     let mut latencies = Vec::new();
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
     let mut io_errors = 0;
+    let mut unexpected = 0;
     for w in workers {
-        let (l, s, e) = w.await.expect("worker");
+        let (l, s, e, u) = w.await.expect("worker");
+        unexpected += u;
         latencies.extend(l);
         for (k, v) in s {
             *statuses.entry(k).or_insert(0) += v;
@@ -232,6 +262,12 @@ async fn main() {
         Some(s) => s.await.unwrap_or_default(),
         None => Vec::new(),
     };
+    // p99 per minute (good requests), to see whether latency drifts over a long run.
+    let mut per_minute: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
+    for (at, l) in &latencies {
+        per_minute.entry(at / 60).or_default().push(*l);
+    }
+    let mut latencies: Vec<Duration> = latencies.into_iter().map(|(_, l)| l).collect();
     latencies.sort();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -241,12 +277,9 @@ async fn main() {
         latencies[i].as_secs_f64() * 1e3
     };
     let ok = statuses.get(&200).copied().unwrap_or(0);
-    let errors: u64 = statuses
-        .iter()
-        .filter(|(k, _)| **k != 200)
-        .map(|(_, v)| v)
-        .sum::<u64>()
-        + io_errors;
+    // Errors: any answer other than 200 to a good request or 400 to a bad one, and any
+    // connection failure.
+    let errors: u64 = unexpected + io_errors;
     println!(
         "{} connections, {:.1} s, {}x{} JPEG ({} bytes) to {}{}",
         args.connections,
@@ -262,6 +295,17 @@ async fn main() {
         ok, errors, statuses, io_errors
     );
     println!("throughput: {:.1} requests/s", ok as f64 / elapsed);
+    if per_minute.len() > 1 {
+        let p99s: Vec<String> = per_minute
+            .values_mut()
+            .map(|v| {
+                v.sort();
+                let i = (0.99 * (v.len() - 1) as f64).round() as usize;
+                format!("{:.0}", v[i].as_secs_f64() * 1e3)
+            })
+            .collect();
+        println!("p99 latency per minute (ms): {}", p99s.join(", "));
+    }
     println!(
         "latency ms: p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1}",
         pct(50.0),
