@@ -219,7 +219,7 @@ async fn main() {
                     let t = Instant::now();
                     let result = async {
                         s.write_all(head.as_bytes()).await?;
-                        s.write_all(&body).await?;
+                        s.write_all(body).await?;
                         read_response(s, &mut buf).await
                     }
                     .await;
