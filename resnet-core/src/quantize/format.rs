@@ -99,31 +99,7 @@ impl QuantizedModel {
         );
         meta.insert(META_SYNTHETIC.into(), self.synthetic.to_string());
 
-        let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), serde_json::json!(meta));
-        let mut offset = 0usize;
-        for (key, (dtype, shape, bytes)) in &t {
-            header.insert(
-                key.clone(),
-                serde_json::json!({
-                    "dtype": dtype,
-                    "shape": shape,
-                    "data_offsets": [offset, offset + bytes.len()],
-                }),
-            );
-            offset += bytes.len();
-        }
-        let mut header = serde_json::to_vec(&header).expect("a JSON map always serialises");
-        while !header.len().is_multiple_of(8) {
-            header.push(b' ');
-        }
-        let mut out = Vec::with_capacity(8 + header.len() + offset);
-        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        out.extend_from_slice(&header);
-        for (_, _, bytes) in t.values() {
-            out.extend_from_slice(bytes);
-        }
-        out
+        crate::weights::serialize_sorted(&t, &meta)
     }
 
     /// Writes the file (via a temporary file and a rename).

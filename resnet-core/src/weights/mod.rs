@@ -10,6 +10,7 @@ mod safetensors_io;
 mod synthetic;
 
 pub use fold::{fold_batch_norm, BatchNorm, FoldedConv};
+pub(crate) use safetensors_io::serialize_sorted;
 pub use safetensors_io::StoreDtype;
 pub use synthetic::{synthetic_weights, SYNTHETIC_GENERATOR};
 

@@ -107,22 +107,19 @@ pub(super) fn write(
     metadata: &BTreeMap<String, String>,
     dtype: StoreDtype,
 ) -> Vec<u8> {
-    let mut buffers: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut buffers: BTreeMap<String, (&str, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for (key, t) in tensors {
-        let (dt, bytes): (Dtype, Vec<u8>) = match dtype {
-            StoreDtype::F32 => (
-                Dtype::F32,
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ),
+        let (dt, bytes): (&str, Vec<u8>) = match dtype {
+            StoreDtype::F32 => ("F32", t.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
             StoreDtype::F16 => (
-                Dtype::F16,
+                "F16",
                 t.data
                     .iter()
                     .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
                     .collect(),
             ),
             StoreDtype::BF16 => (
-                Dtype::BF16,
+                "BF16",
                 t.data
                     .iter()
                     .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
@@ -133,7 +130,7 @@ pub(super) fn write(
         if let Some(bn) = key.strip_suffix(".running_var") {
             buffers.insert(
                 format!("{bn}.num_batches_tracked"),
-                (Dtype::I64, vec![], 0i64.to_le_bytes().to_vec()),
+                ("I64", vec![], 0i64.to_le_bytes().to_vec()),
             );
         }
     }
@@ -149,8 +146,9 @@ pub(super) fn write(
 /// The `safetensors` crate's writer keeps metadata in a `HashMap`, whose order changes from run
 /// to run; synthetic weights must be the same bytes on every machine, so the header is written
 /// here from ordered maps (the crate's reader still validates everything we write, see tests).
-fn serialize_sorted(
-    buffers: &BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
+/// Each buffer is `(dtype as safetensors spells it, shape, little-endian bytes)`.
+pub(crate) fn serialize_sorted(
+    buffers: &BTreeMap<String, (&str, Vec<usize>, Vec<u8>)>,
     metadata: &BTreeMap<String, String>,
 ) -> Vec<u8> {
     let mut header = serde_json::Map::new();
@@ -160,7 +158,7 @@ fn serialize_sorted(
         header.insert(
             key.clone(),
             serde_json::json!({
-                "dtype": format!("{dtype:?}"),
+                "dtype": dtype,
                 "shape": shape,
                 "data_offsets": [offset, offset + bytes.len()],
             }),
