@@ -5,41 +5,38 @@
 #   tools/fuzz.sh [SECONDS] [TARGET...]
 #
 # cargo-fuzz needs nightly compiler flags; on a stable toolchain RUSTC_BOOTSTRAP=1 enables them.
-# Seeds come from the repository's test data (copied into fuzz/corpus/<target>, git-ignored).
-# A crash is saved by libFuzzer under fuzz/artifacts/<target>/ and the script exits non-zero:
-# copy the input into resnet-core/tests/data/fuzz/ and add a named regression test for it.
+# FUZZ_SANITIZER=none (default: address) builds without AddressSanitizer, about twice as fast.
+#
+# Inputs: fuzz/seeds/<target>/ (committed starting points), fuzz/regressions/<target>/ (inputs
+# that once failed), and fuzz/corpus/<target>/ (what the fuzzer finds; git-ignored, reused).
+# A failing input is saved by libFuzzer under fuzz/artifacts/<target>/ and copied into
+# fuzz/regressions/<target>/, where `cargo test` replays it (fuzz/tests/regressions.rs); rename
+# it after the bug, fix the bug, commit both. The script exits non-zero when any target failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(decode_image safetensors pth labels)
+[ ${#targets[@]} -eq 0 ] && targets=(decode_image safetensors pth labels http)
 export RUSTC_BOOTSTRAP=1
-
-corpus() { mkdir -p "fuzz/corpus/$1"; echo "fuzz/corpus/$1"; }
-for f in testdata/images/*.* testdata/images/bad/*; do
-  case "$f" in *.md) ;; *) cp -n "$f" "$(corpus decode_image)/" ;; esac
-done
-cp -n resnet-core/tests/data/pth/*.pth "$(corpus pth)/"
-printf 'tench\ngoldfish\n' > "$(corpus labels)/lines.txt"
-printf '["tench", "goldfish"]' > "$(corpus labels)/array.json"
-# A tiny valid safetensors file: 8-byte little-endian header length, JSON header, data.
-python3 - "$(corpus safetensors)/tiny.safetensors" <<'PY'
-import json, struct, sys
-header = json.dumps({"fc.bias": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                     "__metadata__": {"format": "pt"}}).encode()
-header += b" " * (-len(header) % 8)
-open(sys.argv[1], "wb").write(struct.pack("<Q", len(header)) + header + struct.pack("<2f", 1.5, -2.0))
-PY
+sanitizer=${FUZZ_SANITIZER:-address}
 
 status=0
 for t in "${targets[@]}"; do
   echo "== fuzz $t for ${secs}s"
+  mkdir -p "fuzz/corpus/$t" "fuzz/regressions/$t" "fuzz/artifacts/$t"
+  before=$(ls "fuzz/artifacts/$t" | sort)
   # -rss_limit_mb / -malloc_limit_mb: a single input may not use more than 2 GiB in all or
   # allocate more than 1 GiB at once; -timeout: no input may take more than 10 s.
-  if ! cargo fuzz run "$t" "fuzz/corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
-      -malloc_limit_mb=1024 -timeout=10 -max_len=262144 -print_final_stats=1 2>&1 | tail -n 25; then
+  if ! cargo fuzz run --features libfuzzer -s "$sanitizer" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" \
+      "fuzz/regressions/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+      -timeout=10 -max_len=262144 -print_final_stats=1 2>&1 | tail -n 25; then
     status=1
   fi
+  for f in $(comm -13 <(echo "$before") <(ls "fuzz/artifacts/$t" | sort)); do
+    cp "fuzz/artifacts/$t/$f" "fuzz/regressions/$t/$f"
+    echo "!! $t failed on an input, saved as fuzz/regressions/$t/$f"
+    status=1
+  done
 done
 exit $status

@@ -1,10 +1,7 @@
-//! The labels-file parser (JSON array or one name per line).
+//! The label-file parser (a JSON array or one name per line).
+//! The harness is `resnet_fuzz::labels`; `fuzz/tests/regressions.rs` replays saved inputs through it.
 #![no_main]
 #![forbid(unsafe_code)]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = resnet_core::labels::Labels::parse(text, "fuzz.txt");
-    }
-});
+fuzz_target!(|data: &[u8]| resnet_fuzz::run("labels", data));

@@ -1,15 +1,7 @@
-//! The `.pth` reader: zip archive, restricted unpickler, storages and views. Inputs that do not
-//! start like a zip archive are given a "PK" prefix so the fuzzer spends its time in the reader.
+//! The `.pth` reader: zip archive, restricted unpickler, storages and views.
+//! The harness is `resnet_fuzz::pth`; `fuzz/tests/regressions.rs` replays saved inputs through it.
 #![no_main]
 #![forbid(unsafe_code)]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if data.starts_with(b"PK") {
-        let _ = resnet_core::weights::read_raw(data, "fuzz.pth");
-    } else {
-        let mut v = b"PK".to_vec();
-        v.extend_from_slice(data);
-        let _ = resnet_core::weights::read_raw(&v, "fuzz.pth");
-    }
-});
+fuzz_target!(|data: &[u8]| resnet_fuzz::run("pth", data));

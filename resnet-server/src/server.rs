@@ -10,12 +10,13 @@ use crate::routes::{handle, AppState};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -31,7 +32,6 @@ impl Server {
     /// Binds `config.addr`, starts the inference thread (which warms the model up) and the
     /// accept loop. Must be called inside a tokio runtime.
     pub async fn start(config: Config, model: ServedModel) -> Result<Server, ServerError> {
-        config.validate()?;
         let listener =
             TcpListener::bind(config.addr)
                 .await
@@ -43,30 +43,7 @@ impl Server {
             addr: config.addr,
             source,
         })?;
-        let metrics = Arc::new(Metrics::default());
-        let history = History::open(config.history, config.history_file.as_deref())?;
-        let batcher = Batcher::start(
-            Arc::clone(&model.backend),
-            model.fc_weight.clone(),
-            BatchSettings {
-                max_batch: config.max_batch,
-                batch_wait: config.batch_wait,
-                queue: config.queue,
-            },
-            Arc::clone(&metrics),
-        )
-        .map_err(|source| ServerError::Start {
-            what: "inference thread",
-            source,
-        })?;
-        let state = Arc::new(AppState {
-            config,
-            model,
-            batcher,
-            metrics,
-            history,
-            shutting_down: AtomicBool::new(false),
-        });
+        let state = AppState::start(config, model)?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), stopped));
         Ok(Server {
@@ -104,13 +81,87 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: oneshot::Receiver<()>) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder
+impl AppState {
+    /// Everything but the listener: metrics, the history (reloaded from its file), and the
+    /// inference thread, which warms the model up in the background.
+    pub fn start(config: Config, model: ServedModel) -> Result<Arc<AppState>, ServerError> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::default());
+        let history = History::open(config.history, config.history_file.as_deref())?;
+        let batcher = Batcher::start(
+            Arc::clone(&model.backend),
+            model.fc_weight.clone(),
+            BatchSettings {
+                max_batch: config.max_batch,
+                batch_wait: config.batch_wait,
+                queue: config.queue,
+            },
+            Arc::clone(&metrics),
+        )
+        .map_err(|source| ServerError::Start {
+            what: "inference thread",
+            source,
+        })?;
+        Ok(Arc::new(AppState {
+            config,
+            model,
+            batcher,
+            metrics,
+            history,
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+}
+
+/// One HTTP/1.1 connection on any byte stream, served by [`handle`] with the configured header
+/// timeout and keep-alive. It resolves when the client closes the connection. A client that
+/// shuts down its sending side after its request (`nc -N`, `shutdown(SHUT_WR)`) still gets the
+/// answer: half-closed connections are served, as HTTP/1.1 intends.
+pub fn connection<I>(
+    state: &Arc<AppState>,
+    io: I,
+) -> impl GracefulConnection<Error = hyper::Error> + Send
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let st = Arc::clone(state);
+    let service = service_fn(move |req| {
+        let st = Arc::clone(&st);
+        async move { Ok::<_, Infallible>(handle(req, st).await) }
+    });
+    http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        .half_close(true)
+        .serve_connection(TokioIo::new(io), service)
+}
+
+/// Serves `request`, the raw bytes a client sends on one connection (one request or several
+/// pipelined), in memory, and returns the raw bytes the server sends back before it closes
+/// the connection. Exactly the path a TCP client takes, minus the socket: the HTTP fuzz
+/// target drives the whole stack with it.
+pub async fn respond_in_memory(state: &Arc<AppState>, request: &[u8]) -> Vec<u8> {
+    let (mut client, server_side) = tokio::io::duplex(64 * 1024);
+    let serve = connection(state, server_side);
+    let talk = async move {
+        let mut response = Vec::new();
+        let (mut rx, mut tx) = tokio::io::split(&mut client);
+        let send = async {
+            // The server may close before reading everything (e.g. after a 413): not an error here.
+            let _ = tx.write_all(request).await;
+            let _ = tx.shutdown().await;
+        };
+        let receive = rx.read_to_end(&mut response);
+        let ((), _) = tokio::join!(send, receive);
+        response
+    };
+    let (_, response) = tokio::join!(serve, talk);
+    response
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: oneshot::Receiver<()>) {
+    let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(
         state.config.max_connections.max(1),
     ));
@@ -126,12 +177,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: ones
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let st = Arc::clone(&state);
-                    let service = service_fn(move |req| {
-                        let st = Arc::clone(&st);
-                        async move { Ok::<_, Infallible>(handle(req, st).await) }
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let conn = connection(&state, stream);
                     let watched = graceful.watch(conn);
                     tokio::spawn(async move {
                         // A connection error (client gone, header timeout) ends that connection only.
