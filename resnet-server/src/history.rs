@@ -37,12 +37,29 @@ pub struct Entry {
 pub struct History {
     capacity: usize,
     entries: Mutex<VecDeque<Entry>>,
-    file: Option<(PathBuf, Mutex<File>)>,
+    file: Option<(PathBuf, Mutex<Appender>)>,
+}
+
+/// The history file's handle, reopened after a failure: a disk that was full or read-only may
+/// come back, and the log then resumes.
+struct Appender {
+    /// `None` after a failed open or write.
+    file: Option<File>,
+    /// A write failed, possibly part-way through a line: the next record starts with a newline
+    /// so that it is not glued to the torn one (an empty line is skipped on reload).
+    torn: bool,
+    /// The last append failed (failures are logged once, not once per request).
+    failing: bool,
 }
 
 impl History {
     /// A log of `capacity` entries (0: off), reloading and appending to `file` when given.
     /// Unparsable lines in the file (e.g. one cut short by a crash) are skipped.
+    ///
+    /// A file that cannot be opened for appending (read-only or full disk) is not fatal: the
+    /// server starts, keeps the log in memory and tries the file again at each record. A folder
+    /// that does not exist, or a folder given as the file, is a configuration mistake, reported
+    /// as an error.
     pub fn open(capacity: usize, file: Option<&Path>) -> Result<History, ServerError> {
         let mut entries = VecDeque::with_capacity(capacity.min(4096));
         let file = match file {
@@ -52,6 +69,20 @@ impl History {
                     path: path.display().to_string(),
                     source,
                 };
+                if path.is_dir() {
+                    return Err(err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "this is a folder; give a file name",
+                    )));
+                }
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    if !dir.is_dir() {
+                        return Err(err(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("the folder {} does not exist", dir.display()),
+                        )));
+                    }
+                }
                 // Only a regular file is reloaded (a device such as /dev/full is only written).
                 if capacity > 0 && path.is_file() {
                     let reader = BufReader::new(File::open(path).map_err(err)?);
@@ -65,16 +96,16 @@ impl History {
                         }
                     }
                 }
-                let mut f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(err)?;
-                // Terminate a line torn by a crash, so the next record starts on its own line.
-                if path.is_file() && last_byte(path).map_err(err)?.is_some_and(|b| b != b'\n') {
-                    f.write_all(b"\n").map_err(err)?;
-                }
-                Some((path.to_path_buf(), Mutex::new(f)))
+                // A line torn by a crash is terminated before the next record.
+                let torn =
+                    path.is_file() && last_byte(path).map_err(err)?.is_some_and(|b| b != b'\n');
+                let mut appender = Appender {
+                    file: None,
+                    torn,
+                    failing: false,
+                };
+                appender.reopen(path);
+                Some((path.to_path_buf(), Mutex::new(appender)))
             }
         };
         Ok(History {
@@ -96,20 +127,17 @@ impl History {
 
     /// Adds a recognition (and appends it to the file). Blocking: call off the async threads.
     /// Returns false when the file append failed (full or read-only disk): the entry is still
-    /// kept in memory, the failure is logged, and the caller counts it.
+    /// kept in memory, the first failure of a run is logged, and the caller counts it.
     pub fn record(&self, entry: Entry) -> bool {
         if !self.enabled() {
             return true;
         }
         let mut written = true;
-        if let Some((path, file)) = &self.file {
+        if let Some((path, appender)) = &self.file {
             let mut line = serde_json::to_string(&entry).unwrap_or_default();
             line.push('\n');
-            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.flush()) {
-                eprintln!("resnet serve: cannot append to {}: {e}", path.display());
-                written = false;
-            }
+            let mut appender = appender.lock().unwrap_or_else(|p| p.into_inner());
+            written = appender.append(path, &line);
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() == self.capacity {
@@ -123,6 +151,64 @@ impl History {
     pub fn newest_first(&self) -> Vec<Entry> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.iter().rev().cloned().collect()
+    }
+}
+
+impl Appender {
+    fn reopen(&mut self, path: &Path) -> bool {
+        match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => {
+                self.file = Some(f);
+                true
+            }
+            Err(e) => {
+                self.failed(path, "open", &e);
+                false
+            }
+        }
+    }
+
+    /// Appends `line`; false on failure (logged on the first of a run).
+    fn append(&mut self, path: &Path, line: &str) -> bool {
+        if self.file.is_none() && !self.reopen(path) {
+            return false;
+        }
+        let Some(f) = self.file.as_mut() else {
+            return false;
+        };
+        let result = (|| {
+            if self.torn {
+                f.write_all(b"\n")?;
+                self.torn = false;
+            }
+            f.write_all(line.as_bytes())?;
+            f.flush()
+        })();
+        match result {
+            Ok(()) => {
+                if self.failing {
+                    eprintln!("resnet serve: appending to {} again", path.display());
+                    self.failing = false;
+                }
+                true
+            }
+            Err(e) => {
+                self.torn = true;
+                self.file = None;
+                self.failed(path, "append to", &e);
+                false
+            }
+        }
+    }
+
+    fn failed(&mut self, path: &Path, what: &str, e: &std::io::Error) {
+        if !self.failing {
+            eprintln!(
+                "resnet serve: cannot {what} the history file {}: {e} (keeping the history in memory; failures are counted in /metrics)",
+                path.display()
+            );
+        }
+        self.failing = true;
     }
 }
 
@@ -218,5 +304,21 @@ mod tests {
         let idx: Vec<usize> = h.newest_first().iter().map(|e| e.index).collect();
         assert_eq!(idx, vec![5, 4, 3]);
         assert!(!History::open(0, None).unwrap().enabled());
+    }
+
+    #[test]
+    fn a_missing_folder_or_a_folder_as_the_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/h.jsonl");
+        let e = History::open(3, Some(&missing)).err().unwrap().to_string();
+        assert!(
+            e.contains("no/such/h.jsonl") && e.contains("does not exist"),
+            "{e}"
+        );
+        let e = History::open(3, Some(dir.path()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("folder"), "{e}");
     }
 }

@@ -259,3 +259,195 @@ async fn a_full_disk_under_the_history_file_fails_no_request() {
     assert_eq!(entries.len(), 2, "kept in memory: {history}");
     server.shutdown().await;
 }
+
+/// Runs the test named `test` again in a child process with a private mount namespace (via
+/// `unshare`, mapping the current user to root there), where it may mount file systems. Returns
+/// true in the parent, after checking that the child passed; false in the child, which then runs
+/// the test's body. Works as root and, where unprivileged user namespaces are allowed, as any user.
+fn rerun_in_mount_namespace(test: &str) -> bool {
+    const INSIDE: &str = "RESNET_TEST_IN_MOUNT_NAMESPACE";
+    if std::env::var_os(INSIDE).is_some() {
+        return false;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--map-root-user", "--propagation", "private"])
+        .arg(&exe)
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(INSIDE, "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run unshare (util-linux) for {test}: {e}"));
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{test} in a private mount namespace failed:\n{log}"
+    );
+    // The child must really have run the test, not filtered it out.
+    assert!(log.contains("1 passed"), "{test} did not run:\n{log}");
+    true
+}
+
+fn mount(args: &[&str]) {
+    let out = std::process::Command::new("mount")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A history file on a read-only file system (a real one: a tmpfs remounted read-only, which
+/// fails writes with EROFS even for root). The server starts and reloads the old records,
+/// requests succeed, the failures are counted, the file is left exactly as it was; once the
+/// disk is writable again the log resumes in the same file, every line whole.
+#[test]
+fn a_read_only_disk_under_the_history_file_fails_no_request_and_corrupts_nothing() {
+    if rerun_in_mount_namespace(
+        "a_read_only_disk_under_the_history_file_fails_no_request_and_corrupts_nothing",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_str().unwrap();
+    mount(&["-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt]);
+    let file = dir.path().join("history.jsonl");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cat = image_bytes("cat_baseline.jpg");
+    let mut c = config();
+    c.history = 10;
+    c.history_file = Some(file.clone());
+
+    // Two records written while the disk is writable.
+    runtime.block_on(async {
+        let server = start(c.clone(), model()).await;
+        for _ in 0..2 {
+            let r = post_raw(server.local_addr(), "/v1/classify", "image/jpeg", &cat).await;
+            assert_eq!(r.status, 200);
+        }
+        wait_for_lines(&file, 2).await;
+        server.shutdown().await;
+    });
+    let before = std::fs::read(&file).unwrap();
+
+    mount(&["-o", "remount,ro", mnt]);
+    let err = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS expected, got {err}");
+    runtime.block_on(async {
+        let server = start(c.clone(), model()).await;
+        let addr = server.local_addr();
+        for _ in 0..3 {
+            let r = post_raw(addr, "/v1/classify", "image/jpeg", &cat).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+        let mut failures = 0.0;
+        for _ in 0..100 {
+            let text = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
+            failures = metric(&text, "resnet_history_write_failures_total");
+            if failures >= 3.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(failures, 3.0);
+        let history = get(addr, "/v1/history").await.json();
+        assert_eq!(
+            history["entries"].as_array().unwrap().len(),
+            5,
+            "two reloaded, three in memory"
+        );
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            before,
+            "the file is untouched"
+        );
+
+        // The disk comes back: the next record goes to the file again.
+        mount(&["-o", "remount,rw", mnt]);
+        let r = post_raw(addr, "/v1/classify", "image/jpeg", &cat).await;
+        assert_eq!(r.status, 200);
+        wait_for_lines(&file, 3).await;
+        let written = std::fs::read(&file).unwrap();
+        assert!(written.starts_with(&before), "appended, not rewritten");
+
+        // Now the disk fills up: the append stops part-way through a line (the file's last
+        // page has room for part of it). Once space is freed, the next record must start on a
+        // line of its own, not be glued to the torn one.
+        let filler = dir.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while std::io::Write::write_all(&mut f, &block).is_ok() {}
+        drop(f);
+        let r = post_raw(addr, "/v1/classify", "image/jpeg", &cat).await;
+        assert_eq!(r.status, 200);
+        while metric(
+            &String::from_utf8(get(addr, "/metrics").await.body).unwrap(),
+            "resnet_history_write_failures_total",
+        ) < 4.0
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::remove_file(&filler).unwrap();
+        let r = post_raw(addr, "/v1/classify", "image/jpeg", &cat).await;
+        assert_eq!(r.status, 200);
+        for _ in 0..200 {
+            if whole_records(&file).0 == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server.shutdown().await;
+    });
+    let (whole, torn) = whole_records(&file);
+    assert_eq!(whole, 4, "3 before the disk filled up, 1 after");
+    assert!(torn <= 1, "{torn} torn lines");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(last).is_ok(),
+        "the last line is whole"
+    );
+    mount(&["-o", "remount,ro", mnt]);
+    // Restart on the read-only disk: the whole records are reloaded, the torn line skipped.
+    let history = resnet_server::history::History::open(10, Some(&file)).unwrap();
+    assert_eq!(history.newest_first().len(), 4);
+}
+
+/// The history file's lines that parse as records, and the non-empty ones that do not.
+fn whole_records(file: &std::path::Path) -> (usize, usize) {
+    let text = String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let whole = lines
+        .iter()
+        .filter(|l| serde_json::from_str::<resnet_server::history::Entry>(l).is_ok())
+        .count();
+    (whole, lines.len() - whole)
+}
+
+/// Waits until `file` has `n` lines (appends run after the answer).
+async fn wait_for_lines(file: &std::path::Path, n: usize) {
+    for _ in 0..200 {
+        let lines = std::fs::read_to_string(file)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if lines >= n {
+            assert_eq!(lines, n, "more lines than records in {}", file.display());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} never reached {n} lines", file.display());
+}
