@@ -337,6 +337,34 @@ async fn a_client_sending_headers_byte_by_byte_is_cut_off() {
     server.shutdown().await;
 }
 
+/// A client that shuts down its sending side once the request is out (`nc -N`, `curl` with some
+/// proxies) still gets the whole answer, for a GET and for an upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_connection_still_gets_its_answer() {
+    let server = start(config(), model()).await;
+    let cat = image_bytes("cat_baseline.jpg");
+    let mut upload = format!(
+        "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+        cat.len()
+    )
+    .into_bytes();
+    upload.extend_from_slice(&cat);
+    for request in [&b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"[..], &upload] {
+        let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
+        s.write_all(request).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with('}'), "the whole JSON body: {text}");
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched_and_answered_like_single_ones() {
     let mut cfg = config();
