@@ -1,13 +1,29 @@
 //! Pooling, in both layouts: NHWC (channels innermost, for the native backend) and NCHW.
 
+/// A value max-pooling works on: `f32` activations, or `u8` INT8 codes (quantisation is
+/// monotonic, so the max of the codes is the code of the max).
+pub trait PoolValue: Copy + PartialOrd {
+    /// Lower than or equal to every value: a window starts from it, so padding never wins.
+    const LOWEST: Self;
+}
+
+impl PoolValue for f32 {
+    const LOWEST: f32 = f32::NEG_INFINITY;
+}
+
+impl PoolValue for u8 {
+    const LOWEST: u8 = 0;
+}
+
 /// Max-pool 3x3, stride 2, padding 1 (padding never wins), NHWC: `[N, H, W, C] -> [N, OH, OW, C]`.
-pub fn max_pool_3x3_s2_p1_nhwc(
-    input: &[f32],
+/// NaN never wins either (as with `f32::max`).
+pub fn max_pool_3x3_s2_p1_nhwc<T: PoolValue>(
+    input: &[T],
     batch: usize,
     h: usize,
     w: usize,
     c: usize,
-    out: &mut [f32],
+    out: &mut [T],
 ) {
     let (oh_n, ow_n) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
     assert_eq!(input.len(), batch * h * w * c);
@@ -16,12 +32,14 @@ pub fn max_pool_3x3_s2_p1_nhwc(
         for oh in 0..oh_n {
             for ow in 0..ow_n {
                 let dst = &mut out[((n * oh_n + oh) * ow_n + ow) * c..][..c];
-                dst.fill(f32::NEG_INFINITY);
+                dst.fill(T::LOWEST);
                 for ih in (2 * oh).saturating_sub(1)..(2 * oh + 2).min(h) {
                     for iw in (2 * ow).saturating_sub(1)..(2 * ow + 2).min(w) {
                         let src = &input[((n * h + ih) * w + iw) * c..][..c];
                         for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = d.max(s);
+                            if s > *d {
+                                *d = s;
+                            }
                         }
                     }
                 }

@@ -236,21 +236,7 @@ async fn a_full_disk_under_the_history_file_fails_no_request() {
         let r = post_raw(addr, "/v1/classify", "image/jpeg", &cat).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
-    // The append runs after the answer: give it a moment.
-    let mut failures = 0;
-    for _ in 0..50 {
-        let metrics = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
-        failures = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("resnet_history_write_failures_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        if failures >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(failures, 2);
+    assert_eq!(history_write_failures(addr, 2).await, 2.0);
     let history = get(addr, "/v1/history").await.json();
     let entries = history
         .as_array()
@@ -353,16 +339,7 @@ fn a_read_only_disk_under_the_history_file_fails_no_request_and_corrupts_nothing
             let r = post_raw(addr, "/v1/classify", "image/jpeg", &cat).await;
             assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         }
-        let mut failures = 0.0;
-        for _ in 0..100 {
-            let text = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
-            failures = metric(&text, "resnet_history_write_failures_total");
-            if failures >= 3.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(failures, 3.0);
+        assert_eq!(history_write_failures(addr, 3).await, 3.0);
         let history = get(addr, "/v1/history").await.json();
         assert_eq!(
             history["entries"].as_array().unwrap().len(),
@@ -393,13 +370,7 @@ fn a_read_only_disk_under_the_history_file_fails_no_request_and_corrupts_nothing
         drop(f);
         let r = post_raw(addr, "/v1/classify", "image/jpeg", &cat).await;
         assert_eq!(r.status, 200);
-        while metric(
-            &String::from_utf8(get(addr, "/metrics").await.body).unwrap(),
-            "resnet_history_write_failures_total",
-        ) < 4.0
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        assert_eq!(history_write_failures(addr, 4).await, 4.0);
         std::fs::remove_file(&filler).unwrap();
         let r = post_raw(addr, "/v1/classify", "image/jpeg", &cat).await;
         assert_eq!(r.status, 200);
@@ -435,6 +406,21 @@ fn whole_records(file: &std::path::Path) -> (usize, usize) {
         .filter(|l| serde_json::from_str::<resnet_server::history::Entry>(l).is_ok())
         .count();
     (whole, lines.len() - whole)
+}
+
+/// `resnet_history_write_failures_total` once it reaches `expected` or after 3 s (appends
+/// run after the answer).
+async fn history_write_failures(addr: std::net::SocketAddr, expected: u32) -> f64 {
+    let mut failures = 0.0;
+    for _ in 0..300 {
+        let text = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
+        failures = metric(&text, "resnet_history_write_failures_total");
+        if failures >= f64::from(expected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    failures
 }
 
 /// Waits until `file` has `n` lines (appends run after the answer).

@@ -7,7 +7,7 @@
 //! (the native backend's kernels, reporting every tensor that gets a quantisation).
 
 use super::folded::{nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
-use super::native::PackedLayer;
+use super::native::{classifier, NativeBackend, PackedLayer, Tap};
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WinogradPolicy, WorkspacePool};
 use crate::arch::{ConvBn, ResNet18Arch};
 use crate::error::Result;
@@ -15,10 +15,10 @@ use crate::quantize::{ActQuant, LayerPrecision, QuantizedConv, QuantizedModel};
 use crate::weights::{FoldedConv, Weights};
 use ndarray::{Array2, ArrayView4};
 use resnet_kernels::cpu::Isa;
-use resnet_kernels::gemm::{sgemm_packed, ASource, Epilogue, PackedB};
+use resnet_kernels::gemm::PackedB;
 use resnet_kernels::int8::{
-    avg_pool_u8_nhwc, gemm_u8s8, im2col_nhwc_u8_into, max_pool_3x3_s2_p1_u8_nhwc,
-    quantize_nchw_to_nhwc_u8, round_half_even_i32, ASource8, Output8, PackedB8, Requant, Residual8,
+    avg_pool_u8_nhwc, gemm_u8s8, im2col_nhwc_u8_into, quantize_nchw_to_nhwc_u8,
+    round_half_even_i32, ASource8, Output8, PackedB8, Requant, Residual8,
 };
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
 use resnet_kernels::winograd::WinogradScratch;
@@ -323,7 +323,7 @@ impl Int8Backend {
         let len = |h: usize, w: usize, c: usize| n * h * w * c;
         report(&mut trace, "stem", &ws.t[..len(h, w, c)], stem_q, (h, w, c));
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
-        max_pool_3x3_s2_p1_u8_nhwc(
+        max_pool_3x3_s2_p1_nhwc(
             &ws.t[..len(h, w, c)],
             n,
             h,
@@ -385,27 +385,7 @@ impl Int8Backend {
             self.last.zero_point as i32,
             &mut ws.features,
         );
-        let features = Array2::from_shape_vec((n, c), ws.features.clone()).expect("n x c");
-        trace.report("avgpool", features.view().into_dyn());
-        let classes = self.fc_bias.len();
-        let mut logits = Array2::<f32>::zeros((n, classes));
-        sgemm_packed(
-            &ASource::Matrix {
-                data: &ws.features,
-                rows: n,
-                lda: c,
-            },
-            &self.fc,
-            logits.as_slice_mut().expect("standard layout"),
-            classes,
-            &Epilogue {
-                bias: Some(&self.fc_bias),
-                residual: None,
-                relu: false,
-            },
-        );
-        trace.report("fc", logits.view().into_dyn());
-        logits
+        classifier(&ws.features, n, &self.fc, &self.fc_bias, &mut trace)
     }
 }
 
@@ -446,68 +426,24 @@ fn grow<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut buf[..len]
 }
 
-/// The f32 network (native backend's kernels, NHWC) reporting every tensor that gets an INT8
-/// quantisation: `input`, `stem`, `{block}.conv1`, `{block}.downsample`, `{block}`.
-pub(crate) struct Fp32Probe {
-    stem: PackedLayer,
-    blocks: Vec<(String, PackedLayer, PackedLayer, Option<PackedLayer>)>,
-}
+/// The f32 network (the native backend, without Winograd) reporting every tensor that gets an
+/// INT8 quantisation, NHWC: `input`, `stem`, `{block}.conv1`, `{block}.downsample`, `{block}`.
+pub(crate) struct Fp32Probe(NativeBackend);
 
 impl Fp32Probe {
     pub(crate) fn new(weights: &Weights, isa: Isa) -> Fp32Probe {
-        let arch = ResNet18Arch::new();
-        let pack =
-            |spec| PackedLayer::new(FoldedLayer::new(weights, spec), isa, WinogradPolicy::Off);
-        // No classifier: calibration stops at the last block.
-        Fp32Probe {
-            stem: pack(&arch.stem),
-            blocks: arch
-                .blocks
-                .iter()
-                .map(|b| {
-                    (
-                        b.name.clone(),
-                        pack(&b.conv1),
-                        pack(&b.conv2),
-                        b.downsample.as_ref().map(pack),
-                    )
-                })
-                .collect(),
-        }
+        Fp32Probe(NativeBackend::new(weights, isa, WinogradPolicy::Off))
     }
 
     /// Runs `batch` and hands each recorded NHWC tensor to `visit(name, values)`.
     pub(crate) fn run(&self, batch: ArrayView4<'_, f32>, visit: &mut dyn FnMut(&str, &[f32])) {
-        let (n, c_in, mut h, mut w) = batch.dim();
-        let input = batch.as_standard_layout();
-        let input = input.as_slice().expect("standard layout");
-        let mut x = vec![0.0; input.len()];
-        nchw_to_nhwc(input, n, c_in, h * w, &mut x);
-        visit("input", &x);
-        let (mut t, mut skip, mut y) = (Vec::new(), Vec::new(), Vec::new());
-        let scratch = &mut WinogradScratch::default();
-        (h, w) = self.stem.run(&x, (n, h, w), &mut t, None, true, scratch);
-        visit("stem", &t);
-        let c = 64;
-        let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
-        x.resize(n * ph * pw * c, 0.0);
-        max_pool_3x3_s2_p1_nhwc(&t, n, h, w, c, &mut x);
-        (h, w) = (ph, pw);
-        for (name, conv1, conv2, downsample) in &self.blocks {
-            let (oh, ow) = conv1.run(&x, (n, h, w), &mut t, None, true, scratch);
-            visit(&format!("{name}.conv1"), &t);
-            let skip_ref: &[f32] = match downsample {
-                Some(ds) => {
-                    ds.run(&x, (n, h, w), &mut skip, None, false, scratch);
-                    visit(&format!("{name}.downsample"), &skip);
-                    &skip
-                }
-                None => &x,
-            };
-            conv2.run(&t, (n, oh, ow), &mut y, Some(skip_ref), true, scratch);
-            std::mem::swap(&mut x, &mut y);
-            (h, w) = (oh, ow);
-            visit(name, &x);
-        }
+        self.0.probe(batch, &mut |tap, data, _| match tap {
+            Tap::Input => visit("input", data),
+            Tap::Stem => visit("stem", data),
+            Tap::Conv1(block) => visit(&format!("{block}.conv1"), data),
+            Tap::Downsample(block) => visit(&format!("{block}.downsample"), data),
+            Tap::Block(block) => visit(block, data),
+            Tap::MaxPool => {}
+        });
     }
 }

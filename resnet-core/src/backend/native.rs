@@ -112,6 +112,25 @@ impl PackedLayer {
     }
 }
 
+/// Receives a [`Tap`]'s NHWC tensor and its `[n, h, w, c]`.
+pub(crate) type TapFn<'f> = dyn FnMut(Tap<'_>, &[f32], [usize; 4]) + 'f;
+
+/// A tensor of the forward pass that [`NativeBackend::probe`] shows, NHWC.
+pub(crate) enum Tap<'a> {
+    /// The input batch.
+    Input,
+    /// The stem's conv + bn + ReLU, before max-pooling.
+    Stem,
+    /// The max-pool's output.
+    MaxPool,
+    /// A block's first conv + bn + ReLU (the block's name).
+    Conv1(&'a str),
+    /// A block's downsample conv + bn.
+    Downsample(&'a str),
+    /// A block's output, after the residual add and ReLU.
+    Block(&'a str),
+}
+
 struct PackedBlock {
     name: String,
     conv1: PackedLayer,
@@ -205,40 +224,33 @@ impl NativeBackend {
         }
     }
 
-    fn forward_in(
+    /// The convolutional part of the network (stem, max-pool, the eight blocks) on `batch`,
+    /// leaving the last block's output in `ws.x`. Each tensor listed in [`Tap`] is shown to `tap`
+    /// in NHWC with its `[n, h, w, c]`, the moment it is computed. Returns the final `(h, w, c)`.
+    fn run_convolutions(
         &self,
         batch: ArrayView4<'_, f32>,
         ws: &mut Workspace,
-        observer: &mut dyn LayerObserver,
-    ) -> Array2<f32> {
-        let wants = observer.wants_outputs();
-        let mut trace = Reporter::new(observer);
+        tap: &mut TapFn<'_>,
+    ) -> (usize, usize, usize) {
         let (n, c_in, mut h, mut w) = batch.dim();
         ws.x.resize(n * h * w * c_in, 0.0);
         let input = batch.as_standard_layout();
         let input = input.as_slice().expect("standard layout");
         nchw_to_nhwc(input, n, c_in, h * w, &mut ws.x);
-        let report =
-            |trace: &mut Reporter<'_>, name: &str, data: &[f32], h: usize, w: usize, c: usize| {
-                let out = if wants {
-                    nhwc_to_nchw(data, n, h, w, c)
-                } else {
-                    ndarray::ArrayD::zeros(vec![0])
-                };
-                trace.report_shape(name, &[n, c, h, w], wants.then(|| out.view()));
-            };
+        tap(Tap::Input, &ws.x, [n, h, w, c_in]);
 
         // Stem: conv1 + bn1 + relu fused, then max-pool.
         (h, w) = self
             .stem
             .run(&ws.x, (n, h, w), &mut ws.t, None, true, &mut ws.winograd);
         let mut c = self.stem.spec.out_channels;
-        report(&mut trace, "stem", &ws.t, h, w, c);
+        tap(Tap::Stem, &ws.t, [n, h, w, c]);
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
         ws.x.resize(n * ph * pw * c, 0.0);
         max_pool_3x3_s2_p1_nhwc(&ws.t, n, h, w, c, &mut ws.x);
         (h, w) = (ph, pw);
-        report(&mut trace, "maxpool", &ws.x, h, w, c);
+        tap(Tap::MaxPool, &ws.x, [n, h, w, c]);
 
         for block in &self.blocks {
             // Residual branch, first conv: conv1 + bn1 + relu.
@@ -246,6 +258,8 @@ impl NativeBackend {
                 block
                     .conv1
                     .run(&ws.x, (n, h, w), &mut ws.t, None, true, &mut ws.winograd);
+            let mid = block.conv1.spec.out_channels;
+            tap(Tap::Conv1(&block.name), &ws.t, [n, oh, ow, mid]);
             // Skip branch: the input, or downsample conv + bn.
             let skip: &[f32] = match &block.downsample {
                 Some(ds) => {
@@ -257,6 +271,7 @@ impl NativeBackend {
                         false,
                         &mut ws.winograd,
                     );
+                    tap(Tap::Downsample(&block.name), &ws.skip, [n, oh, ow, mid]);
                     &ws.skip
                 }
                 None => &ws.x,
@@ -272,34 +287,77 @@ impl NativeBackend {
             );
             std::mem::swap(&mut ws.x, &mut ws.y);
             (h, w, c) = (oh, ow, block.conv2.spec.out_channels);
-            report(&mut trace, &block.name, &ws.x, h, w, c);
+            tap(Tap::Block(&block.name), &ws.x, [n, h, w, c]);
         }
+        (h, w, c)
+    }
+
+    /// Runs the convolutional part of the network on `batch`, showing `tap` every tensor of
+    /// [`Tap`] in NHWC: what INT8 calibration records its activation ranges from.
+    pub(crate) fn probe(&self, batch: ArrayView4<'_, f32>, tap: &mut TapFn<'_>) {
+        self.workspaces
+            .with(|ws| self.run_convolutions(batch, ws, tap));
+    }
+
+    fn forward_in(
+        &self,
+        batch: ArrayView4<'_, f32>,
+        ws: &mut Workspace,
+        observer: &mut dyn LayerObserver,
+    ) -> Array2<f32> {
+        let wants = observer.wants_outputs();
+        let mut trace = Reporter::new(observer);
+        let n = batch.dim().0;
+        // The trace points are the stem, the max-pool and each block (torchvision's modules).
+        let (h, w, c) = self.run_convolutions(batch, ws, &mut |point, data, [n, h, w, c]| {
+            let name = match point {
+                Tap::Stem => "stem",
+                Tap::MaxPool => "maxpool",
+                Tap::Block(name) => name,
+                Tap::Input | Tap::Conv1(_) | Tap::Downsample(_) => return,
+            };
+            let out = wants.then(|| nhwc_to_nchw(data, n, h, w, c));
+            trace.report_shape(name, &[n, c, h, w], out.as_ref().map(|o| o.view()));
+        });
 
         ws.features.resize(n * c, 0.0);
         global_avg_pool_nhwc(&ws.x, n, h * w, c, &mut ws.features);
-        let features = Array2::from_shape_vec((n, c), ws.features.clone()).expect("n x c");
-        trace.report("avgpool", features.view().into_dyn());
-        let classes = self.fc_bias.len();
-        let mut logits = Array2::<f32>::zeros((n, classes));
-        let epi = Epilogue {
-            bias: Some(&self.fc_bias),
+        classifier(&ws.features, n, &self.fc, &self.fc_bias, &mut trace)
+    }
+}
+
+/// The classifier head shared by the native and INT8 backends: reports `features` (`[n, C]`,
+/// the global average pool) as `avgpool`, then runs `fc` as one packed GEMM with the bias in
+/// its epilogue and reports the logits as `fc`.
+pub(super) fn classifier(
+    features: &[f32],
+    n: usize,
+    fc: &PackedB,
+    fc_bias: &[f32],
+    trace: &mut Reporter<'_>,
+) -> Array2<f32> {
+    let c = features.len() / n;
+    let view = ndarray::ArrayView2::from_shape((n, c), features).expect("n x c");
+    trace.report("avgpool", view.into_dyn());
+    let classes = fc_bias.len();
+    let mut logits = Array2::<f32>::zeros((n, classes));
+    sgemm_packed(
+        &ASource::Matrix {
+            data: features,
+            rows: n,
+            lda: c,
+        },
+        fc,
+        logits.as_slice_mut().expect("standard layout"),
+        classes,
+        &Epilogue {
+            bias: Some(fc_bias),
             residual: None,
             relu: false,
-        };
-        sgemm_packed(
-            &ASource::Matrix {
-                data: &ws.features,
-                rows: n,
-                lda: c,
-            },
-            &self.fc,
-            logits.as_slice_mut().expect("standard layout"),
-            classes,
-            &epi,
-        );
-        trace.report("fc", logits.view().into_dyn());
-        logits
-    }
+        },
+    );
+    trace.report("fc", logits.view().into_dyn());
+    logits
 }
 
 impl Backend for NativeBackend {

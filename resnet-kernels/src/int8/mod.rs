@@ -106,8 +106,7 @@ mod simd;
 
 pub use loops::ASource8;
 pub use ops::{
-    avg_pool_u8_nhwc, max_pool_3x3_s2_p1_u8_nhwc, quantize_nchw_to_nhwc_u8, quantize_u8,
-    requantize_scalar, round_half_even_i32,
+    avg_pool_u8_nhwc, quantize_nchw_to_nhwc_u8, quantize_u8, requantize_scalar, round_half_even_i32,
 };
 pub use pack::{im2col_nhwc_u8, im2col_nhwc_u8_into};
 

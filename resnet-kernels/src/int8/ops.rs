@@ -69,37 +69,6 @@ pub fn requantize_scalar(acc: i32, j: usize, residual: Option<u8>, r: &Requant<'
     )
 }
 
-/// Max-pool 3x3, stride 2, padding 1 on `u8` NHWC (padding never wins). Exact: quantisation is
-/// monotonic, so the max of the codes is the code of the max.
-pub fn max_pool_3x3_s2_p1_u8_nhwc(
-    input: &[u8],
-    batch: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    out: &mut [u8],
-) {
-    let (oh_n, ow_n) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
-    assert_eq!(input.len(), batch * h * w * c);
-    assert_eq!(out.len(), batch * oh_n * ow_n * c);
-    for n in 0..batch {
-        for oh in 0..oh_n {
-            for ow in 0..ow_n {
-                let dst = &mut out[((n * oh_n + oh) * ow_n + ow) * c..][..c];
-                dst.fill(0);
-                for ih in (2 * oh).saturating_sub(1)..(2 * oh + 2).min(h) {
-                    for iw in (2 * ow).saturating_sub(1)..(2 * ow + 2).min(w) {
-                        let src = &input[((n * h + ih) * w + iw) * c..][..c];
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = (*d).max(s);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Global average pool of a `u8` NHWC tensor `[N, HW, C]` to real values `[N, C]`:
 /// `scale · (sum / HW − zero_point)`, the sum exact in `u32`.
 pub fn avg_pool_u8_nhwc(

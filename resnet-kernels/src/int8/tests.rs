@@ -383,7 +383,7 @@ fn int8_pools_match_f32() {
     let (oh, ow) = (4, 3);
     let mut pooled_q = vec![0u8; n * oh * ow * c];
     let mut pooled_f = vec![0f32; n * oh * ow * c];
-    max_pool_3x3_s2_p1_u8_nhwc(&q, n, h, w, c, &mut pooled_q);
+    crate::pool::max_pool_3x3_s2_p1_nhwc(&q, n, h, w, c, &mut pooled_q);
     crate::pool::max_pool_3x3_s2_p1_nhwc(&real, n, h, w, c, &mut pooled_f);
     for (&a, &b) in pooled_q.iter().zip(&pooled_f) {
         assert_eq!(scale * (a as i32 - zp) as f32, b);
