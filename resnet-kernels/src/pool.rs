@@ -2,21 +2,38 @@
 
 /// A value max-pooling works on: `f32` activations, or `u8` INT8 codes (quantisation is
 /// monotonic, so the max of the codes is the code of the max).
-pub trait PoolValue: Copy + PartialOrd {
+pub trait PoolValue: Copy {
     /// Lower than or equal to every value: a window starts from it, so padding never wins.
     const LOWEST: Self;
+    /// The larger of two values (a branch-free max, which the compiler vectorises).
+    fn max_of(self, other: Self) -> Self;
 }
 
 impl PoolValue for f32 {
     const LOWEST: f32 = f32::NEG_INFINITY;
+    #[inline(always)]
+    fn max_of(self, other: f32) -> f32 {
+        // One `maxps`: a NaN `other` leaves `self`, as `f32::max` would, and `self` (the
+        // running max, from -inf) is never NaN, so the NaN handling of `f32::max` is not needed.
+        if other > self {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 impl PoolValue for u8 {
     const LOWEST: u8 = 0;
+    #[inline(always)]
+    fn max_of(self, other: u8) -> u8 {
+        self.max(other)
+    }
 }
 
 /// Max-pool 3x3, stride 2, padding 1 (padding never wins), NHWC: `[N, H, W, C] -> [N, OH, OW, C]`.
 /// NaN never wins either (as with `f32::max`).
+#[inline]
 pub fn max_pool_3x3_s2_p1_nhwc<T: PoolValue>(
     input: &[T],
     batch: usize,
@@ -37,9 +54,7 @@ pub fn max_pool_3x3_s2_p1_nhwc<T: PoolValue>(
                     for iw in (2 * ow).saturating_sub(1)..(2 * ow + 2).min(w) {
                         let src = &input[((n * h + ih) * w + iw) * c..][..c];
                         for (d, &s) in dst.iter_mut().zip(src) {
-                            if s > *d {
-                                *d = s;
-                            }
+                            *d = d.max_of(s);
                         }
                     }
                 }
