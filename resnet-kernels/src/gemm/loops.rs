@@ -38,8 +38,10 @@ impl ASource<'_> {
     /// this is the im2col of the block, built from contiguous channel runs; rows up to the next
     /// multiple of MR are zero.
     fn pack(&self, m0: usize, rows: usize, k0: usize, kc: usize, mr: usize, out: &mut Vec<f32>) {
-        out.clear();
+        // Every row below is written in full, so only the rows past `rows` are zeroed (a memset
+        // of the whole block first would double the stores of packing).
         out.resize(rows.div_ceil(mr) * mr * kc, 0.0);
+        out[rows * kc..].fill(0.0);
         for (r, dst) in out.chunks_exact_mut(kc).take(rows).enumerate() {
             match self {
                 ASource::Matrix { data, lda, .. } => {

@@ -70,29 +70,38 @@ impl ConvGeometry {
         let n = row / (oh_n * ow_n);
         let oh = row / ow_n % oh_n;
         let ow = row % ow_n;
-        let c_n = self.in_c;
+        let (c_n, kernel) = (self.in_c, self.kernel);
+        // Where column k0 sits in the window: kernel row, kernel column, channel. The loop then
+        // walks forward without dividing (a few divisions per run cost as much as the stem's
+        // arithmetic).
+        let window = k0 / c_n;
+        let (mut kh, mut kw, mut c0) = (window / kernel, window % kernel, k0 % c_n);
         let mut k = k0;
         let end = k0 + dst.len();
         while k < end {
-            let window = k / c_n;
-            let c0 = k % c_n;
-            let (kh, kw) = (window / self.kernel, window % self.kernel);
             let ih = (oh * self.stride + kh) as isize - self.pad as isize;
             let iw = (ow * self.stride + kw) as isize - self.pad as isize;
             let row_inside = ih >= 0 && (ih as usize) < self.in_h;
-            if row_inside && iw >= 0 && (iw as usize) < self.in_w {
+            let (len, columns) = if row_inside && iw >= 0 && (iw as usize) < self.in_w {
                 // Along a kernel row the window's pixels are neighbours in NHWC memory: copy
                 // every in-bounds kw of this kernel row in one run (21 floats for the 7x7x3
                 // stem instead of seven runs of 3).
-                let kw_inside = (self.kernel - kw).min(self.in_w - iw as usize);
+                let kw_inside = (kernel - kw).min(self.in_w - iw as usize);
                 let len = (kw_inside * c_n - c0).min(end - k);
                 let at = ((n * self.in_h + ih as usize) * self.in_w + iw as usize) * c_n + c0;
                 dst[k - k0..k - k0 + len].copy_from_slice(&input[at..at + len]);
-                k += len;
+                (len, kw_inside)
             } else {
                 let len = (c_n - c0).min(end - k);
                 dst[k - k0..k - k0 + len].fill(pad);
-                k += len;
+                (len, 1)
+            };
+            k += len;
+            // A run either ends the segment or covers `columns` whole window pixels.
+            kw += columns;
+            c0 = 0;
+            if kw == kernel {
+                (kh, kw) = (kh + 1, 0);
             }
         }
     }
