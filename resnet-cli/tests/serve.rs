@@ -94,7 +94,15 @@ fn serve_answers_then_stops_gracefully_on_sigterm() {
         assert!(started.elapsed() < Duration::from_secs(60), "never ready");
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::fs::write(&weights, b"truncated garbage").unwrap();
+    // The weights file is truncated in place, then replaced by garbage, then deleted: the
+    // server answers from memory throughout.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    std::fs::write(&weights, b"garbage, not safetensors").unwrap();
     std::fs::remove_file(&weights).unwrap();
     // The seed frontend's request: multipart field `file` to /predict.
     let cat = std::fs::read(repo().join("testdata/images/cat_baseline.jpg")).unwrap();
