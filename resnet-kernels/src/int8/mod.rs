@@ -83,9 +83,8 @@
 //!
 //! - The network input is quantised once (`f32` NCHW -> `u8` NHWC, [`quantize_nchw_to_nhwc_u8`]);
 //!   from there no layer returns to f32 until the average pool.
-//! - im2col reads `u8` and pads with the zero point: implicitly while packing A
-//!   ([`ASource8::Conv`]), or explicitly by direct loops ([`im2col_nhwc_u8_into`]) for the
-//!   3-channel stem, where the implicit packing's per-segment index arithmetic dominated.
+//! - im2col reads `u8` and pads with the zero point, implicitly while packing A
+//!   ([`ASource8::Conv`]), never materialised.
 //! - Max-pool runs on the codes and is exact (quantisation is monotonic); the global average
 //!   pool sums codes exactly in `u32` and dequantises once per channel.
 //!
@@ -108,7 +107,7 @@ pub use loops::ASource8;
 pub use ops::{
     avg_pool_u8_nhwc, quantize_nchw_to_nhwc_u8, quantize_u8, requantize_scalar, round_half_even_i32,
 };
-pub use pack::{im2col_nhwc_u8, im2col_nhwc_u8_into};
+pub use pack::im2col_nhwc_u8;
 
 use crate::cpu::Isa;
 

@@ -1,7 +1,6 @@
 //! Packing for the INT8 kernels: B (weights) once per model in 4-k groups, and the `u8` im2col.
 
 use crate::gemm::ConvGeometry;
-use rayon::prelude::*;
 
 /// Splits `k` into blocks of at most `kc_max` (a multiple of 4), as even as possible, every block
 /// but the last a multiple of 4: `(k0, kc)` pairs.
@@ -76,45 +75,4 @@ pub fn im2col_nhwc_u8(input: &[u8], g: &ConvGeometry, pad: u8) -> Vec<u8> {
         g.im2col_row_segment_padded(input, row, 0, dst, pad);
     }
     out
-}
-
-/// The explicit im2col `[M, K]` of an NHWC `u8` input into `out`, by direct loops over
-/// (image, output row, output column, kernel row) with each kernel row's in-bounds pixels copied
-/// as one run, rows of output pixels in parallel. For inputs with few channels (the stem's 3),
-/// where the implicit packing's per-segment index arithmetic costs more than the copies.
-/// Equal to [`im2col_nhwc_u8`] (tested).
-pub fn im2col_nhwc_u8_into(input: &[u8], g: &ConvGeometry, pad: u8, out: &mut Vec<u8>) {
-    assert_eq!(input.len(), g.input_len());
-    let (k, c, kn) = (g.k(), g.in_c, g.kernel);
-    let (oh_n, ow_n) = (g.out_h(), g.out_w());
-    out.resize(g.m() * k, 0);
-    out.par_chunks_mut(ow_n * k)
-        .enumerate()
-        .for_each(|(line, dst)| {
-            let (n, oh) = (line / oh_n, line % oh_n);
-            for ow in 0..ow_n {
-                let row = &mut dst[ow * k..][..k];
-                for kh in 0..kn {
-                    let seg = &mut row[kh * kn * c..][..kn * c];
-                    let ih = (oh * g.stride + kh) as isize - g.pad as isize;
-                    if ih < 0 || ih as usize >= g.in_h {
-                        seg.fill(pad);
-                        continue;
-                    }
-                    // Kernel columns kw with 0 <= ow·s + kw − pad < W.
-                    let iw0 = (ow * g.stride) as isize - g.pad as isize;
-                    let kw_lo = (-iw0).clamp(0, kn as isize) as usize;
-                    let kw_hi = (g.in_w as isize - iw0).clamp(0, kn as isize) as usize;
-                    seg[..kw_lo * c].fill(pad);
-                    if kw_hi > kw_lo {
-                        let at =
-                            ((n * g.in_h + ih as usize) * g.in_w) as isize + iw0 + kw_lo as isize;
-                        let at = at as usize * c;
-                        seg[kw_lo * c..kw_hi * c]
-                            .copy_from_slice(&input[at..at + (kw_hi - kw_lo) * c]);
-                    }
-                    seg[kw_hi.max(kw_lo) * c..].fill(pad);
-                }
-            }
-        });
 }
