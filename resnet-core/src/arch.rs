@@ -81,6 +81,19 @@ impl ConvBn {
         )
     }
 
+    /// The convolution as the kernels see it, on a batch of `n` NHWC images of `h x w`.
+    pub fn geometry(&self, n: usize, h: usize, w: usize) -> resnet_kernels::gemm::ConvGeometry {
+        resnet_kernels::gemm::ConvGeometry {
+            batch: n,
+            in_h: h,
+            in_w: w,
+            in_c: self.in_channels,
+            kernel: self.kernel,
+            stride: self.stride,
+            pad: self.padding,
+        }
+    }
+
     /// Learned parameters: conv weight + BN weight and bias (running statistics are buffers).
     pub fn parameters(&self) -> usize {
         self.weight_shape().iter().product::<usize>() + 2 * self.out_channels

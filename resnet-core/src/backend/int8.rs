@@ -75,15 +75,7 @@ impl Int8Layer {
         relu: bool,
     ) -> (usize, usize) {
         let s = &self.spec;
-        let geometry = resnet_kernels::gemm::ConvGeometry {
-            batch: n,
-            in_h: h,
-            in_w: w,
-            in_c: s.in_channels,
-            kernel: s.kernel,
-            stride: s.stride,
-            pad: s.padding,
-        };
+        let geometry = s.geometry(n, h, w);
         let oc = s.out_channels;
         let out = grow(out, geometry.m() * oc);
         let requant = Requant {

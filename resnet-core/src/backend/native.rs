@@ -20,7 +20,7 @@ use crate::error::Result;
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
 use resnet_kernels::cpu::Isa;
-use resnet_kernels::gemm::{kernel_name, sgemm_packed, ASource, ConvGeometry, Epilogue, PackedB};
+use resnet_kernels::gemm::{kernel_name, sgemm_packed, ASource, Epilogue, PackedB};
 use resnet_kernels::pool::{global_avg_pool_nhwc, max_pool_3x3_s2_p1_nhwc};
 use resnet_kernels::winograd::{conv3x3_winograd, Conv3x3Shape, WinogradScratch, WinogradWeights};
 
@@ -79,15 +79,7 @@ impl PackedLayer {
         scratch: &mut WinogradScratch,
     ) -> (usize, usize) {
         let s = &self.spec;
-        let geometry = ConvGeometry {
-            batch: n,
-            in_h: h,
-            in_w: w,
-            in_c: s.in_channels,
-            kernel: s.kernel,
-            stride: s.stride,
-            pad: s.padding,
-        };
+        let geometry = s.geometry(n, h, w);
         let oc = s.out_channels;
         out.resize(geometry.m() * oc, 0.0);
         let epi = Epilogue {
