@@ -159,31 +159,35 @@ impl Metrics {
         out.push_str("# HELP resnet_inference_duration_seconds Time of one forward pass.\n");
         out.push_str("# TYPE resnet_inference_duration_seconds histogram\n");
         lock(&self.inference).render(&mut out, "resnet_inference_duration_seconds", "");
-        out.push_str("# HELP resnet_queue_depth Images waiting for the model.\n");
-        out.push_str("# TYPE resnet_queue_depth gauge\n");
-        let _ = writeln!(out, "resnet_queue_depth {}", self.queue_depth().max(0));
-        out.push_str(
-            "# HELP resnet_images_classified_total Images that went through the network.\n",
+        let mut single = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        single(
+            "resnet_queue_depth",
+            "gauge",
+            "Images waiting for the model.",
+            self.queue_depth().max(0) as u64,
         );
-        out.push_str("# TYPE resnet_images_classified_total counter\n");
-        let _ = writeln!(
-            out,
-            "resnet_images_classified_total {}",
-            self.images.load(Ordering::Relaxed)
+        single(
+            "resnet_images_classified_total",
+            "counter",
+            "Images that went through the network.",
+            self.images.load(Ordering::Relaxed),
         );
-        out.push_str("# HELP resnet_connections_refused_total Connections closed at once: the connection limit was reached.\n");
-        out.push_str("# TYPE resnet_connections_refused_total counter\n");
-        let _ = writeln!(
-            out,
-            "resnet_connections_refused_total {}",
-            self.connections_refused.load(Ordering::Relaxed)
+        single(
+            "resnet_connections_refused_total",
+            "counter",
+            "Connections closed at once: the connection limit was reached.",
+            self.connections_refused.load(Ordering::Relaxed),
         );
-        out.push_str("# HELP resnet_history_write_failures_total History records the history file could not take (full or read-only disk).\n");
-        out.push_str("# TYPE resnet_history_write_failures_total counter\n");
-        let _ = writeln!(
-            out,
-            "resnet_history_write_failures_total {}",
-            self.history_write_failures.load(Ordering::Relaxed)
+        single(
+            "resnet_history_write_failures_total",
+            "counter",
+            "History records the history file could not take (full or read-only disk).",
+            self.history_write_failures.load(Ordering::Relaxed),
         );
         out
     }
