@@ -162,7 +162,7 @@ pub struct ModelArgs {
     #[arg(long, default_value = "native", value_name = "NAME")]
     pub backend: String,
     /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3): off, auto
-    /// (layer2-3) or all.
+    /// (layer1-3) or all.
     #[arg(
         long,
         default_value = "auto",
@@ -385,7 +385,7 @@ pub struct BenchArgs {
     /// Kernel ISA for `native` (default: $RESNET_ISA, else the best this CPU supports).
     #[arg(long)]
     pub isa: Option<String>,
-    /// Winograd policies to time `native` with, comma-separated: off, auto (layer2-3), all.
+    /// Winograd policies to time `native` with, comma-separated: off, auto (layer1-3), all.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub winograd: Vec<String>,
     /// Output format.

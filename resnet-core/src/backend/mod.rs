@@ -175,7 +175,7 @@ impl BackendKind {
             BackendKind::Reference => "direct convolution loops, f64 accumulation, no SIMD (quality: reference)".into(),
             BackendKind::Gemm => "NCHW im2col + matrixmultiply::sgemm, unfused passes (quality: library)".into(),
             BackendKind::Native => format!(
-                "packed GEMM kernel {}, NHWC, implicit im2col, fused epilogue, Winograd F(4x4,3x3) on the 3x3 stride-1 convolutions of layer2-3 by default (quality: intrinsics)",
+                "packed GEMM kernel {}, NHWC, implicit im2col, fused epilogue, Winograd F(4x4,3x3) on the 3x3 stride-1 convolutions of layer1-3 by default (quality: intrinsics)",
                 resnet_kernels::gemm::kernel_name(isa)
             ),
             BackendKind::Int8 => format!(
@@ -278,11 +278,11 @@ impl Default for BackendOptions {
 pub enum WinogradPolicy {
     /// None: every convolution is a direct (implicit im2col) GEMM.
     Off,
-    /// Layers with 128 or 256 input channels (ResNet-18's layer2 and layer3), where it measured
-    /// 1.4-2.4x faster. layer1 (64 channels) measured no faster (1.03x alone, within the noise
-    /// inside the network): its transforms move as many bytes as its small GEMMs compute.
-    /// layer4's 512-channel filters would take 4x their memory (85 MB more) for no gain at
-    /// batch 1.
+    /// Layers with at most 256 input channels (ResNet-18's layer1 to layer3), where it measured
+    /// 1.5-2.4x faster alone (`winograd_layers`, 2026-11-28). Against layer2-3 only, it made the
+    /// whole network about 10% faster at batch 1 (`resnet bench`, both builds run alternately)
+    /// for 1.5 MB more memory. layer4's 512-channel filters would take 4x their memory (85 MB
+    /// more) and run slower at batch 1, where the layer is memory-bound.
     #[default]
     Auto,
     /// Every 3x3 stride-1 convolution.
@@ -304,7 +304,7 @@ impl WinogradPolicy {
         let eligible = layer.kernel == 3 && layer.stride == 1 && layer.padding == 1;
         match self {
             WinogradPolicy::Off => false,
-            WinogradPolicy::Auto => eligible && (128..=256).contains(&layer.in_channels),
+            WinogradPolicy::Auto => eligible && layer.in_channels <= 256,
             WinogradPolicy::All => eligible,
         }
     }
