@@ -32,10 +32,18 @@ pub fn preprocess(rgb: &RgbImage) -> Array3<f32> {
 }
 
 /// `Resize(256)` then `CenterCrop(224)`: the 8-bit pixels the network will see.
+///
+/// Only the 224x224 window of the resized image is computed: bit-identical to resizing the whole
+/// image and cropping it (each output pixel depends only on its own filter taps), and bounded in
+/// memory. A whole resize is not: a 4x63751 image, a quarter megapixel, resizes to 256x4079
+/// thousand, 3 GB (the HTTP fuzz target found this).
 pub fn resize_and_crop(rgb: &RgbImage) -> RgbImage {
     let (w, h) = resized_size(rgb.width(), rgb.height(), RESIZE_SHORT_SIDE);
-    let resized = resize_bilinear_like_pil(rgb, w, h);
-    center_crop(&resized, CROP_SIZE)
+    let (left, top) = (
+        center_crop_offset(w - CROP_SIZE),
+        center_crop_offset(h - CROP_SIZE),
+    );
+    resize_window_like_pil(rgb, (w, h), (left, top, CROP_SIZE, CROP_SIZE))
 }
 
 /// torchvision's output size for `Resize(size)` with an int: the short side becomes `size`,
@@ -55,17 +63,23 @@ pub fn resized_size(w: u32, h: u32, size: u32) -> (u32, u32) {
 /// as Python's `round` does (same for `left`). The image must be at least `size` on each side.
 pub fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
     assert!(img.width() >= size && img.height() >= size);
-    let offset = |extra: u32| {
-        let (half, odd) = (extra / 2, extra % 2 == 1);
-        // (extra / 2) is k + 0.5 when extra is odd: round half to even.
-        if odd && half % 2 == 1 {
-            half + 1
-        } else {
-            half
-        }
-    };
-    let (left, top) = (offset(img.width() - size), offset(img.height() - size));
+    let (left, top) = (
+        center_crop_offset(img.width() - size),
+        center_crop_offset(img.height() - size),
+    );
     image::imageops::crop_imm(img, left, top, size, size).to_image()
+}
+
+/// `int(round(extra / 2))` with Python's half-to-even rounding: the crop's left or top offset
+/// when the image is `extra` pixels larger than the crop.
+fn center_crop_offset(extra: u32) -> u32 {
+    let (half, odd) = (extra / 2, extra % 2 == 1);
+    // (extra / 2) is k + 0.5 when extra is odd: round half to even.
+    if odd && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
 }
 
 /// `ToTensor` then `Normalize`: `((v / 255) - mean) / std` per channel, in f32 as torch computes
@@ -101,15 +115,16 @@ struct Taps {
     weights: Vec<i32>,
 }
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for resizing `in_size` to `out_size`.
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for resizing `in_size` to `out_size`,
+/// for the output pixels in `range` only.
 ///
 /// When shrinking, the filter is stretched by the scale factor (this is the antialiasing): every
 /// output pixel averages all the input pixels under a triangle `2 * scale` wide.
-fn precompute_taps(in_size: u32, out_size: u32) -> Vec<Taps> {
+fn precompute_taps(in_size: u32, out_size: u32, range: std::ops::Range<u32>) -> Vec<Taps> {
     let scale = in_size as f64 / out_size as f64;
     let filter_scale = scale.max(1.0);
     let support = 1.0 * filter_scale;
-    (0..out_size)
+    range
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
             let ss = 1.0 / filter_scale;
@@ -153,25 +168,44 @@ fn clip8(acc: i32) -> u8 {
 
 /// `PIL.Image.resize((out_w, out_h), Image.BILINEAR)` on an RGB image, bit for bit.
 pub fn resize_bilinear_like_pil(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    resize_window_like_pil(img, (out_w, out_h), (0, 0, out_w, out_h))
+}
+
+/// The window `(left, top, width, height)` of `PIL.Image.resize((out_w, out_h),
+/// Image.BILINEAR)`, computing only that window's pixels (and the rows and columns of the input
+/// they read).
+fn resize_window_like_pil(
+    img: &RgbImage,
+    (out_w, out_h): (u32, u32),
+    (left, top, win_w, win_h): (u32, u32, u32, u32),
+) -> RgbImage {
+    assert!(left + win_w <= out_w && top + win_h <= out_h && win_w > 0 && win_h > 0);
     let (in_w, in_h) = img.dimensions();
-    let horizontal = precompute_taps(in_w, out_w);
-    let vertical = precompute_taps(in_h, out_h);
     let round = 1i32 << (PRECISION_BITS - 1);
+    // Pillow skips a pass whose size does not change: that pass is the identity.
+    let vertical = (out_h != in_h).then(|| precompute_taps(in_h, out_h, top..top + win_h));
 
     // Horizontal pass, only over the rows the vertical pass will read (Pillow's ybox).
-    let (first_row, last_row) = if out_h == in_h {
-        (0, in_h as usize)
-    } else {
-        let last = vertical.last().expect("out_h > 0");
-        (vertical[0].first, last.first + last.weights.len())
+    let (first_row, last_row) = match &vertical {
+        None => (top as usize, (top + win_h) as usize),
+        Some(vertical) => {
+            let last = vertical.last().expect("a window row");
+            (vertical[0].first, last.first + last.weights.len())
+        }
     };
     let rows = last_row - first_row;
     let src = img.as_raw();
+    let stride = win_w as usize * 3;
     let temp: Vec<u8> = if out_w == in_w {
-        src[first_row * in_w as usize * 3..last_row * in_w as usize * 3].to_vec()
+        let mut temp = Vec::with_capacity(rows * stride);
+        for y in first_row..last_row {
+            temp.extend_from_slice(&src[(y * in_w as usize + left as usize) * 3..][..stride]);
+        }
+        temp
     } else {
-        let mut temp = vec![0u8; rows * out_w as usize * 3];
-        for (y, out_row) in temp.chunks_exact_mut(out_w as usize * 3).enumerate() {
+        let horizontal = precompute_taps(in_w, out_w, left..left + win_w);
+        let mut temp = vec![0u8; rows * stride];
+        for (y, out_row) in temp.chunks_exact_mut(stride).enumerate() {
             let in_row = &src[(first_row + y) * in_w as usize * 3..][..in_w as usize * 3];
             for (x, taps) in horizontal.iter().enumerate() {
                 let mut acc = [round; 3];
@@ -188,13 +222,12 @@ pub fn resize_bilinear_like_pil(img: &RgbImage, out_w: u32, out_h: u32) -> RgbIm
         }
         temp
     };
-    if out_h == in_h {
-        return RgbImage::from_raw(out_w, out_h, temp).expect("buffer matches size");
-    }
+    let Some(vertical) = vertical else {
+        return RgbImage::from_raw(win_w, win_h, temp).expect("buffer matches size");
+    };
 
     // Vertical pass over the horizontally resized rows.
-    let stride = out_w as usize * 3;
-    let mut out = vec![0u8; out_h as usize * stride];
+    let mut out = vec![0u8; win_h as usize * stride];
     for (y, taps) in vertical.iter().enumerate() {
         let first = taps.first - first_row;
         for x in 0..stride {
@@ -205,7 +238,7 @@ pub fn resize_bilinear_like_pil(img: &RgbImage, out_w: u32, out_h: u32) -> RgbIm
             out[y * stride + x] = clip8(acc);
         }
     }
-    RgbImage::from_raw(out_w, out_h, out).expect("buffer matches size")
+    RgbImage::from_raw(win_w, win_h, out).expect("buffer matches size")
 }
 
 #[cfg(test)]
@@ -236,6 +269,27 @@ mod tests {
         let t = preprocess(&img);
         assert_eq!(t.shape(), &[3, 224, 224]);
         assert_eq!(t[[1, 5, 5]], (128.0f32 / 255.0 - 0.456) / 0.224);
+    }
+
+    /// The computed window equals the same window cut from the whole resize, for up- and
+    /// downscaling on either axis and odd crop offsets.
+    #[test]
+    fn a_window_of_the_resize_equals_the_crop_of_the_whole_resize() {
+        for (w, h) in [
+            (300, 500),
+            (500, 300),
+            (231, 229),
+            (1000, 257),
+            (256, 256),
+            (7, 5),
+        ] {
+            let img = RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 7 + y) as u8, (x ^ y) as u8, (x * y % 251) as u8])
+            });
+            let (rw, rh) = resized_size(w, h, RESIZE_SHORT_SIDE);
+            let whole = center_crop(&resize_bilinear_like_pil(&img, rw, rh), CROP_SIZE);
+            assert_eq!(resize_and_crop(&img), whole, "{w}x{h}");
+        }
     }
 
     #[test]
