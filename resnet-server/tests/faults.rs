@@ -80,14 +80,14 @@ async fn clients_that_vanish_mid_upload_or_mid_response_do_not_hurt_the_next_one
     let server = start(config(), model()).await;
     let addr = server.local_addr();
     let cat = image_bytes("cat_baseline.jpg");
+    let head = format!(
+        "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+        cat.len()
+    );
 
     // Mid-upload: announce the whole body, send a third, hang up.
     for _ in 0..5 {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
-            cat.len()
-        );
         s.write_all(head.as_bytes()).await.unwrap();
         s.write_all(&cat[..cat.len() / 3]).await.unwrap();
         drop(s);
@@ -95,10 +95,6 @@ async fn clients_that_vanish_mid_upload_or_mid_response_do_not_hurt_the_next_one
     // Mid-response: send a whole request, read a few bytes of the answer, hang up.
     for _ in 0..5 {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
-            cat.len()
-        );
         s.write_all(head.as_bytes()).await.unwrap();
         s.write_all(&cat).await.unwrap();
         let mut few = [0u8; 8];
