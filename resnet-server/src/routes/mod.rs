@@ -1,0 +1,263 @@
+//! `handle(request, state)`: the route table, authentication, deadlines, and dispatch to the
+//! handlers, one module per concern. It never returns an error: every failure becomes a status
+//! and a JSON body ([`respond::error_response`]).
+//!
+//! Adding a route: a variant of [`Route`], its line in [`Route::ALL`] and in each `match` of
+//! `impl Route` (the compiler lists the ones you missed), and its arm in [`dispatch`].
+
+mod auth;
+mod cam;
+mod classify;
+mod query;
+pub mod respond;
+mod status;
+
+use crate::batcher::Batcher;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::history::History;
+use crate::metrics::Metrics;
+use crate::model::ServedModel;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::{Method, Request, Response, StatusCode};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use respond::error_response;
+
+/// Everything a request handler needs.
+pub struct AppState {
+    /// The settings.
+    pub config: Config,
+    /// The model and its description.
+    pub model: ServedModel,
+    /// The queue in front of the inference thread.
+    pub batcher: Batcher,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// The recognition log.
+    pub history: History,
+    /// Set when shutdown begins (`/readyz` then says 503).
+    pub shutting_down: AtomicBool,
+}
+
+/// Every route the server answers. A path that is not one of these is a 404.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// `GET /`: the web page.
+    Page,
+    /// `GET /healthz`: the process is alive.
+    Healthz,
+    /// `GET /readyz`: the model is loaded and warmed up, and the server is not shutting down.
+    Readyz,
+    /// `GET /metrics`: Prometheus text.
+    Metrics,
+    /// `GET /v1/model`: the model, its backend, weights and limits.
+    Model,
+    /// `GET /v1/history`: the last recognitions.
+    History,
+    /// `POST /v1/classify`: one image.
+    Classify,
+    /// `POST /v1/classify/batch`: several images in one multipart body.
+    ClassifyBatch,
+    /// `POST /v1/cam`: the class activation map as a PNG.
+    Cam,
+    /// `POST /predict`: the seed service's API.
+    Predict,
+}
+
+impl Route {
+    /// Every route, in the order the docs list them.
+    pub const ALL: [Route; 10] = [
+        Route::Page,
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::Model,
+        Route::History,
+        Route::Classify,
+        Route::ClassifyBatch,
+        Route::Cam,
+        Route::Predict,
+    ];
+
+    /// The route a request path names, if any (the query string is not part of `path`).
+    pub fn from_path(path: &str) -> Option<Route> {
+        Some(match path {
+            "/" => Route::Page,
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            "/metrics" => Route::Metrics,
+            "/v1/model" => Route::Model,
+            "/v1/history" => Route::History,
+            "/v1/classify" => Route::Classify,
+            "/v1/classify/batch" => Route::ClassifyBatch,
+            "/v1/cam" => Route::Cam,
+            "/predict" => Route::Predict,
+            _ => return None,
+        })
+    }
+
+    /// The path, as documented.
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::Page => "/",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::Model => "/v1/model",
+            Route::History => "/v1/history",
+            Route::Classify => "/v1/classify",
+            Route::ClassifyBatch => "/v1/classify/batch",
+            Route::Cam => "/v1/cam",
+            Route::Predict => "/predict",
+        }
+    }
+
+    /// The one method the route accepts.
+    pub fn method(self) -> Method {
+        match self {
+            Route::Page
+            | Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::Model
+            | Route::History => Method::GET,
+            Route::Classify | Route::ClassifyBatch | Route::Cam | Route::Predict => Method::POST,
+        }
+    }
+
+    /// Reachable without the token: the probes, and the page (a static file holding no data).
+    pub fn is_public(self) -> bool {
+        matches!(self, Route::Page | Route::Healthz | Route::Readyz)
+    }
+
+    /// The `route` label in metrics.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Route::Page => "page",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::Model => "model",
+            Route::History => "history",
+            Route::Classify => "classify",
+            Route::ClassifyBatch => "classify_batch",
+            Route::Cam => "cam",
+            Route::Predict => "predict",
+        }
+    }
+}
+
+/// Answers one request. Never fails; records metrics and logs one line.
+pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = Route::from_path(&path);
+    let metric_label = route.map_or("unmatched", Route::metric_label);
+    let response = match route {
+        None => error_response(&ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route {path}"),
+        )),
+        Some(r) if r.method() != method => method_not_allowed(r),
+        Some(r) => match auth::authorize(&state.config, r, &req) {
+            Err(e) => error_response(&e),
+            Ok(()) => with_deadline(r, req, Arc::clone(&state), started).await,
+        },
+    };
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state.metrics.observe_request(metric_label, status, elapsed);
+    if state.config.log_requests {
+        eprintln!(
+            "{method} {path} {status} {:.1}ms",
+            elapsed.as_secs_f64() * 1e3
+        );
+    }
+    response
+}
+
+fn method_not_allowed(route: Route) -> Response<Full<Bytes>> {
+    let mut resp = error_response(&ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} accepts {} only", route.path(), route.method()),
+    ));
+    let allow = if route.method() == Method::GET {
+        "GET"
+    } else {
+        "POST"
+    };
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// Runs the handler under the whole-request deadline (`--timeout-s`, upload included).
+async fn with_deadline(
+    route: Route,
+    req: Request<Incoming>,
+    state: Arc<AppState>,
+    started: Instant,
+) -> Response<Full<Bytes>> {
+    let deadline = state.config.timeout;
+    match tokio::time::timeout(deadline, dispatch(route, req, state, started)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => error_response(&e),
+        Err(_) => error_response(&ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "the request took longer than the server's limit of {:.1} s",
+                deadline.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+/// One arm per route: a new variant of [`Route`] does not compile until it has its handler.
+async fn dispatch(
+    route: Route,
+    req: Request<Incoming>,
+    state: Arc<AppState>,
+    started: Instant,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    match route {
+        Route::Page => Ok(status::page()),
+        Route::Healthz => Ok(status::healthz()),
+        Route::Readyz => Ok(status::readyz(&state)),
+        Route::Metrics => Ok(status::metrics(&state)),
+        Route::Model => Ok(status::model(&state)),
+        Route::History => Ok(status::history(&state)),
+        Route::Classify => classify::classify(req, state, started).await,
+        Route::ClassifyBatch => classify::classify_batch(req, state, started).await,
+        Route::Predict => classify::predict(req, state, started).await,
+        Route::Cam => cam::cam(req, state).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Route;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_route_is_found_by_its_own_path_and_labels_are_distinct() {
+        for r in Route::ALL {
+            assert_eq!(Route::from_path(r.path()), Some(r), "{r:?}");
+        }
+        let labels: HashSet<_> = Route::ALL.iter().map(|r| r.metric_label()).collect();
+        assert_eq!(labels.len(), Route::ALL.len(), "metric labels collide");
+        let paths: HashSet<_> = Route::ALL.iter().map(|r| r.path()).collect();
+        assert_eq!(paths.len(), Route::ALL.len(), "paths collide");
+        assert_eq!(Route::from_path("/v1/classify/"), None);
+        assert_eq!(Route::from_path("/V1/classify"), None);
+    }
+}
