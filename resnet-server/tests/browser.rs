@@ -260,7 +260,7 @@ async fn the_page_classifies_an_uploaded_photo_and_shows_the_map() {
         // "Where did it look": the CAM overlay replaces the preview.
         cdp.eval("document.getElementById('cam-toggle').click()");
         cdp.wait_for(
-            "document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam').naturalWidth === 224 && !document.getElementById('cam-figure').hidden",
+            "document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam').naturalWidth === 451 && !document.getElementById('cam-figure').hidden",
             "the class activation map",
         );
         assert_eq!(
