@@ -30,7 +30,9 @@ fn lanes(isa: Isa) -> usize {
         Isa::Portable => 1,
         Isa::Avx2 => 8,
         Isa::Avx512 => 16,
-        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
+        Isa::AvxVnni | Isa::Vnni | Isa::Avx512Bf16 | Isa::Amx => {
+            unreachable!("f32_level maps the VNNI levels away")
+        }
     }
 }
 

@@ -61,7 +61,9 @@ pub fn kernel_name(isa: Isa) -> &'static str {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => simd::Avx512Kernel::NAME,
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
+        Isa::AvxVnni | Isa::Vnni | Isa::Avx512Bf16 | Isa::Amx => {
+            unreachable!("f32_level maps the VNNI levels away")
+        }
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::ScalarKernel::NAME,
     }
@@ -75,7 +77,9 @@ fn nr_for(isa: Isa) -> usize {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => simd::Avx512Kernel::NR,
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
+        Isa::AvxVnni | Isa::Vnni | Isa::Avx512Bf16 | Isa::Amx => {
+            unreachable!("f32_level maps the VNNI levels away")
+        }
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::ScalarKernel::NR,
     }
@@ -144,7 +148,9 @@ pub fn sgemm_packed(a: &ASource<'_>, b: &PackedB, c: &mut [f32], ldc: usize, epi
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => loops::gemm::<simd::Avx512Kernel>(a, b, c, ldc, epi),
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
+        Isa::AvxVnni | Isa::Vnni | Isa::Avx512Bf16 | Isa::Amx => {
+            unreachable!("f32_level maps the VNNI levels away")
+        }
         #[cfg(not(target_arch = "x86_64"))]
         _ => loops::gemm::<scalar::ScalarKernel>(a, b, c, ldc, epi),
     }

@@ -130,9 +130,10 @@ fn splits_weights(isa: Isa) -> bool {
     matches!(kernel_isa(isa), Isa::Avx2 | Isa::Avx512)
 }
 
-/// The ISA whose INT8 kernel runs for `isa`: itself, except AVX-512 without BW (Knights Landing),
-/// which uses the AVX2 kernel.
+/// The ISA whose INT8 kernel runs for `isa`: its [`Isa::int8_level`], except AVX-512 without
+/// BW (Knights Landing), which uses the AVX2 kernel.
 fn kernel_isa(isa: Isa) -> Isa {
+    let isa = isa.int8_level();
     if isa == Isa::Avx512 && !crate::cpu::CpuFeatures::get().avx512bw {
         Isa::Avx2
     } else {
@@ -151,7 +152,9 @@ pub fn kernel_name(isa: Isa) -> &'static str {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => simd::Avx512BwKernel8::NAME,
         #[cfg(target_arch = "x86_64")]
-        Isa::Vnni => simd::Avx512VnniKernel8::NAME,
+        Isa::Vnni | Isa::Amx => simd::Avx512VnniKernel8::NAME,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unreachable!("int8_level maps avx512bf16 to vnni"),
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::ScalarKernel8::NAME,
     }
@@ -167,7 +170,9 @@ fn nr_for(isa: Isa) -> usize {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => simd::Avx512BwKernel8::NR,
         #[cfg(target_arch = "x86_64")]
-        Isa::Vnni => simd::Avx512VnniKernel8::NR,
+        Isa::Vnni | Isa::Amx => simd::Avx512VnniKernel8::NR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unreachable!("int8_level maps avx512bf16 to vnni"),
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::ScalarKernel8::NR,
     }
@@ -303,7 +308,9 @@ pub fn gemm_u8s8(a: &ASource8<'_>, b: &PackedB8, out: Output8<'_>) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => loops::gemm::<simd::Avx512BwKernel8>(a, b, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Vnni => loops::gemm::<simd::Avx512VnniKernel8>(a, b, out),
+        Isa::Vnni | Isa::Amx => loops::gemm::<simd::Avx512VnniKernel8>(a, b, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unreachable!("int8_level maps avx512bf16 to vnni"),
         #[cfg(not(target_arch = "x86_64"))]
         _ => loops::gemm::<scalar::ScalarKernel8>(a, b, out),
     }
