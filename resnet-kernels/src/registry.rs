@@ -26,6 +26,8 @@ pub enum Family {
     F32,
     /// `u8 x s8 -> i32` GEMM with a fused requantising epilogue.
     Int8,
+    /// `bf16 x bf16 -> f32` GEMM with a fused bias/residual/ReLU epilogue writing bf16 or f32.
+    Bf16,
 }
 
 impl Family {
@@ -34,6 +36,7 @@ impl Family {
         match self {
             Family::F32 => "f32",
             Family::Int8 => "int8",
+            Family::Bf16 => "bf16",
         }
     }
 }
@@ -110,7 +113,11 @@ pub fn by_name<E>(table: &'static [Kernel<E>], name: &str) -> Option<&'static Ke
 pub fn all() -> Vec<&'static KernelInfo> {
     let f32_kernels = crate::gemm::KERNELS.iter().map(|k| &k.info);
     let int8_kernels = crate::int8::KERNELS.iter().map(|k| &k.info);
-    f32_kernels.chain(int8_kernels).collect()
+    let bf16_kernels = crate::bf16::KERNELS.iter().map(|k| &k.info);
+    f32_kernels
+        .chain(int8_kernels)
+        .chain(bf16_kernels)
+        .collect()
 }
 
 /// The kernel each family runs for `isa` on this CPU: `(family, kernel name)`, for the log line
@@ -119,6 +126,7 @@ pub fn chosen(isa: Isa) -> Vec<(Family, &'static str)> {
     vec![
         (Family::F32, crate::gemm::kernel_name(isa)),
         (Family::Int8, crate::int8::kernel_name(isa)),
+        (Family::Bf16, crate::bf16::kernel_name(isa)),
     ]
 }
 
@@ -171,6 +179,7 @@ mod tests {
     fn tables_are_ordered_and_consistent() {
         check_table(&crate::gemm::KERNELS, Family::F32);
         check_table(&crate::int8::KERNELS, Family::Int8);
+        check_table(&crate::bf16::KERNELS, Family::Bf16);
         let names: Vec<_> = all().iter().map(|k| k.name).collect();
         let mut unique = names.clone();
         unique.sort();
@@ -231,6 +240,11 @@ mod tests {
         );
         exercised.extend(
             runnable(&crate::int8::KERNELS)
+                .iter()
+                .map(|k| (k.info.isa, k.info.name)),
+        );
+        exercised.extend(
+            runnable(&crate::bf16::KERNELS)
                 .iter()
                 .map(|k| (k.info.isa, k.info.name)),
         );

@@ -181,7 +181,7 @@ pub(crate) fn gemm<K: MicroKernelBf16>(
     epi: &EpilogueBf16<'_>,
 ) {
     let (m, n) = (a.rows(), b.n);
-    assert_eq!(b.nr, K::NR, "B was packed for another kernel");
+    assert_eq!(b.nr(), K::NR, "B was packed for another kernel");
     if m == 0 || n == 0 {
         return;
     }

@@ -32,7 +32,7 @@
 //! | ISA (`RESNET_ISA`) | kernel | tile MR x NR | instruction per 2 k | B packing | A packing |
 //! |---|---|---|---|---|---|
 //! | `avx512bf16`, `amx` | `avx512bf16_f32_12x32` | 12 x 32 (24 zmm accumulators) | `vdpbf16ps zmm` | k-pairs: per pair, 32 columns x 2 bf16 (128 B) | rows of `kc` bf16, broadcast 2 at a time |
-//! | below `avx512bf16` | `portable_f32_4x16` | 4 x 16 | scalar f32 multiply-add: the twin | k-pairs: per pair, 16 columns x 2 bf16 | same |
+//! | below `avx512bf16` | `portable_bf16_4x16` | 4 x 16 | scalar f32 multiply-add: the twin | k-pairs: per pair, 16 columns x 2 bf16 | same |
 //!
 //! The AMX-BF16 kernel ([`crate::amx`]) reads the same 32-column k-pair panels (a 64-byte half
 //! of each 128-byte row is one B tile row), so one packing serves both.
@@ -47,6 +47,7 @@ pub use loops::ASourceBf16;
 pub use pack::im2col_nhwc_bf16;
 
 use crate::cpu::Isa;
+use crate::registry::{self, Family, Kernel, KernelInfo};
 
 /// A bfloat16 value, as its bit pattern (the top 16 bits of an IEEE single).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -170,30 +171,64 @@ pub mod blocking {
     pub const NC: usize = 256;
 }
 
-/// The ISA whose bf16 kernel runs for `isa`: `avx512bf16` and `amx` (whose own bf16 kernel is
-/// in [`crate::amx`]) run `vdpbf16ps`; every level below runs the portable twin.
-fn kernel_isa(isa: Isa) -> Isa {
-    match isa {
-        Isa::Avx512Bf16 | Isa::Amx => Isa::Avx512Bf16,
-        _ => Isa::Portable,
+/// The entry points of a bf16 kernel line.
+#[derive(Debug)]
+pub struct Bf16Entry {
+    /// The loop nest around this kernel.
+    gemm: fn(&ASourceBf16<'_>, &PackedBBf16, OutputBf16<'_>, &EpilogueBf16<'_>),
+}
+
+/// A bf16 kernel line.
+pub type Bf16Kernel = Kernel<Bf16Entry>;
+
+const PAIRS: &str =
+    "K blocks (padded to 32) of NR-wide micro-panels of k-pairs (NR columns x 2 bf16, VNNI-2)";
+
+/// The line of micro-kernel `K`.
+const fn line<K: MicroKernelBf16>(
+    isa: Isa,
+    features: &'static str,
+    runnable: fn() -> bool,
+) -> Bf16Kernel {
+    Kernel {
+        info: KernelInfo {
+            name: K::NAME,
+            family: Family::Bf16,
+            isa,
+            mr: K::MR,
+            nr: K::NR,
+            packing: PAIRS,
+            features,
+            runnable,
+        },
+        entry: Bf16Entry {
+            gemm: loops::gemm::<K>,
+        },
     }
+}
+
+/// The bf16 kernels, portable first (see [`crate::registry`]). One line per kernel.
+pub static KERNELS: [Bf16Kernel; BF16_KERNEL_COUNT] = [
+    line::<scalar::ScalarKernelBf16>(Isa::Portable, "", || true),
+    #[cfg(target_arch = "x86_64")]
+    line::<simd::Avx512Bf16Kernel>(Isa::Avx512Bf16, "avx512f,avx512bw,avx512bf16", || {
+        Isa::Avx512Bf16.is_supported()
+    }),
+];
+
+#[cfg(target_arch = "x86_64")]
+const BF16_KERNEL_COUNT: usize = 2;
+#[cfg(not(target_arch = "x86_64"))]
+const BF16_KERNEL_COUNT: usize = 1;
+
+/// The bf16 kernel that runs for `isa` on this CPU.
+pub fn kernel_for(isa: Isa) -> &'static Bf16Kernel {
+    registry::select(&KERNELS, isa)
 }
 
 /// The bf16 kernel chosen for an ISA, as `<isa>_<acc>_<MR>x<NR>`.
 pub fn kernel_name(isa: Isa) -> &'static str {
-    match kernel_isa(isa) {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => simd::Avx512Bf16Kernel::NAME,
-        _ => scalar::ScalarKernelBf16::NAME,
-    }
-}
-
-fn nr_for(isa: Isa) -> usize {
-    match kernel_isa(isa) {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => simd::Avx512Bf16Kernel::NR,
-        _ => scalar::ScalarKernelBf16::NR,
-    }
+    kernel_for(isa).info.name
 }
 
 /// The B operand (`K x N` bf16, the weights) packed for one ISA's bf16 micro-kernel: K cut into
@@ -201,10 +236,9 @@ fn nr_for(isa: Isa) -> usize {
 /// zero-padded to an even K and a multiple of NR columns.
 #[derive(Clone, Debug)]
 pub struct PackedBBf16 {
-    isa: Isa,
+    kernel: &'static Bf16Kernel,
     k: usize,
     n: usize,
-    nr: usize,
     /// `(k0, kc, offset)` of each K block; `kc` is a multiple of 32 except possibly the last.
     pub(crate) blocks: Vec<(usize, usize, usize)>,
     pub(crate) data: Vec<Bf16>,
@@ -216,19 +250,26 @@ impl PackedBBf16 {
     /// # Panics
     /// If `b.len() != k * n`, or if `isa` is not supported by this CPU.
     pub fn new(b: &[Bf16], k: usize, n: usize, isa: Isa) -> PackedBBf16 {
-        assert_eq!(b.len(), k * n, "B must be K x N");
         assert!(isa.is_supported(), "ISA {isa} is not supported by this CPU");
-        PackedBBf16::with_nr(b, k, n, isa, nr_for(isa))
+        PackedBBf16::with_kernel(b, k, n, kernel_for(isa))
     }
 
-    /// Packs for micro-panels `nr` wide (the AMX kernels' tests pack for AMX without the CPU).
-    pub(crate) fn with_nr(b: &[Bf16], k: usize, n: usize, isa: Isa, nr: usize) -> PackedBBf16 {
-        let (blocks, data) = pack::pack_b_pairs(b, k, n, nr, blocking::KC);
+    /// Packs `b` for a given kernel line.
+    ///
+    /// # Panics
+    /// If `b.len() != k * n`, or if this CPU cannot run `kernel`.
+    pub fn with_kernel(b: &[Bf16], k: usize, n: usize, kernel: &'static Bf16Kernel) -> PackedBBf16 {
+        assert_eq!(b.len(), k * n, "B must be K x N");
+        assert!(
+            kernel.info.is_runnable(),
+            "kernel {} cannot run on this CPU",
+            kernel.info.name
+        );
+        let (blocks, data) = pack::pack_b_pairs(b, k, n, kernel.info.nr, blocking::KC);
         PackedBBf16 {
-            isa,
+            kernel,
             k,
             n,
-            nr,
             blocks,
             data,
         }
@@ -244,9 +285,14 @@ impl PackedBBf16 {
         self.n
     }
 
-    /// The ISA whose kernel this packing is for.
-    pub fn isa(&self) -> Isa {
-        self.isa
+    /// The kernel line this packing is for.
+    pub fn kernel(&self) -> &'static Bf16Kernel {
+        self.kernel
+    }
+
+    /// Columns of a micro-panel.
+    pub(crate) fn nr(&self) -> usize {
+        self.kernel.info.nr
     }
 
     /// Bytes of packed weights.
@@ -291,11 +337,7 @@ pub enum OutputBf16<'a> {
 /// # Panics
 /// If the shapes or slice lengths do not fit (a bug in the caller, never bad user input).
 pub fn gemm_bf16(a: &ASourceBf16<'_>, b: &PackedBBf16, out: OutputBf16<'_>, epi: &EpilogueBf16) {
-    match kernel_isa(b.isa) {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => loops::gemm::<simd::Avx512Bf16Kernel>(a, b, out, epi),
-        _ => loops::gemm::<scalar::ScalarKernelBf16>(a, b, out, epi),
-    }
+    (b.kernel.entry.gemm)(a, b, out, epi)
 }
 
 /// The plain triple loop every packed path is tested against, in f64 (exact products, one

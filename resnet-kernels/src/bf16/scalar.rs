@@ -64,7 +64,7 @@ pub(crate) fn dot_pair(acc: f32, a: [Bf16; 2], b: [Bf16; 2]) -> f32 {
 impl MicroKernelBf16 for ScalarKernelBf16 {
     const MR: usize = MR;
     const NR: usize = NR;
-    const NAME: &'static str = "portable_f32_4x16";
+    const NAME: &'static str = "portable_bf16_4x16";
 
     unsafe fn run(
         rows: usize,
