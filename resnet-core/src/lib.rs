@@ -41,6 +41,7 @@ pub mod weights;
 
 pub use error::{Error, ImageProblem, Result};
 pub use resnet_kernels::cpu;
+pub use resnet_kernels::registry;
 
 /// The machine's measured FMA peak in GFLOP/s on the current thread pool (see
 /// `resnet_kernels::peak`).

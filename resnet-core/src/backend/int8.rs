@@ -200,6 +200,11 @@ impl Int8Backend {
                 fc_t[f * classes + k] = model.fc_weight[k * features + f];
             }
         }
+        log::debug!(
+            "int8 backend built: INT8 kernel {}, f32 kernel {} for the classifier (ISA {isa})",
+            resnet_kernels::int8::kernel_name(isa),
+            resnet_kernels::gemm::kernel_name(isa)
+        );
         Int8Backend {
             isa,
             input,

@@ -7,12 +7,14 @@
 //! [`LayerObserver`], so tracing, profiling and class activation maps work the same for every
 //! backend.
 
+mod bf16;
 mod folded;
 mod gemm;
 mod int8;
 mod native;
 mod reference;
 
+pub use bf16::Bf16Backend;
 pub use gemm::GemmBackend;
 pub(crate) use int8::Fp32Probe;
 pub use int8::Int8Backend;
@@ -152,15 +154,18 @@ pub enum BackendKind {
     Native,
     /// Calibrated INT8: `u8 x s8` kernels with fused requantisation, NHWC `u8` activations.
     Int8,
+    /// bf16 weights and activations, f32 accumulation (`vdpbf16ps` on AVX512-BF16).
+    Bf16,
 }
 
 impl BackendKind {
     /// Every backend, in order of sophistication.
-    pub const ALL: [BackendKind; 4] = [
+    pub const ALL: [BackendKind; 5] = [
         BackendKind::Reference,
         BackendKind::Gemm,
         BackendKind::Native,
         BackendKind::Int8,
+        BackendKind::Bf16,
     ];
 
     /// The CLI name.
@@ -170,6 +175,7 @@ impl BackendKind {
             BackendKind::Gemm => "gemm",
             BackendKind::Native => "native",
             BackendKind::Int8 => "int8",
+            BackendKind::Bf16 => "bf16",
         }
     }
 
@@ -185,6 +191,10 @@ impl BackendKind {
             BackendKind::Int8 => format!(
                 "INT8 kernel {}, NHWC u8 activations, per-channel weights, fused requantisation; fc f32 (quality: intrinsics)",
                 resnet_kernels::int8::kernel_name(isa)
+            ),
+            BackendKind::Bf16 => format!(
+                "bf16 kernel {}, NHWC bf16 activations, bf16 weights after BN folding, f32 accumulation, fused epilogue rounding to bf16; fc f32 (quality: bf16)",
+                resnet_kernels::bf16::kernel_name(isa)
             ),
         }
     }
@@ -204,6 +214,10 @@ impl BackendKind {
                     options.isa,
                     options.winograd,
                 )))
+            }
+            BackendKind::Bf16 => {
+                self.check_isa(options)?;
+                Ok(Box::new(Bf16Backend::from_weights(weights, options.isa)))
             }
             _ => self.create(&weights, options),
         }
@@ -233,6 +247,7 @@ impl BackendKind {
                 Box::new(NativeBackend::new(weights, options.isa, options.winograd))
             }
             BackendKind::Int8 => Box::new(Int8Backend::from_weights(weights, options.isa)?),
+            BackendKind::Bf16 => Box::new(Bf16Backend::new(weights, options.isa)),
         })
     }
 }

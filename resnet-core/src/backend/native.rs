@@ -89,9 +89,17 @@ impl PackedLayer {
             relu,
         };
         match &self.weights {
-            LayerWeights::Gemm(b) => {
-                sgemm_packed(&ASource::Conv { input, geometry }, b, out, oc, &epi)
-            }
+            LayerWeights::Gemm(b) => sgemm_packed(
+                &ASource::Conv {
+                    input,
+                    geometry,
+                    pad: 0.0,
+                },
+                b,
+                out,
+                oc,
+                &epi,
+            ),
             LayerWeights::Winograd(u) => conv3x3_winograd(
                 input,
                 Conv3x3Shape { batch: n, h, w },
@@ -223,6 +231,11 @@ impl NativeBackend {
                 }
             })
             .collect();
+        log::debug!(
+            "native backend built: f32 kernel {} (ISA {isa}), Winograd {}",
+            kernel_name(isa),
+            winograd.name()
+        );
         NativeBackend {
             isa,
             winograd,
