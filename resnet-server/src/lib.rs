@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod model;
 pub mod routes;
 pub mod server;
+pub mod write_deadline;
 
 pub use config::Config;
 pub use error::{ApiError, ServerError};
