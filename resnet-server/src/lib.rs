@@ -31,6 +31,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod history;
+pub mod kserve;
 pub mod metrics;
 pub mod model;
 pub mod routes;
