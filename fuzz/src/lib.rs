@@ -69,7 +69,11 @@ pub fn kserve(data: &[u8]) {
         assert!(data.iter().all(|v| v.is_finite()), "non-finite input");
     }
     let logits: Vec<Vec<f32>> = (0..n)
-        .map(|i| (0..NUM_CLASSES).map(|c| ((c * 7 + i) % 13) as f32).collect())
+        .map(|i| {
+            (0..NUM_CLASSES)
+                .map(|c| ((c * 7 + i) % 13) as f32)
+                .collect()
+        })
         .collect();
     let encoded = encode_response(&request, &logits, |_| "label");
     let json_end = encoded.header_length.unwrap_or(encoded.body.len());
@@ -81,7 +85,11 @@ pub fn kserve(data: &[u8]) {
         .iter()
         .filter_map(|o| o["parameters"]["binary_data_size"].as_u64())
         .sum();
-    assert_eq!(binary as usize, encoded.body.len() - json_end, "binary sizes");
+    assert_eq!(
+        binary as usize,
+        encoded.body.len() - json_end,
+        "binary sizes"
+    );
 }
 
 /// The pixel limit the image harness decodes with (the CLI's and the server's default is larger;

@@ -318,8 +318,19 @@ pub struct ClassifyArgs {
     /// Image files, directories (searched recursively for images and .npy, in sorted order),
     /// or glob patterns such as 'photos/**/*.jpg'. A .npy holds a preprocessed float32
     /// [3,224,224] or [1,3,224,224].
-    #[arg(required = true, value_name = "INPUT")]
+    #[arg(required_unless_present = "files_from", value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+    /// Also read inputs from FILE, one path per line ('-': standard input).
+    #[arg(long, value_name = "FILE|-")]
+    pub files_from: Option<PathBuf>,
+    /// Keep only share I of N (1 <= I <= N), chosen by a stable hash of each input's path, so
+    /// N machines given the same list take disjoint shares that add up to the whole.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::batch::Shard>,
+    /// Append JSON lines to OUT instead of printing, skipping the inputs OUT already has (a
+    /// torn last line from a crash is cut off first): rerun the same command to finish a job.
+    #[arg(long, value_name = "OUT.jsonl")]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

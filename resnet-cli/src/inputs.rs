@@ -9,8 +9,8 @@ use resnet_core::decode::DecodeOptions;
 use resnet_core::input::load_input;
 use std::path::{Path, PathBuf};
 
-/// Files taken from directories: images (the decoder's list) and preprocessed `.npy` tensors.
-/// Any file given by name is tried whatever its name.
+// Files taken from directories: images (the decoder's list) and preprocessed `.npy` tensors.
+// Any file given by name is tried whatever its name.
 
 /// One input to classify: a file, or a problem found while expanding the arguments (reported
 /// in its place, in order, and counted as a failure).

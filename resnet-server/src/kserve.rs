@@ -173,7 +173,9 @@ fn flag(params: Option<&Parameters>, key: &str) -> Result<Option<bool>, WireErro
     match params.and_then(|p| p.get(key)) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => bad(format!("parameter '{key}' must be true or false, got {other}")),
+        Some(other) => bad(format!(
+            "parameter '{key}' must be true or false, got {other}"
+        )),
     }
 }
 
@@ -339,8 +341,11 @@ fn outputs(header: &InferRequestHeader) -> Result<Vec<OutputRequest>, WireError>
 /// The element count a shape describes, or an error for negative or overflowing dims.
 fn elements(name: &str, shape: &[i64]) -> Result<usize, WireError> {
     shape.iter().try_fold(1usize, |acc, &d| {
-        let d = usize::try_from(d)
-            .map_err(|_| WireError(format!("input '{name}' has a negative dimension in {shape:?}")))?;
+        let d = usize::try_from(d).map_err(|_| {
+            WireError(format!(
+                "input '{name}' has a negative dimension in {shape:?}"
+            ))
+        })?;
         acc.checked_mul(d)
             .ok_or_else(|| WireError(format!("input '{name}' shape {shape:?} is too large")))
     })
@@ -603,9 +608,11 @@ pub fn encode_response<'l>(
             None => {
                 let width = rows.first().map_or(0, Vec::len);
                 let flat: Vec<f32> = rows.into_iter().flatten().collect();
-                let raw = o
-                    .binary
-                    .then(|| flat.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+                let raw = o.binary.then(|| {
+                    flat.iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect::<Vec<u8>>()
+                });
                 ("FP32", vec![n, width], Value::from(flat), raw)
             }
         };
@@ -711,7 +718,11 @@ pub fn server_metadata() -> ServerMetadata {
     ServerMetadata {
         name: "resnet18-rs",
         version: env!("CARGO_PKG_VERSION"),
-        extensions: vec!["binary_tensor_data", "classification", "model_configuration"],
+        extensions: vec![
+            "binary_tensor_data",
+            "classification",
+            "model_configuration",
+        ],
     }
 }
 
@@ -831,7 +842,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(req.outputs.len(), 2);
-        assert!(req.outputs.iter().all(|o| o.binary && o.classification.is_none()));
+        assert!(req
+            .outputs
+            .iter()
+            .all(|o| o.binary && o.classification.is_none()));
     }
 
     #[test]
@@ -863,8 +877,10 @@ mod tests {
     #[test]
     fn malformed_requests_get_a_message_naming_the_problem() {
         let bytes_input = |size: usize, shape: Value| {
-            json_body(json!({"inputs": [{"name": "image", "shape": shape, "datatype": "BYTES",
-                                         "parameters": {"binary_data_size": size}}]}))
+            json_body(
+                json!({"inputs": [{"name": "image", "shape": shape, "datatype": "BYTES",
+                                         "parameters": {"binary_data_size": size}}]}),
+            )
         };
         // Header length past the body.
         assert!(error_of(Some("999"), b"{}").contains("only 2 bytes"));
@@ -906,15 +922,42 @@ mod tests {
     fn wrong_names_datatypes_shapes_and_values_are_refused() {
         let req = |input: Value| json_body(json!({"inputs": [input]}));
         let cases = [
-            (json!({"name": "x", "shape": [1], "datatype": "BYTES", "data": ["YQ=="]}), "unknown input 'x'"),
-            (json!({"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}), "must be BYTES"),
-            (json!({"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [1.0]}), "[N,3,224,224]"),
-            (json!({"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [1.0, 2.0]}), "needs 150528 numbers, 'data' has 2"),
-            (json!({"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": ["a"]}), "must hold numbers"),
-            (json!({"name": "input", "shape": [-1, 3, 224, 224], "datatype": "FP32", "data": []}), "[N,3,224,224]"),
-            (json!({"name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}), "not base64"),
-            (json!({"name": "image", "shape": [0], "datatype": "BYTES", "data": []}), "no image"),
-            (json!({"name": "image", "shape": [1], "datatype": "BYTES"}), "neither 'data'"),
+            (
+                json!({"name": "x", "shape": [1], "datatype": "BYTES", "data": ["YQ=="]}),
+                "unknown input 'x'",
+            ),
+            (
+                json!({"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}),
+                "must be BYTES",
+            ),
+            (
+                json!({"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [1.0]}),
+                "[N,3,224,224]",
+            ),
+            (
+                json!({"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [1.0, 2.0]}),
+                "needs 150528 numbers, 'data' has 2",
+            ),
+            (
+                json!({"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": ["a"]}),
+                "must hold numbers",
+            ),
+            (
+                json!({"name": "input", "shape": [-1, 3, 224, 224], "datatype": "FP32", "data": []}),
+                "[N,3,224,224]",
+            ),
+            (
+                json!({"name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}),
+                "not base64",
+            ),
+            (
+                json!({"name": "image", "shape": [0], "datatype": "BYTES", "data": []}),
+                "no image",
+            ),
+            (
+                json!({"name": "image", "shape": [1], "datatype": "BYTES"}),
+                "neither 'data'",
+            ),
         ];
         for (input, expected) in cases {
             let message = error_of(None, &req(input.clone()));

@@ -33,7 +33,9 @@ fn python() -> Option<PathBuf> {
 
 /// Runs `tests/clients/<script>` with `args`, killed after `limit`; its stdout's last line is JSON.
 fn run_script(python: &PathBuf, script: &str, args: &[String], limit: Duration) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
     // Output goes to files, not pipes: a pipe would fill up (the logits are large) and block.
     let stdout_file = tempfile::tempfile().unwrap();
     let stderr_file = tempfile::tempfile().unwrap();
@@ -58,7 +60,10 @@ fn run_script(python: &PathBuf, script: &str, args: &[String], limit: Duration) 
         }
         if started.elapsed() > limit {
             // SIGINT first: Python prints where it was stuck.
-            let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(child.id().to_string())
+                .status();
             std::thread::sleep(Duration::from_secs(2));
             let _ = child.kill();
             let _ = child.wait();
@@ -77,7 +82,8 @@ fn run_script(python: &PathBuf, script: &str, args: &[String], limit: Duration) 
         read(&stderr_file)
     );
     let last = stdout.lines().last().unwrap_or("");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{script} printed no JSON ({e}):\n{stdout}"))
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}):\n{stdout}"))
 }
 
 async fn script(script: &'static str, args: Vec<String>) -> Value {
@@ -85,9 +91,11 @@ async fn script(script: &'static str, args: Vec<String>) -> Value {
         Some(p) => p,
         None => return Value::Null,
     };
-    tokio::task::spawn_blocking(move || run_script(&python, script, &args, Duration::from_secs(120)))
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || {
+        run_script(&python, script, &args, Duration::from_secs(120))
+    })
+    .await
+    .unwrap()
 }
 
 fn path_arg(name: &str) -> String {
@@ -95,7 +103,12 @@ fn path_arg(name: &str) -> String {
 }
 
 /// `/v1/classify?top_k=k` of one image, as (index, label, probability).
-async fn classify_top(addr: std::net::SocketAddr, auth: Option<&str>, name: &str, k: usize) -> Vec<(u64, String, f64)> {
+async fn classify_top(
+    addr: std::net::SocketAddr,
+    auth: Option<&str>,
+    name: &str,
+    k: usize,
+) -> Vec<(u64, String, f64)> {
     let bytes = image_bytes(name);
     let body = multipart(&[("file", name, &bytes)]);
     let ct = multipart_type();
@@ -166,9 +179,16 @@ async fn deepstack_and_codeproject_clients_get_the_classify_top1() {
         assert_eq!(got["index"], top.0, "{client}: {out}");
         assert_eq!(got["name"], top.1.as_str(), "{client}: {out}");
         let confidence = got["confidence"].as_f64().unwrap();
-        assert!((confidence - top.2).abs() < 1e-5, "{client}: {confidence} vs {}", top.2);
+        assert!(
+            (confidence - top.2).abs() < 1e-5,
+            "{client}: {confidence} vs {}",
+            top.2
+        );
         assert!((0.0..=1.0).contains(&confidence));
-        assert!(got.get("success").is_none(), "the clients strip 'success': {got}");
+        assert!(
+            got.get("success").is_none(),
+            "the clients strip 'success': {got}"
+        );
     }
     // The library turns every non-200 into its exception with the status.
     for (case, status) in [
@@ -201,7 +221,9 @@ async fn deepstack_and_codeproject_clients_get_the_classify_top1() {
         env!("CARGO_PKG_VERSION_MAJOR").parse::<u64>().unwrap()
     );
     // The scene requests went through the same history as the other routes.
-    let history = get_auth(keyed.local_addr(), "/v1/history", TOKEN).await.json();
+    let history = get_auth(keyed.local_addr(), "/v1/history", TOKEN)
+        .await
+        .json();
     let routes: Vec<&str> = history["entries"]
         .as_array()
         .unwrap()
@@ -209,7 +231,8 @@ async fn deepstack_and_codeproject_clients_get_the_classify_top1() {
         .map(|e| e["route"].as_str().unwrap())
         .collect();
     assert!(routes.contains(&"scene"), "{routes:?}");
-    let metrics = String::from_utf8(get_auth(keyed.local_addr(), "/metrics", TOKEN).await.body).unwrap();
+    let metrics =
+        String::from_utf8(get_auth(keyed.local_addr(), "/metrics", TOKEN).await.body).unwrap();
     assert!(
         metrics.contains("resnet_http_requests_total{route=\"vision_scene\",status=\"200\"}"),
         "{metrics}"
@@ -235,7 +258,10 @@ async fn tritonclient_speaks_kserve_v2_with_bytes_fp32_binary_json_and_classific
     assert_eq!(out["ready"], true);
     assert_eq!(out["model_ready"], true);
     assert_eq!(out["metadata"]["name"], "resnet18");
-    assert_eq!(out["metadata"]["outputs"][0]["shape"], serde_json::json!([-1, 1000]));
+    assert_eq!(
+        out["metadata"]["outputs"][0]["shape"],
+        serde_json::json!([-1, 1000])
+    );
     assert_eq!(out["config"]["max_batch_size"], 8);
     assert!(out["server"]["extensions"]
         .as_array()
@@ -249,14 +275,30 @@ async fn tritonclient_speaks_kserve_v2_with_bytes_fp32_binary_json_and_classific
     assert_eq!((logits.len(), probs.len()), (3, 3));
     for (i, name) in images.iter().enumerate() {
         let top = classify_top(addr, None, name, 3).await;
-        let p: Vec<f64> = probs[i].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let l: Vec<f64> = logits[i].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let p: Vec<f64> = probs[i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let l: Vec<f64> = logits[i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!((p.len(), l.len()), (1000, 1000));
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4);
-        let argmax = l.iter().enumerate().fold(0, |b, (j, v)| if *v > l[b] { j } else { b });
+        let argmax = l
+            .iter()
+            .enumerate()
+            .fold(0, |b, (j, v)| if *v > l[b] { j } else { b });
         assert_eq!(argmax as u64, top[0].0, "{name}");
         for (index, _, probability) in &top {
-            assert!((p[*index as usize] - probability).abs() < 1e-5, "{name} class {index}");
+            assert!(
+                (p[*index as usize] - probability).abs() < 1e-5,
+                "{name} class {index}"
+            );
         }
         // The classification extension: "<value>:<index>:<label>", top 3 by probability.
         let classes = out["classification_binary"][i].as_array().unwrap();
@@ -282,17 +324,35 @@ async fn tritonclient_speaks_kserve_v2_with_bytes_fp32_binary_json_and_classific
         .forward(tensor.view(), &mut resnet_core::backend::NoObserver)
         .unwrap();
     for case in ["fp32_binary", "fp32_json"] {
-        let got: Vec<f32> = out[case][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let got: Vec<f32> = out[case][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
         assert_eq!(got.len(), 1000, "{case}");
         // The same kernels on the same tensor; a batch of another size may sum in another
         // order: 1e-3 absolute on logits of magnitude ~10.
-        let worst = got.iter().zip(expected.row(0)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = got
+            .iter()
+            .zip(expected.row(0))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 1e-3, "{case}: max |diff| {worst}");
         assert_eq!(out[format!("{case}_id")], format!("req-{case}"));
     }
     assert_eq!(out["unknown_model"]["status"], "404", "{out}");
-    assert!(out["unknown_model"]["raised"].as_str().unwrap().contains("unknown model 'vgg16'"));
+    assert!(out["unknown_model"]["raised"]
+        .as_str()
+        .unwrap()
+        .contains("unknown model 'vgg16'"));
     assert_eq!(out["bad_image"]["status"], "400", "{out}");
-    assert!(out["bad_image"]["raised"].as_str().unwrap().contains("image[0]"), "{out}");
+    assert!(
+        out["bad_image"]["raised"]
+            .as_str()
+            .unwrap()
+            .contains("image[0]"),
+        "{out}"
+    );
     server.shutdown().await;
 }

@@ -139,7 +139,10 @@ pub(super) fn model_ready(path: &str, state: &AppState) -> Result<Response<Full<
     Ok(ready(state))
 }
 
-pub(super) fn model_config(path: &str, state: &AppState) -> Result<Response<Full<Bytes>>, ApiError> {
+pub(super) fn model_config(
+    path: &str,
+    state: &AppState,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     check_model(path)?;
     let wait_us = state.config.batch_wait.as_micros().min(u64::MAX as u128) as u64;
     Ok(json_response(
@@ -180,7 +183,11 @@ pub(super) async fn infer_route(
     let labels = &state.model.labels;
     let encoded = kserve::encode_response(&request, &logits, |i| labels.name(i));
     let mut resp = match encoded.header_length {
-        None => respond(StatusCode::OK, "application/json", Bytes::from(encoded.body)),
+        None => respond(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(encoded.body),
+        ),
         Some(n) => {
             let mut r = respond(
                 StatusCode::OK,
@@ -214,7 +221,8 @@ async fn run_images(
         Images::Tensors { count, data } => {
             let per = 3 * 224 * 224;
             let jobs = (0..*count).map(|i| {
-                let input = Array3::from_shape_vec((3, 224, 224), data[i * per..(i + 1) * per].to_vec());
+                let input =
+                    Array3::from_shape_vec((3, 224, 224), data[i * per..(i + 1) * per].to_vec());
                 async move {
                     let input = input.map_err(|e| ApiError::internal(e.to_string()))?;
                     infer(state, Work::Classify(input))
@@ -249,9 +257,15 @@ mod tests {
     #[test]
     fn model_paths_parse_with_and_without_versions() {
         let p = parse_model_path("/v2/models/resnet18").unwrap();
-        assert_eq!((p.name, p.version, p.op), ("resnet18", None, ModelOp::Metadata));
+        assert_eq!(
+            (p.name, p.version, p.op),
+            ("resnet18", None, ModelOp::Metadata)
+        );
         let p = parse_model_path("/v2/models/resnet18/versions/1/infer").unwrap();
-        assert_eq!((p.name, p.version, p.op), ("resnet18", Some("1"), ModelOp::Infer));
+        assert_eq!(
+            (p.name, p.version, p.op),
+            ("resnet18", Some("1"), ModelOp::Infer)
+        );
         let p = parse_model_path("/v2/models/other/config").unwrap();
         assert_eq!((p.name, p.op), ("other", ModelOp::Config));
         for bad in [

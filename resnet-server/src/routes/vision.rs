@@ -74,8 +74,9 @@ async fn read_form(body: Bytes, boundary: String) -> Result<SceneForm, ApiError>
         image: None,
         api_key: None,
     };
-    let malformed =
-        |e: multer::Error| ApiError::bad_request("bad_multipart", format!("malformed multipart body: {e}"));
+    let malformed = |e: multer::Error| {
+        ApiError::bad_request("bad_multipart", format!("malformed multipart body: {e}"))
+    };
     while let Some(part) = mp.next_field().await.map_err(malformed)? {
         let name = part.name().map(str::to_string);
         let file_name = part.file_name().map(str::to_string);
@@ -97,11 +98,17 @@ async fn read_form(body: Bytes, boundary: String) -> Result<SceneForm, ApiError>
 
 /// With a server token, the request must carry it as the form field `api_key` (DeepStack's
 /// way) or as `Authorization: Bearer` (this server's way).
-fn check_key(state: &AppState, req_auth: Option<&str>, form_key: Option<&str>) -> Result<(), ApiError> {
+fn check_key(
+    state: &AppState,
+    req_auth: Option<&str>,
+    form_key: Option<&str>,
+) -> Result<(), ApiError> {
     let Some(token) = &state.config.token else {
         return Ok(());
     };
-    let bearer = req_auth.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let bearer = req_auth
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
     let ok = [form_key, bearer]
         .into_iter()
         .flatten()
@@ -111,7 +118,11 @@ fn check_key(state: &AppState, req_auth: Option<&str>, form_key: Option<&str>) -
     } else {
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            if form_key.is_some() { "bad_token" } else { "missing_token" },
+            if form_key.is_some() {
+                "bad_token"
+            } else {
+                "missing_token"
+            },
             "Incorrect api key",
         ))
     }
@@ -143,18 +154,23 @@ pub(super) async fn scene(
         },
     };
     check_key(&state, auth.as_deref(), form.api_key.as_deref())?;
-    let upload = form.image.filter(|u| !u.bytes.is_empty()).ok_or_else(no_image)?;
-    let result = classify_one(&state, upload, "scene", started).await.map_err(|e| {
-        // DeepStack's message for anything that is not a readable image, with our detail.
-        if e.status.is_client_error() && e.code != "image_too_large" {
-            ApiError {
-                message: format!("No valid image file found ({})", e.message),
-                ..e
+    let upload = form
+        .image
+        .filter(|u| !u.bytes.is_empty())
+        .ok_or_else(no_image)?;
+    let result = classify_one(&state, upload, "scene", started)
+        .await
+        .map_err(|e| {
+            // DeepStack's message for anything that is not a readable image, with our detail.
+            if e.status.is_client_error() && e.code != "image_too_large" {
+                ApiError {
+                    message: format!("No valid image file found ({})", e.message),
+                    ..e
+                }
+            } else {
+                e
             }
-        } else {
-            e
-        }
-    })?;
+        })?;
     let logits = &result.done.logits;
     let probs = softmax(logits);
     let index = resnet_core::postprocess::top_k_indices(&probs, 1)
