@@ -42,6 +42,15 @@ pub struct Config {
     /// Most connections open at once; beyond it new connections are closed at once (and
     /// counted in `/metrics`), so idle or slow clients cannot exhaust memory or descriptors.
     pub max_connections: usize,
+    /// Text or JSON access log lines.
+    pub log_format: crate::ops::LogFormat,
+    /// `Access-Control-Allow-Origin` for cross-origin browsers (`*` or one origin); `None`: no
+    /// CORS headers, and `OPTIONS` is a 405 like any other method.
+    pub cors_origin: Option<String>,
+    /// After SIGTERM, how long readiness says 503 while the server still accepts and answers
+    /// (so load balancers and Kubernetes stop sending) before the listener closes and the
+    /// in-flight requests drain.
+    pub drain: Duration,
 }
 
 impl Default for Config {
@@ -63,6 +72,9 @@ impl Default for Config {
             exif: ExifMode::Apply,
             log_requests: true,
             max_connections: 1024,
+            log_format: crate::ops::LogFormat::Text,
+            cors_origin: None,
+            drain: Duration::ZERO,
         }
     }
 }
@@ -88,6 +100,11 @@ impl Config {
         }
         if self.max_batch_parts == 0 {
             return bad("the batch route needs at least one part");
+        }
+        if let Some(o) = &self.cors_origin {
+            if o.is_empty() || hyper::header::HeaderValue::from_str(o).is_err() {
+                return bad("--cors-origin must be '*' or an origin such as https://example.com");
+            }
         }
         if matches!(&self.token, Some(t) if t.is_empty()) {
             return bad("the token must not be empty");

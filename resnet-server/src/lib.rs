@@ -34,6 +34,7 @@ pub mod history;
 pub mod kserve;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod routes;
 pub mod server;
 

@@ -256,26 +256,39 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Fu
     let path = req.uri().path().to_string();
     let route = Route::from_path(&path);
     let metric_label = route.map_or("unmatched", Route::metric_label);
-    let response = match route {
+    let request_id = crate::ops::request_id(req.headers());
+    let cors = state.config.cors_origin.clone();
+    let mut response = match route {
         None => error_response(&ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no route {path}"),
         )),
+        Some(r) if method == Method::OPTIONS && cors.is_some() => {
+            crate::ops::preflight(&r.method())
+        }
         Some(r) if r.method() != method => method_not_allowed(r),
         Some(r) => match auth::authorize(&state.config, r, &req) {
             Err(e) => r.error_response(&e),
-            Ok(()) => with_deadline(r, req, Arc::clone(&state), started).await,
+            Ok(()) => {
+                let run = with_deadline(r, req, Arc::clone(&state), started);
+                crate::ops::with_request_id(request_id.clone(), run).await
+            }
         },
     };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(crate::ops::REQUEST_ID, v);
+    }
+    if let Some(origin) = &cors {
+        crate::ops::add_cors(&mut response, origin);
+    }
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.observe_request(metric_label, status, elapsed);
     if state.config.log_requests {
-        eprintln!(
-            "{method} {path} {status} {:.1}ms",
-            elapsed.as_secs_f64() * 1e3
-        );
+        let format = state.config.log_format;
+        let line = crate::ops::log_line(format, &method, &path, status, elapsed, &request_id);
+        eprintln!("{line}");
     }
     response
 }
