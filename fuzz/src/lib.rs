@@ -27,7 +27,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Every fuzz target, by the name of its binary and its input folders.
-pub const TARGETS: [&str; 5] = ["decode_image", "safetensors", "pth", "labels", "http"];
+pub const TARGETS: [&str; 6] = [
+    "decode_image",
+    "safetensors",
+    "pth",
+    "labels",
+    "http",
+    "kserve",
+];
 
 /// Runs `target`'s harness on `data`. Panics on an unknown target name.
 pub fn run(target: &str, data: &[u8]) {
@@ -37,8 +44,52 @@ pub fn run(target: &str, data: &[u8]) {
         "pth" => pth(data),
         "labels" => labels(data),
         "http" => http(data),
+        "kserve" => kserve(data),
         other => panic!("no fuzz target named {other}"),
     }
+}
+
+/// The KServe v2 inference request parser (JSON header, binary tensor extension, BYTES
+/// elements) and the response encoder. The input's first line is the
+/// `Inference-Header-Content-Length` value (empty: no header); the rest is the body.
+pub fn kserve(data: &[u8]) {
+    use resnet_server::kserve::{encode_response, parse_infer_request, Images};
+    let (first, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&data[..0], data),
+    };
+    let header_length = std::str::from_utf8(first).ok().filter(|s| !s.is_empty());
+    let Ok(request) = parse_infer_request(header_length, body, 8) else {
+        return;
+    };
+    let n = request.images.len();
+    assert!((1..=8).contains(&n), "{n} images passed the limit of 8");
+    if let Images::Tensors { count, data } = &request.images {
+        assert_eq!(data.len(), count * 3 * 224 * 224, "tensor size");
+        assert!(data.iter().all(|v| v.is_finite()), "non-finite input");
+    }
+    let logits: Vec<Vec<f32>> = (0..n)
+        .map(|i| {
+            (0..NUM_CLASSES)
+                .map(|c| ((c * 7 + i) % 13) as f32)
+                .collect()
+        })
+        .collect();
+    let encoded = encode_response(&request, &logits, |_| "label");
+    let json_end = encoded.header_length.unwrap_or(encoded.body.len());
+    let header: serde_json::Value =
+        serde_json::from_slice(&encoded.body[..json_end]).expect("response header is JSON");
+    let outputs = header["outputs"].as_array().expect("outputs");
+    assert_eq!(outputs.len(), request.outputs.len());
+    let binary: u64 = outputs
+        .iter()
+        .filter_map(|o| o["parameters"]["binary_data_size"].as_u64())
+        .sum();
+    assert_eq!(
+        binary as usize,
+        encoded.body.len() - json_end,
+        "binary sizes"
+    );
 }
 
 /// The pixel limit the image harness decodes with (the CLI's and the server's default is larger;

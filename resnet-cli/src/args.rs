@@ -96,9 +96,10 @@ pub enum Command {
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub addr: std::net::SocketAddr,
+    /// Address to listen on (port 0 picks a free port). Default: 0.0.0.0:$PORT when the
+    /// environment has PORT (as container platforms set it), else 127.0.0.1:8080.
+    #[arg(long)]
+    pub addr: Option<std::net::SocketAddr>,
     /// Most images run through the network together.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_batch: u16,
@@ -136,6 +137,17 @@ pub struct ServeArgs {
     /// Apply the EXIF orientation of uploads (as viewers do) or ignore it (as torchvision does).
     #[arg(long, value_enum, default_value = "apply")]
     pub exif: ExifArg,
+    /// Access log lines as text or as one JSON object per line (with the X-Request-Id).
+    #[arg(long, default_value = "text", value_name = "text|json")]
+    pub log_format: resnet_server::ops::LogFormat,
+    /// Answer cross-origin browsers from ORIGIN ('*' for any): CORS headers and OPTIONS
+    /// preflights. Off by default.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Option<String>,
+    /// After SIGTERM, seconds during which /readyz and /v2/health/ready say 503 while requests
+    /// are still served, before the listener closes (give load balancers time to notice).
+    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    pub drain_s: f64,
 }
 
 #[derive(Args, Debug)]
@@ -322,8 +334,19 @@ pub struct ClassifyArgs {
     /// Image files, directories (searched recursively for images and .npy, in sorted order),
     /// or glob patterns such as 'photos/**/*.jpg'. A .npy holds a preprocessed float32
     /// [3,224,224] or [1,3,224,224].
-    #[arg(required = true, value_name = "INPUT")]
+    #[arg(required_unless_present = "files_from", value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+    /// Also read inputs from FILE, one path per line ('-': standard input).
+    #[arg(long, value_name = "FILE|-")]
+    pub files_from: Option<PathBuf>,
+    /// Keep only share I of N (1 <= I <= N), chosen by a stable hash of each input's path, so
+    /// N machines given the same list take disjoint shares that add up to the whole.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::batch::Shard>,
+    /// Append JSON lines to OUT instead of printing, skipping the inputs OUT already has (a
+    /// torn last line from a crash is cut off first): rerun the same command to finish a job.
+    #[arg(long, value_name = "OUT.jsonl")]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -48,6 +48,15 @@ pub struct Config {
     /// Most requests answered on one connection (pipelined or kept alive); the last answer
     /// says `Connection: close`.
     pub max_requests_per_connection: usize,
+    /// Text or JSON access log lines.
+    pub log_format: crate::ops::LogFormat,
+    /// `Access-Control-Allow-Origin` for cross-origin browsers (`*` or one origin); `None`: no
+    /// CORS headers, and `OPTIONS` is a 405 like any other method.
+    pub cors_origin: Option<String>,
+    /// After SIGTERM, how long readiness says 503 while the server still accepts and answers
+    /// (so load balancers and Kubernetes stop sending) before the listener closes and the
+    /// in-flight requests drain.
+    pub drain: Duration,
 }
 
 impl Default for Config {
@@ -71,6 +80,9 @@ impl Default for Config {
             max_connections: 1024,
             write_timeout: Duration::from_secs(5),
             max_requests_per_connection: 1000,
+            log_format: crate::ops::LogFormat::Text,
+            cors_origin: None,
+            drain: Duration::ZERO,
         }
     }
 }
@@ -102,6 +114,11 @@ impl Config {
         }
         if self.max_batch_parts == 0 {
             return bad("the batch route needs at least one part");
+        }
+        if let Some(o) = &self.cors_origin {
+            if o.is_empty() || hyper::header::HeaderValue::from_str(o).is_err() {
+                return bad("--cors-origin must be '*' or an origin such as https://example.com");
+            }
         }
         if matches!(&self.token, Some(t) if t.is_empty()) {
             return bad("the token must not be empty");

@@ -31,6 +31,9 @@ pub struct Entry {
     pub latency_ms: f64,
     /// A small JPEG of the image as a `data:` URL.
     pub thumbnail: String,
+    /// The request's `X-Request-Id` (given by the client or made up by the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// The in-memory log and its file.
@@ -300,6 +303,7 @@ mod tests {
             probability: 0.5,
             latency_ms: 1.0,
             thumbnail: String::new(),
+            request_id: None,
         }
     }
 

@@ -278,6 +278,7 @@ pub(super) async fn classify_one(
                 probability: top1.probability,
                 latency_ms: (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
                 thumbnail: prepared.thumbnail.take().unwrap_or_default(),
+                request_id: crate::ops::current_request_id(),
             };
             let st = Arc::clone(state);
             // The file append blocks; the client need not wait for it.
