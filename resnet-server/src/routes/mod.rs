@@ -11,6 +11,7 @@ mod classify;
 mod query;
 pub mod respond;
 mod status;
+mod trace;
 
 use crate::batcher::Batcher;
 use crate::config::Config;
@@ -68,11 +69,15 @@ pub enum Route {
     Cam,
     /// `POST /predict`: the seed service's API.
     Predict,
+    /// `GET /explore`: the layer-by-layer explorer page.
+    Explore,
+    /// `POST /v1/trace`: one image layer by layer (statistics, times, feature maps, SQNR).
+    Trace,
 }
 
 impl Route {
     /// Every route, in the order the docs list them.
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 12] = [
         Route::Page,
         Route::Healthz,
         Route::Readyz,
@@ -83,6 +88,8 @@ impl Route {
         Route::ClassifyBatch,
         Route::Cam,
         Route::Predict,
+        Route::Explore,
+        Route::Trace,
     ];
 
     /// The route a request path names, if any (the query string is not part of `path`).
@@ -98,6 +105,8 @@ impl Route {
             "/v1/classify/batch" => Route::ClassifyBatch,
             "/v1/cam" => Route::Cam,
             "/predict" => Route::Predict,
+            "/explore" => Route::Explore,
+            "/v1/trace" => Route::Trace,
             _ => return None,
         })
     }
@@ -115,6 +124,8 @@ impl Route {
             Route::ClassifyBatch => "/v1/classify/batch",
             Route::Cam => "/v1/cam",
             Route::Predict => "/predict",
+            Route::Explore => "/explore",
+            Route::Trace => "/v1/trace",
         }
     }
 
@@ -126,14 +137,20 @@ impl Route {
             | Route::Readyz
             | Route::Metrics
             | Route::Model
-            | Route::History => Method::GET,
-            Route::Classify | Route::ClassifyBatch | Route::Cam | Route::Predict => Method::POST,
+            | Route::History
+            | Route::Explore => Method::GET,
+            Route::Classify | Route::ClassifyBatch | Route::Cam | Route::Predict | Route::Trace => {
+                Method::POST
+            }
         }
     }
 
     /// Reachable without the token: the probes, and the page (a static file holding no data).
     pub fn is_public(self) -> bool {
-        matches!(self, Route::Page | Route::Healthz | Route::Readyz)
+        matches!(
+            self,
+            Route::Page | Route::Explore | Route::Healthz | Route::Readyz
+        )
     }
 
     /// The `route` label in metrics.
@@ -149,6 +166,8 @@ impl Route {
             Route::ClassifyBatch => "classify_batch",
             Route::Cam => "cam",
             Route::Predict => "predict",
+            Route::Explore => "explore",
+            Route::Trace => "trace",
         }
     }
 }
@@ -240,6 +259,8 @@ async fn dispatch(
         Route::ClassifyBatch => classify::classify_batch(req, state, started).await,
         Route::Predict => classify::predict(req, state, started).await,
         Route::Cam => cam::cam(req, state).await,
+        Route::Explore => Ok(trace::page()),
+        Route::Trace => trace::trace(req, state, started).await,
     }
 }
 
