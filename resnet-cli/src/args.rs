@@ -126,6 +126,10 @@ pub struct ServeArgs {
     /// Apply the EXIF orientation of uploads (as viewers do) or ignore it (as torchvision does).
     #[arg(long, value_enum, default_value = "apply")]
     pub exif: ExifArg,
+    /// Also build this backend on the same weights for POST /v1/trace?backend= and ?compare=
+    /// (the explorer page's SQNR strip); repeatable. Classification still runs --backend.
+    #[arg(long, value_name = "BACKEND")]
+    pub trace_backend: Vec<String>,
 }
 
 #[derive(Args, Debug)]
