@@ -3,7 +3,7 @@
 //! with this trace in it, as one file that opens without a server.
 
 use crate::args::{Format, TraceArgs};
-use crate::classify::{decode_options, load_model};
+use crate::model::{load_model, weights_identity, Model};
 use anyhow::{bail, Context};
 use ndarray::{Array3, Axis};
 use resnet_core::arch::INPUT_SIZE;
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 const HTML_CAM_CLASSES: usize = 5;
 
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
-    let opts = decode_options(&args.decode)?;
+    let opts = args.decode.options()?;
     if args.html.is_some() && is_npy(&args.input) {
         bail!(
             "--html needs an image (it shows the image and its crop), not the tensor {}",
@@ -46,9 +46,9 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let batch = input.view().insert_axis(Axis(0));
     let trace = record(model.backend.as_ref(), batch)?;
     let other = match &args.compare {
-        Some(name) => {
+        Some(kind) => {
             let mut other_args = args.model.clone();
-            other_args.backend = name.clone();
+            other_args.backend = *kind;
             let other = load_model(&other_args)?;
             Some(record(other.backend.as_ref(), batch)?)
         }
@@ -133,7 +133,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
 #[allow(clippy::too_many_arguments)]
 fn html_report(
     args: &TraceArgs,
-    model: &crate::classify::Model,
+    model: &Model,
     trace: &Trace,
     other: Option<&Trace>,
     input: &Array3<f32>,
@@ -148,7 +148,7 @@ fn html_report(
     let layers =
         layer_reports(trace, other, args.maps as usize, (h, w)).map_err(anyhow::Error::msg)?;
     let logits = trace.logits.row(0).to_vec();
-    let identity = crate::serve::weights_identity(&model.weights_path)?;
+    let identity = weights_identity(&model.weights_path)?;
     let mut cams = Vec::new();
     if let (Some(fc_weight), Some(features)) = (
         &identity.fc_weight,
