@@ -63,7 +63,7 @@ pub enum Command {
     /// Run one image and print every layer's output shape, time and activation statistics;
     /// optionally dump each output as .npy or compare two backends layer by layer.
     #[command(
-        after_help = "Example:\n  resnet trace cat.jpg\n  resnet trace cat.jpg --dump layers/   # layers/01_stem.npy ... 12_fc.npy (NCHW float32)\n  resnet trace cat.jpg --backend native --compare reference"
+        after_help = "Example:\n  resnet trace cat.jpg\n  resnet trace cat.jpg --dump layers/   # layers/01_stem.npy ... 12_fc.npy (NCHW float32)\n  resnet trace cat.jpg --backend native --compare reference\n  resnet trace cat.jpg --compare int8 --html cat_explorer.html   # open in any browser, no server"
     )]
     Trace(TraceArgs),
     /// Top-1 / top-5 accuracy over a labelled image set (ImageNet validation layout
@@ -148,6 +148,10 @@ pub struct ServeArgs {
     /// are still served, before the listener closes (give load balancers time to notice).
     #[arg(long, default_value_t = 0.0, value_name = "S")]
     pub drain_s: f64,
+    /// Also build this backend on the same weights for POST /v1/trace?backend= and ?compare=
+    /// (the explorer page's SQNR strip); repeatable. Classification still runs --backend.
+    #[arg(long, value_name = "BACKEND")]
+    pub trace_backend: Vec<BackendKind>,
 }
 
 #[derive(Args, Debug)]
@@ -366,6 +370,13 @@ pub struct TraceArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Also write the explorer page (layers, times, feature maps, top classes, activation maps)
+    /// with this trace in it, as one self-contained HTML file that opens without a server.
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
+    /// Channels per feature map drawn in the --html file (the most active ones).
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub maps: u16,
 }
 
 #[derive(Args, Debug)]

@@ -11,7 +11,15 @@ pub fn run(args: ServeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut config = config(&args)?;
     config.log_requests = !quiet;
     let threads = rayon::current_num_threads();
-    let model = served_model(&args.model, threads)?;
+    let mut model = served_model(&args.model, threads)?;
+    for name in &args.trace_backend {
+        let mut other = args.model.clone();
+        other.backend = *name;
+        let backend = load_model(&other)
+            .with_context(|| format!("building --trace-backend {name}"))?
+            .backend;
+        model = model.with_other_backend(std::sync::Arc::from(backend));
+    }
     resnet_server::run(config, model, threads)?;
     Ok(ExitCode::SUCCESS)
 }

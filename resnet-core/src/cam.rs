@@ -96,13 +96,41 @@ pub fn class_activation_map(
         name: backend.name().into(),
         reason: format!("did not report the output of {FEATURE_LAYER}"),
     })?;
+    map_from_features(backend.name(), features.view(), fc_weight, class, logits)
+}
+
+/// The map of `class` (default: the top-1 of `logits`) from `features`, the `[512, H, W]` output
+/// of [`FEATURE_LAYER`] of a pass already run (e.g. by [`crate::trace::record`]) whose logits
+/// are `logits`. `source` names the backend in errors.
+pub fn map_from_features(
+    source: &str,
+    features: ArrayView3<'_, f32>,
+    fc_weight: &[f32],
+    class: Option<usize>,
+    logits: Vec<f32>,
+) -> Result<ClassActivationMap> {
+    let fail = |reason: String| Error::Backend {
+        name: source.into(),
+        reason,
+    };
+    if fc_weight.len() != NUM_CLASSES * FC_IN {
+        return Err(fail(format!(
+            "fc.weight has {} values, expected {NUM_CLASSES}x{FC_IN}",
+            fc_weight.len()
+        )));
+    }
+    if logits.len() != NUM_CLASSES || class.is_some_and(|c| c >= NUM_CLASSES) {
+        return Err(fail(format!(
+            "class {class:?} or {} logits out of range (0..{NUM_CLASSES})",
+            logits.len()
+        )));
+    }
     let class = class.unwrap_or_else(|| crate::postprocess::top_k_indices(&logits, 1)[0]);
     let (k, height, width) = features.dim();
     if k != FC_IN {
-        return Err(Error::Backend {
-            name: backend.name().into(),
-            reason: format!("{FEATURE_LAYER} has {k} channels, expected {FC_IN}"),
-        });
+        return Err(fail(format!(
+            "{FEATURE_LAYER} has {k} channels, expected {FC_IN}"
+        )));
     }
     let row = &fc_weight[class * FC_IN..(class + 1) * FC_IN];
     let mut raw = vec![0.0f32; height * width];

@@ -30,6 +30,7 @@ pub mod batcher;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod explore;
 pub mod history;
 pub mod kserve;
 pub mod metrics;

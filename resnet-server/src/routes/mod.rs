@@ -13,6 +13,7 @@ mod query;
 pub mod respond;
 mod status;
 mod vision;
+mod trace;
 
 use crate::batcher::Batcher;
 use crate::config::Config;
@@ -90,11 +91,15 @@ pub enum Route {
     V2ModelConfig,
     /// `POST /v2/models/{name}[/versions/{v}]/infer`: KServe v2 inference.
     V2Infer,
+    /// `GET /explore`: the layer-by-layer explorer page.
+    Explore,
+    /// `POST /v1/trace`: one image layer by layer (statistics, times, feature maps, SQNR).
+    Trace,
 }
 
 impl Route {
     /// Every route, in the order the docs list them.
-    pub const ALL: [Route; 20] = [
+    pub const ALL: [Route; 22] = [
         Route::Page,
         Route::Healthz,
         Route::Readyz,
@@ -115,6 +120,8 @@ impl Route {
         Route::V2ModelReady,
         Route::V2ModelConfig,
         Route::V2Infer,
+        Route::Explore,
+        Route::Trace,
     ];
 
     /// The route a request path names, if any (the query string is not part of `path`).
@@ -130,6 +137,8 @@ impl Route {
             "/v1/classify/batch" => Route::ClassifyBatch,
             "/v1/cam" => Route::Cam,
             "/predict" => Route::Predict,
+            "/explore" => Route::Explore,
+            "/v1/trace" => Route::Trace,
             "/v1/vision/scene" => Route::Scene,
             "/v1/vision/custom/list" => Route::CustomList,
             "/v1/status/updateavailable" => Route::UpdateAvailable,
@@ -168,6 +177,8 @@ impl Route {
             Route::V2ModelReady => "/v2/models/{name}/ready",
             Route::V2ModelConfig => "/v2/models/{name}/config",
             Route::V2Infer => "/v2/models/{name}/infer",
+            Route::Explore => "/explore",
+            Route::Trace => "/v1/trace",
         }
     }
 
@@ -186,14 +197,16 @@ impl Route {
             | Route::V2Server
             | Route::V2Model
             | Route::V2ModelReady
-            | Route::V2ModelConfig => Method::GET,
+            | Route::V2ModelConfig
+            | Route::Explore => Method::GET,
             Route::Classify
             | Route::ClassifyBatch
             | Route::Cam
             | Route::Predict
             | Route::Scene
             | Route::CustomList
-            | Route::V2Infer => Method::POST,
+            | Route::V2Infer
+            | Route::Trace => Method::POST,
         }
     }
 
@@ -203,6 +216,7 @@ impl Route {
         matches!(
             self,
             Route::Page
+                | Route::Explore
                 | Route::Healthz
                 | Route::Readyz
                 | Route::V2Live
@@ -245,6 +259,8 @@ impl Route {
             Route::V2ModelReady => "v2_model_ready",
             Route::V2ModelConfig => "v2_model_config",
             Route::V2Infer => "v2_infer",
+            Route::Explore => "explore",
+            Route::Trace => "trace",
         }
     }
 }
@@ -359,6 +375,8 @@ async fn dispatch(
         Route::V2ModelReady => kserve::model_ready(req.uri().path(), &state),
         Route::V2ModelConfig => kserve::model_config(req.uri().path(), &state),
         Route::V2Infer => kserve::infer_route(req, state, started).await,
+        Route::Explore => Ok(trace::page()),
+        Route::Trace => trace::trace(req, state, started).await,
     }
 }
 
