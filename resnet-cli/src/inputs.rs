@@ -9,11 +9,6 @@ use resnet_core::decode::DecodeOptions;
 use resnet_core::input::load_input;
 use std::path::{Path, PathBuf};
 
-/// File extensions taken from directories (any file given by name is tried whatever its name).
-const INPUT_EXTENSIONS: [&str; 10] = [
-    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "npy", "jfif",
-];
-
 /// One input to classify: a file, or a problem found while expanding the arguments (reported
 /// in its place, in order, and counted as a failure).
 #[derive(Clone, Debug)]
@@ -52,12 +47,6 @@ pub fn expand(args: &[PathBuf]) -> Vec<Input> {
     out
 }
 
-fn is_input_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| INPUT_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 fn walk_dir(dir: &Path, out: &mut Vec<Input>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -83,7 +72,7 @@ fn walk_dir(dir: &Path, out: &mut Vec<Input>) {
     for p in paths {
         if p.is_dir() {
             walk_dir(&p, out);
-        } else if is_input_file(&p) {
+        } else if resnet_core::input::has_input_extension(&p) {
             out.push(Input::File(p));
         }
     }
