@@ -1,6 +1,15 @@
-//! Command-line arguments (clap derive), converted and validated by each command.
+//! Command-line arguments (clap derive). clap's value parsers produce the library's typed
+//! values (`BackendKind`, `WinogradPolicy`, `Isa`, `CalibrationMethod`, `StoreDtype`, ...)
+//! directly, so a command never parses a string itself; the few conversions that need more
+//! than one flag live here too (`DecodeArgs::options`).
 
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use resnet_core::backend::{BackendKind, WinogradPolicy};
+use resnet_core::cpu::Isa;
+use resnet_core::decode::{DecodeOptions, ExifMode};
+use resnet_core::quantize::{CalibrationMethod, LayerPrecision};
+use resnet_core::weights::StoreDtype;
 use std::path::PathBuf;
 
 /// ResNet-18 image classification on the CPU, written from scratch in Rust.
@@ -15,7 +24,8 @@ pub struct Cli {
     #[arg(long, short, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
-    /// More messages on stderr (-v: info, -vv: debug). RUST_LOG overrides, e.g. RUST_LOG=debug.
+    /// More messages on stderr (-v: debug, -vv: trace; the default shows warnings and notes).
+    /// RUST_LOG overrides, e.g. RUST_LOG=debug.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -164,7 +174,7 @@ pub struct ModelArgs {
     /// a `resnet quantize` file, or f32 weights to quantise on the fly), gemm (library
     /// baseline) or reference (textbook loops, slow).
     #[arg(long, default_value = "native", value_name = "NAME")]
-    pub backend: String,
+    pub backend: BackendKind,
     /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3): off, auto
     /// (layer1-3) or all.
     #[arg(
@@ -173,7 +183,7 @@ pub struct ModelArgs {
         value_name = "POLICY",
         env = "RESNET_WINOGRAD"
     )]
-    pub winograd: String,
+    pub winograd: WinogradPolicy,
     /// Class names: a JSON array or one name per line, exactly 1000 (default: built-in ImageNet).
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
@@ -216,6 +226,64 @@ pub struct DecodeArgs {
 pub enum ExifArg {
     Apply,
     Ignore,
+}
+
+impl From<ExifArg> for ExifMode {
+    fn from(e: ExifArg) -> ExifMode {
+        match e {
+            ExifArg::Apply => ExifMode::Apply,
+            ExifArg::Ignore => ExifMode::Ignore,
+        }
+    }
+}
+
+impl DecodeArgs {
+    /// The decoder's options, validated.
+    pub fn options(&self) -> anyhow::Result<DecodeOptions> {
+        if !(self.max_megapixels > 0.0 && self.max_megapixels.is_finite()) {
+            bail!(
+                "--max-megapixels must be a positive number, got {}",
+                self.max_megapixels
+            );
+        }
+        Ok(DecodeOptions {
+            max_pixels: (self.max_megapixels * 1e6) as u64,
+            exif: self.exif.into(),
+        })
+    }
+}
+
+/// Precision of the first convolution in `resnet quantize`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StemArg {
+    Int8,
+    F32,
+}
+
+impl From<StemArg> for LayerPrecision {
+    fn from(s: StemArg) -> LayerPrecision {
+        match s {
+            StemArg::Int8 => LayerPrecision::Int8,
+            StemArg::F32 => LayerPrecision::F32,
+        }
+    }
+}
+
+/// One item of `bench --backend`: a backend, or `all` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendSelection {
+    All,
+    One(BackendKind),
+}
+
+impl std::str::FromStr for BackendSelection {
+    type Err = resnet_core::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "all" {
+            return Ok(BackendSelection::All);
+        }
+        s.parse().map(BackendSelection::One)
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,7 +339,7 @@ pub struct TraceArgs {
     pub dump: Option<PathBuf>,
     /// Also run this backend and print per-layer max abs error and SQNR against it.
     #[arg(long, value_name = "BACKEND")]
-    pub compare: Option<String>,
+    pub compare: Option<BackendKind>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
@@ -335,8 +403,8 @@ pub enum WeightsCommand {
         /// Output file (.safetensors, or .pth).
         out: PathBuf,
         /// Storage dtype of the output.
-        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
-        dtype: String,
+        #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+        dtype: StoreDtype,
     },
     /// Describe a weights file: format, tensors, parameters, dtypes, SHA-256, whether it is the
     /// official checkpoint, whether BatchNorm statistics are present, whether it is a valid
@@ -360,8 +428,8 @@ pub enum WeightsCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Storage dtype.
-        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
-        dtype: String,
+        #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+        dtype: StoreDtype,
     },
 }
 
@@ -379,7 +447,7 @@ pub struct BenchArgs {
     pub weights: Option<PathBuf>,
     /// Backends to time, comma-separated, or `all`.
     #[arg(long, value_delimiter = ',', default_value = "gemm,native")]
-    pub backend: Vec<String>,
+    pub backend: Vec<BackendSelection>,
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub batch: Vec<usize>,
@@ -388,10 +456,10 @@ pub struct BenchArgs {
     pub iters: usize,
     /// Kernel ISA for `native` (default: $RESNET_ISA, else the best this CPU supports).
     #[arg(long)]
-    pub isa: Option<String>,
+    pub isa: Option<Isa>,
     /// Winograd policies to time `native` with, comma-separated: off, auto (layer1-3), all.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
-    pub winograd: Vec<String>,
+    pub winograd: Vec<WinogradPolicy>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
@@ -402,19 +470,22 @@ pub struct QuantizeArgs {
     /// f32 weights (safetensors or .pth, torchvision key names). Default: $RESNET_WEIGHTS, else the cache, else download.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// Calibration images: files or directories (their image files, not recursive).
+    #[command(flatten)]
+    pub download: DownloadArgs,
+    /// Calibration images: files, directories (searched recursively, as `classify` does) or
+    /// glob patterns.
     #[arg(long, required = true, num_args = 1.., value_name = "DIR_OR_FILES")]
     pub calib: Vec<PathBuf>,
     /// How activation ranges are chosen: mse (least squared error, measured best), minmax,
     /// percentile (99.99) or percentile:P.
     #[arg(long, default_value = "mse")]
-    pub method: String,
+    pub method: CalibrationMethod,
     /// Augmented crops per calibration image, besides its standard preprocessing.
     #[arg(long, default_value_t = 4)]
     pub crops: usize,
     /// Precision of the first convolution: int8 or f32.
-    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
-    pub stem: String,
+    #[arg(long, value_enum, default_value = "int8")]
+    pub stem: StemArg,
     /// Output file.
     #[arg(long, value_name = "FILE.int8.safetensors")]
     pub out: PathBuf,

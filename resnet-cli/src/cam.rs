@@ -1,8 +1,7 @@
 //! `resnet cam`: the class activation map of one image as a PNG (the function `/v1/cam` uses).
 
 use crate::args::CamArgs;
-use crate::classify::{decode_options, load_model};
-use crate::serve::weights_identity;
+use crate::model::{load_model, weights_identity};
 use anyhow::{bail, Context};
 use resnet_core::cam::{class_activation_map, heatmap_overlay};
 use resnet_core::decode::decode_image_file;
@@ -14,7 +13,7 @@ pub fn run(args: CamArgs) -> anyhow::Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.alpha) {
         bail!("--alpha must be between 0 and 1, got {}", args.alpha);
     }
-    let opts = decode_options(&args.decode)?;
+    let opts = args.decode.options()?;
     let model = load_model(&args.model)?;
     let identity = weights_identity(&model.weights_path)?;
     let Some(fc_weight) = &identity.fc_weight else {

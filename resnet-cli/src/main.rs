@@ -8,6 +8,7 @@ mod classify;
 mod eval;
 mod inputs;
 mod inspect;
+mod model;
 mod quantize;
 mod serve;
 mod trace;
@@ -72,7 +73,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Classify(a) => classify::run(a, cli.quiet),
         args::Command::Preprocess(a) => classify::preprocess(a),
         args::Command::Weights(w) => weights_cmd::run(w),
-        args::Command::Quantize(a) => quantize::run(a),
+        args::Command::Quantize(a) => quantize::run(a, cli.quiet),
         args::Command::Inspect(a) => inspect::run(a),
         args::Command::Bench(a) => bench::run(a),
         args::Command::Serve(a) => serve::run(a, cli.quiet),

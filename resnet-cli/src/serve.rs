@@ -1,12 +1,9 @@
 //! `resnet serve`: the HTTP service of `resnet-server`, with the model the CLI loads.
 
-use crate::args::{ExifArg, ModelArgs, ServeArgs};
-use crate::classify::load_model;
-use anyhow::{bail, Context};
-use resnet_core::decode::ExifMode;
-use resnet_core::quantize::{is_int8_file, QuantizedModel};
-use resnet_core::weights::{sha256_hex, Weights};
-use resnet_server::{Config, ServedModel, WeightsIdentity};
+use crate::args::{ModelArgs, ServeArgs};
+use crate::model::{load_model, weights_identity};
+use anyhow::bail;
+use resnet_server::{Config, ServedModel};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -32,26 +29,6 @@ pub fn served_model(args: &ModelArgs, threads: usize) -> anyhow::Result<ServedMo
         isa,
         threads,
     ))
-}
-
-/// Reads the weights file `load_model` used again, for its digest and its `fc.weight`: the
-/// backend keeps only its own prepared copy. Transient: dropped once the server has what it
-/// needs. An INT8 model file has no f32 `fc.weight`, so no activation maps.
-pub fn weights_identity(path: &std::path::Path) -> anyhow::Result<WeightsIdentity> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let sha256 = sha256_hex(&bytes);
-    let name = path.display().to_string();
-    if is_int8_file(&bytes) {
-        let model = QuantizedModel::from_safetensors_bytes(&bytes, &name)?;
-        return Ok(WeightsIdentity {
-            source: name,
-            sha256: Some(sha256),
-            synthetic: model.synthetic,
-            fc_weight: None,
-        });
-    }
-    let weights = Weights::from_bytes(&bytes, &name)?;
-    Ok(WeightsIdentity::of(&weights, Some(sha256)))
 }
 
 fn positive_secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -97,10 +74,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
         token,
         history: args.history,
         history_file: args.history_file.clone(),
-        exif: match args.exif {
-            ExifArg::Apply => ExifMode::Apply,
-            ExifArg::Ignore => ExifMode::Ignore,
-        },
+        exif: args.exif.into(),
         ..Config::default()
     };
     config.validate()?;

@@ -2,7 +2,7 @@
 //! to the layer table of `resnet inspect`.
 
 use crate::args::{Format, TraceArgs};
-use crate::classify::{decode_options, load_model};
+use crate::model::load_model;
 use anyhow::Context;
 use ndarray::{ArrayD, Axis};
 use resnet_core::backend::{Backend, LayerEvent, LayerObserver};
@@ -119,14 +119,14 @@ fn record(backend: &dyn Backend, input: &ndarray::Array4<f32>) -> anyhow::Result
 }
 
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
-    let opts = decode_options(&args.decode)?;
+    let opts = args.decode.options()?;
     let model = load_model(&args.model)?;
     let input = load_input(&args.input, &opts)?.insert_axis(Axis(0));
     let rec = record(model.backend.as_ref(), &input)?;
     let other = match &args.compare {
-        Some(name) => {
+        Some(kind) => {
             let mut other_args = args.model.clone();
-            other_args.backend = name.clone();
+            other_args.backend = *kind;
             let other = load_model(&other_args)?;
             Some((
                 other.backend.name(),

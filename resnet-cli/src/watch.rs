@@ -119,7 +119,7 @@ fn options(
         args.max_frame_mb
     );
     Ok(WatchOptions {
-        decode: crate::classify::decode_options(&args.decode)?,
+        decode: args.decode.options()?,
         fps: args.fps,
         motion: args.motion,
         top_k: args.top_k as usize,
@@ -142,7 +142,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| SourceSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let model = crate::classify::load_model(&args.model)?;
+    let model = crate::model::load_model(&args.model)?;
     let alert = if args.alert.is_empty() {
         None
     } else {

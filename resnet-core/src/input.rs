@@ -8,19 +8,6 @@ use ndarray::{Array3, ArrayD, Ix3};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use std::path::Path;
 
-/// File extensions taken from directories by `classify` and `watch` (a file given by name is
-/// tried whatever its name).
-pub const INPUT_EXTENSIONS: [&str; 10] = [
-    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "npy", "jfif",
-];
-
-/// Whether a path has one of [`INPUT_EXTENSIONS`] (case-insensitive).
-pub fn has_input_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| INPUT_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 /// Whether a path names a `.npy` file (by extension, case-insensitive).
 pub fn is_npy(path: &Path) -> bool {
     path.extension()

@@ -15,6 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
+/// Files taken, as `classify` takes them from a folder: images and preprocessed `.npy` tensors.
+fn is_input_file(path: &Path) -> bool {
+    resnet_core::decode::has_image_extension(path) || resnet_core::input::is_npy(path)
+}
+
 /// What identifies a version of a file.
 type Stamp = (u64, Option<SystemTime>);
 
@@ -45,7 +50,7 @@ struct DirWatch {
 
 impl DirWatch {
     fn note(&mut self, path: &Path, needs_close: bool, closed: bool) {
-        if !resnet_core::input::has_input_extension(path) {
+        if !is_input_file(path) {
             return;
         }
         let now = Instant::now();
@@ -118,7 +123,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(p),
-                Ok(_) if resnet_core::input::has_input_extension(&p) => out.push(p),
+                Ok(_) if is_input_file(&p) => out.push(p),
                 _ => {}
             }
         }
