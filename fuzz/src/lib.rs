@@ -27,13 +27,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Every fuzz target, by the name of its binary and its input folders.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "decode_image",
     "safetensors",
     "pth",
     "labels",
     "http",
     "kserve",
+    "mjpeg",
 ];
 
 /// Runs `target`'s harness on `data`. Panics on an unknown target name.
@@ -45,6 +46,7 @@ pub fn run(target: &str, data: &[u8]) {
         "labels" => labels(data),
         "http" => http(data),
         "kserve" => kserve(data),
+        "mjpeg" => mjpeg(data),
         other => panic!("no fuzz target named {other}"),
     }
 }
@@ -294,6 +296,52 @@ pub fn response_statuses(raw: &[u8]) -> Vec<u16> {
         rest = &rest[body_start + length..];
     }
     statuses
+}
+
+/// The part limit of the MJPEG harness (small, so that inputs reach it).
+pub const MJPEG_MAX_PART: usize = 4096;
+
+/// The MJPEG multipart parser of `resnet watch`, fed in pieces: the first byte sets the piece
+/// size (1 to 64), the rest is the stream (boundary `frame`). Promises: no part over the limit,
+/// parts never hold more bytes than were fed, memory held stays bounded (limit + header limit +
+/// one piece), and the same pieces give the same parts.
+pub fn mjpeg(data: &[u8]) {
+    let Some((&first, stream)) = data.split_first() else {
+        return;
+    };
+    let piece = usize::from(first % 64) + 1;
+    let parse = || {
+        let mut parser = resnet_watch::mjpeg::PartParser::new(b"frame", MJPEG_MAX_PART);
+        let mut parts = Vec::new();
+        for chunk in stream.chunks(piece) {
+            parser.push(chunk);
+            while let Some(part) = parser.next_part() {
+                parts.push(part);
+            }
+            assert!(
+                parser.pending_bytes() <= MJPEG_MAX_PART + 16 * 1024 + 2 * piece + 64,
+                "{} bytes held",
+                parser.pending_bytes()
+            );
+        }
+        parts
+    };
+    let parts = parse();
+    let mut total = 0;
+    for part in parts.iter().flatten() {
+        assert!(
+            part.len() <= MJPEG_MAX_PART,
+            "a part of {} bytes",
+            part.len()
+        );
+        total += part.len();
+    }
+    assert!(
+        total <= stream.len(),
+        "{total} bytes of parts from {}",
+        stream.len()
+    );
+    assert_eq!(parts, parse(), "the same input parsed twice differs");
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -90,6 +90,10 @@ pub enum Command {
         after_help = "Example:\n  resnet cam cat.jpg --out cat_cam.png --weights resnet18.safetensors"
     )]
     Cam(CamArgs),
+    /// Classify what cameras produce as it arrives: new files in folders, MJPEG or snapshot
+    /// URLs, RTSP streams, video files and devices (through ffmpeg); one event per frame.
+    #[command(after_help = crate::watch::AFTER_HELP)]
+    Watch(crate::watch::WatchArgs),
 }
 
 #[derive(Args, Debug)]
