@@ -83,7 +83,10 @@ pub fn record(backend: &dyn Backend, input: ArrayView4<'_, f32>) -> Result<Trace
     let started = std::time::Instant::now();
     let mut rec = TraceRecorder::default();
     let logits = backend.forward(input, &mut rec)?;
-    let expected = ResNet18Arch::new().trace_points();
+    let expected: Vec<&str> = crate::arch::TracePoint::ALL
+        .iter()
+        .map(|p| p.name())
+        .collect();
     let found: Vec<&str> = rec.points.iter().map(|p| p.name.as_str()).collect();
     if found != expected {
         return Err(Error::Backend {
@@ -367,9 +370,10 @@ pub fn point_costs(h: usize, w: usize) -> Vec<PointCost> {
             None => row.name.clone(),
         }
     };
-    arch.trace_points()
+    crate::arch::TracePoint::ALL
         .into_iter()
-        .map(|layer| {
+        .map(|point| {
+            let layer = point.name().to_string();
             let rows: Vec<&LayerRow> = table.iter().filter(|r| owner(r) == layer).collect();
             PointCost {
                 ops: rows
@@ -442,7 +446,11 @@ mod tests {
     fn point_costs_cover_the_whole_table() {
         let costs = point_costs(224, 224);
         let names: Vec<_> = costs.iter().map(|c| c.layer.clone()).collect();
-        assert_eq!(names, ResNet18Arch::new().trace_points());
+        let want: Vec<String> = crate::arch::TracePoint::ALL
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect();
+        assert_eq!(names, want);
         let table = ResNet18Arch::new().layer_table(224, 224);
         assert_eq!(
             costs.iter().map(|c| c.macs).sum::<usize>(),

@@ -146,7 +146,10 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
         .map(|p| p["label"].as_str().unwrap().to_string())
         .collect();
     let second_class = api["predictions"][1]["index"].as_u64().unwrap();
-    let trace_points = resnet_core::arch::ResNet18Arch::new().trace_points();
+    let trace_points: Vec<String> = resnet_core::arch::TracePoint::ALL
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
     // The page links the explorer.
     let page = String::from_utf8(get(addr, "/").await.body).unwrap();
     assert!(page.contains(r#"href="/explore""#));
@@ -183,7 +186,7 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
         assert_eq!(names, trace_points.iter().collect::<Vec<_>>());
         for (name, ms) in &rows {
             let v: f64 = ms.strip_suffix(" ms").unwrap().parse().unwrap();
-            assert!(v >= 0.0 && v < 60_000.0, "{name}: {ms}");
+            assert!((0.0..60_000.0).contains(&v), "{name}: {ms}");
         }
         // One SQNR cell per layer, native against gemm: rounding-level differences only.
         let sqnr: Vec<String> = serde_json::from_value(cdp.eval(

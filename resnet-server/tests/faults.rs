@@ -452,6 +452,7 @@ async fn a_history_line_torn_inside_a_utf8_character_does_not_stop_the_start() {
         probability: 0.5,
         latency_ms: 1.0,
         thumbnail: String::new(),
+        request_id: None,
     };
     let mut bytes = Vec::new();
     for i in 0..2 {

@@ -25,7 +25,8 @@ pub(crate) fn epilogue_core(
     if let Some(r) = residual {
         v += r.to_f32();
     }
-    if relu && !(v > 0.0) {
+    // NaN is clamped like a negative: `max(0, NaN)` is 0 in the SIMD kernels' `vmaxps`.
+    if relu && (v.is_nan() || v <= 0.0) {
         v = 0.0;
     }
     v

@@ -12,8 +12,8 @@ mod kserve;
 mod query;
 pub mod respond;
 mod status;
-mod vision;
 mod trace;
+mod vision;
 
 use crate::batcher::Batcher;
 use crate::config::Config;
