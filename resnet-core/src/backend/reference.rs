@@ -11,7 +11,7 @@ use super::{check_batch_shape, Backend, LayerObserver, Reporter, TracePoint};
 use crate::arch::{BasicBlock, ConvBn, ResNet18Arch};
 use crate::error::Result;
 use crate::weights::{BatchNorm, Weights};
-use ndarray::{Array2, Array4, ArrayView4, Axis, Zip};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis, Zip};
 use rayon::prelude::*;
 
 /// ResNet-18 by direct loops; see the module documentation.
@@ -32,7 +32,9 @@ impl ReferenceBackend {
     /// conv -> BatchNorm, as torchvision's `convN` + `bnN` modules.
     fn conv_bn(&self, x: &Array4<f32>, cb: &ConvBn) -> Array4<f32> {
         let w = self.weights.tensor(&format!("{}.weight", cb.conv));
-        let y = conv2d(x, &w.data, cb.weight_shape(), cb.stride, cb.padding);
+        let w = ArrayView4::from_shape(cb.weight_shape(), &w.data)
+            .expect("Weights checks every tensor's shape when it is built");
+        let y = conv2d(x, w, cb.stride, cb.padding);
         batch_norm(&y, &self.weights.batch_norm(&cb.bn))
     }
 
@@ -67,6 +69,10 @@ impl Backend for ReferenceBackend {
         observer: &mut dyn LayerObserver,
     ) -> Result<Array2<f32>> {
         check_batch_shape(&batch)?;
+        // `trace.report(point, y)` tells the observer that trace point `point` is done: its
+        // name, output shape and the time since the previous point, plus a view of `y` itself
+        // when the observer asks for outputs (`resnet trace`, the golden tests). It computes
+        // nothing and copies nothing here.
         let mut trace = Reporter::new(observer);
 
         // Stem: conv1 7x7/2 -> bn1 -> relu -> maxpool 3x3/2.
@@ -86,7 +92,9 @@ impl Backend for ReferenceBackend {
         trace.report(TracePoint::AvgPool, pooled.view().into_dyn());
         let fc_w = self.weights.tensor("fc.weight");
         let fc_b = self.weights.tensor("fc.bias");
-        let logits = linear(&pooled, &fc_w.data, &fc_b.data);
+        let fc_w = ArrayView2::from_shape((fc_w.shape[0], fc_w.shape[1]), &fc_w.data)
+            .expect("Weights checks every tensor's shape when it is built");
+        let logits = linear(&pooled, fc_w, &fc_b.data);
         trace.report(TracePoint::Fc, logits.view().into_dyn());
         Ok(logits)
     }
@@ -101,47 +109,46 @@ impl Backend for ReferenceBackend {
 /// ```
 ///
 /// where `x` reads as zero outside the image (the padding).
-pub fn conv2d(
-    x: &Array4<f32>,
-    w: &[f32],
-    w_shape: [usize; 4],
-    stride: usize,
-    pad: usize,
-) -> Array4<f32> {
-    let (n_images, c_in, h, width) = x.dim();
-    let [oc_out, c_w, kh_size, kw_size] = w_shape;
-    assert_eq!(c_in, c_w, "input channels must match the weight");
-    let oh_size = (h + 2 * pad - kh_size) / stride + 1;
-    let ow_size = (width + 2 * pad - kw_size) / stride + 1;
-    let x = x.as_standard_layout();
-    let x = x.as_slice().expect("standard layout");
-    let mut y = Array4::<f32>::zeros((n_images, oc_out, oh_size, ow_size));
-    for n in 0..n_images {
-        let image = &x[n * c_in * h * width..(n + 1) * c_in * h * width];
+#[allow(non_snake_case)] // sizes keep the formula's capital letters, indices its small ones
+pub fn conv2d(x: &Array4<f32>, w: ArrayView4<'_, f32>, stride: usize, pad: usize) -> Array4<f32> {
+    let (N, C, H, W) = x.dim();
+    let (OC, C_of_w, KH, KW) = w.dim();
+    assert_eq!(C, C_of_w, "input channels must match the weight");
+    let OH = (H + 2 * pad - KH) / stride + 1;
+    let OW = (W + 2 * pad - KW) / stride + 1;
+    let mut y = Array4::<f32>::zeros((N, OC, OH, OW));
+    for n in 0..N {
         let mut y_n = y.index_axis_mut(Axis(0), n);
-        let y_n = y_n.as_slice_mut().expect("standard layout");
-        // Each output channel is independent: compute them in parallel.
-        y_n.par_chunks_mut(oh_size * ow_size)
+        let y_n = y_n
+            .as_slice_mut()
+            .expect("a fresh array is in standard layout");
+        // Each output plane y[n, oc, .., ..] is independent: one rayon task per `oc`.
+        y_n.par_chunks_mut(OH * OW)
             .enumerate()
             .for_each(|(oc, y_plane)| {
-                let mut acc = vec![0.0f64; oh_size * ow_size];
-                for c in 0..c_in {
-                    let x_plane = &image[c * h * width..(c + 1) * h * width];
-                    for kh in 0..kh_size {
-                        for kw in 0..kw_size {
-                            let weight = w[((oc * c_in + c) * kh_size + kh) * kw_size + kw] as f64;
-                            for oh in 0..oh_size {
-                                // Input row of this output row and kernel row; skip padding rows.
+                // The formula's loop nest is (oh, ow) outside and the sum over (c, kh, kw)
+                // inside. Here the sum's loops are moved outside (oh, ow), with one f64
+                // accumulator per output element, so each weight w[oc, c, kh, kw] is read once
+                // per plane and the innermost loop walks one input row. The reordering is
+                // legal and exact: every output element still receives its terms in the
+                // formula's order (c, then kh, then kw), so each sum, rounding included, is
+                // the one the formula's nest computes.
+                let mut acc = vec![0.0f64; OH * OW];
+                for c in 0..C {
+                    let x_nc = x.index_axis(Axis(0), n).index_axis_move(Axis(0), c);
+                    for kh in 0..KH {
+                        for kw in 0..KW {
+                            let w_k = w[[oc, c, kh, kw]] as f64;
+                            for oh in 0..OH {
                                 let ih = (oh * stride + kh) as isize - pad as isize;
-                                if ih < 0 || ih >= h as isize {
-                                    continue;
+                                if ih < 0 || ih >= H as isize {
+                                    continue; // a padding row: every term is zero
                                 }
-                                let x_row = &x_plane[ih as usize * width..][..width];
-                                for ow in 0..ow_size {
+                                let x_row = x_nc.row(ih as usize);
+                                for ow in 0..OW {
                                     let iw = (ow * stride + kw) as isize - pad as isize;
-                                    if iw >= 0 && iw < width as isize {
-                                        acc[oh * ow_size + ow] +=
-                                            weight * x_row[iw as usize] as f64;
+                                    if iw >= 0 && iw < W as isize {
+                                        acc[oh * OW + ow] += w_k * x_row[iw as usize] as f64;
                                     }
                                 }
                             }
@@ -186,17 +193,18 @@ pub fn relu(mut x: Array4<f32>) -> Array4<f32> {
 /// x: [N, C, H, W]   y: [N, C, OH, OW],  OH = (H + 2 − 3) / 2 + 1
 /// y[n, c, oh, ow] = max over kh, kw in 0..3 of x[n, c, 2·oh + kh − 1, 2·ow + kw − 1]
 /// ```
+#[allow(non_snake_case)] // sizes keep the formula's capital letters
 pub fn max_pool_3x3_s2_p1(x: &Array4<f32>) -> Array4<f32> {
-    let (n_images, channels, h, w) = x.dim();
-    let (oh_size, ow_size) = crate::arch::max_pool_output_hw(h, w);
-    let mut y = Array4::<f32>::zeros((n_images, channels, oh_size, ow_size));
+    let (N, C, H, W) = x.dim();
+    let (OH, OW) = crate::arch::max_pool_output_hw(H, W);
+    let mut y = Array4::<f32>::zeros((N, C, OH, OW));
     for ((n, c, oh, ow), out) in y.indexed_iter_mut() {
         let mut best = f32::NEG_INFINITY;
         for kh in 0..3 {
             for kw in 0..3 {
                 let ih = (2 * oh + kh) as isize - 1;
                 let iw = (2 * ow + kw) as isize - 1;
-                if ih >= 0 && ih < h as isize && iw >= 0 && iw < w as isize {
+                if ih >= 0 && ih < H as isize && iw >= 0 && iw < W as isize {
                     best = best.max(x[[n, c, ih as usize, iw as usize]]);
                 }
             }
@@ -212,9 +220,10 @@ pub fn max_pool_3x3_s2_p1(x: &Array4<f32>) -> Array4<f32> {
 /// x: [N, C, H, W]   y: [N, C]
 /// y[n, c] = (1 / (H·W)) · Σ_h Σ_w x[n, c, h, w]
 /// ```
+#[allow(non_snake_case)] // sizes keep the formula's capital letters
 pub fn global_avg_pool(x: &Array4<f32>) -> Array2<f32> {
-    let (n_images, channels, h, w) = x.dim();
-    let mut y = Array2::<f32>::zeros((n_images, channels));
+    let (N, C, H, W) = x.dim();
+    let mut y = Array2::<f32>::zeros((N, C));
     Zip::indexed(&mut y).for_each(|(n, c), out| {
         let sum: f64 = x
             .index_axis(Axis(0), n)
@@ -222,7 +231,7 @@ pub fn global_avg_pool(x: &Array4<f32>) -> Array2<f32> {
             .iter()
             .map(|&v| v as f64)
             .sum();
-        *out = (sum / (h * w) as f64) as f32;
+        *out = (sum / (H * W) as f64) as f32;
     });
     y
 }
@@ -233,15 +242,19 @@ pub fn global_avg_pool(x: &Array4<f32>) -> Array2<f32> {
 /// x: [N, F]   w: [K, F]   b: [K]   y: [N, K]
 /// y[n, k] = b[k] + Σ_f w[k, f] · x[n, f]
 /// ```
-pub fn linear(x: &Array2<f32>, w: &[f32], b: &[f32]) -> Array2<f32> {
-    let (n_images, features) = x.dim();
-    let classes = b.len();
-    let mut y = Array2::<f32>::zeros((n_images, classes));
-    for n in 0..n_images {
-        for k in 0..classes {
-            let dot: f64 = (0..features)
-                .map(|f| w[k * features + f] as f64 * x[[n, f]] as f64)
-                .sum();
+#[allow(non_snake_case)] // sizes keep the formula's capital letters
+pub fn linear(x: &Array2<f32>, w: ArrayView2<'_, f32>, b: &[f32]) -> Array2<f32> {
+    let (N, F) = x.dim();
+    let (K, F_of_w) = w.dim();
+    assert_eq!(
+        (F, K),
+        (F_of_w, b.len()),
+        "features and classes must match the weight"
+    );
+    let mut y = Array2::<f32>::zeros((N, K));
+    for n in 0..N {
+        for k in 0..K {
+            let dot: f64 = (0..F).map(|f| w[[k, f]] as f64 * x[[n, f]] as f64).sum();
             y[[n, k]] = (b[k] as f64 + dot) as f32;
         }
     }
@@ -257,12 +270,18 @@ mod tests {
     fn conv2d_matches_a_hand_computed_example() {
         // One 3x3 image, one 2x2 kernel of ones, stride 1, no padding: sums of 2x2 windows.
         let x = Array::from_shape_vec((1, 1, 3, 3), (1..=9).map(|v| v as f32).collect()).unwrap();
-        let y = conv2d(&x, &[1.0; 4], [1, 1, 2, 2], 1, 0);
+        let ones = [1.0; 4];
+        let y = conv2d(
+            &x,
+            ArrayView4::from_shape((1, 1, 2, 2), &ones).unwrap(),
+            1,
+            0,
+        );
         assert_eq!(y.into_raw_vec_and_offset().0, vec![12.0, 16.0, 24.0, 28.0]);
         // Padding 1, stride 2, 3x3 kernel with only the centre set: picks x[2·oh − 1 + 1, ...].
         let mut k = [0.0f32; 9];
         k[4] = 1.0;
-        let y = conv2d(&x, &k, [1, 1, 3, 3], 2, 1);
+        let y = conv2d(&x, ArrayView4::from_shape((1, 1, 3, 3), &k).unwrap(), 2, 1);
         assert_eq!(y.into_raw_vec_and_offset().0, vec![1.0, 3.0, 7.0, 9.0]);
     }
 
@@ -281,7 +300,8 @@ mod tests {
             Array::from_shape_vec((1, 2, 2, 2), vec![1., 2., 3., 4., -1., -1., -1., -1.]).unwrap();
         let p = global_avg_pool(&x);
         assert_eq!(p.as_slice().unwrap(), &[2.5, -1.0]);
-        let y = linear(&p, &[1.0, 2.0, 0.0, -1.0], &[0.5, 0.0]);
+        let w = [1.0, 2.0, 0.0, -1.0];
+        let y = linear(&p, ArrayView2::from_shape((2, 2), &w).unwrap(), &[0.5, 0.0]);
         assert_eq!(y.as_slice().unwrap(), &[0.5 + 2.5 - 2.0, 1.0]);
     }
 }
