@@ -63,6 +63,7 @@ fn gemm_shapes(c: &mut Criterion) {
                         &ASource::Conv {
                             input: &input,
                             geometry: g,
+                            pad: 0.0,
                         },
                         &packed,
                         &mut out,

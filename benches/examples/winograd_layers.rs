@@ -62,6 +62,7 @@ fn main() {
                 &ASource::Conv {
                     input: &input,
                     geometry,
+                    pad: 0.0,
                 },
                 &packed,
                 &mut out,

@@ -1,6 +1,15 @@
-//! Command-line arguments (clap derive), converted and validated by each command.
+//! Command-line arguments (clap derive). clap's value parsers produce the library's typed
+//! values (`BackendKind`, `WinogradPolicy`, `Isa`, `CalibrationMethod`, `StoreDtype`, ...)
+//! directly, so a command never parses a string itself; the few conversions that need more
+//! than one flag live here too (`DecodeArgs::options`).
 
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use resnet_core::backend::{BackendKind, WinogradPolicy};
+use resnet_core::cpu::Isa;
+use resnet_core::decode::{DecodeOptions, ExifMode};
+use resnet_core::quantize::{CalibrationMethod, LayerPrecision};
+use resnet_core::weights::StoreDtype;
 use std::path::PathBuf;
 
 /// ResNet-18 image classification on the CPU, written from scratch in Rust.
@@ -15,7 +24,8 @@ pub struct Cli {
     #[arg(long, short, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
-    /// More messages on stderr (-v: info, -vv: debug). RUST_LOG overrides, e.g. RUST_LOG=debug.
+    /// More messages on stderr (-v: debug, -vv: trace; the default shows warnings and notes).
+    /// RUST_LOG overrides, e.g. RUST_LOG=debug.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -53,7 +63,7 @@ pub enum Command {
     /// Run one image and print every layer's output shape, time and activation statistics;
     /// optionally dump each output as .npy or compare two backends layer by layer.
     #[command(
-        after_help = "Example:\n  resnet trace cat.jpg\n  resnet trace cat.jpg --dump layers/   # layers/01_stem.npy ... 12_fc.npy (NCHW float32)\n  resnet trace cat.jpg --backend native --compare reference"
+        after_help = "Example:\n  resnet trace cat.jpg\n  resnet trace cat.jpg --dump layers/   # layers/01_stem.npy ... 12_fc.npy (NCHW float32)\n  resnet trace cat.jpg --backend native --compare reference\n  resnet trace cat.jpg --compare int8 --html cat_explorer.html   # open in any browser, no server"
     )]
     Trace(TraceArgs),
     /// Top-1 / top-5 accuracy over a labelled image set (ImageNet validation layout
@@ -80,15 +90,20 @@ pub enum Command {
         after_help = "Example:\n  resnet cam cat.jpg --out cat_cam.png --weights resnet18.safetensors"
     )]
     Cam(CamArgs),
+    /// Classify what cameras produce as it arrives: new files in folders, MJPEG or snapshot
+    /// URLs, RTSP streams, video files and devices (through ffmpeg); one event per frame.
+    #[command(after_help = crate::watch::AFTER_HELP)]
+    Watch(crate::watch::WatchArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub addr: std::net::SocketAddr,
+    /// Address to listen on (port 0 picks a free port). Default: 0.0.0.0:$PORT when the
+    /// environment has PORT (as container platforms set it), else 127.0.0.1:8080.
+    #[arg(long)]
+    pub addr: Option<std::net::SocketAddr>,
     /// Most images run through the network together.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_batch: u16,
@@ -126,6 +141,36 @@ pub struct ServeArgs {
     /// Apply the EXIF orientation of uploads (as viewers do) or ignore it (as torchvision does).
     #[arg(long, value_enum, default_value = "apply")]
     pub exif: ExifArg,
+    /// Access log lines as text or as one JSON object per line (with the X-Request-Id).
+    #[arg(long, default_value = "text", value_name = "text|json")]
+    pub log_format: resnet_server::ops::LogFormat,
+    /// Answer cross-origin browsers from ORIGIN ('*' for any): CORS headers and OPTIONS
+    /// preflights. Off by default.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Option<String>,
+    /// After SIGTERM, seconds during which /readyz and /v2/health/ready say 503 while requests
+    /// are still served, before the listener closes (give load balancers time to notice).
+    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    pub drain_s: f64,
+    /// Also build this backend on the same weights for POST /v1/trace?backend= and ?compare=
+    /// (the explorer page's SQNR strip); repeatable. Classification still runs --backend.
+    #[arg(long, value_name = "BACKEND")]
+    pub trace_backend: Vec<BackendKind>,
+    /// Seconds an answer may go without a byte written (a client that does not read) before
+    /// its connection is closed and its slot freed.
+    #[arg(long, default_value_t = 5.0, value_name = "S")]
+    pub write_timeout_s: f64,
+    /// Most requests answered on one connection (pipelined or kept alive).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_per_connection: u32,
+    /// Memory for request data in flight, in MiB: half for bodies (503 with Retry-After when
+    /// full), half for decoded pixels (decodes wait their turn). At least twice --max-body-mb.
+    #[arg(long, default_value_t = 512, value_name = "MB", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_inflight_mb: u32,
+    /// Most images decoded at once (default: the number of CPUs); smaller photos also get one
+    /// extra slot.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_decodes: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -142,7 +187,11 @@ pub struct CamArgs {
     pub alpha: f32,
     /// The image.
     pub input: PathBuf,
-    /// Where to write the PNG (the 224x224 crop the network saw, with the heat map over it).
+    /// What the map is drawn over: the whole original image with the region the network saw
+    /// outlined, or the 224x224 crop itself.
+    #[arg(long, default_value = "original", value_name = "original|crop")]
+    pub view: resnet_core::cam::CamView,
+    /// Where to write the PNG.
     #[arg(long, value_name = "FILE.png")]
     pub out: PathBuf,
 }
@@ -160,7 +209,7 @@ pub struct ModelArgs {
     /// a `resnet quantize` file, or f32 weights to quantise on the fly), gemm (library
     /// baseline) or reference (textbook loops, slow).
     #[arg(long, default_value = "native", value_name = "NAME")]
-    pub backend: String,
+    pub backend: BackendKind,
     /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3): off, auto
     /// (layer1-3) or all.
     #[arg(
@@ -169,7 +218,7 @@ pub struct ModelArgs {
         value_name = "POLICY",
         env = "RESNET_WINOGRAD"
     )]
-    pub winograd: String,
+    pub winograd: WinogradPolicy,
     /// Class names: a JSON array or one name per line, exactly 1000 (default: built-in ImageNet).
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
@@ -214,6 +263,64 @@ pub enum ExifArg {
     Ignore,
 }
 
+impl From<ExifArg> for ExifMode {
+    fn from(e: ExifArg) -> ExifMode {
+        match e {
+            ExifArg::Apply => ExifMode::Apply,
+            ExifArg::Ignore => ExifMode::Ignore,
+        }
+    }
+}
+
+impl DecodeArgs {
+    /// The decoder's options, validated.
+    pub fn options(&self) -> anyhow::Result<DecodeOptions> {
+        if !(self.max_megapixels > 0.0 && self.max_megapixels.is_finite()) {
+            bail!(
+                "--max-megapixels must be a positive number, got {}",
+                self.max_megapixels
+            );
+        }
+        Ok(DecodeOptions {
+            max_pixels: (self.max_megapixels * 1e6) as u64,
+            exif: self.exif.into(),
+        })
+    }
+}
+
+/// Precision of the first convolution in `resnet quantize`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StemArg {
+    Int8,
+    F32,
+}
+
+impl From<StemArg> for LayerPrecision {
+    fn from(s: StemArg) -> LayerPrecision {
+        match s {
+            StemArg::Int8 => LayerPrecision::Int8,
+            StemArg::F32 => LayerPrecision::F32,
+        }
+    }
+}
+
+/// One item of `bench --backend`: a backend, or `all` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendSelection {
+    All,
+    One(BackendKind),
+}
+
+impl std::str::FromStr for BackendSelection {
+    type Err = resnet_core::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "all" {
+            return Ok(BackendSelection::All);
+        }
+        s.parse().map(BackendSelection::One)
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Text,
@@ -250,8 +357,19 @@ pub struct ClassifyArgs {
     /// Image files, directories (searched recursively for images and .npy, in sorted order),
     /// or glob patterns such as 'photos/**/*.jpg'. A .npy holds a preprocessed float32
     /// [3,224,224] or [1,3,224,224].
-    #[arg(required = true, value_name = "INPUT")]
+    #[arg(required_unless_present = "files_from", value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+    /// Also read inputs from FILE, one path per line ('-': standard input).
+    #[arg(long, value_name = "FILE|-")]
+    pub files_from: Option<PathBuf>,
+    /// Keep only share I of N (1 <= I <= N), chosen by a stable hash of each input's path, so
+    /// N machines given the same list take disjoint shares that add up to the whole.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::batch::Shard>,
+    /// Append JSON lines to OUT instead of printing, skipping the inputs OUT already has (a
+    /// torn last line from a crash is cut off first): rerun the same command to finish a job.
+    #[arg(long, value_name = "OUT.jsonl")]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -267,10 +385,17 @@ pub struct TraceArgs {
     pub dump: Option<PathBuf>,
     /// Also run this backend and print per-layer max abs error and SQNR against it.
     #[arg(long, value_name = "BACKEND")]
-    pub compare: Option<String>,
+    pub compare: Option<BackendKind>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Also write the explorer page (layers, times, feature maps, top classes, activation maps)
+    /// with this trace in it, as one self-contained HTML file that opens without a server.
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
+    /// Channels per feature map drawn in the --html file (the most active ones).
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub maps: u16,
 }
 
 #[derive(Args, Debug)]
@@ -331,8 +456,8 @@ pub enum WeightsCommand {
         /// Output file (.safetensors, or .pth).
         out: PathBuf,
         /// Storage dtype of the output.
-        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
-        dtype: String,
+        #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+        dtype: StoreDtype,
     },
     /// Describe a weights file: format, tensors, parameters, dtypes, SHA-256, whether it is the
     /// official checkpoint, whether BatchNorm statistics are present, whether it is a valid
@@ -356,8 +481,8 @@ pub enum WeightsCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Storage dtype.
-        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
-        dtype: String,
+        #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+        dtype: StoreDtype,
     },
 }
 
@@ -375,7 +500,7 @@ pub struct BenchArgs {
     pub weights: Option<PathBuf>,
     /// Backends to time, comma-separated, or `all`.
     #[arg(long, value_delimiter = ',', default_value = "gemm,native")]
-    pub backend: Vec<String>,
+    pub backend: Vec<BackendSelection>,
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub batch: Vec<usize>,
@@ -384,10 +509,10 @@ pub struct BenchArgs {
     pub iters: usize,
     /// Kernel ISA for `native` (default: $RESNET_ISA, else the best this CPU supports).
     #[arg(long)]
-    pub isa: Option<String>,
+    pub isa: Option<Isa>,
     /// Winograd policies to time `native` with, comma-separated: off, auto (layer1-3), all.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
-    pub winograd: Vec<String>,
+    pub winograd: Vec<WinogradPolicy>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
@@ -398,19 +523,22 @@ pub struct QuantizeArgs {
     /// f32 weights (safetensors or .pth, torchvision key names). Default: $RESNET_WEIGHTS, else the cache, else download.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// Calibration images: files or directories (their image files, not recursive).
+    #[command(flatten)]
+    pub download: DownloadArgs,
+    /// Calibration images: files, directories (searched recursively, as `classify` does) or
+    /// glob patterns.
     #[arg(long, required = true, num_args = 1.., value_name = "DIR_OR_FILES")]
     pub calib: Vec<PathBuf>,
     /// How activation ranges are chosen: mse (least squared error, measured best), minmax,
     /// percentile (99.99) or percentile:P.
     #[arg(long, default_value = "mse")]
-    pub method: String,
+    pub method: CalibrationMethod,
     /// Augmented crops per calibration image, besides its standard preprocessing.
     #[arg(long, default_value_t = 4)]
     pub crops: usize,
     /// Precision of the first convolution: int8 or f32.
-    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
-    pub stem: String,
+    #[arg(long, value_enum, default_value = "int8")]
+    pub stem: StemArg,
     /// Output file.
     #[arg(long, value_name = "FILE.int8.safetensors")]
     pub out: PathBuf,

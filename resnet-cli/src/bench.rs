@@ -1,6 +1,6 @@
 //! `resnet bench`: every backend timed side by side in one run, on the same weights and input.
 
-use crate::args::{BenchArgs, Format};
+use crate::args::{BackendSelection, BenchArgs, Format};
 use anyhow::bail;
 use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
 use resnet_core::backend::{BackendKind, BackendOptions, NoObserver, WinogradPolicy};
@@ -39,9 +39,8 @@ struct Report {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let isa = match &args.isa {
-        Some(s) => {
-            let isa: Isa = s.parse()?;
+    let isa = match args.isa {
+        Some(isa) => {
             if !isa.is_supported() {
                 bail!("--isa {isa}: not supported by this CPU");
             }
@@ -49,13 +48,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         None => Isa::from_env_or_best()?,
     };
-    let kinds: Vec<BackendKind> = if args.backend.iter().any(|b| b == "all") {
+    let kinds: Vec<BackendKind> = if args.backend.contains(&BackendSelection::All) {
         BackendKind::ALL.to_vec()
     } else {
         args.backend
             .iter()
-            .map(|b| b.parse())
-            .collect::<Result<_, _>>()?
+            .filter_map(|b| match b {
+                BackendSelection::One(k) => Some(*k),
+                BackendSelection::All => None,
+            })
+            .collect()
     };
     if args.batch.contains(&0) || args.iters == 0 {
         bail!("--batch sizes and --iters must be at least 1");
@@ -76,7 +78,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     // Speed does not depend on the values, so bench never downloads: given or cached weights,
     // else synthetic ones (and the report says which).
-    let offline = crate::weights_store::FetchOptions::new(None, None, true, false, 1)?;
+    let offline = crate::weights_store::FetchOptions::offline_only()?;
     let weights = match crate::weights_store::resolve(args.weights.as_deref(), &offline) {
         Ok(_) if int8_file.is_some() => synthetic_weights(0),
         Ok(p) => Weights::load(&p)?,
@@ -96,11 +98,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .map(|r| r.macs)
         .sum();
     // Native runs once per --winograd policy; the others once.
-    let policies: Vec<WinogradPolicy> = args
-        .winograd
-        .iter()
-        .map(|p| p.parse())
-        .collect::<Result<_, _>>()?;
+    let policies: Vec<WinogradPolicy> = args.winograd.clone();
     let mut configs: Vec<(BackendKind, WinogradPolicy, String)> = Vec::new();
     for kind in &kinds {
         if *kind == BackendKind::Native {
@@ -123,7 +121,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             winograd: *winograd,
         };
         let backend = match (kind, int8_file) {
-            (BackendKind::Int8, Some(path)) => crate::quantize::int8_backend(path, isa)?,
+            (BackendKind::Int8, Some(path)) => crate::model::int8_backend(path, isa)?,
             (BackendKind::Int8, None) => {
                 log::info!("int8: quantising the f32 weights on the fly (default calibration on the built-in photos)");
                 kind.create(&weights, &options)?

@@ -1,10 +1,9 @@
 //! `resnet cam`: the class activation map of one image as a PNG (the function `/v1/cam` uses).
 
 use crate::args::CamArgs;
-use crate::classify::{decode_options, load_model};
-use crate::serve::weights_identity;
+use crate::model::{load_model, weights_identity};
 use anyhow::{bail, Context};
-use resnet_core::cam::{class_activation_map, heatmap_overlay};
+use resnet_core::cam::{class_activation_map, overlay_for_view};
 use resnet_core::decode::decode_image_file;
 use resnet_core::postprocess::softmax;
 use resnet_core::preprocess::{resize_and_crop, to_normalized_chw};
@@ -14,7 +13,7 @@ pub fn run(args: CamArgs) -> anyhow::Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.alpha) {
         bail!("--alpha must be between 0 and 1, got {}", args.alpha);
     }
-    let opts = decode_options(&args.decode)?;
+    let opts = args.decode.options()?;
     let model = load_model(&args.model)?;
     let identity = weights_identity(&model.weights_path)?;
     let Some(fc_weight) = &identity.fc_weight else {
@@ -35,7 +34,7 @@ pub fn run(args: CamArgs) -> anyhow::Result<ExitCode> {
         input.view(),
         args.class.map(usize::from),
     )?;
-    let overlay = heatmap_overlay(&crop, &map, args.alpha);
+    let overlay = overlay_for_view(args.view, &image.rgb, &crop, &map, args.alpha);
     overlay
         .save_with_format(&args.out, image::ImageFormat::Png)
         .with_context(|| format!("writing {}", args.out.display()))?;

@@ -1,83 +1,14 @@
 //! `resnet classify` and `resnet preprocess`.
 
-use crate::args::{ClassifyArgs, ClassifyFormat, DecodeArgs, ExifArg, ModelArgs, PreprocessArgs};
-use anyhow::{bail, Context};
+use crate::args::{ClassifyArgs, ClassifyFormat, PreprocessArgs};
+use crate::model::load_model;
+use anyhow::Context;
 use ndarray::Axis;
-use resnet_core::backend::{Backend, BackendKind, BackendOptions};
-use resnet_core::decode::{DecodeOptions, ExifMode};
 use resnet_core::input::{load_input, write_npy};
-use resnet_core::labels::Labels;
 use resnet_core::postprocess::{top_k, Prediction};
-use resnet_core::weights::Weights;
 use serde::Serialize;
 use std::io::Write;
 use std::process::ExitCode;
-
-/// A backend ready to run, with the labels that name its outputs.
-pub struct Model {
-    pub backend: Box<dyn Backend>,
-    pub labels: Labels,
-    /// The weights file it was built from (after `--weights` / env / cache resolution).
-    pub weights_path: std::path::PathBuf,
-}
-
-/// Loads weights and labels and builds the backend. Every failure here is a configuration error.
-pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
-    let kind: BackendKind = args.backend.parse()?;
-    let fetch = crate::weights_cmd::fetch_options(&args.download)?;
-    let path = crate::weights_store::resolve(args.weights.as_deref(), &fetch)?;
-    if kind == BackendKind::Int8 {
-        return crate::quantize::load_model(args, &path);
-    }
-    let weights = match Weights::load(&path) {
-        Ok(w) => w,
-        Err(e) => {
-            let quantised =
-                std::fs::read(&path).is_ok_and(|b| resnet_core::quantize::is_int8_file(&b));
-            if quantised {
-                bail!(
-                    "{}: an INT8 model made by `resnet quantize`: run it with --backend int8",
-                    path.display()
-                );
-            }
-            return Err(e.into());
-        }
-    };
-    if weights.is_synthetic() {
-        log::warn!(
-            "{} holds synthetic weights (seeded random, untrained): predictions are meaningless",
-            path.display()
-        );
-    }
-    let labels = match &args.labels {
-        Some(p) => Labels::from_file(p)?,
-        None => Labels::imagenet(),
-    };
-    let isa = resnet_core::cpu::Isa::from_env_or_best()?;
-    let winograd = args.winograd.parse()?;
-    let backend = kind.create_owned(weights, &BackendOptions { isa, winograd })?;
-    Ok(Model {
-        backend,
-        labels,
-        weights_path: path,
-    })
-}
-
-pub fn decode_options(args: &DecodeArgs) -> anyhow::Result<DecodeOptions> {
-    if !(args.max_megapixels > 0.0 && args.max_megapixels.is_finite()) {
-        bail!(
-            "--max-megapixels must be a positive number, got {}",
-            args.max_megapixels
-        );
-    }
-    Ok(DecodeOptions {
-        max_pixels: (args.max_megapixels * 1e6) as u64,
-        exif: match args.exif {
-            ExifArg::Apply => ExifMode::Apply,
-            ExifArg::Ignore => ExifMode::Ignore,
-        },
-    })
-}
 
 #[derive(Serialize)]
 struct JsonResult<'a> {
@@ -91,28 +22,30 @@ struct JsonResult<'a> {
 }
 
 pub fn run(args: ClassifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
-    let opts = decode_options(&args.decode)?;
+    let opts = args.decode.options()?;
     let model = load_model(&args.model)?;
-    let inputs = crate::inputs::expand(&args.inputs);
+    let plan = crate::batch::plan(&args)?;
+    let inputs = plan.inputs;
     log::debug!(
         "{} inputs, batches of {}, backend {}",
         inputs.len(),
         args.batch_size,
         model.backend.name()
     );
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let format = plan.format;
+    let mut out = std::io::BufWriter::new(plan.sink);
     let k = args.top_k as usize;
-    let bar = crate::inputs::progress_bar(inputs.len(), quiet);
-    let mut csv_out = (args.format == ClassifyFormat::Csv).then(|| csv_header(k));
+    let bar = crate::inputs::progress_bar(inputs.len(), quiet, "images");
+    let mut csv_out = (format == ClassifyFormat::Csv).then(|| csv_header(k));
     if let Some(header) = csv_out.take() {
         out.write_all(&header)?;
     }
-    if args.format == ClassifyFormat::Json {
+    if format == ClassifyFormat::Json {
         writeln!(out, "[")?;
     }
     let mut failed = 0usize;
     let mut done = 0usize;
-    let streaming = matches!(args.format, ClassifyFormat::Jsonl | ClassifyFormat::Csv);
+    let streaming = matches!(format, ClassifyFormat::Jsonl | ClassifyFormat::Csv);
     crate::inputs::run_batches(
         &model,
         &inputs,
@@ -136,7 +69,7 @@ pub fn run(args: ClassifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                     .flatten(),
                 error: outcome.result.as_ref().err().map(String::as_str),
             };
-            match args.format {
+            match format {
                 ClassifyFormat::Text => {
                     // A failed input was reported on stderr already: stdout carries data only.
                     if let Ok(preds) = &preds {
@@ -166,7 +99,7 @@ pub fn run(args: ClassifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         },
     )?;
     bar.finish_and_clear();
-    if args.format == ClassifyFormat::Json {
+    if format == ClassifyFormat::Json {
         if done > 0 {
             writeln!(out)?;
         }
@@ -245,7 +178,7 @@ fn print_text(
 }
 
 pub fn preprocess(args: PreprocessArgs) -> anyhow::Result<ExitCode> {
-    let opts = decode_options(&args.decode)?;
+    let opts = args.decode.options()?;
     let input = load_input(&args.input, &opts)?;
     let batch = input.insert_axis(Axis(0));
     write_npy(&args.out, &batch.view())

@@ -1,8 +1,8 @@
 //! `resnet eval`: top-1 / top-5 accuracy over a labelled image set.
 
 use crate::args::{EvalArgs, Format};
-use crate::classify::{decode_options, load_model};
 use crate::inputs::{run_batches, Input};
+use crate::model::load_model;
 use anyhow::{bail, Context};
 use resnet_core::postprocess::top_k_indices;
 use serde::Serialize;
@@ -113,7 +113,7 @@ struct Report {
 }
 
 pub fn run(args: EvalArgs, quiet: bool) -> anyhow::Result<ExitCode> {
-    let opts = decode_options(&args.decode)?;
+    let opts = args.decode.options()?;
     let mut set = labelled_files(&args.dir, args.labels_file.as_deref())?;
     if let Some(limit) = args.limit {
         set.truncate(limit);
@@ -123,7 +123,7 @@ pub fn run(args: EvalArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     }
     let model = load_model(&args.model)?;
     let inputs: Vec<Input> = set.iter().map(|(p, _)| Input::File(p.clone())).collect();
-    let bar = crate::inputs::progress_bar(inputs.len(), quiet);
+    let bar = crate::inputs::progress_bar(inputs.len(), quiet, "images");
     let (mut top1, mut top5, mut failed, mut seen) = (0usize, 0usize, 0usize, 0usize);
     // Per true class: images, misses, and what the misses were predicted as.
     let mut per_class: BTreeMap<usize, (usize, usize, BTreeMap<usize, usize>)> = BTreeMap::new();

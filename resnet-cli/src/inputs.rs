@@ -1,18 +1,13 @@
 //! Turning command-line inputs (files, directories, glob patterns) into a list of files, and
 //! running them through a model in batches while the next batch decodes.
 
-use crate::classify::Model;
+use crate::model::Model;
 use ndarray::{Array3, Array4, Axis};
 use rayon::prelude::*;
 use resnet_core::backend::NoObserver;
 use resnet_core::decode::DecodeOptions;
 use resnet_core::input::load_input;
 use std::path::{Path, PathBuf};
-
-/// File extensions taken from directories (any file given by name is tried whatever its name).
-const INPUT_EXTENSIONS: [&str; 10] = [
-    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "npy", "jfif",
-];
 
 /// One input to classify: a file, or a problem found while expanding the arguments (reported
 /// in its place, in order, and counted as a failure).
@@ -52,10 +47,13 @@ pub fn expand(args: &[PathBuf]) -> Vec<Input> {
     out
 }
 
+/// Files taken from directories: images (the decoder's list) and preprocessed `.npy` tensors.
+/// Any file given by name is tried whatever its name.
 fn is_input_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| INPUT_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    resnet_core::decode::has_image_extension(path)
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
 }
 
 fn walk_dir(dir: &Path, out: &mut Vec<Input>) {
@@ -197,17 +195,22 @@ pub fn run_batches(
 
 /// A progress bar on stderr (count, images/s, ETA) when stderr is a terminal, there is more
 /// than one input and `--quiet` is off; hidden otherwise.
-pub fn progress_bar(len: usize, quiet: bool) -> indicatif::ProgressBar {
+/// The progress bar of every command that works through a list (`unit`: what is counted):
+/// on stderr, only when it is a terminal, the list has more than one item and not `--quiet`.
+/// (Downloads, counted in bytes, have their own in `weights_store`.)
+pub fn progress_bar(len: usize, quiet: bool, unit: &'static str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if quiet || len < 2 || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    indicatif::ProgressBar::new(len as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}",
+    indicatif::ProgressBar::new(len as u64)
+        .with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {msg}  {per_sec}  ETA {eta}",
+            )
+            .expect("valid template"),
         )
-        .expect("valid template"),
-    )
+        .with_message(unit)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use crate::args::InspectArgs;
 use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
 use resnet_core::backend::BackendKind;
 use resnet_core::cpu::{CpuFeatures, Isa};
+use resnet_core::registry;
 use resnet_core::weights::Weights;
 use std::io::Write;
 use std::process::ExitCode;
@@ -55,6 +56,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|e| e.to_string())
     )?;
     let isa = Isa::from_env_or_best().unwrap_or(Isa::Portable);
+    write_kernel_registry(&mut out, isa)?;
     for kind in BackendKind::ALL {
         writeln!(out, "backend {:<10} {}", kind.name(), kind.describe(isa))?;
     }
@@ -74,4 +76,36 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every registered kernel, whether this CPU runs it, and which one each family selects.
+fn write_kernel_registry(out: &mut impl Write, isa: Isa) -> std::io::Result<()> {
+    let chosen = registry::chosen(isa);
+    writeln!(
+        out,
+        "registered kernels (family, name, ISA level, tile MR x NR, features, on this CPU):"
+    )?;
+    for k in registry::all() {
+        let selected = chosen.contains(&(k.family, k.name));
+        writeln!(
+            out,
+            "  {:<5} {:<22} {:<9} {:>2}x{:<3} {:<28} {}",
+            k.family.name(),
+            k.name,
+            k.isa.name(),
+            k.mr,
+            k.nr,
+            if k.features.is_empty() {
+                "-"
+            } else {
+                k.features
+            },
+            match (k.is_runnable(), selected) {
+                (true, true) => "runs, selected",
+                (true, false) => "runs",
+                (false, _) => "cannot run",
+            }
+        )?;
+    }
+    Ok(())
 }

@@ -2,15 +2,18 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod batch;
 mod bench;
 mod cam;
 mod classify;
 mod eval;
 mod inputs;
 mod inspect;
+mod model;
 mod quantize;
 mod serve;
 mod trace;
+mod watch;
 mod weights_cmd;
 mod weights_store;
 
@@ -71,13 +74,14 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Classify(a) => classify::run(a, cli.quiet),
         args::Command::Preprocess(a) => classify::preprocess(a),
         args::Command::Weights(w) => weights_cmd::run(w),
-        args::Command::Quantize(a) => quantize::run(a),
+        args::Command::Quantize(a) => quantize::run(a, cli.quiet),
         args::Command::Inspect(a) => inspect::run(a),
         args::Command::Bench(a) => bench::run(a),
         args::Command::Serve(a) => serve::run(a, cli.quiet),
         args::Command::Cam(a) => cam::run(a),
         args::Command::Trace(a) => trace::run(a),
         args::Command::Eval(a) => eval::run(a, cli.quiet),
+        args::Command::Watch(a) => watch::run(a),
         args::Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

@@ -1,12 +1,9 @@
 //! `resnet serve`: the HTTP service of `resnet-server`, with the model the CLI loads.
 
-use crate::args::{ExifArg, ModelArgs, ServeArgs};
-use crate::classify::load_model;
+use crate::args::{ModelArgs, ServeArgs};
+use crate::model::{load_model, weights_identity};
 use anyhow::{bail, Context};
-use resnet_core::decode::ExifMode;
-use resnet_core::quantize::{is_int8_file, QuantizedModel};
-use resnet_core::weights::{sha256_hex, Weights};
-use resnet_server::{Config, ServedModel, WeightsIdentity};
+use resnet_server::{Config, ServedModel};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,7 +11,15 @@ pub fn run(args: ServeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut config = config(&args)?;
     config.log_requests = !quiet;
     let threads = rayon::current_num_threads();
-    let model = served_model(&args.model, threads)?;
+    let mut model = served_model(&args.model, threads)?;
+    for name in &args.trace_backend {
+        let mut other = args.model.clone();
+        other.backend = *name;
+        let backend = load_model(&other)
+            .with_context(|| format!("building --trace-backend {name}"))?
+            .backend;
+        model = model.with_other_backend(std::sync::Arc::from(backend));
+    }
     resnet_server::run(config, model, threads)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -34,24 +39,23 @@ pub fn served_model(args: &ModelArgs, threads: usize) -> anyhow::Result<ServedMo
     ))
 }
 
-/// Reads the weights file `load_model` used again, for its digest and its `fc.weight`: the
-/// backend keeps only its own prepared copy. Transient: dropped once the server has what it
-/// needs. An INT8 model file has no f32 `fc.weight`, so no activation maps.
-pub fn weights_identity(path: &std::path::Path) -> anyhow::Result<WeightsIdentity> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let sha256 = sha256_hex(&bytes);
-    let name = path.display().to_string();
-    if is_int8_file(&bytes) {
-        let model = QuantizedModel::from_safetensors_bytes(&bytes, &name)?;
-        return Ok(WeightsIdentity {
-            source: name,
-            sha256: Some(sha256),
-            synthetic: model.synthetic,
-            fc_weight: None,
-        });
+/// `--addr`, else `0.0.0.0:$PORT` when PORT is set (container platforms), else 127.0.0.1:8080.
+fn listen_addr(
+    addr: Option<std::net::SocketAddr>,
+    port: Option<&str>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    if let Some(a) = addr {
+        return Ok(a);
     }
-    let weights = Weights::from_bytes(&bytes, &name)?;
-    Ok(WeightsIdentity::of(&weights, Some(sha256)))
+    match port.map(str::trim).filter(|p| !p.is_empty()) {
+        None => Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
+        Some(p) => {
+            let port: u16 = p
+                .parse()
+                .with_context(|| format!("the environment's PORT '{p}' is not a port number"))?;
+            Ok(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+        }
+    }
 }
 
 fn positive_secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -84,8 +88,15 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
         Some(t) => Some(t.clone()),
         None => std::env::var("RESNET_TOKEN").ok().filter(|t| !t.is_empty()),
     };
+    if !(args.drain_s >= 0.0 && args.drain_s <= 3600.0) {
+        bail!("--drain-s must be from 0 to 3600, got {}", args.drain_s);
+    }
+    let defaults = Config::default();
     let config = Config {
-        addr: args.addr,
+        addr: listen_addr(args.addr, std::env::var("PORT").ok().as_deref())?,
+        log_format: args.log_format,
+        cors_origin: args.cors_origin.clone(),
+        drain: Duration::from_secs_f64(args.drain_s),
         max_batch: args.max_batch as usize,
         batch_wait: Duration::from_secs_f64(args.batch_wait_ms / 1e3),
         queue: args.queue as usize,
@@ -97,11 +108,14 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
         token,
         history: args.history,
         history_file: args.history_file.clone(),
-        exif: match args.exif {
-            ExifArg::Apply => ExifMode::Apply,
-            ExifArg::Ignore => ExifMode::Ignore,
-        },
-        ..Config::default()
+        exif: args.exif.into(),
+        write_timeout: positive_secs("write-timeout-s", args.write_timeout_s)?,
+        max_requests_per_connection: args.max_requests_per_connection as usize,
+        max_inflight_bytes: u64::from(args.max_inflight_mb) << 20,
+        max_concurrent_decodes: args
+            .max_decodes
+            .map_or(defaults.max_concurrent_decodes, |n| n as usize),
+        ..defaults
     };
     config.validate()?;
     Ok(config)

@@ -1,6 +1,6 @@
 //! `resnet weights ...`: fetch, convert, describe and create weights files.
 
-use crate::args::{DownloadArgs, Format, WeightsCommand};
+use crate::args::{Format, WeightsCommand};
 use crate::weights_store::{self, FetchOptions};
 use anyhow::Context;
 use resnet_core::weights::{read_raw, sha256_hex, synthetic_weights, StoreDtype, Weights};
@@ -9,20 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn fetch_options(d: &DownloadArgs) -> anyhow::Result<FetchOptions> {
-    FetchOptions::new(
-        d.url.as_deref(),
-        d.sha256.as_deref(),
-        d.offline,
-        d.allow_http,
-        d.download_timeout_s,
-    )
-}
-
 pub fn run(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         WeightsCommand::Fetch { download, force } => {
-            let opts = fetch_options(&download)?;
+            let opts = FetchOptions::from_args(&download)?;
             let target = opts.cache_file()?;
             if target.is_file() && !force {
                 log::info!("already cached (use --force to download again)");
@@ -33,7 +23,6 @@ pub fn run(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         WeightsCommand::Convert { input, out, dtype } => {
-            let dtype: StoreDtype = dtype.parse().map_err(anyhow::Error::msg)?;
             let bytes = std::fs::read(&input)
                 .with_context(|| format!("cannot read {}", input.display()))?;
             let digest = sha256_hex(&bytes);
@@ -51,7 +40,6 @@ pub fn run(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
         }
         WeightsCommand::Info { file, format } => info(&file, format),
         WeightsCommand::Synth { seed, out, dtype } => {
-            let dtype: StoreDtype = dtype.parse().map_err(anyhow::Error::msg)?;
             save(&synthetic_weights(seed), &out, dtype)?;
             log::info!(
                 "wrote {} (synthetic seed {seed}: random, untrained weights for tests and benchmarks)",

@@ -1,6 +1,7 @@
 //! Where the weights come from: `--weights`, `$RESNET_WEIGHTS`, the cache, or a download of the
 //! official torchvision checkpoint (verified by SHA-256, converted to safetensors in the cache).
 
+use crate::args::DownloadArgs;
 use anyhow::{anyhow, bail, Context};
 use resnet_core::weights::{StoreDtype, Weights};
 use serde::Deserialize;
@@ -52,17 +53,13 @@ fn env_nonempty(name: &str) -> Option<String> {
 }
 
 impl FetchOptions {
-    /// Flags win over the environment, which wins over the manifest.
-    pub fn new(
-        url: Option<&str>,
-        sha256: Option<&str>,
-        offline: bool,
-        allow_http: bool,
-        timeout_s: u64,
-    ) -> anyhow::Result<FetchOptions> {
+    /// The download flags, converted once: flags win over the environment, which wins over
+    /// the manifest.
+    pub fn from_args(args: &DownloadArgs) -> anyhow::Result<FetchOptions> {
         let m = manifest();
-        let sha256 = sha256
-            .map(str::to_string)
+        let sha256 = args
+            .sha256
+            .clone()
             .or_else(|| env_nonempty("RESNET_WEIGHTS_SHA256"))
             .unwrap_or(m.sha256)
             .to_ascii_lowercase();
@@ -70,14 +67,26 @@ impl FetchOptions {
             bail!("--sha256 must be 8 to 64 hex digits of a SHA-256 digest, got '{sha256}'");
         }
         Ok(FetchOptions {
-            url: url
-                .map(str::to_string)
+            url: args
+                .url
+                .clone()
                 .or_else(|| env_nonempty("RESNET_WEIGHTS_URL"))
                 .unwrap_or(m.url),
             sha256,
-            offline: offline || env_flag("RESNET_OFFLINE"),
-            allow_http,
-            timeout: Duration::from_secs(timeout_s.max(1)),
+            offline: args.offline || env_flag("RESNET_OFFLINE"),
+            allow_http: args.allow_http,
+            timeout: Duration::from_secs(args.download_timeout_s.max(1)),
+        })
+    }
+
+    /// Never downloads: for commands that only look for weights already here (`bench`).
+    pub fn offline_only() -> anyhow::Result<FetchOptions> {
+        FetchOptions::from_args(&DownloadArgs {
+            url: None,
+            sha256: None,
+            offline: true,
+            allow_http: false,
+            download_timeout_s: 1,
         })
     }
 

@@ -21,6 +21,19 @@ use std::io::{BufRead, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// File extensions of the formats above, lower case: what a directory scan takes as an image
+/// (`classify` and `quantize` on a folder, the watcher on a snapshot folder).
+pub const IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "jfif", "png", "webp", "gif", "bmp", "tif", "tiff",
+];
+
+/// Whether `path`'s extension is one of [`IMAGE_EXTENSIONS`] (any case).
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 /// Default pixel limit: 64 megapixels.
 pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
 

@@ -37,10 +37,13 @@ pub mod labels;
 pub mod postprocess;
 pub mod preprocess;
 pub mod quantize;
+pub mod time;
+pub mod trace;
 pub mod weights;
 
 pub use error::{Error, ImageProblem, Result};
 pub use resnet_kernels::cpu;
+pub use resnet_kernels::registry;
 
 /// The machine's measured FMA peak in GFLOP/s on the current thread pool (see
 /// `resnet_kernels::peak`).

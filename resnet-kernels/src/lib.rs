@@ -4,6 +4,9 @@
 //! It is the only crate of the workspace that may contain `unsafe`; every such block carries a
 //! `// SAFETY:` line naming the invariant it relies on.
 //!
+//! - [`registry`]: the kernel registry, one table per kernel family: which micro-kernels exist,
+//!   what each needs from the CPU, which one runs for an ISA level.
+//! - [`tiling`]: what the f32 and INT8 loop nests share (A sources, blocking, work split).
 //! - [`cpu`]: CPU feature detection (once per process) and the [`cpu::Isa`] levels, with the
 //!   `RESNET_ISA` override.
 //! - [`peak`]: the measured FMA peak, for "percent of peak" figures.
@@ -15,6 +18,8 @@
 //!   requantising epilogue, and the INT8 design note.
 #![deny(missing_docs)]
 
+pub mod alloc_counter;
+pub mod bf16;
 pub mod cpu;
 pub mod gemm;
 pub mod int8;
@@ -22,4 +27,6 @@ pub mod library_gemm;
 pub mod memory;
 pub mod peak;
 pub mod pool;
+pub mod registry;
+pub mod tiling;
 pub mod winograd;

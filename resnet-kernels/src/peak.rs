@@ -6,65 +6,57 @@
 use crate::cpu::Isa;
 use std::time::Instant;
 
-/// Measured peak in GFLOP/s (2 FLOPs per FMA lane) for `isa` on all threads of the current pool.
+/// Measured peak in GFLOP/s (2 FLOPs per FMA lane) of the f32 kernel `isa` selects, on all
+/// threads of the current pool. The probe is the kernel line's own ([`crate::registry`]).
 pub fn measure_peak_gflops(isa: Isa) -> f64 {
-    let rates = rayon::broadcast(|_| single_thread_gflops(isa));
+    let kernel = crate::gemm::kernel_for(isa);
+    let rates = rayon::broadcast(|_| single_thread_gflops(kernel));
     rates.iter().sum()
 }
 
-fn single_thread_gflops(isa: Isa) -> f64 {
-    let iters = 20_000_000usize / lanes(isa);
+fn single_thread_gflops(kernel: &crate::gemm::F32Kernel) -> f64 {
+    // Each f32 kernel's tile is two vectors wide, so NR/2 is its vector width: about 20 M
+    // rounds' worth of 1-lane FMAs at every width (the portable line counts as 8 lanes: its probe
+    // only needs to be correct, not long).
+    let iters = 20_000_000usize / (kernel.info.nr / 2).max(1);
     // Warm up (clock ramp, AVX-512 licence), then measure the best of three.
-    run(isa, iters / 4);
+    kernel.run_peak_probe(iters / 4);
     (0..3)
         .map(|_| {
             let t = Instant::now();
-            let flops = run(isa, iters);
+            let flops = kernel.run_peak_probe(iters).unwrap_or(0.0);
             flops / t.elapsed().as_secs_f64() / 1e9
         })
         .fold(0.0, f64::max)
 }
 
-fn lanes(isa: Isa) -> usize {
-    match isa.f32_level() {
-        Isa::Portable => 1,
-        Isa::Avx2 => 8,
-        Isa::Avx512 => 16,
-        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
-    }
-}
-
-/// Runs `iters` rounds of 12 independent FMA chains; returns the FLOPs done.
-fn run(isa: Isa, iters: usize) -> f64 {
-    match isa.f32_level() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the ISA was checked as supported by the caller's `Isa::supported()` choice,
-        // and the functions touch no memory.
-        Isa::Avx512 if isa.is_supported() => unsafe { x86::fma_avx512(iters) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 if isa.is_supported() => unsafe { x86::fma_avx2(iters) },
-        _ => {
-            let mut acc = [1.0f32; 12];
-            for _ in 0..iters {
-                for a in acc.iter_mut() {
-                    *a = a.mul_add(0.999_999, 1e-7);
-                }
-            }
-            std::hint::black_box(acc);
+/// The portable kernel's probe: 12 scalar FMA chains. Returns the FLOPs done.
+///
+/// # Safety
+/// None needed (plain Rust); `unsafe` only to share the probe signature of the SIMD lines.
+pub(crate) unsafe fn fma_portable(iters: usize) -> f64 {
+    let mut acc = [1.0f32; 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(0.999_999, 1e-7);
         }
     }
-    (iters * 12 * lanes(isa) * 2) as f64
+    std::hint::black_box(acc);
+    (iters * 12 * 2) as f64
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     macro_rules! fma_loop {
-        ($name:ident, $feat:literal, $ty:ty, $set1:ident, $fma:ident) => {
+        ($name:ident, $feat:literal, $ty:ty, $lanes:literal, $set1:ident, $fma:ident) => {
+            /// 12 independent FMA chains for `iters` rounds; returns the FLOPs done.
+            ///
+            /// # Safety
+            /// The CPU supports the features named.
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn $name(iters: usize) {
+            pub(crate) unsafe fn $name(iters: usize) -> f64 {
                 let m = $set1(0.999_999);
                 let add = $set1(1e-7);
                 let mut acc: [$ty; 12] = [$set1(1.0); 12];
@@ -74,6 +66,7 @@ mod x86 {
                     }
                 }
                 std::hint::black_box(acc);
+                (iters * 12 * $lanes * 2) as f64
             }
         };
     }
@@ -81,6 +74,7 @@ mod x86 {
         fma_avx512,
         "avx512f",
         __m512,
+        16,
         _mm512_set1_ps,
         _mm512_fmadd_ps
     );
@@ -88,6 +82,7 @@ mod x86 {
         fma_avx2,
         "avx2,fma",
         __m256,
+        8,
         _mm256_set1_ps,
         _mm256_fmadd_ps
     );

@@ -27,6 +27,25 @@
 use crate::cpu::Isa;
 use crate::gemm::{sgemm_packed, ASource, Epilogue, PackedB};
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// Each worker's tile buffer for the input and output transforms, reused across tiles,
+    /// layers and calls: a warm forward pass allocates nothing here. (Every element a
+    /// transform reads is written first for the tile at hand, so stale values never leak.)
+    static TILE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's tile buffer, grown to at least `len` floats.
+fn with_tile_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    TILE_SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
 
 /// Output tile side (m) and input tile side (m + r - 1).
 const M: usize = 4;
@@ -154,8 +173,8 @@ pub fn conv3x3_winograd(
     if let Some(b) = epi.bias {
         assert_eq!(b.len(), k_n, "one bias per output channel");
     }
-    // The transforms are f32 code: VNNI levels run the f32 kernels of their base level.
-    let isa = weights.packed[0].isa().f32_level();
+    // The transforms compiled for the kernel line the weights were packed for.
+    let (input_transform, output_transform) = weights.packed[0].kernel().winograd_transforms();
     let (tiles_h, tiles_w) = (h.div_ceil(M), w.div_ceil(M));
     let tiles = batch * tiles_h * tiles_w;
 
@@ -165,16 +184,17 @@ pub fn conv3x3_winograd(
         .v
         .par_chunks_mut(T * T * c_n)
         .enumerate()
-        .for_each_init(
-            || vec![0.0f32; 2 * T * T * c_n],
-            |buf, (t, v)| {
+        .for_each(|(t, v)| {
+            with_tile_scratch(2 * T * T * c_n, |buf| {
                 let n = t / (tiles_h * tiles_w);
                 let (ty, tx) = ((t / tiles_w) % tiles_h, t % tiles_w);
                 let (d, tmp) = buf.split_at_mut(T * T * c_n);
                 gather_input_tile(input, (n, h, w, c_n), (ty * M, tx * M), d);
-                input_transform(isa, d, tmp, v, c_n);
-            },
-        );
+                // SAFETY: the line comes from a PackedB, which is only built for kernels this CPU
+                // runs, so the target features the transform is compiled for are present.
+                unsafe { input_transform(d, tmp, v, c_n) };
+            })
+        });
 
     // 2. The 36 GEMMs, M laid out [p][tile][k]: M[p] = V[·][p][·] · U[p]. They run in
     //    parallel with each other (and each splits further when it is large): at batch 1 a
@@ -205,17 +225,17 @@ pub fn conv3x3_winograd(
                 .enumerate()
                 .map(move |(ty, band)| (n, ty, band))
         })
-        .for_each_init(
-            || vec![0.0f32; (T * M + M * M) * k_n],
-            |buf, (n, ty, band)| {
+        .for_each(|(n, ty, band)| {
+            with_tile_scratch((T * M + M * M) * k_n, |buf| {
                 for tx in 0..tiles_w {
                     let t = (n * tiles_h + ty) * tiles_w + tx;
                     let (tmp, y) = buf.split_at_mut(T * M * k_n);
-                    output_transform(isa, &m[t * k_n..], tiles * k_n, tmp, y, k_n);
+                    // SAFETY: as for the input transform.
+                    unsafe { output_transform(&m[t * k_n..], tiles * k_n, tmp, y, k_n) };
                     store_output_tile(y, band, (n, ty * M, tx * M), (h, w, k_n), epi);
                 }
-            },
-        );
+            })
+        });
 }
 
 /// Copies the 6x6 input tile whose top-left output is `(y0, x0)` (input rows from `y0 - 1`),
@@ -331,39 +351,27 @@ fn output_transform_body(m: &[f32], pstride: usize, tmp: &mut [f32], y: &mut [f3
     }
 }
 
-/// The transforms are plain loops over channels; these entry points let the compiler vectorise
-/// them for the ISA chosen at run time (the binary itself targets baseline x86-64).
-fn input_transform(isa: Isa, d: &[f32], tmp: &mut [f32], v: &mut [f32], c_n: usize) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` came from a PackedB, which is only built for ISAs this CPU supports,
-        // so the target features the callee is compiled for are present.
-        Isa::Avx512 => unsafe { simd_transforms::input_avx512(d, tmp, v, c_n) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above (AVX2 and FMA verified by `Isa::is_supported`).
-        Isa::Avx2 => unsafe { simd_transforms::input_avx2(d, tmp, v, c_n) },
-        _ => input_transform_body(d, tmp, v, c_n),
-    }
-}
+/// Winograd's input transform as compiled for one f32 kernel line: `(d, tmp, v, channels)`.
+/// Unsafe: the CPU must have the line's features (guaranteed for a line a `PackedB` holds).
+pub(crate) type InputTransform = unsafe fn(&[f32], &mut [f32], &mut [f32], usize);
+/// Winograd's output transform as compiled for one f32 kernel line:
+/// `(m, pstride, tmp, y, channels)`; unsafe as [`InputTransform`].
+pub(crate) type OutputTransform = unsafe fn(&[f32], usize, &mut [f32], &mut [f32], usize);
 
-fn output_transform(
-    isa: Isa,
-    m: &[f32],
-    pstride: usize,
-    tmp: &mut [f32],
-    y: &mut [f32],
-    k_n: usize,
-) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` came from a PackedB, built only for ISAs this CPU supports.
-        Isa::Avx512 => unsafe { simd_transforms::output_avx512(m, pstride, tmp, y, k_n) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above (AVX2 and FMA verified by `Isa::is_supported`).
-        Isa::Avx2 => unsafe { simd_transforms::output_avx2(m, pstride, tmp, y, k_n) },
-        _ => output_transform_body(m, pstride, tmp, y, k_n),
-    }
-}
+/// The transforms are plain loops over channels; these entry points let the compiler vectorise
+/// them for the kernel line chosen at run time (the binary itself targets baseline x86-64).
+pub(crate) const PORTABLE_TRANSFORMS: (InputTransform, OutputTransform) =
+    (input_transform_body, output_transform_body);
+/// The transforms compiled for AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const AVX2_TRANSFORMS: (InputTransform, OutputTransform) =
+    (simd_transforms::input_avx2, simd_transforms::output_avx2);
+/// The transforms compiled for AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const AVX512_TRANSFORMS: (InputTransform, OutputTransform) = (
+    simd_transforms::input_avx512,
+    simd_transforms::output_avx512,
+);
 
 #[cfg(target_arch = "x86_64")]
 mod simd_transforms {

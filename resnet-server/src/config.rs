@@ -56,6 +56,15 @@ pub struct Config {
     pub max_concurrent_decodes: usize,
     /// How often memory freed by finished requests is given back to the system (when some was).
     pub memory_trim_interval: Duration,
+    /// Text or JSON access log lines.
+    pub log_format: crate::ops::LogFormat,
+    /// `Access-Control-Allow-Origin` for cross-origin browsers (`*` or one origin); `None`: no
+    /// CORS headers, and `OPTIONS` is a 405 like any other method.
+    pub cors_origin: Option<String>,
+    /// After SIGTERM, how long readiness says 503 while the server still accepts and answers
+    /// (so load balancers and Kubernetes stop sending) before the listener closes and the
+    /// in-flight requests drain.
+    pub drain: Duration,
 }
 
 impl Default for Config {
@@ -82,6 +91,9 @@ impl Default for Config {
             max_inflight_bytes: 512 << 20,
             max_concurrent_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
             memory_trim_interval: Duration::from_secs(1),
+            log_format: crate::ops::LogFormat::Text,
+            cors_origin: None,
+            drain: Duration::ZERO,
         }
     }
 }
@@ -119,6 +131,11 @@ impl Config {
         }
         if self.max_batch_parts == 0 {
             return bad("the batch route needs at least one part");
+        }
+        if let Some(o) = &self.cors_origin {
+            if o.is_empty() || hyper::header::HeaderValue::from_str(o).is_err() {
+                return bad("--cors-origin must be '*' or an origin such as https://example.com");
+            }
         }
         if matches!(&self.token, Some(t) if t.is_empty()) {
             return bad("the token must not be empty");

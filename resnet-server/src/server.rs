@@ -273,6 +273,7 @@ pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), Ser
         })?;
     runtime.block_on(async move {
         let log = config.log_requests;
+        let drain = config.drain;
         let server = Server::start(config, model).await?;
         eprintln!("resnet serve: listening on http://{}", server.local_addr());
         tokio::select! {
@@ -285,6 +286,16 @@ pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), Ser
         }
         if server.is_ready() {
             termination().await;
+        }
+        // Readiness says 503 from now on; the listener stays open for the drain period so
+        // load balancers see it and stop sending before connections are refused.
+        server.state.shutting_down.store(true, Ordering::Release);
+        if !drain.is_zero() {
+            eprintln!(
+                "resnet serve: SIGTERM: not ready; draining for {:.1} s before closing the listener",
+                drain.as_secs_f64()
+            );
+            tokio::time::sleep(drain).await;
         }
         eprintln!("resnet serve: shutting down, finishing in-flight requests");
         server.shutdown().await;

@@ -7,18 +7,21 @@
 //! [`LayerObserver`], so tracing, profiling and class activation maps work the same for every
 //! backend.
 
+mod bf16;
 mod folded;
 mod gemm;
 mod int8;
 mod native;
 mod reference;
 
+pub use bf16::Bf16Backend;
 pub use gemm::GemmBackend;
 pub(crate) use int8::Fp32Probe;
 pub use int8::Int8Backend;
 pub use native::NativeBackend;
 pub use reference::ReferenceBackend;
 
+pub use crate::arch::TracePoint;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4, ArrayViewD};
@@ -55,8 +58,10 @@ pub trait LayerObserver {
 /// What a backend reports after each trace point.
 #[derive(Debug)]
 pub struct LayerEvent<'a> {
-    /// The trace point's name (torchvision module name, or `stem`).
-    pub name: &'a str,
+    /// The trace point.
+    pub point: TracePoint,
+    /// Its name (torchvision module name, or `stem`): `point.name()`.
+    pub name: &'static str,
     /// Output shape, `[N, C, H, W]` or `[N, F]`.
     pub shape: Vec<usize>,
     /// Time spent computing this point since the previous one.
@@ -79,16 +84,17 @@ impl<'o> Reporter<'o> {
         }
     }
 
-    /// Reports trace point `name` with its NCHW shape, and its output when there is one.
-    pub(crate) fn report_shape<'a>(
+    /// Reports trace point `point` with its NCHW shape, and its output when there is one.
+    pub(crate) fn report_shape(
         &mut self,
-        name: &'a str,
+        point: TracePoint,
         shape: &[usize],
-        out: Option<ArrayViewD<'a, f32>>,
+        out: Option<ArrayViewD<'_, f32>>,
     ) {
         let elapsed = self.clock.elapsed();
         self.observer.on_layer(&LayerEvent {
-            name,
+            point,
+            name: point.name(),
             shape: shape.to_vec(),
             elapsed,
             output: out,
@@ -96,11 +102,11 @@ impl<'o> Reporter<'o> {
         self.clock = Instant::now();
     }
 
-    /// Reports trace point `name` whose output is `out` (NCHW or NF).
-    pub(crate) fn report<'a>(&mut self, name: &'a str, out: ArrayViewD<'a, f32>) {
+    /// Reports trace point `point` whose output is `out` (NCHW or NF).
+    pub(crate) fn report(&mut self, point: TracePoint, out: ArrayViewD<'_, f32>) {
         let shape = out.shape().to_vec();
         let wants = self.observer.wants_outputs();
-        self.report_shape(name, &shape, wants.then_some(out));
+        self.report_shape(point, &shape, wants.then_some(out));
     }
 }
 
@@ -148,15 +154,18 @@ pub enum BackendKind {
     Native,
     /// Calibrated INT8: `u8 x s8` kernels with fused requantisation, NHWC `u8` activations.
     Int8,
+    /// bf16 weights and activations, f32 accumulation (`vdpbf16ps` on AVX512-BF16).
+    Bf16,
 }
 
 impl BackendKind {
     /// Every backend, in order of sophistication.
-    pub const ALL: [BackendKind; 4] = [
+    pub const ALL: [BackendKind; 5] = [
         BackendKind::Reference,
         BackendKind::Gemm,
         BackendKind::Native,
         BackendKind::Int8,
+        BackendKind::Bf16,
     ];
 
     /// The CLI name.
@@ -166,6 +175,7 @@ impl BackendKind {
             BackendKind::Gemm => "gemm",
             BackendKind::Native => "native",
             BackendKind::Int8 => "int8",
+            BackendKind::Bf16 => "bf16",
         }
     }
 
@@ -181,6 +191,10 @@ impl BackendKind {
             BackendKind::Int8 => format!(
                 "INT8 kernel {}, NHWC u8 activations, per-channel weights, fused requantisation; fc f32 (quality: intrinsics)",
                 resnet_kernels::int8::kernel_name(isa)
+            ),
+            BackendKind::Bf16 => format!(
+                "bf16 kernel {}, NHWC bf16 activations, bf16 weights after BN folding, f32 accumulation, fused epilogue rounding to bf16; fc f32 (quality: bf16)",
+                resnet_kernels::bf16::kernel_name(isa)
             ),
         }
     }
@@ -200,6 +214,10 @@ impl BackendKind {
                     options.isa,
                     options.winograd,
                 )))
+            }
+            BackendKind::Bf16 => {
+                self.check_isa(options)?;
+                Ok(Box::new(Bf16Backend::from_weights(weights, options.isa)))
             }
             _ => self.create(&weights, options),
         }
@@ -229,6 +247,7 @@ impl BackendKind {
                 Box::new(NativeBackend::new(weights, options.isa, options.winograd))
             }
             BackendKind::Int8 => Box::new(Int8Backend::from_weights(weights, options.isa)?),
+            BackendKind::Bf16 => Box::new(Bf16Backend::new(weights, options.isa)),
         })
     }
 }

@@ -1,77 +1,16 @@
-//! The five loops around the micro-kernel, generic over the kernel type.
+//! The five loops around the micro-kernel, generic over the kernel type (blocking, work split
+//! and A packing shared with INT8 in [`crate::tiling`]).
 
-use super::{blocking, ConvGeometry, Epilogue, MicroKernel, PackedB, TileEpilogue};
-use rayon::prelude::*;
+use super::{ASource, Epilogue, MicroKernel, PackedB, TileEpilogue};
+use crate::tiling::{SharedMut, WorkSplit};
 use std::cell::RefCell;
-
-/// Where the rows of A come from.
-#[derive(Clone, Copy, Debug)]
-pub enum ASource<'a> {
-    /// A row-major matrix with `rows` rows of at least K floats, row stride `lda`.
-    Matrix {
-        /// The values.
-        data: &'a [f32],
-        /// Number of rows (M).
-        rows: usize,
-        /// Row stride.
-        lda: usize,
-    },
-    /// The implicit im2col of an NHWC input: packed straight from the input, never materialised.
-    Conv {
-        /// The NHWC input.
-        input: &'a [f32],
-        /// Its geometry.
-        geometry: ConvGeometry,
-    },
-}
-
-impl ASource<'_> {
-    fn rows(&self) -> usize {
-        match self {
-            ASource::Matrix { rows, .. } => *rows,
-            ASource::Conv { geometry, .. } => geometry.m(),
-        }
-    }
-
-    /// Copies rows `m0..m0+rows` x columns `k0..k0+kc` into `out`, row-major with row stride
-    /// `kc` (the micro-kernels broadcast A values straight from these rows). For a convolution
-    /// this is the im2col of the block, built from contiguous channel runs; rows up to the next
-    /// multiple of MR are zero.
-    fn pack(&self, m0: usize, rows: usize, k0: usize, kc: usize, mr: usize, out: &mut Vec<f32>) {
-        // Every row below is written in full, so only the rows past `rows` are zeroed (a memset
-        // of the whole block first would double the stores of packing).
-        out.resize(rows.div_ceil(mr) * mr * kc, 0.0);
-        out[rows * kc..].fill(0.0);
-        for (r, dst) in out.chunks_exact_mut(kc).take(rows).enumerate() {
-            match self {
-                ASource::Matrix { data, lda, .. } => {
-                    dst.copy_from_slice(&data[(m0 + r) * lda + k0..][..kc])
-                }
-                ASource::Conv { input, geometry } => {
-                    geometry.im2col_row_segment(input, m0 + r, k0, dst)
-                }
-            }
-        }
-    }
-}
 
 thread_local! {
     /// Each worker's A-packing buffer, reused across calls (no allocation in steady state).
     static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A raw pointer to C that work items share; each item writes only its own tiles.
-#[derive(Clone, Copy)]
-struct SharedC(*mut f32);
-// SAFETY: work items write disjoint tiles of C (disjoint row blocks x column chunks).
-unsafe impl Send for SharedC {}
-// SAFETY: as above; no item reads another item's tiles.
-unsafe impl Sync for SharedC {}
-impl SharedC {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
+type SharedC = SharedMut<f32>;
 
 pub(crate) fn gemm<K: MicroKernel>(
     a: &ASource<'_>,
@@ -81,23 +20,12 @@ pub(crate) fn gemm<K: MicroKernel>(
     epi: &Epilogue<'_>,
 ) {
     let (m, n) = (a.rows(), b.n);
-    assert_eq!(b.nr, K::NR, "B was packed for another kernel");
+    assert_eq!(b.kernel.info.nr, K::NR, "B was packed for another kernel");
     if m == 0 || n == 0 {
         return;
     }
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too small");
-    match a {
-        ASource::Matrix { data, lda, .. } => {
-            assert!(
-                *lda >= b.k && data.len() >= (m - 1) * lda + b.k,
-                "A too small"
-            )
-        }
-        ASource::Conv { input, geometry } => {
-            assert_eq!(geometry.k(), b.k, "conv K differs from the packed weights");
-            assert_eq!(input.len(), geometry.input_len(), "input size");
-        }
-    }
+    a.check(b.k);
     if let Some(bias) = epi.bias {
         assert!(bias.len() >= n, "bias too short");
     }
@@ -108,19 +36,12 @@ pub(crate) fn gemm<K: MicroKernel>(
         );
     }
 
-    // Loop 3 and 5 make the work items: row blocks of about MC rows (rounded to MR, split evenly)
-    // x column chunks of NC.
-    let m_blocks = m.div_ceil(blocking::MC);
-    let mc = m.div_ceil(m_blocks).div_ceil(K::MR) * K::MR;
-    let m_blocks = m.div_ceil(mc);
-    let nc = blocking::NC.div_ceil(K::NR) * K::NR;
-    let n_chunks = n.div_ceil(nc);
-    let shared_c = SharedC(c.as_mut_ptr());
-    (0..m_blocks * n_chunks).into_par_iter().for_each(|item| {
-        let (mb, nb) = (item / n_chunks, item % n_chunks);
-        let m0 = mb * mc;
-        let rows_in_block = mc.min(m - m0);
-        let (j_begin, j_end) = (nb * nc, (nb * nc + nc).min(n));
+    // Loops 3 and 5 make the work items.
+    let split = WorkSplit::new(m, n, K::MR, K::NR, b.blocking);
+    let shared_c = SharedC::new(c.as_mut_ptr());
+    split.for_each(|item| {
+        let (m0, rows_in_block) = (item.m0, item.rows);
+        let (j_begin, j_end) = (item.j_begin, item.j_end);
         A_PACK.with(|buf| {
             let mut a_pack = buf.borrow_mut();
             // Loop 4: K blocks. The first overwrites C, the others add to it, the last applies
@@ -128,7 +49,7 @@ pub(crate) fn gemm<K: MicroKernel>(
             for (bi, &(k0, kc, offset)) in b.blocks.iter().enumerate() {
                 let accumulate = bi > 0;
                 let last = bi + 1 == b.blocks.len();
-                a.pack(m0, rows_in_block, k0, kc, K::MR, &mut a_pack);
+                a.pack(m0, rows_in_block, k0, kc, kc, K::MR, &mut a_pack);
                 // Loop 2: NR-wide micro-panels of B.
                 for j0 in (j_begin..j_end).step_by(K::NR) {
                     let cols = K::NR.min(n - j0);

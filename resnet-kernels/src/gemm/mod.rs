@@ -22,11 +22,16 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 
-pub use loops::ASource;
+pub use crate::tiling::Blocking;
 pub use pack::{im2col_nhwc, ConvGeometry};
 
 use crate::cpu::Isa;
+use crate::registry::{self, Family, Kernel, KernelInfo};
 use pack::pack_b;
+
+/// Where the rows of A (`f32`) come from: a matrix, or the implicit im2col of an NHWC input
+/// (`pad` is then 0.0).
+pub type ASource<'a> = crate::tiling::ASource<'a, f32>;
 
 /// What happens to each element of `A·B` before it is stored, in this order:
 /// `+ bias[column]`, `+ residual[row, column]`, `max(0, ·)`.
@@ -40,7 +45,8 @@ pub struct Epilogue<'a> {
     pub relu: bool,
 }
 
-/// Cache-blocking constants, each named by the loop it cuts (see the module diagram).
+/// Cache-blocking constants, each named by the loop it cuts (see the module diagram): the
+/// defaults of [`Blocking`] when no plan says otherwise.
 pub mod blocking {
     /// Loop 4: K is cut into blocks of at most this many, so that a B micro-panel
     /// (KC x NR floats: 256 x 32 x 4 B = 32 KiB) stays in a 48 KiB L1 beside a slice of A.
@@ -50,66 +56,176 @@ pub mod blocking {
     pub const MC: usize = 144;
     /// Loop 5: columns of C per work item; 256 lets 2 threads share a 512-channel layer at batch 1.
     pub const NC: usize = 256;
+
+    /// The three as a [`super::Blocking`].
+    pub const DEFAULT: super::Blocking = super::Blocking {
+        kc: KC,
+        mc: MC,
+        nc: NC,
+    };
+}
+
+/// The entry points of an f32 kernel line.
+#[derive(Debug)]
+pub struct F32Entry {
+    /// The loop nest around this kernel.
+    gemm: fn(&ASource<'_>, &PackedB, &mut [f32], usize, &Epilogue<'_>),
+    /// 12 independent FMA chains of this kernel's vector width for `iters` rounds; returns the
+    /// FLOPs done. Unsafe: the CPU must run the kernel ([`KernelInfo::is_runnable`]).
+    peak: unsafe fn(usize) -> f64,
+    /// Winograd's input transform `V = Bᵀ d B`, compiled for the kernel's features.
+    winograd_input: crate::winograd::InputTransform,
+    /// Winograd's output transform `Y = Aᵀ M A`, compiled for the kernel's features.
+    winograd_output: crate::winograd::OutputTransform,
+}
+
+/// An f32 kernel line.
+pub type F32Kernel = Kernel<F32Entry>;
+
+/// The line of micro-kernel `K`.
+const fn line<K: MicroKernel>(
+    isa: Isa,
+    features: &'static str,
+    runnable: fn() -> bool,
+    peak: unsafe fn(usize) -> f64,
+    winograd: (
+        crate::winograd::InputTransform,
+        crate::winograd::OutputTransform,
+    ),
+) -> F32Kernel {
+    Kernel {
+        info: KernelInfo {
+            name: K::NAME,
+            family: Family::F32,
+            isa,
+            mr: K::MR,
+            nr: K::NR,
+            packing: "K blocks of NR-wide micro-panels, k-major, zero-padded to NR columns",
+            features,
+            runnable,
+        },
+        entry: F32Entry {
+            gemm: loops::gemm::<K>,
+            peak,
+            winograd_input: winograd.0,
+            winograd_output: winograd.1,
+        },
+    }
+}
+
+/// The f32 kernels, portable first (see [`crate::registry`]). One line per kernel.
+pub static KERNELS: [F32Kernel; F32_KERNEL_COUNT] = [
+    line::<scalar::ScalarKernel>(
+        Isa::Portable,
+        "",
+        || true,
+        crate::peak::fma_portable,
+        crate::winograd::PORTABLE_TRANSFORMS,
+    ),
+    #[cfg(target_arch = "x86_64")]
+    line::<simd::Avx2FmaKernel>(
+        Isa::Avx2,
+        "avx2,fma",
+        || Isa::Avx2.is_supported(),
+        crate::peak::x86::fma_avx2,
+        crate::winograd::AVX2_TRANSFORMS,
+    ),
+    #[cfg(target_arch = "x86_64")]
+    line::<simd::Avx512Kernel>(
+        Isa::Avx512,
+        "avx512f",
+        || Isa::Avx512.is_supported(),
+        crate::peak::x86::fma_avx512,
+        crate::winograd::AVX512_TRANSFORMS,
+    ),
+];
+
+#[cfg(target_arch = "x86_64")]
+const F32_KERNEL_COUNT: usize = 3;
+#[cfg(not(target_arch = "x86_64"))]
+const F32_KERNEL_COUNT: usize = 1;
+
+/// The f32 kernel that runs for `isa` on this CPU.
+pub fn kernel_for(isa: Isa) -> &'static F32Kernel {
+    registry::select(&KERNELS, isa)
 }
 
 /// The register-tile shape and name of the kernel chosen for an ISA.
 pub fn kernel_name(isa: Isa) -> &'static str {
-    match isa.f32_level() {
-        Isa::Portable => scalar::ScalarKernel::NAME,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => simd::Avx2FmaKernel::NAME,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => simd::Avx512Kernel::NAME,
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => scalar::ScalarKernel::NAME,
+    kernel_for(isa).info.name
+}
+
+impl F32Kernel {
+    /// Runs the kernel's throughput probe for `iters` rounds; returns the FLOPs done, or
+    /// `None` when this CPU cannot run the kernel.
+    pub fn run_peak_probe(&self, iters: usize) -> Option<f64> {
+        // SAFETY: the probe needs the kernel's features, which `is_runnable` just confirmed.
+        self.info
+            .is_runnable()
+            .then(|| unsafe { (self.entry.peak)(iters) })
+    }
+
+    pub(crate) fn winograd_transforms(
+        &self,
+    ) -> (
+        crate::winograd::InputTransform,
+        crate::winograd::OutputTransform,
+    ) {
+        (self.entry.winograd_input, self.entry.winograd_output)
     }
 }
 
-fn nr_for(isa: Isa) -> usize {
-    match isa.f32_level() {
-        Isa::Portable => scalar::ScalarKernel::NR,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => simd::Avx2FmaKernel::NR,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => simd::Avx512Kernel::NR,
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => scalar::ScalarKernel::NR,
-    }
-}
-
-/// The B operand (`K x N`, the weights) packed for one ISA's micro-kernel: K cut into blocks of
-/// at most [`blocking::KC`], each block cut into micro-panels of NR columns stored k-major and
-/// zero-padded to NR columns.
+/// The B operand (`K x N`, the weights) packed for one kernel: K cut into blocks of at most
+/// `blocking.kc`, each block cut into micro-panels of NR columns stored k-major and zero-padded
+/// to NR columns. Keeps the kernel line and the blocking it was packed for.
 #[derive(Clone, Debug)]
 pub struct PackedB {
-    isa: Isa,
+    kernel: &'static F32Kernel,
+    blocking: Blocking,
     k: usize,
     n: usize,
-    nr: usize,
     /// `(k0, kc, offset)` of each K block in `data`.
     blocks: Vec<(usize, usize, usize)>,
     data: Vec<f32>,
 }
 
 impl PackedB {
-    /// Packs `b`, a row-major `K x N` matrix, for `isa`'s micro-kernel.
+    /// Packs `b`, a row-major `K x N` matrix, for the kernel `isa` selects, default blocking.
     ///
     /// # Panics
     /// If `b.len() != k * n`, or if `isa` is not supported by this CPU.
     pub fn new(b: &[f32], k: usize, n: usize, isa: Isa) -> PackedB {
-        assert_eq!(b.len(), k * n, "B must be K x N");
         assert!(isa.is_supported(), "ISA {isa} is not supported by this CPU");
-        let nr = nr_for(isa);
-        let (blocks, data) = pack_b(b, k, n, nr, blocking::KC);
+        PackedB::with_kernel(b, k, n, kernel_for(isa), blocking::DEFAULT)
+    }
+
+    /// Packs `b` for a given kernel line and blocking (a plan's choice).
+    ///
+    /// # Panics
+    /// If `b.len() != k * n`, if this CPU cannot run `kernel`, or if a blocking size is 0.
+    pub fn with_kernel(
+        b: &[f32],
+        k: usize,
+        n: usize,
+        kernel: &'static F32Kernel,
+        blocking: Blocking,
+    ) -> PackedB {
+        assert_eq!(b.len(), k * n, "B must be K x N");
+        assert!(
+            kernel.info.is_runnable(),
+            "kernel {} cannot run on this CPU",
+            kernel.info.name
+        );
+        assert!(
+            blocking.kc > 0 && blocking.mc > 0 && blocking.nc > 0,
+            "blocking sizes must be positive: {blocking:?}"
+        );
+        let (blocks, data) = pack_b(b, k, n, kernel.info.nr, blocking.kc);
         PackedB {
-            isa,
+            kernel,
+            blocking,
             k,
             n,
-            nr,
             blocks,
             data,
         }
@@ -125,9 +241,24 @@ impl PackedB {
         self.n
     }
 
-    /// The ISA whose kernel this packing is for.
+    /// The ISA level of the kernel this packing is for.
     pub fn isa(&self) -> Isa {
-        self.isa
+        self.kernel.info.isa
+    }
+
+    /// The kernel line this packing is for.
+    pub fn kernel(&self) -> &'static F32Kernel {
+        self.kernel
+    }
+
+    /// The blocking this packing is for.
+    pub fn blocking(&self) -> Blocking {
+        self.blocking
+    }
+
+    /// Bytes held by the packed data.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<f32>()
     }
 }
 
@@ -137,17 +268,7 @@ impl PackedB {
 /// # Panics
 /// If the shapes or slice lengths do not fit (a bug in the caller, never bad user input).
 pub fn sgemm_packed(a: &ASource<'_>, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue<'_>) {
-    match b.isa.f32_level() {
-        Isa::Portable => loops::gemm::<scalar::ScalarKernel>(a, b, c, ldc, epi),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => loops::gemm::<simd::Avx2FmaKernel>(a, b, c, ldc, epi),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => loops::gemm::<simd::Avx512Kernel>(a, b, c, ldc, epi),
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni | Isa::Vnni => unreachable!("f32_level maps the VNNI levels away"),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => loops::gemm::<scalar::ScalarKernel>(a, b, c, ldc, epi),
-    }
+    (b.kernel.entry.gemm)(a, b, c, ldc, epi)
 }
 
 /// The plain triple loop every packed path is tested against (f64 accumulation):

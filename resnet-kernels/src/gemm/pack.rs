@@ -118,21 +118,6 @@ pub fn im2col_nhwc(input: &[f32], g: &ConvGeometry) -> Vec<f32> {
     out
 }
 
-/// Splits `k` into blocks of at most `kc_max`, as even as possible: `(k0, kc)` pairs.
-pub(crate) fn k_blocks(k: usize, kc_max: usize) -> Vec<(usize, usize)> {
-    let count = k.div_ceil(kc_max).max(1);
-    let (base, extra) = (k / count, k % count);
-    let mut k0 = 0;
-    (0..count)
-        .map(|i| {
-            let kc = base + usize::from(i < extra);
-            let block = (k0, kc);
-            k0 += kc;
-            block
-        })
-        .collect()
-}
-
 /// Packs a row-major `K x N` matrix into K blocks of NR-wide micro-panels, k-major, zero-padded
 /// to a multiple of NR columns. Returns `(k0, kc, offset)` per block and the packed data.
 pub(crate) fn pack_b(
@@ -145,7 +130,7 @@ pub(crate) fn pack_b(
     let panels = n.div_ceil(nr);
     let mut data = Vec::with_capacity(k * panels * nr);
     let mut blocks = Vec::new();
-    for (k0, kc) in k_blocks(k, kc_max) {
+    for (k0, kc) in crate::tiling::k_blocks(k, kc_max, 1) {
         blocks.push((k0, kc, data.len()));
         for p in 0..panels {
             let (j0, j1) = (p * nr, ((p + 1) * nr).min(n));

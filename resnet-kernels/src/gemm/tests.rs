@@ -1,9 +1,30 @@
-//! Every kernel x every epilogue x every ISA this CPU supports, against the naive triple loop,
+//! Every registered f32 kernel this CPU runs (the registry's table, so a kernel is tested by being
+//! registered) x every epilogue x a few blockings, against the naive triple loop,
 //! over random shapes with tails (M, N, K not multiples of any tile), with C poisoned by NaN so
 //! that a kernel reading C before writing it, or leaving part of its tile unwritten, fails.
 
 use super::*;
 use proptest::prelude::*;
+
+/// Every line of the f32 table this machine can run: what the battery exercises.
+pub(crate) fn runnable_kernels() -> Vec<&'static F32Kernel> {
+    crate::registry::runnable(&KERNELS)
+}
+
+/// Blockings a plan may pick, beside the default: small ones make every loop take many trips.
+const BLOCKINGS: [Blocking; 3] = [
+    blocking::DEFAULT,
+    Blocking {
+        kc: 37,
+        mc: 13,
+        nc: 40,
+    },
+    Blocking {
+        kc: 512,
+        mc: 400,
+        nc: 64,
+    },
+];
 
 /// Values in [-1, 1] from a seeded generator (xorshift), so failures reproduce.
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -41,7 +62,8 @@ struct Problem {
 }
 
 impl Problem {
-    fn run(&self, isa: Isa) {
+    fn run(&self, kernel: &'static F32Kernel, blocking: Blocking) {
+        let name = kernel.info.name;
         let Problem { m, n, k, seed, .. } = *self;
         let (lda, ldc, ldr) = (k + 3, n + 5, n + 1);
         let a = values(m * lda, seed);
@@ -62,7 +84,7 @@ impl Problem {
                 bound[i * ldc + j] = (k as f32 + 3.0) * (s + 2.0);
             }
         }
-        let packed = PackedB::new(&b, k, n, isa);
+        let packed = PackedB::with_kernel(&b, k, n, kernel, blocking);
         let mut got = vec![f32::NAN; m * ldc];
         sgemm_packed(
             &ASource::Matrix {
@@ -82,11 +104,11 @@ impl Problem {
                 &got[row..row + n],
                 &want[row..row + n],
                 &bound[row..row + n],
-                &format!("{isa} {self:?} row {i}"),
+                &format!("{name} {blocking:?} {self:?} row {i}"),
             );
             assert!(
                 got[row + n..row + ldc].iter().all(|v| v.is_nan()),
-                "{isa}: wrote past column n in row {i}"
+                "{name}: wrote past column n in row {i}"
             );
         }
     }
@@ -97,11 +119,11 @@ proptest! {
     #[test]
     fn packed_gemm_matches_naive(
         m in 1usize..80, n in 1usize..100, k in 1usize..600,
-        bias: bool, residual: bool, relu: bool, seed in 0u64..1000,
+        bias: bool, residual: bool, relu: bool, seed in 0u64..1000, blocking in 0usize..3,
     ) {
         let p = Problem { m, n, k, bias, residual, relu, seed };
-        for isa in Isa::supported() {
-            p.run(isa);
+        for kernel in runnable_kernels() {
+            p.run(kernel, BLOCKINGS[blocking]);
         }
     }
 }
@@ -117,7 +139,10 @@ fn resnet_shapes_match_naive() {
         (196, 256, 128),
         (13, 32, 256 * 2 + 1),
     ] {
-        for isa in Isa::supported() {
+        for (kernel, blocking) in runnable_kernels()
+            .into_iter()
+            .flat_map(|k| BLOCKINGS.iter().map(move |b| (k, b)))
+        {
             Problem {
                 m,
                 n,
@@ -127,7 +152,7 @@ fn resnet_shapes_match_naive() {
                 relu: true,
                 seed: 7,
             }
-            .run(isa);
+            .run(kernel, *blocking);
         }
     }
 }
@@ -192,8 +217,8 @@ fn implicit_im2col_matches_explicit() {
             naive_im2col(&input, &g),
             "{g:?}: im2col vs its definition"
         );
-        for isa in Isa::supported() {
-            let packed = PackedB::new(&b, g.k(), n, isa);
+        for kernel in runnable_kernels() {
+            let packed = PackedB::with_kernel(&b, g.k(), n, kernel, blocking::DEFAULT);
             let mut via_matrix = vec![f32::NAN; g.m() * n];
             let mut via_conv = vec![f32::NAN; g.m() * n];
             let epi = Epilogue::default();
@@ -212,13 +237,14 @@ fn implicit_im2col_matches_explicit() {
                 &ASource::Conv {
                     input: &input,
                     geometry: g,
+                    pad: 0.0,
                 },
                 &packed,
                 &mut via_conv,
                 n,
                 &epi,
             );
-            assert_eq!(via_matrix, via_conv, "{isa} {g:?}");
+            assert_eq!(via_matrix, via_conv, "{} {g:?}", kernel.info.name);
         }
     }
 }
@@ -240,20 +266,6 @@ fn im2col_geometry_by_hand() {
     let cols = im2col_nhwc(&input, &g);
     assert_eq!(&cols[4 * 9..5 * 9], &input[..]);
     assert_eq!(&cols[..9], &[0., 0., 0., 0., 1., 2., 0., 4., 5.]);
-}
-
-/// On a CPU that has AVX-512 (this project's machines do), its kernels must be among those tested.
-#[test]
-fn no_supported_isa_is_skipped() {
-    let f = crate::cpu::CpuFeatures::get();
-    let tested = Isa::supported();
-    if f.avx512f {
-        assert!(tested.contains(&Isa::Avx512));
-    }
-    if f.avx2 && f.fma {
-        assert!(tested.contains(&Isa::Avx2));
-    }
-    assert!(tested.contains(&Isa::Portable));
 }
 
 /// im2col straight from its definition, one element at a time: row (n, oh, ow), column

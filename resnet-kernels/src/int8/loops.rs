@@ -1,80 +1,11 @@
-//! The five loops around the INT8 micro-kernel, generic over the kernel type (the `u8` twin of
-//! [`crate::gemm`]'s loop nest).
+//! The five loops around the INT8 micro-kernel, generic over the kernel type. Blocking, work
+//! split and A packing are shared with f32 ([`crate::tiling`]); what differs from
+//! `gemm/loops.rs` is the epilogue: with several K blocks the `i32` partial sums of a work item
+//! live in a per-thread scratch buffer, and the last block requantises them to `u8`.
 
-use super::{blocking, MicroKernel8, Output8, PackedB8, Requant, TileRequant};
-use crate::gemm::ConvGeometry;
-use rayon::prelude::*;
+use super::{ASource8, MicroKernel8, Output8, PackedB8, Requant, TileRequant};
+use crate::tiling::{SharedMut, WorkSplit};
 use std::cell::RefCell;
-
-/// Where the rows of A (`u8`) come from.
-#[derive(Clone, Copy, Debug)]
-pub enum ASource8<'a> {
-    /// A row-major matrix with `rows` rows of at least K bytes, row stride `lda`.
-    Matrix {
-        /// The values.
-        data: &'a [u8],
-        /// Number of rows (M).
-        rows: usize,
-        /// Row stride.
-        lda: usize,
-    },
-    /// The implicit im2col of an NHWC `u8` input: packed straight from the input.
-    Conv {
-        /// The NHWC input.
-        input: &'a [u8],
-        /// Its geometry.
-        geometry: ConvGeometry,
-        /// The value outside the image: the input's zero point (the code of 0.0).
-        pad: u8,
-    },
-}
-
-impl ASource8<'_> {
-    fn rows(&self) -> usize {
-        match self {
-            ASource8::Matrix { rows, .. } => *rows,
-            ASource8::Conv { geometry, .. } => geometry.m(),
-        }
-    }
-
-    /// Copies rows `m0..m0+rows` x columns `k0..k0+kc` into `out`, row-major with row stride
-    /// `kc4` (kc rounded up to 4); the columns past kc and the rows up to the next multiple of MR
-    /// are zero.
-    #[allow(clippy::too_many_arguments)]
-    fn pack(
-        &self,
-        m0: usize,
-        rows: usize,
-        k0: usize,
-        kc: usize,
-        kc4: usize,
-        mr: usize,
-        out: &mut Vec<u8>,
-    ) {
-        // Every byte is written below, so the buffer is only grown, never cleared (a memset of
-        // the whole block per K block measured 2% of a ResNet-18 forward).
-        let total = rows.div_ceil(mr) * mr * kc4;
-        if out.len() < total {
-            out.resize(total, 0);
-        }
-        out.truncate(total);
-        out[rows * kc4..].fill(0);
-        for (r, row) in out.chunks_exact_mut(kc4).take(rows).enumerate() {
-            let (dst, tail) = row.split_at_mut(kc);
-            tail.fill(0);
-            match self {
-                ASource8::Matrix { data, lda, .. } => {
-                    dst.copy_from_slice(&data[(m0 + r) * lda + k0..][..kc])
-                }
-                ASource8::Conv {
-                    input,
-                    geometry,
-                    pad,
-                } => geometry.im2col_row_segment_padded(input, m0 + r, k0, dst, *pad),
-            }
-        }
-    }
-}
 
 thread_local! {
     /// Each worker's A-packing buffer, reused across calls.
@@ -83,18 +14,7 @@ thread_local! {
     static ACC8: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A raw pointer to C that work items share; each item writes only its own tiles.
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-// SAFETY: work items write disjoint tiles of C (disjoint row blocks x column chunks).
-unsafe impl<T> Send for Shared<T> {}
-// SAFETY: as above; no item reads another item's tiles.
-unsafe impl<T> Sync for Shared<T> {}
-impl<T> Shared<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
+type Shared<T> = SharedMut<T>;
 
 #[derive(Clone, Copy)]
 enum Dst<'r> {
@@ -125,28 +45,15 @@ fn tile_requant(req: &Requant<'_>, c: Shared<u8>, ldc: usize, i0: usize, j0: usi
 
 pub(crate) fn gemm<K: MicroKernel8>(a: &ASource8<'_>, b: &PackedB8, out: Output8<'_>) {
     let (m, n) = (a.rows(), b.n);
-    assert_eq!(b.nr, K::NR, "B was packed for another kernel");
+    assert_eq!(b.kernel.info.nr, K::NR, "B was packed for another kernel");
     if m == 0 || n == 0 {
         return;
     }
-    match a {
-        ASource8::Matrix { data, lda, .. } => {
-            assert!(
-                *lda >= b.k && data.len() >= (m - 1) * lda + b.k,
-                "A too small"
-            )
-        }
-        ASource8::Conv {
-            input, geometry, ..
-        } => {
-            assert_eq!(geometry.k(), b.k, "conv K differs from the packed weights");
-            assert_eq!(input.len(), geometry.input_len(), "input size");
-        }
-    }
+    a.check(b.k);
     match out {
         Output8::I32 { c, ldc } => {
             assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too small");
-            gemm_dst::<K>(a, b, m, n, Dst::I32(Shared(c.as_mut_ptr()), ldc))
+            gemm_dst::<K>(a, b, m, n, Dst::I32(Shared::new(c.as_mut_ptr()), ldc))
         }
         Output8::U8 { c, ldc, requant } => {
             assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too small");
@@ -160,25 +67,24 @@ pub(crate) fn gemm<K: MicroKernel8>(a: &ASource8<'_>, b: &PackedB8, out: Output8
                     "residual too small"
                 );
             }
-            gemm_dst::<K>(a, b, m, n, Dst::U8(Shared(c.as_mut_ptr()), ldc, &requant))
+            gemm_dst::<K>(
+                a,
+                b,
+                m,
+                n,
+                Dst::U8(Shared::new(c.as_mut_ptr()), ldc, &requant),
+            )
         }
     }
 }
 
 fn gemm_dst<K: MicroKernel8>(a: &ASource8<'_>, b: &PackedB8, m: usize, n: usize, dst: Dst<'_>) {
-    // Loops 3 and 5 make the work items: row blocks of about MC rows (rounded to MR, split
-    // evenly) x column chunks of NC.
-    let m_blocks = m.div_ceil(blocking::MC);
-    let mc = m.div_ceil(m_blocks).div_ceil(K::MR) * K::MR;
-    let m_blocks = m.div_ceil(mc);
-    let nc = blocking::NC.div_ceil(K::NR) * K::NR;
-    let n_chunks = n.div_ceil(nc);
+    // Loops 3 and 5 make the work items.
+    let split = WorkSplit::new(m, n, K::MR, K::NR, b.blocking);
     let multi = b.blocks.len() > 1;
-    (0..m_blocks * n_chunks).into_par_iter().for_each(|item| {
-        let (mb, nb) = (item / n_chunks, item % n_chunks);
-        let m0 = mb * mc;
-        let rows_in_block = mc.min(m - m0);
-        let (j_begin, j_end) = (nb * nc, (nb * nc + nc).min(n));
+    split.for_each(|item| {
+        let (m0, rows_in_block) = (item.m0, item.rows);
+        let (j_begin, j_end) = (item.j_begin, item.j_end);
         // Partial sums of this item for a u8 C: rows_in_block x (columns rounded up to NR).
         let ld_scratch = (j_end - j_begin).div_ceil(K::NR) * K::NR;
         A_PACK8.with(|abuf| {

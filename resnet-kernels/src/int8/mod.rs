@@ -90,11 +90,12 @@
 //!
 //! ## What runs where
 //!
-//! [`gemm_u8s8`] holds the one `match` from [`Isa`] to kernel type. `vnni` needs AVX-512
-//! F/BW/VNNI, `avxvnni` AVX2 + AVX-VNNI; `avx512` on a CPU without AVX-512BW (Knights Landing)
-//! falls back to the AVX2 kernel. [`measure_peak_gops`] measures each kernel instruction's
-//! throughput like `crate::peak` does for FMAs. AMX-INT8 (tile registers, the `arch_prctl`
-//! permission) is not implemented; the machine this was written on has no AMX.
+//! [`KERNELS`] is the family's table in the kernel registry ([`crate::registry`]): the kernel is
+//! chosen once, when B is packed, as the last runnable line at or below the requested [`Isa`].
+//! `vnni` needs AVX-512 F/BW/VNNI, `avxvnni` AVX2 + AVX-VNNI; `avx512` on a CPU without
+//! AVX-512BW (Knights Landing) thus falls back to the AVX2 kernel. [`measure_peak_gops`] runs the
+//! line's throughput probe like `crate::peak` does for FMAs. AMX-INT8 (tile registers, the
+//! `arch_prctl` permission) is not implemented here.
 
 mod loops;
 mod ops;
@@ -103,13 +104,18 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 
-pub use loops::ASource8;
 pub use ops::{
     avg_pool_u8_nhwc, quantize_nchw_to_nhwc_u8, quantize_u8, requantize_scalar, round_half_even_i32,
 };
 pub use pack::im2col_nhwc_u8;
 
-use crate::cpu::Isa;
+use crate::cpu::{CpuFeatures, Isa};
+use crate::registry::{self, Family, Kernel, KernelInfo};
+pub use crate::tiling::Blocking;
+
+/// Where the rows of A (`u8`) come from: a matrix, or the implicit im2col of an NHWC `u8` input
+/// padded with the input's zero point (the code of 0.0).
+pub type ASource8<'a> = crate::tiling::ASource<'a, u8>;
 
 /// Cache-blocking constants, each named by the loop it cuts.
 pub mod blocking {
@@ -122,54 +128,116 @@ pub mod blocking {
     pub const MC: usize = 144;
     /// Loop 5: columns of C per work item (two items share a 512-channel layer at batch 1).
     pub const NC: usize = 256;
+
+    /// The three as a [`super::Blocking`].
+    pub const DEFAULT: super::Blocking = super::Blocking {
+        kc: KC,
+        mc: MC,
+        nc: NC,
+    };
 }
 
-/// True for the ISAs whose INT8 kernel uses `vpmaddubsw` and so packs each weight as two
-/// parts, `w = 2h + l` (see the module's design note).
-fn splits_weights(isa: Isa) -> bool {
-    matches!(kernel_isa(isa), Isa::Avx2 | Isa::Avx512)
+/// The entry points of an INT8 kernel line.
+#[derive(Debug)]
+pub struct Int8Entry {
+    /// The loop nest around this kernel.
+    gemm: fn(&ASource8<'_>, &PackedB8, Output8<'_>),
+    /// Copies of each 4-k group of B in a panel: 1, or 2 for the split weights `(h, l)`.
+    b_parts: usize,
+    /// 12 independent chains of the kernel's 4-byte dot product for `iters` rounds; returns the
+    /// multiply-accumulates done. Unsafe: the CPU must run the kernel.
+    peak: unsafe fn(usize) -> f64,
 }
 
-/// The ISA whose INT8 kernel runs for `isa`: itself, except AVX-512 without BW (Knights Landing),
-/// which uses the AVX2 kernel.
-fn kernel_isa(isa: Isa) -> Isa {
-    if isa == Isa::Avx512 && !crate::cpu::CpuFeatures::get().avx512bw {
-        Isa::Avx2
-    } else {
-        isa
+/// An INT8 kernel line.
+pub type Int8Kernel = Kernel<Int8Entry>;
+
+const ONE_PART: &str = "K blocks of NR-wide micro-panels of 4-k groups (NR columns x 4 bytes)";
+const TWO_PARTS: &str =
+    "K blocks of NR-wide micro-panels of 4-k groups, each group twice: w >> 1, then w & 1";
+
+/// The line of micro-kernel `K`.
+const fn line<K: MicroKernel8>(
+    isa: Isa,
+    features: &'static str,
+    runnable: fn() -> bool,
+    peak: unsafe fn(usize) -> f64,
+) -> Int8Kernel {
+    Kernel {
+        info: KernelInfo {
+            name: K::NAME,
+            family: Family::Int8,
+            isa,
+            mr: K::MR,
+            nr: K::NR,
+            packing: if K::B_PARTS == 2 { TWO_PARTS } else { ONE_PART },
+            features,
+            runnable,
+        },
+        entry: Int8Entry {
+            gemm: loops::gemm::<K>,
+            b_parts: K::B_PARTS,
+            peak,
+        },
     }
+}
+
+/// The INT8 kernels, portable first (see [`crate::registry`]). One line per kernel.
+pub static KERNELS: [Int8Kernel; INT8_KERNEL_COUNT] = [
+    line::<scalar::ScalarKernel8>(Isa::Portable, "", || true, scalar::peak_portable),
+    #[cfg(target_arch = "x86_64")]
+    line::<simd::Avx2Kernel8>(
+        Isa::Avx2,
+        "avx2",
+        || Isa::Avx2.is_supported(),
+        simd::peak_avx2,
+    ),
+    #[cfg(target_arch = "x86_64")]
+    line::<simd::AvxVnniKernel8>(
+        Isa::AvxVnni,
+        "avx2,avxvnni",
+        || Isa::AvxVnni.is_supported(),
+        simd::peak_avxvnni,
+    ),
+    #[cfg(target_arch = "x86_64")]
+    line::<simd::Avx512BwKernel8>(
+        Isa::Avx512,
+        "avx512f,avx512bw",
+        || Isa::Avx512.is_supported() && CpuFeatures::get().avx512bw,
+        simd::peak_bw512,
+    ),
+    #[cfg(target_arch = "x86_64")]
+    line::<simd::Avx512VnniKernel8>(
+        Isa::Vnni,
+        "avx512f,avx512bw,avx512vnni",
+        || Isa::Vnni.is_supported(),
+        simd::peak_vnni512,
+    ),
+];
+
+#[cfg(target_arch = "x86_64")]
+const INT8_KERNEL_COUNT: usize = 5;
+#[cfg(not(target_arch = "x86_64"))]
+const INT8_KERNEL_COUNT: usize = 1;
+
+/// The INT8 kernel that runs for `isa` on this CPU.
+pub fn kernel_for(isa: Isa) -> &'static Int8Kernel {
+    registry::select(&KERNELS, isa)
 }
 
 /// The INT8 kernel chosen for an ISA, as `<isa>_<acc>_<MR>x<NR>`.
 pub fn kernel_name(isa: Isa) -> &'static str {
-    match kernel_isa(isa) {
-        Isa::Portable => scalar::ScalarKernel8::NAME,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => simd::Avx2Kernel8::NAME,
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => simd::AvxVnniKernel8::NAME,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => simd::Avx512BwKernel8::NAME,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Vnni => simd::Avx512VnniKernel8::NAME,
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => scalar::ScalarKernel8::NAME,
-    }
+    kernel_for(isa).info.name
 }
 
-fn nr_for(isa: Isa) -> usize {
-    match kernel_isa(isa) {
-        Isa::Portable => scalar::ScalarKernel8::NR,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => simd::Avx2Kernel8::NR,
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => simd::AvxVnniKernel8::NR,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => simd::Avx512BwKernel8::NR,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Vnni => simd::Avx512VnniKernel8::NR,
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => scalar::ScalarKernel8::NR,
+impl Int8Kernel {
+    /// Runs the kernel's throughput probe for `iters` rounds; returns the multiply-accumulates
+    /// done, or `None` when this CPU cannot run the kernel.
+    pub fn run_peak_probe(&self, iters: usize) -> Option<f64> {
+        // SAFETY: the probe needs the kernel's features, which `is_runnable` just confirmed.
+        self.info
+            .is_runnable()
+            .then(|| unsafe { (self.entry.peak)(iters) })
     }
 }
 
@@ -178,10 +246,10 @@ fn nr_for(isa: Isa) -> usize {
 /// 4-k groups, zero-padded to a multiple of 4 in K and of NR in N.
 #[derive(Clone, Debug)]
 pub struct PackedB8 {
-    isa: Isa,
+    kernel: &'static Int8Kernel,
+    blocking: Blocking,
     k: usize,
     n: usize,
-    nr: usize,
     /// `(k0, kc, offset)` of each K block; `kc` is a multiple of 4 except possibly the last.
     blocks: Vec<(usize, usize, usize)>,
     data: Vec<i8>,
@@ -194,10 +262,38 @@ impl PackedB8 {
     /// # Panics
     /// If `b.len() != k * n`, or if `isa` is not supported by this CPU.
     pub fn new(b: &[i8], k: usize, n: usize, isa: Isa) -> PackedB8 {
-        assert_eq!(b.len(), k * n, "B must be K x N");
         assert!(isa.is_supported(), "ISA {isa} is not supported by this CPU");
-        let nr = nr_for(isa);
-        let (blocks, data) = pack::pack_b8(b, k, n, nr, blocking::KC, splits_weights(isa));
+        PackedB8::with_kernel(b, k, n, kernel_for(isa), blocking::DEFAULT)
+    }
+
+    /// Packs `b` for a given kernel line and blocking (a plan's choice; `blocking.kc` is rounded
+    /// down to a multiple of 4).
+    ///
+    /// # Panics
+    /// If `b.len() != k * n`, if this CPU cannot run `kernel`, or if a blocking size is too small.
+    pub fn with_kernel(
+        b: &[i8],
+        k: usize,
+        n: usize,
+        kernel: &'static Int8Kernel,
+        blocking: Blocking,
+    ) -> PackedB8 {
+        assert_eq!(b.len(), k * n, "B must be K x N");
+        assert!(
+            kernel.info.is_runnable(),
+            "kernel {} cannot run on this CPU",
+            kernel.info.name
+        );
+        let blocking = Blocking {
+            kc: blocking.kc / 4 * 4,
+            ..blocking
+        };
+        assert!(
+            blocking.kc >= 4 && blocking.mc > 0 && blocking.nc > 0,
+            "blocking sizes too small: {blocking:?}"
+        );
+        let split = kernel.entry.b_parts == 2;
+        let (blocks, data) = pack::pack_b8(b, k, n, kernel.info.nr, blocking.kc, split);
         let mut column_sums = vec![0i32; n];
         for row in b.chunks_exact(n.max(1)).take(k) {
             for (s, &w) in column_sums.iter_mut().zip(row) {
@@ -205,10 +301,10 @@ impl PackedB8 {
             }
         }
         PackedB8 {
-            isa,
+            kernel,
+            blocking,
             k,
             n,
-            nr,
             blocks,
             data,
             column_sums,
@@ -225,9 +321,19 @@ impl PackedB8 {
         self.n
     }
 
-    /// The ISA whose kernel this packing is for.
+    /// The ISA level of the kernel this packing is for.
     pub fn isa(&self) -> Isa {
-        self.isa
+        self.kernel.info.isa
+    }
+
+    /// The kernel line this packing is for.
+    pub fn kernel(&self) -> &'static Int8Kernel {
+        self.kernel
+    }
+
+    /// The blocking this packing is for.
+    pub fn blocking(&self) -> Blocking {
+        self.blocking
     }
 
     /// `sum_k B[k, j]` per column: times A's zero point, the correction to subtract from the
@@ -294,19 +400,7 @@ pub enum Output8<'a> {
 /// # Panics
 /// If the shapes or slice lengths do not fit (a bug in the caller, never bad user input).
 pub fn gemm_u8s8(a: &ASource8<'_>, b: &PackedB8, out: Output8<'_>) {
-    match kernel_isa(b.isa) {
-        Isa::Portable => loops::gemm::<scalar::ScalarKernel8>(a, b, out),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => loops::gemm::<simd::Avx2Kernel8>(a, b, out),
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => loops::gemm::<simd::AvxVnniKernel8>(a, b, out),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => loops::gemm::<simd::Avx512BwKernel8>(a, b, out),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Vnni => loops::gemm::<simd::Avx512VnniKernel8>(a, b, out),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => loops::gemm::<scalar::ScalarKernel8>(a, b, out),
-    }
+    (b.kernel.entry.gemm)(a, b, out)
 }
 
 /// The plain triple loop every packed path is tested against: `C[i, j] = sum_k A[i, k] B[k, j]`
@@ -386,42 +480,18 @@ pub(crate) struct TileRequant {
 #[cfg(test)]
 mod tests;
 
-/// The machine's measured INT8 peak in GOP/s (2 ops per multiply-accumulate) for `isa`'s kernel
-/// instruction (`vpdpbusd`, or `vpmaddubsw` + `vpmaddwd` + `vpaddd`): 12 independent chains on
-/// every thread of the current rayon pool at once, best of 3 per thread, summed.
+/// The machine's measured INT8 peak in GOP/s (2 ops per multiply-accumulate) for the kernel
+/// `isa` selects (its line's probe: `vpdpbusd`, or `vpmaddubsw` + `vpmaddwd` + `vpaddd`): 12
+/// independent chains on every thread of the current rayon pool at once, best of 3 per thread,
+/// summed.
 pub fn measure_peak_gops(isa: Isa) -> f64 {
+    let kernel = kernel_for(isa);
     let rates = rayon::broadcast(|_| {
-        let run = |iters: usize| -> f64 {
-            match kernel_isa(isa) {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the guard checked that the CPU supports this ISA.
-                Isa::Vnni if isa.is_supported() => unsafe { simd::peak_vnni512(iters) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the guard checked that the CPU supports this ISA (with BW: kernel_isa).
-                Isa::Avx512 if isa.is_supported() => unsafe { simd::peak_bw512(iters) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the guard checked that the CPU supports this ISA.
-                Isa::AvxVnni if isa.is_supported() => unsafe { simd::peak_avxvnni(iters) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the guard checked that the CPU supports AVX2 (isa or kernel_isa's fallback).
-                Isa::Avx2 if isa.is_supported() => unsafe { simd::peak_avx2(iters) },
-                _ => {
-                    let mut acc = [1i32; 12];
-                    for i in 0..iters {
-                        for a in acc.iter_mut() {
-                            *a = a.wrapping_mul(3).wrapping_add(i as i32);
-                        }
-                    }
-                    std::hint::black_box(acc);
-                    (iters * 12) as f64
-                }
-            }
-        };
-        run(200_000);
+        kernel.run_peak_probe(200_000);
         (0..3)
             .map(|_| {
                 let t = std::time::Instant::now();
-                let macs = run(2_000_000);
+                let macs = kernel.run_peak_probe(2_000_000).unwrap_or(0.0);
                 2.0 * macs / t.elapsed().as_secs_f64() / 1e9
             })
             .fold(0.0, f64::max)

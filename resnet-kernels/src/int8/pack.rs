@@ -2,25 +2,6 @@
 
 use crate::gemm::ConvGeometry;
 
-/// Splits `k` into blocks of at most `kc_max` (a multiple of 4), as even as possible, every block
-/// but the last a multiple of 4: `(k0, kc)` pairs.
-pub(crate) fn k_blocks4(k: usize, kc_max: usize) -> Vec<(usize, usize)> {
-    debug_assert!(kc_max.is_multiple_of(4));
-    let groups = k.div_ceil(4);
-    let count = groups.div_ceil(kc_max / 4).max(1);
-    let (base, extra) = (groups / count, groups % count);
-    let mut k0 = 0;
-    (0..count)
-        .map(|i| {
-            let g = base + usize::from(i < extra);
-            let kc = (4 * g).min(k - k0);
-            let block = (k0, kc);
-            k0 += kc;
-            block
-        })
-        .collect()
-}
-
 /// Packs a row-major `K x N` byte matrix into K blocks of NR-wide micro-panels. Within a panel,
 /// for each group of 4 consecutive k: NR columns x 4 bytes (`[g][j][t]`, k = 4g + t), so that
 /// one vector load gives each `i32` lane the 4 weights of its column. With `split`, each group
@@ -43,7 +24,7 @@ pub(crate) fn pack_b8(
     };
     let mut data = Vec::with_capacity(k.div_ceil(4) * 4 * panels * nr * parts.len());
     let mut blocks = Vec::new();
-    for (k0, kc) in k_blocks4(k, kc_max) {
+    for (k0, kc) in crate::tiling::k_blocks(k, kc_max, 4) {
         blocks.push((k0, kc, data.len()));
         for p in 0..panels {
             for g in 0..kc.div_ceil(4) {

@@ -111,3 +111,19 @@ impl MicroKernel8 for ScalarKernel8 {
         }
     }
 }
+
+/// The portable line's throughput probe: 12 scalar `i32` multiply-add chains. Returns the
+/// multiply-accumulates done.
+///
+/// # Safety
+/// None needed (plain Rust); `unsafe` only to share the probe signature of the SIMD lines.
+pub(crate) unsafe fn peak_portable(iters: usize) -> f64 {
+    let mut acc = [1i32; 12];
+    for i in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.wrapping_mul(3).wrapping_add(i as i32);
+        }
+    }
+    std::hint::black_box(acc);
+    (iters * 12) as f64
+}

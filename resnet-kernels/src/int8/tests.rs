@@ -1,5 +1,6 @@
-//! Every INT8 kernel x both outputs (raw `i32`, requantised `u8` with every epilogue option) x
-//! every ISA this CPU supports, against the naive triple loop and the scalar epilogue, over
+//! Every registered INT8 kernel this CPU runs (the registry's table: a kernel is tested by being
+//! registered) x both outputs (raw `i32`, requantised `u8` with every epilogue option) x a few
+//! blockings, against the naive triple loop and the scalar epilogue, over
 //! random shapes with tails (M, N, K not multiples of any tile; K over several KC blocks).
 //! Integer results must be **equal**, not close: the accumulation is exact and the epilogue
 //! performs the same f32 operations in the same order in every kernel. Outputs are poisoned
@@ -8,6 +9,27 @@
 use super::*;
 use crate::gemm::ConvGeometry;
 use proptest::prelude::*;
+
+/// Every line of the INT8 table this machine can run: what the battery exercises.
+pub(crate) fn runnable_kernels() -> Vec<&'static Int8Kernel> {
+    crate::registry::runnable(&KERNELS)
+}
+
+/// Blockings a plan may pick, beside the default: small ones make every loop take many trips
+/// (kc 36 is rounded down to a multiple of 4 already).
+const BLOCKINGS: [Blocking; 3] = [
+    blocking::DEFAULT,
+    Blocking {
+        kc: 36,
+        mc: 13,
+        nc: 40,
+    },
+    Blocking {
+        kc: 1536,
+        mc: 400,
+        nc: 64,
+    },
+];
 
 /// Seeded xorshift stream, so failures reproduce.
 struct Rng(u64);
@@ -25,7 +47,7 @@ impl Rng {
         (0..len).map(|_| (self.next() >> 32) as u8).collect()
     }
     /// Weights over the whole `i8` range (every kernel is exact for all of them).
-    fn weights(&mut self, len: usize, _isa: Isa) -> Vec<i8> {
+    fn weights(&mut self, len: usize) -> Vec<i8> {
         (0..len).map(|_| (self.next() >> 32) as u8 as i8).collect()
     }
     fn unit(&mut self) -> f32 {
@@ -45,15 +67,16 @@ struct Problem {
 }
 
 impl Problem {
-    fn run(&self, isa: Isa) {
+    fn run(&self, kernel: &'static Int8Kernel, blocking: Blocking) {
+        let isa = kernel.info.name;
         let Problem { m, n, k, seed, .. } = *self;
         let (lda, ldc, ldr) = (k + 3, n + 5, n + 1);
         let mut rng = Rng::new(seed);
         let a = rng.bytes(m * lda);
-        let b = rng.weights(k * n, isa);
+        let b = rng.weights(k * n);
         let mut want = vec![0i32; m * n];
         gemm_u8s8_naive(m, n, k, &a, lda, &b, &mut want, n);
-        let packed = PackedB8::new(&b, k, n, isa);
+        let packed = PackedB8::with_kernel(&b, k, n, kernel, blocking);
         let source = ASource8::Matrix {
             data: &a,
             rows: m,
@@ -133,11 +156,11 @@ proptest! {
     fn int8_gemm_matches_naive(
         m in 1usize..60, n in 1usize..90, k in 1usize..1700,
         residual: bool, relu: bool, zero_point in prop_oneof![Just(0u8), any::<u8>()],
-        seed in 0u64..1000,
+        seed in 0u64..1000, blocking in 0usize..3,
     ) {
         let p = Problem { m, n, k, residual, relu, zero_point, seed };
-        for isa in Isa::supported() {
-            p.run(isa);
+        for kernel in runnable_kernels() {
+            p.run(kernel, BLOCKINGS[blocking]);
         }
     }
 }
@@ -152,7 +175,10 @@ fn int8_resnet_shapes_match_naive() {
         (25, 128, 1152),
         (13, 64, 576),
     ] {
-        for isa in Isa::supported() {
+        for (kernel, blocking) in runnable_kernels()
+            .into_iter()
+            .flat_map(|k| BLOCKINGS.iter().map(move |b| (k, b)))
+        {
             Problem {
                 m,
                 n,
@@ -162,7 +188,7 @@ fn int8_resnet_shapes_match_naive() {
                 zero_point: 0,
                 seed: 3,
             }
-            .run(isa);
+            .run(kernel, *blocking);
         }
     }
 }
@@ -174,10 +200,11 @@ fn int8_resnet_shapes_match_naive() {
 fn int8_extreme_values_are_exact() {
     let (m, n, k) = (13, 40, 300);
     let a = vec![255u8; m * k];
-    for isa in Isa::supported() {
+    for kernel in runnable_kernels() {
+        let isa = kernel.info.name;
         for w in [-128i8, 127, -127, 1, -1] {
             let b = vec![w; k * n];
-            let packed = PackedB8::new(&b, k, n, isa);
+            let packed = PackedB8::with_kernel(&b, k, n, kernel, blocking::DEFAULT);
             let mut got = vec![0i32; m * n];
             gemm_u8s8(
                 &ASource8::Matrix {
@@ -200,7 +227,7 @@ fn int8_extreme_values_are_exact() {
         let b: Vec<i8> = (0..k * n)
             .map(|i| if (i / n) % 2 == 0 { 127 } else { -128 })
             .collect();
-        let packed = PackedB8::new(&b, k, n, isa);
+        let packed = PackedB8::with_kernel(&b, k, n, kernel, blocking::DEFAULT);
         let mut got = vec![0i32; m * n];
         gemm_u8s8(
             &ASource8::Matrix {
@@ -228,9 +255,10 @@ fn int8_column_sum_correction() {
     let (m, n, k, z) = (7, 33, 147, 119i32);
     let mut rng = Rng::new(5);
     let a = rng.bytes(m * k);
-    for isa in Isa::supported() {
-        let b = rng.weights(k * n, isa);
-        let packed = PackedB8::new(&b, k, n, isa);
+    for kernel in runnable_kernels() {
+        let isa = kernel.info.name;
+        let b = rng.weights(k * n);
+        let packed = PackedB8::with_kernel(&b, k, n, kernel, blocking::DEFAULT);
         let mut got = vec![0i32; m * n];
         gemm_u8s8(
             &ASource8::Matrix {
@@ -335,9 +363,10 @@ fn int8_implicit_im2col_matches_explicit() {
             }
         }
         let n = 40;
-        for isa in Isa::supported() {
-            let b = rng.weights(g.k() * n, isa);
-            let packed = PackedB8::new(&b, g.k(), n, isa);
+        for kernel in runnable_kernels() {
+            let isa = kernel.info.name;
+            let b = rng.weights(g.k() * n);
+            let packed = PackedB8::with_kernel(&b, g.k(), n, kernel, blocking::DEFAULT);
             let mut via_matrix = vec![0i32; g.m() * n];
             let mut via_conv = vec![1i32; g.m() * n];
             gemm_u8s8(
@@ -423,32 +452,6 @@ fn int8_quantize_rounds_half_to_even() {
     assert_eq!(quantize_u8(-2.5, 1.0, 10), 8);
     assert_eq!(quantize_u8(1e30, 1.0, 10), 255);
     assert_eq!(quantize_u8(-1e30, 1.0, 10), 0);
-}
-
-/// On a CPU that has them (this project's machines do), every INT8 kernel level must be among
-/// those tested: no silently skipped path.
-#[test]
-fn int8_no_supported_isa_is_skipped() {
-    let f = crate::cpu::CpuFeatures::get();
-    let tested = Isa::supported();
-    let expect = [
-        (f.avx2 && f.fma, Isa::Avx2),
-        (f.avx2 && f.fma && f.avxvnni, Isa::AvxVnni),
-        (f.avx512f, Isa::Avx512),
-        (f.avx512f && f.avx512bw && f.avx512vnni, Isa::Vnni),
-    ];
-    for (has, isa) in expect {
-        if has {
-            assert!(tested.contains(&isa), "{isa} supported but not tested");
-        }
-    }
-    let names: Vec<_> = tested.iter().map(|&i| kernel_name(i)).collect();
-    if f.avx512vnni && f.avx512bw {
-        assert!(names.contains(&"avx512vnni_i32_12x32"), "{names:?}");
-    }
-    if f.avxvnni {
-        assert!(names.contains(&"avxvnni_i32_6x16"), "{names:?}");
-    }
 }
 
 /// `RESNET_ISA` names the VNNI levels.

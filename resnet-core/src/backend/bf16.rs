@@ -1,0 +1,256 @@
+//! The bf16 backend: weights rounded to bf16 after BatchNorm folding, NHWC bf16 activations
+//! between layers (each written, rounded to nearest even, by the previous layer's fused
+//! epilogue), f32 accumulation, on resnet-kernels' bf16 GEMM (`vdpbf16ps` where the CPU has
+//! AVX512-BF16, the portable twin elsewhere) with the folded-BN bias, residual add and ReLU in
+//! the epilogue; max-pool on the bf16 values (exact: it only compares). What stays f32: the
+//! folded biases (added to the f32 sums), the global average pool's sums and the classifier
+//! (0.5 M MACs of 1.8 G, through the native backend's head), as in the INT8 backend.
+//!
+//! Where bf16 error enters: the input is rounded once to bf16 (8 significant bits), each weight
+//! once, and each layer's output once; `resnet trace --backend bf16 --compare native` shows it
+//! point by point.
+
+use super::folded::{fc_weight_transposed, nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
+use super::native::classifier;
+use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
+use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
+use crate::error::Result;
+use crate::weights::Weights;
+use ndarray::{Array2, ArrayView4};
+use rayon::prelude::*;
+use resnet_kernels::bf16::{
+    avg_pool_bf16_nhwc, f32_to_bf16, gemm_bf16, kernel_name, ASourceBf16, Bf16, EpilogueBf16,
+    OutputBf16, PackedBBf16,
+};
+use resnet_kernels::cpu::Isa;
+use resnet_kernels::gemm::PackedB;
+use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
+
+/// One convolution prepared for the bf16 kernel: packed bf16 weights and the f32 bias.
+struct Bf16Layer {
+    spec: ConvBn,
+    weights: PackedBBf16,
+    bias: Vec<f32>,
+}
+
+impl Bf16Layer {
+    fn new(layer: FoldedLayer, isa: Isa) -> Bf16Layer {
+        let s = layer.spec.clone();
+        let b = layer.weights_khwc_by_oc();
+        let mut rounded = vec![Bf16::ZERO; b.len()];
+        f32_to_bf16(&b, &mut rounded);
+        drop(b);
+        Bf16Layer {
+            weights: PackedBBf16::new(
+                &rounded,
+                s.in_channels * s.kernel * s.kernel,
+                s.out_channels,
+                isa,
+            ),
+            spec: s,
+            bias: layer.conv.bias,
+        }
+    }
+
+    /// `out = epilogue(conv(input))` on NHWC bf16; returns the output height and width.
+    fn run(
+        &self,
+        input: &[Bf16],
+        (n, h, w): (usize, usize, usize),
+        out: &mut Vec<Bf16>,
+        residual: Option<&[Bf16]>,
+        relu: bool,
+    ) -> (usize, usize) {
+        let geometry = self.spec.geometry(n, h, w);
+        let oc = self.spec.out_channels;
+        out.resize(geometry.m() * oc, Bf16::ZERO);
+        gemm_bf16(
+            &ASourceBf16::Conv { input, geometry },
+            &self.weights,
+            OutputBf16::Bf16 { c: out, ldc: oc },
+            &EpilogueBf16 {
+                bias: Some(&self.bias),
+                residual: residual.map(|r| (r, oc)),
+                relu,
+            },
+        );
+        (geometry.out_h(), geometry.out_w())
+    }
+}
+
+struct Bf16Block {
+    point: TracePoint,
+    conv1: Bf16Layer,
+    conv2: Bf16Layer,
+    downsample: Option<Bf16Layer>,
+}
+
+/// Activation buffers of one forward pass, kept between calls.
+#[derive(Default)]
+struct Workspace {
+    xf: Vec<f32>,
+    x: Vec<Bf16>,
+    t: Vec<Bf16>,
+    skip: Vec<Bf16>,
+    y: Vec<Bf16>,
+    features: Vec<f32>,
+}
+
+/// bf16 weights and activations, f32 accumulation, fused epilogues, NHWC.
+pub struct Bf16Backend {
+    isa: Isa,
+    stem: Bf16Layer,
+    blocks: Vec<Bf16Block>,
+    fc: PackedB,
+    fc_bias: Vec<f32>,
+    weight_bytes: usize,
+    workspaces: WorkspacePool<Workspace>,
+}
+
+impl Bf16Backend {
+    /// Folds BatchNorm, rounds and packs every convolution for `isa`'s bf16 kernel, from a copy
+    /// of `weights` (see [`Bf16Backend::from_weights`], which needs no copy).
+    pub fn new(weights: &Weights, isa: Isa) -> Bf16Backend {
+        Bf16Backend::from_weights(weights.clone(), isa)
+    }
+
+    /// Folds, rounds and packs one block at a time (its convolutions in parallel), freeing each
+    /// block's f32 tensors as soon as they are packed.
+    pub fn from_weights(mut weights: Weights, isa: Isa) -> Bf16Backend {
+        let arch = ResNet18Arch::new();
+        let fc_bias = weights.tensor("fc.bias").data.clone();
+        let fc_t = fc_weight_transposed(&weights);
+        let classes = fc_bias.len();
+        let fc = PackedB::new(&fc_t, fc_t.len() / classes, classes, isa);
+        drop(fc_t);
+        let mut pack_and_release = |specs: &[&ConvBn]| -> Vec<Bf16Layer> {
+            let packed: Vec<Bf16Layer> = specs
+                .par_iter()
+                .map(|spec| Bf16Layer::new(FoldedLayer::new(&weights, spec), isa))
+                .collect();
+            for spec in specs {
+                weights.release_conv_bn(&spec.conv, &spec.bn);
+            }
+            packed
+        };
+        let stem = pack_and_release(&[&arch.stem]).remove(0);
+        let blocks: Vec<Bf16Block> = arch
+            .blocks
+            .iter()
+            .map(|b| {
+                let mut specs = vec![&b.conv1, &b.conv2];
+                specs.extend(b.downsample.as_ref());
+                let mut layers = pack_and_release(&specs).into_iter();
+                Bf16Block {
+                    point: b.point(),
+                    conv1: layers.next().expect("conv1"),
+                    conv2: layers.next().expect("conv2"),
+                    downsample: layers.next(),
+                }
+            })
+            .collect();
+        let weight_bytes = std::iter::once(&stem)
+            .chain(blocks.iter().flat_map(|b| {
+                [&b.conv1, &b.conv2]
+                    .into_iter()
+                    .chain(b.downsample.as_ref())
+            }))
+            .map(|l| l.weights.bytes())
+            .sum();
+        Bf16Backend {
+            isa,
+            stem,
+            blocks,
+            fc,
+            fc_bias,
+            weight_bytes,
+            workspaces: WorkspacePool::new(),
+        }
+    }
+
+    fn forward_in(
+        &self,
+        batch: ArrayView4<'_, f32>,
+        ws: &mut Workspace,
+        observer: &mut dyn LayerObserver,
+    ) -> Array2<f32> {
+        let wants = observer.wants_outputs();
+        let mut trace = Reporter::new(observer);
+        let (n, c_in, mut h, mut w) = batch.dim();
+        let input = batch.as_standard_layout();
+        let input = input.as_slice().expect("standard layout");
+        let report =
+            |trace: &mut Reporter<'_>, point: TracePoint, data: &[Bf16], [h, w, c]: [usize; 3]| {
+                let out = wants.then(|| {
+                    let real: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
+                    nhwc_to_nchw(&real, n, h, w, c)
+                });
+                trace.report_shape(point, &[n, c, h, w], out.as_ref().map(|o| o.view()));
+            };
+
+        // The input, NHWC, rounded to bf16 once.
+        ws.xf.resize(input.len(), 0.0);
+        nchw_to_nhwc(input, n, c_in, h * w, &mut ws.xf);
+        ws.x.resize(input.len(), Bf16::ZERO);
+        f32_to_bf16(&ws.xf, &mut ws.x);
+
+        // Stem: conv1 + bn1 + relu fused, then max-pool.
+        (h, w) = self.stem.run(&ws.x, (n, h, w), &mut ws.t, None, true);
+        let mut c = self.stem.spec.out_channels;
+        report(&mut trace, TracePoint::Stem, &ws.t, [h, w, c]);
+        let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
+        ws.x.resize(n * ph * pw * c, Bf16::ZERO);
+        max_pool_3x3_s2_p1_nhwc(&ws.t, n, h, w, c, &mut ws.x);
+        (h, w) = (ph, pw);
+        report(&mut trace, TracePoint::MaxPool, &ws.x, [h, w, c]);
+
+        for block in &self.blocks {
+            // Residual branch, first conv: conv1 + bn1 + relu.
+            let (oh, ow) = block.conv1.run(&ws.x, (n, h, w), &mut ws.t, None, true);
+            // Skip branch: the input, or downsample conv + bn.
+            let skip: &[Bf16] = match &block.downsample {
+                Some(ds) => {
+                    ds.run(&ws.x, (n, h, w), &mut ws.skip, None, false);
+                    &ws.skip
+                }
+                None => &ws.x,
+            };
+            // Second conv: conv2 + bn2 + residual add + relu, all in the epilogue.
+            block
+                .conv2
+                .run(&ws.t, (n, oh, ow), &mut ws.y, Some(skip), true);
+            std::mem::swap(&mut ws.x, &mut ws.y);
+            (h, w, c) = (oh, ow, block.conv2.spec.out_channels);
+            report(&mut trace, block.point, &ws.x, [h, w, c]);
+        }
+
+        ws.features.resize(n * c, 0.0);
+        avg_pool_bf16_nhwc(&ws.x, n, h * w, c, &mut ws.features);
+        classifier(&ws.features, n, &self.fc, &self.fc_bias, &mut trace)
+    }
+}
+
+impl Backend for Bf16Backend {
+    fn name(&self) -> &'static str {
+        "bf16"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "bf16 kernel {}, NHWC bf16 activations, bf16 weights after BN folding ({:.1} MB packed), f32 accumulation, fused bias+residual+ReLU rounding to bf16; fc f32",
+            kernel_name(self.isa),
+            self.weight_bytes as f64 / 1e6
+        )
+    }
+
+    fn forward(
+        &self,
+        batch: ArrayView4<'_, f32>,
+        observer: &mut dyn LayerObserver,
+    ) -> Result<Array2<f32>> {
+        check_batch_shape(&batch)?;
+        Ok(self
+            .workspaces
+            .with(|ws| self.forward_in(batch, ws, observer)))
+    }
+}

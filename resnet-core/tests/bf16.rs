@@ -1,0 +1,192 @@
+//! The bf16 backend against the f32 `native` backend on synthetic weights and the repository's
+//! test photos: identical top-5 (up to the near-ties of random weights, see the test) and logits
+//! within a measured bound, every trace point within a bound relative to its layer's magnitude,
+//! and every ISA's bf16 kernel agreeing.
+//!
+//! Bounds (measured on an Intel Xeon, Sapphire Rapids class, 2026-12-02, with margin): bf16 keeps
+//! 8 significant bits (relative rounding 2^-9 = 0.2%), and the input, every weight and every
+//! layer's output are rounded once. Measured: trace points 4e-3 to 9e-3 of their largest magnitude,
+//! logits 2.1e-3 to 3.8e-3 of theirs; the bounds are 2e-2 and 1e-2.
+
+mod common;
+
+use ndarray::{Array2, Array4, ArrayD, Axis};
+use resnet_core::backend::{
+    Backend, BackendKind, BackendOptions, Bf16Backend, LayerEvent, LayerObserver, NoObserver,
+};
+use resnet_core::cpu::Isa;
+use resnet_core::decode::{decode_image_file, DecodeOptions};
+use resnet_core::postprocess::top_k_indices;
+use resnet_core::preprocess::preprocess;
+use resnet_core::weights::synthetic_weights;
+
+#[derive(Default)]
+struct Capture(Vec<(String, ArrayD<f32>)>);
+
+impl LayerObserver for Capture {
+    fn wants_outputs(&self) -> bool {
+        true
+    }
+    fn on_layer(&mut self, e: &LayerEvent<'_>) {
+        let out = e.output.as_ref().expect("output requested").to_owned();
+        assert_eq!(out.shape(), &e.shape[..], "{}: event shape", e.name);
+        self.0.push((e.name.to_string(), out));
+    }
+}
+
+fn photos() -> Array4<f32> {
+    let views: Vec<_> = common::good_images()
+        .iter()
+        .map(|name| {
+            let img = decode_image_file(&common::image(name), &DecodeOptions::default()).unwrap();
+            preprocess(&img.rgb)
+        })
+        .collect();
+    let views: Vec<_> = views.iter().map(|v| v.view()).collect();
+    ndarray::stack(Axis(0), &views).unwrap()
+}
+
+/// Per-image errors, shown in scientific notation.
+struct Errors(Vec<f32>);
+
+impl std::fmt::Display for Errors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self.0.iter().map(|e| format!("{e:.2e}")).collect();
+        write!(f, "[{}]", shown.join(", "))
+    }
+}
+
+fn max_abs(x: impl IntoIterator<Item = f32>) -> f32 {
+    x.into_iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+/// Relative error of each image's logits: `max |bf16 - f32| / max |f32|`.
+fn logit_errors(got: &Array2<f32>, want: &Array2<f32>) -> Vec<f32> {
+    got.rows()
+        .into_iter()
+        .zip(want.rows())
+        .map(|(g, w)| max_abs(g.iter().zip(&w).map(|(a, b)| a - b)) / max_abs(w.iter().copied()))
+        .collect()
+}
+
+#[test]
+fn bf16_agrees_with_native_on_photos() {
+    let weights = synthetic_weights(0);
+    let batch = photos();
+    assert!(batch.dim().0 >= 5, "only {} photos", batch.dim().0);
+    let native = BackendKind::Native
+        .create(&weights, &BackendOptions::default())
+        .unwrap();
+    let mut want = Capture::default();
+    let want_logits = native.forward(batch.view(), &mut want).unwrap();
+    let bf16 = Bf16Backend::new(&weights, Isa::best_supported());
+    let mut got = Capture::default();
+    let logits = bf16.forward(batch.view(), &mut got).unwrap();
+    let names: Vec<_> = got.0.iter().map(|(n, _)| n.as_str()).collect();
+    let want_names: Vec<_> = want.0.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, want_names, "trace points");
+    for ((name, g), (_, w)) in got.0.iter().zip(&want.0) {
+        let rel = max_abs(g.iter().zip(w).map(|(a, b)| a - b)) / max_abs(w.iter().copied());
+        println!("{name}: max |bf16 - f32| / max |f32| = {rel:.2e}");
+        assert!(rel <= 2e-2, "{name}: relative error {rel:e} > 2e-2");
+    }
+    let errors = Errors(logit_errors(&logits, &want_logits));
+    println!(
+        "{} ({}): per-image logit error (max |d| / max |logit|): {errors}",
+        bf16.name(),
+        bf16.describe()
+    );
+    let mut identical = 0;
+    for (i, e) in errors.0.iter().enumerate() {
+        assert!(
+            *e <= 1e-2,
+            "image {i}: logits differ by {e:e} of their magnitude"
+        );
+        let (g, w) = (logits.row(i).to_vec(), want_logits.row(i).to_vec());
+        let (got5, want5) = (top_k_indices(&g, 5), top_k_indices(&w, 5));
+        if got5 == want5 {
+            identical += 1;
+            continue;
+        }
+        // Random weights give every class nearly the same logit: a rank whose f32 margin to
+        // the next is below this image's bf16 error (twice the largest logit difference) is a
+        // tie bf16 cannot resolve. Every rank with a larger margin must agree.
+        let diff = 2.0 * max_abs(g.iter().zip(&w).map(|(a, b)| a - b));
+        let ranked = top_k_indices(&w, 6);
+        for r in 0..5 {
+            let margin = w[ranked[r]] - w[ranked[r + 1]];
+            if margin > diff {
+                assert_eq!(
+                    got5[..=r],
+                    want5[..=r],
+                    "image {i}: top-{} (margin {margin:e} > {diff:e})",
+                    r + 1
+                );
+            }
+        }
+        println!(
+            "image {i}: top-5 {got5:?} vs f32 {want5:?}: f32 margins {:?} vs bf16 error {diff:.2e}",
+            (0..5)
+                .map(|r| w[ranked[r]] - w[ranked[r + 1]])
+                .collect::<Vec<_>>()
+        );
+    }
+    println!(
+        "top-5 identical on {identical} of {} photos",
+        errors.0.len()
+    );
+}
+
+/// Every ISA's bf16 kernel gives the same network within bf16 rounding: the f32 sums differ by
+/// summation order only (~1e-6), but a layer output near a rounding boundary can round to the
+/// neighbouring bf16 value (2^-8 relative), and that spreads: bound 1e-2 of the logits' magnitude.
+#[test]
+fn bf16_backend_agrees_across_isas() {
+    let weights = synthetic_weights(0);
+    let batch = photos().slice_move(ndarray::s![..2, .., .., ..]);
+    let mut first: Option<(Isa, Array2<f32>)> = None;
+    let mut kernels = Vec::new();
+    for isa in Isa::supported() {
+        let kernel = resnet_kernels::bf16::kernel_name(isa);
+        if kernels.contains(&kernel) {
+            continue;
+        }
+        kernels.push(kernel);
+        let logits = Bf16Backend::new(&weights, isa)
+            .forward(batch.view(), &mut NoObserver)
+            .unwrap();
+        match &first {
+            None => first = Some((isa, logits)),
+            Some((first_isa, want)) => {
+                let errors = Errors(logit_errors(&logits, want));
+                println!("{isa} vs {first_isa}: {errors}");
+                assert!(
+                    errors.0.iter().all(|&e| e <= 1e-2),
+                    "{isa} vs {first_isa}: {errors}"
+                );
+            }
+        }
+    }
+    let expect = std::env::var("RESNET_EXPECT_ISA").unwrap_or_default();
+    if expect.split(',').any(|n| n.trim() == "avx512bf16") {
+        assert!(
+            kernels.contains(&"avx512bf16_f32_12x32"),
+            "RESNET_EXPECT_ISA names avx512bf16 but the backend ran only {kernels:?}"
+        );
+    }
+}
+
+#[test]
+fn bf16_backend_is_deterministic_and_checks_shapes() {
+    let weights = synthetic_weights(0);
+    let backend = BackendKind::Bf16
+        .create(&weights, &BackendOptions::default())
+        .unwrap();
+    assert_eq!(backend.name(), "bf16");
+    let x = photos().slice_move(ndarray::s![..1, .., .., ..]);
+    let a = backend.forward(x.view(), &mut NoObserver).unwrap();
+    let b = backend.forward(x.view(), &mut NoObserver).unwrap();
+    assert_eq!(a, b);
+    let small = Array4::<f32>::zeros((1, 3, 16, 16));
+    assert!(backend.forward(small.view(), &mut NoObserver).is_err());
+}

@@ -1,0 +1,418 @@
+//! bf16 GEMM: `bf16 x bf16 -> f32` with a fused epilogue (bias, residual, ReLU) that writes
+//! bf16 (or f32), in the Goto/BLIS shape of [`crate::gemm`] and [`crate::int8`] (same loop
+//! nest, same implicit im2col, same runtime dispatch on [`Isa`]).
+//!
+//! # Number format and arithmetic
+//!
+//! bfloat16 is the top half of an IEEE single: 1 sign bit, 8 exponent bits, 7 mantissa bits.
+//! Widening to f32 is exact (a 16-bit shift); narrowing rounds, here always as the
+//! `vcvtneps2bf16` instruction does ([`Bf16::from_f32`], the scalar twin of it):
+//! round to nearest, ties to even; NaN stays a (quiet) NaN; f32 denormals become a signed zero.
+//!
+//! The product of two bf16 values has at most 16 significant bits, so it is exact in f32; only
+//! the sums round. `vdpbf16ps` (AVX512-BF16) and `tdpbf16ps` (AMX-BF16) multiply pairs of
+//! consecutive k and add both products to an f32 lane. The scalar twin ([`scalar`]) defines the
+//! order as the Intel SDM's pseudo-code writes it: per k-pair, `acc += a[2g+1] b[2g+1]`, then
+//! `acc += a[2g] b[2g]`, in f32 with bf16 denormal inputs read as zero. Hardware may keep more
+//! precision between the two adds, so kernels are compared with the twin within the f32
+//! summation bound, not bit for bit.
+//!
+//! # Epilogue (one place, the same order in every kernel)
+//!
+//! ```text
+//! v = sum (+ the partial sums of earlier K blocks)       f32
+//! v = v + bias[j]                                         f32 add
+//! v = v + f32(residual[i, j])                            residual is bf16 (exact widening)
+//! v = v > 0 ? v : +0                                      ReLU (maxps semantics: NaN -> 0)
+//! out = bf16_rne(v)  or  out = v                          bf16 or f32 output
+//! ```
+//!
+//! # Kernels
+//!
+//! | ISA (`RESNET_ISA`) | kernel | tile MR x NR | instruction per 2 k | B packing | A packing |
+//! |---|---|---|---|---|---|
+//! | `avx512bf16`, `amx` | `avx512bf16_f32_12x32` | 12 x 32 (24 zmm accumulators) | `vdpbf16ps zmm` | k-pairs: per pair, 32 columns x 2 bf16 (128 B) | rows of `kc` bf16, broadcast 2 at a time |
+//! | below `avx512bf16` | `portable_bf16_4x16` | 4 x 16 | scalar f32 multiply-add: the twin | k-pairs: per pair, 16 columns x 2 bf16 | same |
+//!
+//! The AMX-BF16 kernel ([`crate::amx`]) reads the same 32-column k-pair panels (a 64-byte half
+//! of each 128-byte row is one B tile row), so one packing serves both.
+
+mod loops;
+mod pack;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod simd;
+
+pub use loops::ASourceBf16;
+pub use pack::im2col_nhwc_bf16;
+
+use crate::cpu::Isa;
+use crate::registry::{self, Family, Kernel, KernelInfo};
+
+/// A bfloat16 value, as its bit pattern (the top 16 bits of an IEEE single).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
+
+impl Bf16 {
+    /// Zero.
+    pub const ZERO: Bf16 = Bf16(0);
+    /// Negative infinity.
+    pub const NEG_INFINITY: Bf16 = Bf16(0xFF80);
+
+    /// Rounds `x` as `vcvtneps2bf16` does: to nearest, ties to even; NaN to a quiet NaN with
+    /// the same sign and top payload bits; an f32 denormal to a zero of its sign.
+    #[inline(always)]
+    pub fn from_f32(x: f32) -> Bf16 {
+        let b = x.to_bits();
+        if x.is_nan() {
+            return Bf16((b >> 16) as u16 | 0x0040);
+        }
+        if b & 0x7F80_0000 == 0 {
+            return Bf16((b >> 16) as u16 & 0x8000);
+        }
+        let lsb = (b >> 16) & 1;
+        Bf16((b.wrapping_add(0x7FFF + lsb) >> 16) as u16)
+    }
+
+    /// The exact f32 value.
+    #[inline(always)]
+    pub fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+
+    /// The value as the dot-product instructions read it: a denormal is zero.
+    #[inline(always)]
+    pub(crate) fn to_f32_daz(self) -> f32 {
+        if self.0 & 0x7F80 == 0 {
+            0.0
+        } else {
+            self.to_f32()
+        }
+    }
+
+    /// A key whose unsigned order is the numeric order (negative values reversed below the
+    /// positive ones), for max-pooling.
+    #[inline(always)]
+    fn order_key(self) -> u16 {
+        let negative_mask = ((self.0 as i16) >> 15) as u16;
+        self.0 ^ (negative_mask | 0x8000)
+    }
+}
+
+impl crate::pool::PoolValue for Bf16 {
+    const LOWEST: Bf16 = Bf16::NEG_INFINITY;
+    #[inline(always)]
+    fn max_of(self, other: Bf16) -> Bf16 {
+        if other.order_key() > self.order_key() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// Rounds every value of `src` into `dst` with [`Bf16::from_f32`] (`vcvtneps2bf16` 16 at a
+/// time where the CPU has AVX512-BF16; bit-identical either way).
+///
+/// # Panics
+/// If the lengths differ.
+pub fn f32_to_bf16(src: &[f32], dst: &mut [Bf16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_bf16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512Bf16.is_supported() {
+        // SAFETY: AVX512-BF16 is supported (checked above); the lengths are equal (asserted).
+        unsafe { simd::f32_to_bf16_avx512bf16(src, dst) };
+        return;
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = Bf16::from_f32(s);
+    }
+}
+
+/// Widens every value of `src` into `dst` (exact).
+///
+/// # Panics
+/// If the lengths differ.
+pub fn bf16_to_f32(src: &[Bf16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "bf16_to_f32: lengths differ");
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s.to_f32();
+    }
+}
+
+/// Global average pool of an NHWC bf16 tensor to f32 `[N, C]`: sums in f32, then one multiply.
+pub fn avg_pool_bf16_nhwc(input: &[Bf16], batch: usize, hw: usize, c: usize, out: &mut [f32]) {
+    assert_eq!(input.len(), batch * hw * c);
+    assert_eq!(out.len(), batch * c);
+    for n in 0..batch {
+        let dst = &mut out[n * c..][..c];
+        dst.fill(0.0);
+        for p in 0..hw {
+            for (d, &s) in dst.iter_mut().zip(&input[(n * hw + p) * c..][..c]) {
+                *d += s.to_f32();
+            }
+        }
+        let inv = 1.0 / hw as f32;
+        dst.iter_mut().for_each(|d| *d *= inv);
+    }
+}
+
+/// Cache-blocking constants, each named by the loop it cuts.
+pub mod blocking {
+    /// Loop 4: K is cut into blocks of at most this many (a multiple of 32, the AMX-BF16 tile
+    /// depth): a 32-column B micro-panel is then at most 384 x 32 x 2 B = 24 KiB, in L1 beside
+    /// A's rows. ResNet-18's K of 576 takes 2 blocks, 1152 3, 2304 6, 4608 12.
+    pub const KC: usize = 384;
+    /// Loop 3: rows of A packed at once (96 x 384 x 2 B = 72 KiB, in L2). A multiple of every
+    /// kernel's MR (12, 4 and the AMX kernels' 32).
+    pub const MC: usize = 96;
+    /// Loop 5: columns of C per work item (two items share a 512-channel layer at batch 1).
+    pub const NC: usize = 256;
+}
+
+/// The entry points of a bf16 kernel line.
+#[derive(Debug)]
+pub struct Bf16Entry {
+    /// The loop nest around this kernel.
+    gemm: fn(&ASourceBf16<'_>, &PackedBBf16, OutputBf16<'_>, &EpilogueBf16<'_>),
+}
+
+/// A bf16 kernel line.
+pub type Bf16Kernel = Kernel<Bf16Entry>;
+
+const PAIRS: &str =
+    "K blocks (padded to 32) of NR-wide micro-panels of k-pairs (NR columns x 2 bf16, VNNI-2)";
+
+/// The line of micro-kernel `K`.
+const fn line<K: MicroKernelBf16>(
+    isa: Isa,
+    features: &'static str,
+    runnable: fn() -> bool,
+) -> Bf16Kernel {
+    Kernel {
+        info: KernelInfo {
+            name: K::NAME,
+            family: Family::Bf16,
+            isa,
+            mr: K::MR,
+            nr: K::NR,
+            packing: PAIRS,
+            features,
+            runnable,
+        },
+        entry: Bf16Entry {
+            gemm: loops::gemm::<K>,
+        },
+    }
+}
+
+/// The bf16 kernels, portable first (see [`crate::registry`]). One line per kernel.
+pub static KERNELS: [Bf16Kernel; BF16_KERNEL_COUNT] = [
+    line::<scalar::ScalarKernelBf16>(Isa::Portable, "", || true),
+    #[cfg(target_arch = "x86_64")]
+    line::<simd::Avx512Bf16Kernel>(Isa::Avx512Bf16, "avx512f,avx512bw,avx512bf16", || {
+        Isa::Avx512Bf16.is_supported()
+    }),
+];
+
+#[cfg(target_arch = "x86_64")]
+const BF16_KERNEL_COUNT: usize = 2;
+#[cfg(not(target_arch = "x86_64"))]
+const BF16_KERNEL_COUNT: usize = 1;
+
+/// The bf16 kernel that runs for `isa` on this CPU.
+pub fn kernel_for(isa: Isa) -> &'static Bf16Kernel {
+    registry::select(&KERNELS, isa)
+}
+
+/// The bf16 kernel chosen for an ISA, as `<isa>_<acc>_<MR>x<NR>`.
+pub fn kernel_name(isa: Isa) -> &'static str {
+    kernel_for(isa).info.name
+}
+
+/// The B operand (`K x N` bf16, the weights) packed for one ISA's bf16 micro-kernel: K cut into
+/// blocks of at most [`blocking::KC`], each block cut into NR-wide micro-panels of k-pairs,
+/// zero-padded to an even K and a multiple of NR columns.
+#[derive(Clone, Debug)]
+pub struct PackedBBf16 {
+    kernel: &'static Bf16Kernel,
+    k: usize,
+    n: usize,
+    /// `(k0, kc, offset)` of each K block; `kc` is a multiple of 32 except possibly the last.
+    pub(crate) blocks: Vec<(usize, usize, usize)>,
+    pub(crate) data: Vec<Bf16>,
+}
+
+impl PackedBBf16 {
+    /// Packs `b`, a row-major `K x N` bf16 matrix, for `isa`'s bf16 micro-kernel.
+    ///
+    /// # Panics
+    /// If `b.len() != k * n`, or if `isa` is not supported by this CPU.
+    pub fn new(b: &[Bf16], k: usize, n: usize, isa: Isa) -> PackedBBf16 {
+        assert!(isa.is_supported(), "ISA {isa} is not supported by this CPU");
+        PackedBBf16::with_kernel(b, k, n, kernel_for(isa))
+    }
+
+    /// Packs `b` for a given kernel line.
+    ///
+    /// # Panics
+    /// If `b.len() != k * n`, or if this CPU cannot run `kernel`.
+    pub fn with_kernel(b: &[Bf16], k: usize, n: usize, kernel: &'static Bf16Kernel) -> PackedBBf16 {
+        assert_eq!(b.len(), k * n, "B must be K x N");
+        assert!(
+            kernel.info.is_runnable(),
+            "kernel {} cannot run on this CPU",
+            kernel.info.name
+        );
+        let (blocks, data) = pack::pack_b_pairs(b, k, n, kernel.info.nr, blocking::KC);
+        PackedBBf16 {
+            kernel,
+            k,
+            n,
+            blocks,
+            data,
+        }
+    }
+
+    /// Rows of B (the GEMM's K).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of B (the GEMM's N).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The kernel line this packing is for.
+    pub fn kernel(&self) -> &'static Bf16Kernel {
+        self.kernel
+    }
+
+    /// Columns of a micro-panel.
+    pub(crate) fn nr(&self) -> usize {
+        self.kernel.info.nr
+    }
+
+    /// Bytes of packed weights.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+}
+
+/// What happens to each f32 sum before it is stored (see the module's epilogue order).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EpilogueBf16<'a> {
+    /// One value per column of C (the folded BatchNorm shift of each output channel).
+    pub bias: Option<&'a [f32]>,
+    /// A bf16 matrix shaped like C, with its own row stride (the skip connection).
+    pub residual: Option<(&'a [Bf16], usize)>,
+    /// Clamp negatives (and NaN) to +0.
+    pub relu: bool,
+}
+
+/// Where the results go.
+#[derive(Debug)]
+pub enum OutputBf16<'a> {
+    /// bf16, rounded to nearest even, row stride `ldc`.
+    Bf16 {
+        /// The matrix.
+        c: &'a mut [Bf16],
+        /// Row stride.
+        ldc: usize,
+    },
+    /// f32, row stride `ldc`.
+    F32 {
+        /// The matrix.
+        c: &'a mut [f32],
+        /// Row stride.
+        ldc: usize,
+    },
+}
+
+/// `C = epilogue(A · B)` with `A` from `a` (a bf16 matrix or an implicit im2col), `B` packed,
+/// f32 accumulation. Runs on the current rayon pool.
+///
+/// # Panics
+/// If the shapes or slice lengths do not fit (a bug in the caller, never bad user input).
+pub fn gemm_bf16(a: &ASourceBf16<'_>, b: &PackedBBf16, out: OutputBf16<'_>, epi: &EpilogueBf16) {
+    (b.kernel.entry.gemm)(a, b, out, epi)
+}
+
+/// The plain triple loop every packed path is tested against, in f64 (exact products, one
+/// rounding to f32 at the end), then the epilogue in f32: `A` `M x K` with stride `lda`, `B`
+/// `K x N` row-major, f32 output with row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_naive(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[Bf16],
+    lda: usize,
+    b: &[Bf16],
+    c: &mut [f32],
+    ldc: usize,
+    epi: &EpilogueBf16,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let sum: f64 = (0..k)
+                .map(|p| a[i * lda + p].to_f32_daz() as f64 * b[p * n + j].to_f32_daz() as f64)
+                .sum();
+            let residual = epi.residual.map(|(r, ldr)| r[i * ldr + j]);
+            c[i * ldc + j] =
+                scalar::epilogue_core(sum as f32, epi.bias.map(|b| b[j]), residual, epi.relu);
+        }
+    }
+}
+
+/// A micro-kernel: an `rows x NR` tile (`rows <= MR`) of `A_panel · B_panel` in f32.
+pub(crate) trait MicroKernelBf16: Sync {
+    /// Rows of the register tile (pixels).
+    const MR: usize;
+    /// Columns of the register tile (output channels).
+    const NR: usize;
+    /// `<isa>_f32_<MR>x<NR>`.
+    const NAME: &'static str;
+
+    /// `acc = A_panel · B_panel (+ acc_mem if accumulate)`, then either stored as f32 to
+    /// `acc_mem` (`out` is `None`) or put through the epilogue and stored by `out`.
+    ///
+    /// # Safety
+    /// - the CPU supports the kernel's ISA;
+    /// - `a` holds MR rows of `kc2` values (row stride `kc2`, even), `b` holds `kc2 * NR`
+    ///   values in k-pairs;
+    /// - `acc` addresses `rows` rows of NR f32 with stride `ld_acc` (readable if `accumulate`,
+    ///   writable if `out` is `None`; unused otherwise and may then be null);
+    /// - `out`'s pointers address `rows` rows of NR elements (NR biases).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        rows: usize,
+        kc2: usize,
+        a: *const Bf16,
+        b: *const Bf16,
+        acc: *mut f32,
+        ld_acc: usize,
+        accumulate: bool,
+        out: Option<&TileOut>,
+    );
+}
+
+/// The epilogue and destination of one tile, as pointers at the tile's first row and column.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TileOut {
+    /// NR biases (null when there is none).
+    pub bias: *const f32,
+    /// The residual tile's first element (null when there is none).
+    pub residual: *const Bf16,
+    pub ldr: usize,
+    pub relu: bool,
+    /// Exactly one of the two outputs is not null.
+    pub c_bf16: *mut Bf16,
+    pub c_f32: *mut f32,
+    pub ldc: usize,
+}
+
+#[cfg(test)]
+mod tests;

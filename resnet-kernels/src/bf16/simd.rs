@@ -1,0 +1,164 @@
+//! The AVX512-BF16 micro-kernel (`vdpbf16ps`) and conversion (`vcvtneps2bf16`). Each tile is MR
+//! rows x two vectors of 16 f32 columns; the 2 bf16 of a row's k-pair are broadcast as one
+//! 32-bit value and meet both B vectors (`2·MR` accumulators).
+
+use super::{Bf16, MicroKernelBf16, TileOut};
+use std::arch::x86_64::*;
+
+/// `avx512bf16_f32_12x32`: 12 x 32 tile, 24 zmm accumulators of the 32 registers, plus two
+/// for the B pair-row and one for the broadcast A pair.
+pub(crate) struct Avx512Bf16Kernel;
+
+const MR: usize = 12;
+const LANES: usize = 16;
+const NR: usize = 2 * LANES;
+
+/// 16 bf16 at `p`, widened (exactly) to f32.
+///
+/// # Safety
+/// AVX-512 F is enabled in the caller; 16 values are readable at `p`.
+#[inline(always)]
+unsafe fn load_bf16_as_f32(p: *const Bf16) -> __m512 {
+    // SAFETY: the caller guarantees 32 readable bytes at p.
+    unsafe {
+        let h = _mm256_loadu_si256(p.cast());
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+}
+
+/// 16 f32 rounded to bf16 (`vcvtneps2bf16`) and stored at `p`.
+///
+/// # Safety
+/// AVX512-BF16 is enabled in the caller; 16 values are writable at `p`.
+#[inline(always)]
+unsafe fn store_f32_as_bf16(p: *mut Bf16, v: __m512) {
+    // SAFETY: __m256bh and __m256i are both 32 plain bytes; the caller guarantees 32 writable
+    // bytes at p.
+    unsafe {
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+        _mm256_storeu_si256(p.cast(), h);
+    }
+}
+
+/// R rows of the tile (R = MR except on the last rows of C).
+///
+/// # Safety
+/// The contract of [`MicroKernelBf16::run`] with `rows = R`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize>(
+    kc2: usize,
+    a: *const Bf16,
+    b: *const Bf16,
+    acc_mem: *mut f32,
+    ld_acc: usize,
+    accumulate: bool,
+    out: Option<&TileOut>,
+) {
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    for g in 0..kc2 / 2 {
+        // SAFETY: g < kc2/2 and i < R <= MR: the pair at a + i*kc2 + 2g and the 2 x 32 values
+        // at b + 2g*NR stay inside the panels (caller contract). __m512i and __m512bh are both
+        // 64 plain bytes.
+        unsafe {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(2 * g * NR).cast()));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(2 * g * NR + NR).cast()));
+            for i in 0..R {
+                let pair = a.add(i * kc2 + 2 * g).cast::<i32>().read_unaligned();
+                let a2: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                acc0[i] = _mm512_dpbf16_ps(acc0[i], a2, b0);
+                acc1[i] = _mm512_dpbf16_ps(acc1[i], a2, b1);
+            }
+        }
+    }
+    for i in 0..R {
+        // SAFETY: row i < R = rows of the tile: the partial sums, the NR biases, the residual
+        // row and the output row are inside their buffers (caller contract).
+        unsafe {
+            let (mut v0, mut v1) = (acc0[i], acc1[i]);
+            if accumulate {
+                let m = acc_mem.add(i * ld_acc);
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(m));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(m.add(LANES)));
+            }
+            let Some(t) = out else {
+                let m = acc_mem.add(i * ld_acc);
+                _mm512_storeu_ps(m, v0);
+                _mm512_storeu_ps(m.add(LANES), v1);
+                continue;
+            };
+            if !t.bias.is_null() {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(t.bias));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(t.bias.add(LANES)));
+            }
+            if !t.residual.is_null() {
+                let r = t.residual.add(i * t.ldr);
+                v0 = _mm512_add_ps(v0, load_bf16_as_f32(r));
+                v1 = _mm512_add_ps(v1, load_bf16_as_f32(r.add(LANES)));
+            }
+            if t.relu {
+                // maxps returns its second operand for NaN and for two zeros: +0.
+                v0 = _mm512_max_ps(v0, _mm512_setzero_ps());
+                v1 = _mm512_max_ps(v1, _mm512_setzero_ps());
+            }
+            if t.c_bf16.is_null() {
+                let c = t.c_f32.add(i * t.ldc);
+                _mm512_storeu_ps(c, v0);
+                _mm512_storeu_ps(c.add(LANES), v1);
+            } else {
+                let c = t.c_bf16.add(i * t.ldc);
+                store_f32_as_bf16(c, v0);
+                store_f32_as_bf16(c.add(LANES), v1);
+            }
+        }
+    }
+}
+
+impl MicroKernelBf16 for Avx512Bf16Kernel {
+    const MR: usize = MR;
+    const NR: usize = NR;
+    const NAME: &'static str = "avx512bf16_f32_12x32";
+
+    unsafe fn run(
+        rows: usize,
+        kc2: usize,
+        a: *const Bf16,
+        b: *const Bf16,
+        acc: *mut f32,
+        ld_acc: usize,
+        accumulate: bool,
+        out: Option<&TileOut>,
+    ) {
+        macro_rules! rows {
+            ($($r:literal),+) => {
+                match rows {
+                    // SAFETY: forwarded from the caller's contract (ISA support, buffer sizes).
+                    $($r => unsafe { tile::<$r>(kc2, a, b, acc, ld_acc, accumulate, out) },)+
+                    _ => unreachable!("rows must be 1..=MR"),
+                }
+            };
+        }
+        rows!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+    }
+}
+
+/// [`super::f32_to_bf16`] with `vcvtneps2bf16`, 16 values at a time, the tail by the scalar twin.
+///
+/// # Safety
+/// The CPU supports AVX512-BF16; `src.len() == dst.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(crate) unsafe fn f32_to_bf16_avx512bf16(src: &[f32], dst: &mut [Bf16]) {
+    let full = src.len() / LANES * LANES;
+    for (s, d) in src[..full]
+        .chunks_exact(LANES)
+        .zip(dst[..full].chunks_exact_mut(LANES))
+    {
+        // SAFETY: each chunk holds 16 readable f32 and 16 writable bf16.
+        unsafe { store_f32_as_bf16(d.as_mut_ptr(), _mm512_loadu_ps(s.as_ptr())) };
+    }
+    for (d, &s) in dst[full..].iter_mut().zip(&src[full..]) {
+        *d = Bf16::from_f32(s);
+    }
+}

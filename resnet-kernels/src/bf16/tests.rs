@@ -1,0 +1,328 @@
+//! Every bf16 kernel x every epilogue x both outputs, against the f64 triple loop, over random
+//! shapes with tails (M, N, K not multiples of any tile), C poisoned by NaN so that a kernel
+//! leaving part of its tile unwritten, or writing past it, fails. The conversion is checked bit
+//! for bit against its scalar twin and by hand.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Values in [-1, 1] from a seeded generator (xorshift), rounded to bf16, so failures reproduce.
+pub(crate) fn values(len: usize, seed: u64) -> Vec<Bf16> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            Bf16::from_f32((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        })
+        .collect()
+}
+
+/// A GEMM problem and its check; `run` computes it with one kernel (packing B itself).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Problem {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub bias: bool,
+    pub residual: bool,
+    pub relu: bool,
+    pub bf16_out: bool,
+    pub seed: u64,
+}
+
+/// Computes `C = epi(A·B)` for a row-major `A` (`m x k`, stride `lda`) and `B` (`k x n`).
+pub(crate) type Runner<'r> =
+    dyn Fn(&ASourceBf16<'_>, &[Bf16], (usize, usize), OutputBf16<'_>, &EpilogueBf16<'_>) + 'r;
+
+impl Problem {
+    /// Checks `run` against the f64 triple loop. Tolerance: the f32 recursive-summation bound
+    /// `(K + 3) · eps · (Σ|a·b| + |bias| + |residual|)` (the kernels add in f32 in another order
+    /// than f64), plus, for a bf16 output, half a bf16 ulp of the value (2^-8 relative).
+    pub(crate) fn check(&self, what: &str, run: &Runner<'_>) {
+        let Problem { m, n, k, seed, .. } = *self;
+        let (lda, ldc, ldr) = (k + 3, n + 5, n + 1);
+        let a = values(m * lda, seed);
+        let b = values(k * n, seed + 1);
+        let bias: Vec<f32> = values(n, seed + 2).iter().map(|v| v.to_f32()).collect();
+        let res = values(m * ldr, seed + 3);
+        let epi = EpilogueBf16 {
+            bias: self.bias.then_some(&bias[..]),
+            residual: self.residual.then_some((&res[..], ldr)),
+            relu: self.relu,
+        };
+        let mut want = vec![f32::NAN; m * ldc];
+        gemm_bf16_naive(m, n, k, &a, lda, &b, &mut want, ldc, &epi);
+        let source = ASourceBf16::Matrix {
+            data: &a,
+            rows: m,
+            lda,
+        };
+        let got: Vec<f32> = if self.bf16_out {
+            let mut c = vec![Bf16(0x7FC0); m * ldc];
+            run(
+                &source,
+                &b,
+                (k, n),
+                OutputBf16::Bf16 { c: &mut c, ldc },
+                &epi,
+            );
+            c.iter().map(|v| v.to_f32()).collect()
+        } else {
+            let mut c = vec![f32::NAN; m * ldc];
+            run(
+                &source,
+                &b,
+                (k, n),
+                OutputBf16::F32 { c: &mut c, ldc },
+                &epi,
+            );
+            c
+        };
+        for i in 0..m {
+            for j in 0..n {
+                let terms: f32 = (0..k)
+                    .map(|p| (a[i * lda + p].to_f32() * b[p * n + j].to_f32()).abs())
+                    .sum::<f32>()
+                    + if self.bias { bias[j].abs() } else { 0.0 }
+                    + if self.residual {
+                        res[i * ldr + j].to_f32().abs()
+                    } else {
+                        0.0
+                    };
+                let sum_tol = (k as f32 + 3.0) * f32::EPSILON * terms;
+                let w = want[i * ldc + j];
+                let tol = if self.bf16_out {
+                    sum_tol + (w.abs() + sum_tol) / 256.0
+                } else {
+                    sum_tol
+                };
+                let g = got[i * ldc + j];
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{what} {self:?}: ({i}, {j}): got {g}, want {w}, tolerance {tol:e}"
+                );
+            }
+            assert!(
+                got[i * ldc + n..(i + 1) * ldc].iter().all(|v| v.is_nan()),
+                "{what}: wrote past column n in row {i}"
+            );
+        }
+    }
+}
+
+/// The runner for `isa`'s kernel through [`gemm_bf16`].
+fn isa_runner(
+    isa: Isa,
+) -> impl Fn(&ASourceBf16<'_>, &[Bf16], (usize, usize), OutputBf16<'_>, &EpilogueBf16<'_>) {
+    move |a, b, (k, n), out, epi| gemm_bf16(a, &PackedBBf16::new(b, k, n, isa), out, epi)
+}
+
+/// Whether `RESNET_EXPECT_ISA` (set by tools/test.sh from /proc/cpuinfo, outside the code
+/// under test) names `name`.
+pub(crate) fn expected(name: &str) -> bool {
+    std::env::var("RESNET_EXPECT_ISA")
+        .map(|v| v.split(',').any(|n| n.trim() == name))
+        .unwrap_or(false)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn bf16_gemm_matches_naive(
+        m in 1usize..70, n in 1usize..100, k in 1usize..900,
+        bias: bool, residual: bool, relu: bool, bf16_out: bool, seed in 0u64..1000,
+    ) {
+        let p = Problem { m, n, k, bias, residual, relu, bf16_out, seed };
+        for isa in Isa::supported() {
+            p.check(kernel_name(isa), &isa_runner(isa));
+        }
+    }
+}
+
+/// Shapes of ResNet-18 itself: the 147-deep stem, 4608 (12 K blocks), the 49-pixel layer4.
+#[test]
+fn bf16_resnet_shapes_match_naive() {
+    for (m, n, k) in [
+        (49, 512, 4608),
+        (37, 64, 147),
+        (196, 256, 128),
+        (13, 32, 385),
+    ] {
+        for bf16_out in [false, true] {
+            for isa in Isa::supported() {
+                Problem {
+                    m,
+                    n,
+                    k,
+                    bias: true,
+                    residual: true,
+                    relu: true,
+                    bf16_out,
+                    seed: 7,
+                }
+                .check(kernel_name(isa), &isa_runner(isa));
+            }
+        }
+    }
+}
+
+/// The implicit im2col packing equals the explicit im2col matrix, for strides and paddings.
+#[test]
+fn bf16_implicit_im2col_matches_explicit() {
+    for g in [
+        ConvGeometry {
+            batch: 2,
+            in_h: 9,
+            in_w: 7,
+            in_c: 3,
+            kernel: 7,
+            stride: 2,
+            pad: 3,
+        },
+        ConvGeometry {
+            batch: 1,
+            in_h: 5,
+            in_w: 11,
+            in_c: 40,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        },
+    ] {
+        let input = values(g.input_len(), 11);
+        let n = 64;
+        let b = values(g.k() * n, 12);
+        let explicit = im2col_nhwc_bf16(&input, &g);
+        for isa in Isa::supported() {
+            let packed = PackedBBf16::new(&b, g.k(), n, isa);
+            let mut via_matrix = vec![Bf16::ZERO; g.m() * n];
+            let mut via_conv = vec![Bf16::ZERO; g.m() * n];
+            let epi = EpilogueBf16::default();
+            let a = ASourceBf16::Matrix {
+                data: &explicit,
+                rows: g.m(),
+                lda: g.k(),
+            };
+            gemm_bf16(
+                &a,
+                &packed,
+                OutputBf16::Bf16 {
+                    c: &mut via_matrix,
+                    ldc: n,
+                },
+                &epi,
+            );
+            let a = ASourceBf16::Conv {
+                input: &input,
+                geometry: g,
+            };
+            gemm_bf16(
+                &a,
+                &packed,
+                OutputBf16::Bf16 {
+                    c: &mut via_conv,
+                    ldc: n,
+                },
+                &epi,
+            );
+            assert_eq!(via_matrix, via_conv, "{isa} {g:?}");
+        }
+    }
+}
+
+use crate::gemm::ConvGeometry;
+
+/// Round to nearest even by hand: ties go to the even mantissa, carries reach the exponent and
+/// infinity, NaN stays NaN, denormals become signed zeros (as `vcvtneps2bf16`).
+#[test]
+fn bf16_rounding_by_hand() {
+    let r = |x: f32| Bf16::from_f32(x).to_f32();
+    assert_eq!(r(1.0), 1.0);
+    // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to the even 1.
+    assert_eq!(r(1.0 + 1.0 / 256.0), 1.0);
+    // 1 + 3·2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even).
+    assert_eq!(r(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+    assert_eq!(r(1.0 + 1.0 / 256.0 + 1.0 / 65536.0), 1.0 + 1.0 / 128.0);
+    assert_eq!(r(-1.0 - 3.0 / 256.0), -1.0 - 1.0 / 64.0);
+    assert_eq!(r(f32::MAX), f32::INFINITY);
+    assert_eq!(r(f32::INFINITY), f32::INFINITY);
+    assert!(r(f32::NAN).is_nan());
+    assert_eq!(Bf16::from_f32(1e-40).0, 0x0000);
+    assert_eq!(Bf16::from_f32(-1e-40).0, 0x8000);
+    assert_eq!(Bf16::from_f32(3.0).0, 0x4040);
+}
+
+/// The vectorised conversion equals the scalar twin bit for bit on 2^20 bit patterns spread over
+/// every exponent (denormals, NaNs, infinities, ties).
+#[test]
+fn bf16_conversion_matches_scalar_twin() {
+    let mut s = 0x1234_5678_9ABC_DEF1u64;
+    let mut src: Vec<f32> = (0..1 << 20)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            // Every 4th a tie: low 16 bits exactly 0x8000.
+            let bits = s as u32;
+            f32::from_bits(if i % 4 == 0 {
+                bits & 0xFFFF_0000 | 0x8000
+            } else {
+                bits
+            })
+        })
+        .collect();
+    src.extend([
+        0.0,
+        -0.0,
+        1e-40,
+        -1e-40,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+    ]);
+    src.push(3.0); // an odd tail length: the scalar tail runs too
+    let mut got = vec![Bf16::ZERO; src.len()];
+    f32_to_bf16(&src, &mut got);
+    for (x, g) in src.iter().zip(&got) {
+        assert_eq!(g.0, Bf16::from_f32(*x).0, "{x:e} ({:#010x})", x.to_bits());
+    }
+    if expected("avx512bf16") {
+        assert!(
+            Isa::Avx512Bf16.is_supported(),
+            "RESNET_EXPECT_ISA names avx512bf16 but the conversion did not run vcvtneps2bf16"
+        );
+    }
+}
+
+/// Max-pooling bf16 follows the numeric order, negatives included.
+#[test]
+fn bf16_max_pool_order() {
+    use crate::pool::PoolValue;
+    let v = [-3.0f32, -0.5, -0.0, 0.0, 0.25, 7.0];
+    for &x in &v {
+        for &y in &v {
+            let got = Bf16::from_f32(x).max_of(Bf16::from_f32(y)).to_f32();
+            assert_eq!(got, x.max(y), "max({x}, {y})");
+        }
+    }
+    let low = Bf16::from_f32(-1e30);
+    assert_eq!(Bf16::LOWEST.max_of(low), low);
+    assert_eq!(low.max_of(Bf16::LOWEST), low);
+}
+
+/// Where the CPU has AVX512-BF16 (`RESNET_EXPECT_ISA`, from /proc/cpuinfo), its kernel must be
+/// among those the battery ran: no silently skipped path.
+#[test]
+fn bf16_no_expected_kernel_is_skipped() {
+    let names: Vec<_> = Isa::supported().into_iter().map(kernel_name).collect();
+    assert!(names.contains(&"portable_bf16_4x16"));
+    if expected("avx512bf16") {
+        assert!(
+            names.contains(&"avx512bf16_f32_12x32"),
+            "RESNET_EXPECT_ISA names avx512bf16 but the battery ran only {names:?}"
+        );
+    }
+}
