@@ -156,6 +156,21 @@ pub struct ServeArgs {
     /// (the explorer page's SQNR strip); repeatable. Classification still runs --backend.
     #[arg(long, value_name = "BACKEND")]
     pub trace_backend: Vec<BackendKind>,
+    /// Seconds an answer may go without a byte written (a client that does not read) before
+    /// its connection is closed and its slot freed.
+    #[arg(long, default_value_t = 5.0, value_name = "S")]
+    pub write_timeout_s: f64,
+    /// Most requests answered on one connection (pipelined or kept alive).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_per_connection: u32,
+    /// Memory for request data in flight, in MiB: half for bodies (503 with Retry-After when
+    /// full), half for decoded pixels (decodes wait their turn). At least twice --max-body-mb.
+    #[arg(long, default_value_t = 512, value_name = "MB", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_inflight_mb: u32,
+    /// Most images decoded at once (default: the number of CPUs); smaller photos also get one
+    /// extra slot.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_decodes: Option<u32>,
 }
 
 #[derive(Args, Debug)]

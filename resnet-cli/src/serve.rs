@@ -91,6 +91,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     if !(args.drain_s >= 0.0 && args.drain_s <= 3600.0) {
         bail!("--drain-s must be from 0 to 3600, got {}", args.drain_s);
     }
+    let defaults = Config::default();
     let config = Config {
         addr: listen_addr(args.addr, std::env::var("PORT").ok().as_deref())?,
         log_format: args.log_format,
@@ -108,7 +109,13 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
         history: args.history,
         history_file: args.history_file.clone(),
         exif: args.exif.into(),
-        ..Config::default()
+        write_timeout: positive_secs("write-timeout-s", args.write_timeout_s)?,
+        max_requests_per_connection: args.max_requests_per_connection as usize,
+        max_inflight_bytes: u64::from(args.max_inflight_mb) << 20,
+        max_concurrent_decodes: args
+            .max_decodes
+            .map_or(defaults.max_concurrent_decodes, |n| n as usize),
+        ..defaults
     };
     config.validate()?;
     Ok(config)

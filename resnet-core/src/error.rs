@@ -181,6 +181,9 @@ pub enum ImageProblem {
         /// What is missing.
         detail: String,
     },
+    /// Decoding was stopped: the request it was for is gone (client left, deadline passed).
+    #[error("decoding was cancelled (the request is gone)")]
+    Cancelled,
     /// The decoder rejected the data.
     #[error("corrupt or undecodable {format} image: {detail}")]
     Corrupt {

@@ -24,6 +24,7 @@ pub mod cpu;
 pub mod gemm;
 pub mod int8;
 pub mod library_gemm;
+pub mod memory;
 pub mod peak;
 pub mod pool;
 pub mod registry;

@@ -1,11 +1,13 @@
 //! Reading request bodies within the byte limit, and finding the image in them.
 
+use crate::budget::{body_bytes, BodyBudget, BodyShare};
 use crate::error::ApiError;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use hyper::{HeaderMap, StatusCode};
+use std::sync::Arc;
 
 /// An uploaded image: its bytes and a name for error messages.
 pub struct Upload {
@@ -35,7 +37,32 @@ pub async fn read_limited(
     body: Incoming,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
-    match headers.get(CONTENT_LENGTH) {
+    read_within_budget(headers, body, limit, None).await
+}
+
+/// The server is holding as much request data as its budget allows.
+pub fn memory_full() -> ApiError {
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "memory_budget_full",
+            "the server holds as much request data as its memory budget allows (--max-inflight-mb); retry shortly",
+        )
+    }
+}
+
+/// [`read_limited`], with the body's bytes taken from `budget` (503 [`memory_full`] when they
+/// do not fit: before reading for a declared length, while reading for a chunked body). The
+/// returned `Bytes` hold their share until the last of them (e.g. a multipart part) is dropped.
+/// The body is read into one buffer of its declared size, not collected and copied.
+pub async fn read_within_budget(
+    headers: &HeaderMap,
+    mut body: Incoming,
+    limit: usize,
+    budget: Option<&Arc<BodyBudget>>,
+) -> Result<Bytes, ApiError> {
+    let declared = match headers.get(CONTENT_LENGTH) {
         Some(v) => {
             let declared: u64 = v
                 .to_str()
@@ -47,6 +74,7 @@ pub async fn read_limited(
             if declared > limit as u64 {
                 return Err(too_large(limit));
             }
+            declared as usize
         }
         None if !headers.contains_key(TRANSFER_ENCODING) => {
             return Err(ApiError::new(
@@ -55,16 +83,44 @@ pub async fn read_limited(
                 "send the image with a Content-Length header or chunked transfer encoding",
             ));
         }
-        None => {}
+        None => 0,
+    };
+    let mut share = budget.map(|b| b.share());
+    let mut reserved = 0usize;
+    let take = |share: &mut Option<BodyShare>, reserved: &mut usize, upto: usize| {
+        if let (Some(b), Some(s)) = (budget, share.as_mut()) {
+            if upto > *reserved {
+                if !b.grow(s, (upto - *reserved) as u64) {
+                    return Err(memory_full());
+                }
+                *reserved = upto;
+            }
+        }
+        Ok(())
+    };
+    take(&mut share, &mut reserved, declared)?;
+    let mut data = Vec::with_capacity(declared);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request(
+                "incomplete_body",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers
+        };
+        let len = data.len() + chunk.len();
+        if len > limit {
+            return Err(too_large(limit));
+        }
+        take(&mut share, &mut reserved, len)?;
+        data.extend_from_slice(&chunk);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
-        Err(e) => Err(ApiError::bad_request(
-            "incomplete_body",
-            format!("the request body could not be read: {e}"),
-        )),
-    }
+    Ok(match share {
+        Some(s) => body_bytes(data, s),
+        None => Bytes::from(data),
+    })
 }
 
 /// What the `Content-Type` says the body is.

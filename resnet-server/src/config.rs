@@ -48,6 +48,14 @@ pub struct Config {
     /// Most requests answered on one connection (pipelined or kept alive); the last answer
     /// says `Connection: close`.
     pub max_requests_per_connection: usize,
+    /// Memory for request data in flight, in bytes: half for request bodies (a body that does
+    /// not fit gets 503 with `Retry-After`), half for decoded pixels (decodes wait for their
+    /// share, requests taking turns).
+    pub max_inflight_bytes: u64,
+    /// Most images decoded at once.
+    pub max_concurrent_decodes: usize,
+    /// How often memory freed by finished requests is given back to the system (when some was).
+    pub memory_trim_interval: Duration,
     /// Text or JSON access log lines.
     pub log_format: crate::ops::LogFormat,
     /// `Access-Control-Allow-Origin` for cross-origin browsers (`*` or one origin); `None`: no
@@ -80,6 +88,9 @@ impl Default for Config {
             max_connections: 1024,
             write_timeout: Duration::from_secs(5),
             max_requests_per_connection: 1000,
+            max_inflight_bytes: 512 << 20,
+            max_concurrent_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            memory_trim_interval: Duration::from_secs(1),
             log_format: crate::ops::LogFormat::Text,
             cors_origin: None,
             drain: Duration::ZERO,
@@ -108,6 +119,12 @@ impl Config {
             || self.write_timeout.is_zero()
         {
             return bad("timeouts must be positive");
+        }
+        if self.max_inflight_bytes / 2 < self.max_body_bytes as u64 {
+            return bad("--max-inflight-mb must be at least twice --max-body-mb (half of it holds request bodies)");
+        }
+        if self.max_concurrent_decodes == 0 {
+            return bad("--max-decodes must be at least 1");
         }
         if self.max_requests_per_connection == 0 {
             return bad("--max-requests-per-connection must be at least 1");

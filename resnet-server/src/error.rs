@@ -57,6 +57,8 @@ impl ApiError {
                     ImageProblem::ZeroSized { .. } => (StatusCode::BAD_REQUEST, "zero_sized_image"),
                     ImageProblem::Truncated { .. } => (StatusCode::BAD_REQUEST, "truncated_image"),
                     ImageProblem::Corrupt { .. } => (StatusCode::BAD_REQUEST, "corrupt_image"),
+                    // Only seen when the request is already over; its answer goes nowhere.
+                    ImageProblem::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "cancelled"),
                 };
                 ApiError::new(status, code, err.to_string())
             }

@@ -28,6 +28,7 @@
 pub mod api;
 pub mod batcher;
 pub mod body;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod explore;

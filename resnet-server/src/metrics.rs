@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -77,6 +77,12 @@ pub struct Metrics {
     stalled_writers: AtomicI64,
     write_timeouts: AtomicU64,
     requests_per_connection_closes: AtomicU64,
+    body_bytes: AtomicI64,
+    memory_refusals: AtomicU64,
+    decodes_waiting: AtomicI64,
+    decode_bytes: AtomicI64,
+    decodes_cancelled: AtomicU64,
+    memory_released: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -94,6 +100,12 @@ impl Default for Metrics {
             stalled_writers: AtomicI64::new(0),
             write_timeouts: AtomicU64::new(0),
             requests_per_connection_closes: AtomicU64::new(0),
+            body_bytes: AtomicI64::new(0),
+            memory_refusals: AtomicU64::new(0),
+            decodes_waiting: AtomicI64::new(0),
+            decode_bytes: AtomicI64::new(0),
+            decodes_cancelled: AtomicU64::new(0),
+            memory_released: AtomicBool::new(false),
         }
     }
 }
@@ -148,6 +160,42 @@ impl Metrics {
     pub fn connection_request_limit_reached(&self) {
         self.requests_per_connection_closes
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Moves the gauge of request-body bytes held.
+    pub fn body_bytes_add(&self, delta: i64) {
+        self.body_bytes.fetch_add(delta, Ordering::Relaxed);
+        if delta < 0 {
+            self.memory_released.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// True (once) when request memory was freed since the last call: worth a trim.
+    pub fn take_memory_released(&self) -> bool {
+        self.memory_released.swap(false, Ordering::Relaxed)
+    }
+
+    /// Counts a request refused with 503 because the in-flight memory budget was full.
+    pub fn memory_refused(&self) {
+        self.memory_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Moves the gauge of decodes waiting for their share of the decode budget.
+    pub fn decodes_waiting_add(&self, delta: i64) {
+        self.decodes_waiting.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Moves the gauge of decoded-pixel bytes reserved by running decodes.
+    pub fn decode_bytes_add(&self, delta: i64) {
+        self.decode_bytes.fetch_add(delta, Ordering::Relaxed);
+        if delta < 0 {
+            self.memory_released.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a decode skipped or stopped because its request was over (client gone, deadline).
+    pub fn decode_cancelled(&self) {
+        self.decodes_cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Moves the queue-depth gauge.
@@ -235,6 +283,36 @@ impl Metrics {
             "counter",
             "Connections closed after --max-requests-per-connection requests.",
             self.requests_per_connection_closes.load(Ordering::Relaxed),
+        );
+        single(
+            "resnet_inflight_body_bytes",
+            "gauge",
+            "Bytes of request bodies held now (bounded by half of --max-inflight-mb).",
+            self.body_bytes.load(Ordering::Relaxed).max(0) as u64,
+        );
+        single(
+            "resnet_requests_refused_memory_total",
+            "counter",
+            "Requests answered 503 because the in-flight memory budget (--max-inflight-mb) was full.",
+            self.memory_refusals.load(Ordering::Relaxed),
+        );
+        single(
+            "resnet_decodes_waiting",
+            "gauge",
+            "Image decodes waiting for their turn in the decode budget.",
+            self.decodes_waiting.load(Ordering::Relaxed).max(0) as u64,
+        );
+        single(
+            "resnet_inflight_decode_bytes",
+            "gauge",
+            "Bytes of decoded pixels reserved by running decodes (bounded by half of --max-inflight-mb).",
+            self.decode_bytes.load(Ordering::Relaxed).max(0) as u64,
+        );
+        single(
+            "resnet_decodes_cancelled_total",
+            "counter",
+            "Decodes skipped or stopped because their request was over (client gone, deadline passed).",
+            self.decodes_cancelled.load(Ordering::Relaxed),
         );
         single(
             "resnet_history_lines_skipped_total",

@@ -1,6 +1,7 @@
 //! Binding, the accept loop, graceful shutdown, and the blocking entry point the CLI calls.
 
 use crate::batcher::{BatchSettings, Batcher};
+use crate::budget::{BodyBudget, DecodeBudget};
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::history::History;
@@ -88,6 +89,9 @@ impl AppState {
     /// inference thread, which warms the model up in the background.
     pub fn start(config: Config, model: ServedModel) -> Result<Arc<AppState>, ServerError> {
         config.validate()?;
+        // Request bodies and decoded images (1 MiB and more) get their own mappings, given back
+        // to the system when freed (glibc would otherwise keep them in its heaps).
+        resnet_kernels::memory::map_large_allocations(1 << 20);
         let metrics = Arc::new(Metrics::default());
         let history = History::open(config.history, config.history_file.as_deref())?;
         metrics.history_lines_skipped(history.skipped_lines());
@@ -105,7 +109,15 @@ impl AppState {
             what: "inference thread",
             source,
         })?;
+        let bodies = BodyBudget::new(config.max_inflight_bytes / 2, Arc::clone(&metrics));
+        let decodes = DecodeBudget::new(
+            config.max_concurrent_decodes,
+            config.max_inflight_bytes - config.max_inflight_bytes / 2,
+            Arc::clone(&metrics),
+        );
         Ok(Arc::new(AppState {
+            bodies,
+            decodes,
             config,
             model,
             batcher,
@@ -176,8 +188,22 @@ pub async fn respond_in_memory(state: &Arc<AppState>, request: &[u8]) -> Vec<u8>
     response
 }
 
+/// Gives the memory of finished requests back to the system, at most once per interval and only
+/// after some was freed.
+async fn trim_memory(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(state.config.memory_trim_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.metrics.take_memory_released() {
+            let _ = tokio::task::spawn_blocking(resnet_kernels::memory::release_free_memory).await;
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: oneshot::Receiver<()>) {
     let graceful = GracefulShutdown::new();
+    let trimmer = tokio::spawn(trim_memory(Arc::clone(&state)));
     let slots = Arc::new(tokio::sync::Semaphore::new(
         state.config.max_connections.max(1),
     ));
@@ -211,6 +237,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: ones
         }
     }
     drop(listener);
+    trimmer.abort();
     state.shutting_down.store(true, Ordering::Release);
     let grace = state.config.shutdown_grace;
     tokio::select! {
@@ -223,13 +250,20 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: ones
     let _ = tokio::task::spawn_blocking(move || st.batcher.close()).await;
 }
 
+/// Threads of the blocking pool `run` builds: the decode budget's slots and its small lane,
+/// plus two for header reads, history appends and memory trims (the budget, not the pool,
+/// bounds the decodes).
+pub fn blocking_threads(config: &Config) -> usize {
+    config.max_concurrent_decodes + 1 + 2
+}
+
 /// Runs the server until SIGINT or SIGTERM, then shuts it down gracefully. Builds its own
 /// tokio runtime: `threads` async workers and as many blocking threads for decoding.
 pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), ServerError> {
     let threads = threads.max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
-        .max_blocking_threads(threads.max(2))
+        .max_blocking_threads(blocking_threads(&config))
         .thread_name("resnet-http")
         .enable_all()
         .build()

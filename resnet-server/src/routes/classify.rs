@@ -8,7 +8,8 @@ use crate::api::{
     BatchItem, BatchResponse, Classification, ImageInfo, PartError, PredictItem, Timing,
 };
 use crate::batcher::{Done, Work};
-use crate::body::{body_kind, multipart_files, read_limited, single_image, BodyKind, Upload};
+use crate::body::{body_kind, multipart_files, read_within_budget, single_image, BodyKind, Upload};
+use crate::budget::RequestScope;
 use crate::error::ApiError;
 use crate::history::{now_rfc3339, Entry};
 use base64::Engine;
@@ -18,9 +19,10 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use image::RgbImage;
 use ndarray::Array3;
-use resnet_core::decode::{decode_image_bytes, DecodeOptions};
+use resnet_core::decode::{declared_size, decode_image_bytes_cancellable, DecodeOptions};
 use resnet_core::postprocess::{softmax, top_k, top_k_indices, Prediction};
 use resnet_core::preprocess::{resize_and_crop, to_normalized_chw};
+use resnet_core::ImageProblem;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +47,13 @@ pub(super) async fn read_body(
             return Err(ApiError::bad_request("missing_file", message));
         }
     }
-    let body = read_limited(&parts.headers, body, state.config.max_body_bytes).await?;
+    let body = read_within_budget(
+        &parts.headers,
+        body,
+        state.config.max_body_bytes,
+        Some(&state.bodies),
+    )
+    .await?;
     Ok(ReadBody { query, kind, body })
 }
 
@@ -142,7 +150,9 @@ pub(super) struct Prepared {
     pub preprocess: Duration,
 }
 
-/// Decodes and preprocesses on the blocking pool.
+/// Decodes and preprocesses on the blocking pool, within the decode budget: the header is read
+/// first for the decoded size, then the decode waits for its share in the request's turn. The
+/// work stops when the request is over (see [`RequestScope`]).
 pub(super) async fn prepare(
     state: &AppState,
     upload: Upload,
@@ -152,12 +162,44 @@ pub(super) async fn prepare(
         max_pixels: state.config.max_pixels,
         exif: state.config.exif,
     };
+    let scope = RequestScope::current();
+    let blocking_failed = |_| ApiError::internal("the decoder failed on this image");
+    let header = upload.bytes.clone();
+    let name = upload.name.clone();
+    let size = tokio::task::spawn_blocking(move || declared_size(&header, &name, &opts))
+        .await
+        .map_err(blocking_failed)?
+        .map_err(ApiError::from_core)?;
+    let permit = state
+        .decodes
+        .acquire(scope.id, size.decoded_bytes)
+        .await
+        .ok_or_else(|| ApiError::internal("the decode budget is closed"))?;
     let thumbnail = state.history.enabled();
+    let metrics = Arc::clone(&state.metrics);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let cancel = &scope.cancelled;
+        let cancelled = || {
+            metrics.decode_cancelled();
+            ApiError::from_core(resnet_core::Error::Image {
+                path: upload.name.clone(),
+                problem: ImageProblem::Cancelled,
+            })
+        };
         let t = Instant::now();
-        let image =
-            decode_image_bytes(&upload.bytes, &upload.name, &opts).map_err(ApiError::from_core)?;
+        let image = match decode_image_bytes_cancellable(&upload.bytes, &upload.name, &opts, cancel)
+        {
+            Err(resnet_core::Error::Image {
+                problem: ImageProblem::Cancelled,
+                ..
+            }) => return Err(cancelled()),
+            other => other.map_err(ApiError::from_core)?,
+        };
         let decode = t.elapsed();
+        if scope.is_cancelled() {
+            return Err(cancelled());
+        }
         let t = Instant::now();
         let crop = resize_and_crop(&image.rgb);
         let input = to_normalized_chw(&crop);
@@ -176,7 +218,7 @@ pub(super) async fn prepare(
         })
     })
     .await
-    .map_err(|_| ApiError::internal("the decoder failed on this image"))?
+    .map_err(blocking_failed)?
 }
 
 /// A JPEG at most 64 pixels on its long side, as a `data:` URL.

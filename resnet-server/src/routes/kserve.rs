@@ -7,7 +7,7 @@ use super::classify::{classify_one, infer};
 use super::respond::{json_response, respond};
 use super::AppState;
 use crate::batcher::Work;
-use crate::body::{read_limited, Upload};
+use crate::body::{read_within_budget, Upload};
 use crate::error::ApiError;
 use crate::kserve::{self, Images, InferRequest, MODEL_NAME, MODEL_VERSION};
 use bytes::Bytes;
@@ -171,7 +171,13 @@ pub(super) async fn infer_route(
         })?),
     };
     let header_length = header_length.map(str::to_string);
-    let body = read_limited(&parts.headers, body, state.config.max_body_bytes).await?;
+    let body = read_within_budget(
+        &parts.headers,
+        body,
+        state.config.max_body_bytes,
+        Some(&state.bodies),
+    )
+    .await?;
     let max_images = state.config.max_batch_parts;
     let request: InferRequest = tokio::task::spawn_blocking(move || {
         kserve::parse_infer_request(header_length.as_deref(), &body, max_images)

@@ -16,6 +16,7 @@ mod trace;
 mod vision;
 
 use crate::batcher::Batcher;
+use crate::budget::{BodyBudget, DecodeBudget, RequestScope};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::history::History;
@@ -46,6 +47,10 @@ pub struct AppState {
     pub history: History,
     /// Set when shutdown begins (`/readyz` then says 503).
     pub shutting_down: AtomicBool,
+    /// Request bodies held at once.
+    pub bodies: Arc<BodyBudget>,
+    /// Concurrent decodes and decoded pixels in flight.
+    pub decodes: DecodeBudget,
 }
 
 /// Every route the server answers. A path that is not one of these is a 404.
@@ -283,7 +288,12 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Fu
         Some(r) if method == Method::OPTIONS && cors.is_some() => {
             crate::ops::preflight(&r.method())
         }
-        Some(r) if r.method() != method => method_not_allowed(r),
+        // HEAD is GET without the body (hyper sends the head only, Content-Length included).
+        Some(r)
+            if r.method() != method && !(method == Method::HEAD && r.method() == Method::GET) =>
+        {
+            method_not_allowed(r)
+        }
         Some(r) => match auth::authorize(&state.config, r, &req) {
             Err(e) => r.error_response(&e),
             Ok(()) => {
@@ -316,7 +326,7 @@ fn method_not_allowed(route: Route) -> Response<Full<Bytes>> {
         format!("{} accepts {} only", route.path(), route.method()),
     ));
     let allow = if route.method() == Method::GET {
-        "GET"
+        "GET, HEAD"
     } else {
         "POST"
     };
@@ -333,7 +343,11 @@ async fn with_deadline(
     started: Instant,
 ) -> Response<Full<Bytes>> {
     let deadline = state.config.timeout;
-    match tokio::time::timeout(deadline, dispatch(route, req, state, started)).await {
+    // The request's work stops once it is over: answered, past its deadline, or dropped with
+    // its connection (the guard is dropped with this future in every case).
+    let (scope, _cancel_on_drop) = RequestScope::new();
+    let handler = scope.run(dispatch(route, req, state, started));
+    match tokio::time::timeout(deadline, handler).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => route.error_response(&e),
         Err(_) => route.error_response(&ApiError::new(

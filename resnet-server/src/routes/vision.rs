@@ -8,7 +8,7 @@ use super::classify::classify_one;
 use super::respond::json_response;
 use super::AppState;
 use crate::api::{CustomModels, SceneResult, UpdateStatus, VersionInfo, VisionError};
-use crate::body::{read_limited, Upload};
+use crate::body::{read_within_budget, Upload};
 use crate::error::ApiError;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -145,7 +145,13 @@ pub(super) async fn scene(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let boundary = multer::parse_boundary(ct).ok();
-    let body = read_limited(&parts.headers, body, state.config.max_body_bytes).await?;
+    let body = read_within_budget(
+        &parts.headers,
+        body,
+        state.config.max_body_bytes,
+        Some(&state.bodies),
+    )
+    .await?;
     let form = match boundary {
         Some(b) => read_form(body, b).await?,
         None => SceneForm {
