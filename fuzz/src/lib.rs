@@ -197,7 +197,8 @@ impl Backend for StandInModel {
                 means[i][k % 3] * (y + x) as f32
             });
             observer.on_layer(&LayerEvent {
-                name: resnet_core::cam::FEATURE_LAYER,
+                point: resnet_core::cam::FEATURE_LAYER,
+                name: resnet_core::cam::FEATURE_LAYER.name(),
                 shape: features.shape().to_vec(),
                 elapsed: Duration::ZERO,
                 output: Some(features.view().into_dyn()),

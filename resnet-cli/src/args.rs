@@ -156,7 +156,11 @@ pub struct CamArgs {
     pub alpha: f32,
     /// The image.
     pub input: PathBuf,
-    /// Where to write the PNG (the 224x224 crop the network saw, with the heat map over it).
+    /// What the map is drawn over: the whole original image with the region the network saw
+    /// outlined, or the 224x224 crop itself.
+    #[arg(long, default_value = "original", value_name = "original|crop")]
+    pub view: resnet_core::cam::CamView,
+    /// Where to write the PNG.
     #[arg(long, value_name = "FILE.png")]
     pub out: PathBuf,
 }

@@ -15,6 +15,7 @@
 //!   requantising epilogue, and the INT8 design note.
 #![deny(missing_docs)]
 
+pub mod alloc_counter;
 pub mod cpu;
 pub mod gemm;
 pub mod int8;

@@ -90,7 +90,7 @@ async fn the_page_classifies_an_uploaded_photo_and_shows_the_map() {
         // "Where did it look": the CAM overlay replaces the preview.
         cdp.eval("document.getElementById('cam-toggle').click()");
         cdp.wait_for(
-            "document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam').naturalWidth === 224 && !document.getElementById('cam-figure').hidden",
+            "document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam').naturalWidth === 451 && !document.getElementById('cam-figure').hidden",
             "the class activation map",
         );
         assert_eq!(
@@ -146,7 +146,10 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
         .map(|p| p["label"].as_str().unwrap().to_string())
         .collect();
     let second_class = api["predictions"][1]["index"].as_u64().unwrap();
-    let trace_points = resnet_core::arch::ResNet18Arch::new().trace_points();
+    let trace_points: Vec<&str> = resnet_core::arch::TracePoint::ALL
+        .iter()
+        .map(|p| p.name())
+        .collect();
     // The page links the explorer.
     let page = String::from_utf8(get(addr, "/").await.body).unwrap();
     assert!(page.contains(r#"href="/explore""#));
@@ -218,7 +221,7 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
         // The activation map of the second class.
         cdp.eval("document.querySelectorAll('#top li')[1].click()");
         cdp.wait_for(
-            &format!("document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam-figure').dataset.class === '{second_class}' && document.getElementById('cam').naturalWidth === 224"),
+            &format!("document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam-figure').dataset.class === '{second_class}' && document.getElementById('cam').naturalWidth === 451"),
             "the activation map of the second class",
         );
         assert_eq!(cdp.eval("document.getElementById('cam-label').textContent"), json!(expected[1]));
