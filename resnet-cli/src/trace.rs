@@ -57,7 +57,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.dump {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (i, p) in trace.points.iter().enumerate() {
-            let path = dir.join(format!("{:02}_{}.npy", i + 1, p.name));
+            let path = dir.join(format!("{:02}_{}.npy", i + 1, p.point));
             write_npy(&path, &p.output.view())?;
         }
         log::info!(
@@ -168,7 +168,7 @@ fn html_report(
                 Some(class),
                 logits.clone(),
             )?;
-            let overlay = resnet_core::cam::heatmap_overlay(&crop, &map, 0.45);
+            let overlay = resnet_core::cam::heatmap_overlay_on_original(&image.rgb, &map, 0.45);
             cams.push(CamImage {
                 index: class,
                 label: model.labels.name(class).to_string(),

@@ -236,7 +236,7 @@ fn the_html_file_opens_offline_and_shows_the_same_layers() {
     // The activation map of the third class, embedded.
     cdp.eval("document.querySelectorAll('#top li')[2].click()");
     cdp.wait_for(
-        "document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam').naturalWidth === 224",
+        "document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam').naturalWidth === 451",
         "the embedded activation map",
     );
     // Nothing was fetched from a network.

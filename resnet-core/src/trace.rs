@@ -10,7 +10,7 @@
 //!   sprite sheet ([`ChannelSheet`]), with the channel index of every tile.
 //! - [`point_costs`] sums the layer table of [`crate::arch`] per trace point (parameters, MACs).
 
-use crate::arch::{LayerRow, ResNet18Arch};
+use crate::arch::{LayerRow, ResNet18Arch, TracePoint};
 use crate::backend::{Backend, LayerEvent, LayerObserver};
 use crate::error::{Error, Result};
 use image::{GrayImage, Luma};
@@ -20,9 +20,9 @@ use std::time::Duration;
 
 /// One trace point as a forward pass reported it.
 #[derive(Clone, Debug)]
-pub struct TracePoint {
-    /// The trace point's name (`stem`, `maxpool`, `layer1.0`, ..., `avgpool`, `fc`).
-    pub name: String,
+pub struct RecordedPoint {
+    /// The trace point (`stem`, `maxpool`, `layer1.0`, ..., `avgpool`, `fc`).
+    pub point: TracePoint,
     /// Output shape, `[N, C, H, W]` or `[N, F]`.
     pub shape: Vec<usize>,
     /// Time spent computing this point since the previous one.
@@ -35,7 +35,7 @@ pub struct TracePoint {
 #[derive(Debug, Default)]
 pub struct TraceRecorder {
     /// The points, in network order.
-    pub points: Vec<TracePoint>,
+    pub points: Vec<RecordedPoint>,
 }
 
 impl LayerObserver for TraceRecorder {
@@ -44,8 +44,8 @@ impl LayerObserver for TraceRecorder {
     }
 
     fn on_layer(&mut self, e: &LayerEvent<'_>) {
-        self.points.push(TracePoint {
-            name: e.name.to_string(),
+        self.points.push(RecordedPoint {
+            point: e.point,
             shape: e.shape.clone(),
             elapsed: e.elapsed,
             output: e
@@ -63,7 +63,7 @@ pub struct Trace {
     /// The backend's name.
     pub backend: &'static str,
     /// Every trace point, in network order.
-    pub points: Vec<TracePoint>,
+    pub points: Vec<RecordedPoint>,
     /// The logits `[N, 1000]`.
     pub logits: Array2<f32>,
     /// The whole forward pass, recording included.
@@ -71,9 +71,9 @@ pub struct Trace {
 }
 
 impl Trace {
-    /// The point called `name`.
-    pub fn point(&self, name: &str) -> Option<&TracePoint> {
-        self.points.iter().find(|p| p.name == name)
+    /// The recorded output of `point`.
+    pub fn point(&self, point: TracePoint) -> Option<&RecordedPoint> {
+        self.points.iter().find(|p| p.point == point)
     }
 }
 
@@ -83,19 +83,11 @@ pub fn record(backend: &dyn Backend, input: ArrayView4<'_, f32>) -> Result<Trace
     let started = std::time::Instant::now();
     let mut rec = TraceRecorder::default();
     let logits = backend.forward(input, &mut rec)?;
-    let expected: Vec<&str> = crate::arch::TracePoint::ALL
-        .iter()
-        .map(|p| p.name())
-        .collect();
-    let found: Vec<&str> = rec.points.iter().map(|p| p.name.as_str()).collect();
-    if found != expected {
+    let found: Vec<TracePoint> = rec.points.iter().map(|p| p.point).collect();
+    if found != TracePoint::ALL {
         return Err(Error::Backend {
             name: backend.name().into(),
-            reason: format!(
-                "reported trace points [{}], expected [{}]",
-                found.join(", "),
-                expected.join(", ")
-            ),
+            reason: format!("reported the trace points {found:?}, not each one once in order"),
         });
     }
     if let Some(p) = rec
@@ -107,7 +99,7 @@ pub fn record(backend: &dyn Backend, input: ArrayView4<'_, f32>) -> Result<Trace
             name: backend.name().into(),
             reason: format!(
                 "did not hand over the output of {} (shape {:?}, got {:?})",
-                p.name,
+                p.point,
                 p.shape,
                 p.output.shape()
             ),
@@ -207,17 +199,17 @@ pub struct TraceRow {
 }
 
 /// One row per point of `trace`; with `reference`, each compared with the point of the same name.
-pub fn trace_rows(trace: &[TracePoint], reference: Option<&[TracePoint]>) -> Vec<TraceRow> {
+pub fn trace_rows(trace: &[RecordedPoint], reference: Option<&[RecordedPoint]>) -> Vec<TraceRow> {
     trace
         .iter()
         .map(|p| TraceRow {
-            layer: p.name.clone(),
+            layer: p.point.name().to_string(),
             shape: p.shape.clone(),
             ms: p.elapsed.as_secs_f64() * 1e3,
             stats: activation_stats(p.output.view()),
             versus: reference.and_then(|r| {
                 r.iter()
-                    .find(|q| q.name == p.name)
+                    .find(|q| q.point == p.point)
                     .map(|q| compare(q.output.view(), p.output.view()))
             }),
         })
@@ -338,9 +330,9 @@ pub fn channel_sheet(output: ArrayViewD<'_, f32>, n: usize) -> Result<Option<Cha
 /// What one trace point computes and costs, from the layer table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PointCost {
-    /// The trace point's name (not serialised: [`TraceRow::layer`] names it next to this).
+    /// The trace point (not serialised: [`TraceRow::layer`] names it next to this).
     #[serde(skip_serializing)]
-    pub layer: String,
+    pub point: TracePoint,
     /// The operations it covers (`conv 3x3/1 + layer1.0.bn1`, ...), with their module names.
     pub ops: Vec<String>,
     /// Input `[C, H, W]` of its first operation.
@@ -356,25 +348,19 @@ pub struct PointCost {
 pub fn point_costs(h: usize, w: usize) -> Vec<PointCost> {
     let arch = ResNet18Arch::new();
     let table = arch.layer_table(h, w);
-    let owner = |row: &LayerRow| -> String {
-        if row.name == "conv1" {
-            return "stem".into();
+    // A row belongs to the point named by its module name up to the block (`layer2.0.conv1`
+    // is `layer2.0`'s), `conv1` to the stem.
+    let owner = |row: &LayerRow| -> Option<TracePoint> {
+        if row.name == arch.stem.conv {
+            return Some(TracePoint::Stem);
         }
-        match row.name.strip_prefix("layer") {
-            Some(_) => row
-                .name
-                .splitn(3, '.')
-                .take(2)
-                .collect::<Vec<_>>()
-                .join("."),
-            None => row.name.clone(),
-        }
+        let module: Vec<&str> = row.name.splitn(3, '.').take(2).collect();
+        TracePoint::from_name(&module.join("."))
     };
-    crate::arch::TracePoint::ALL
+    TracePoint::ALL
         .into_iter()
         .map(|point| {
-            let layer = point.name().to_string();
-            let rows: Vec<&LayerRow> = table.iter().filter(|r| owner(r) == layer).collect();
+            let rows: Vec<&LayerRow> = table.iter().filter(|r| owner(r) == Some(point)).collect();
             PointCost {
                 ops: rows
                     .iter()
@@ -383,7 +369,7 @@ pub fn point_costs(h: usize, w: usize) -> Vec<PointCost> {
                 input: rows.first().map_or([0; 3], |r| r.input),
                 parameters: rows.iter().map(|r| r.parameters).sum(),
                 macs: rows.iter().map(|r| r.macs).sum(),
-                layer,
+                point,
             }
         })
         .collect()
@@ -445,12 +431,8 @@ mod tests {
     #[test]
     fn point_costs_cover_the_whole_table() {
         let costs = point_costs(224, 224);
-        let names: Vec<_> = costs.iter().map(|c| c.layer.clone()).collect();
-        let want: Vec<String> = crate::arch::TracePoint::ALL
-            .iter()
-            .map(|p| p.name().to_string())
-            .collect();
-        assert_eq!(names, want);
+        let points: Vec<_> = costs.iter().map(|c| c.point).collect();
+        assert_eq!(points, TracePoint::ALL);
         let table = ResNet18Arch::new().layer_table(224, 224);
         assert_eq!(
             costs.iter().map(|c| c.macs).sum::<usize>(),
@@ -460,7 +442,10 @@ mod tests {
             costs.iter().map(|c| c.parameters).sum::<usize>(),
             11_689_512
         );
-        let l2 = costs.iter().find(|c| c.layer == "layer2.0").unwrap();
+        let l2 = costs
+            .iter()
+            .find(|c| c.point == TracePoint::Block(2))
+            .unwrap();
         assert_eq!(l2.ops.len(), 3, "conv1, conv2 and the downsample");
         assert_eq!(l2.input, [64, 56, 56]);
     }
@@ -476,9 +461,9 @@ mod tests {
             let backend = kind.create(&weights, &BackendOptions::default()).unwrap();
             let t = record(&*backend, input.view()).unwrap();
             assert_eq!(t.points.len(), 12);
-            assert_eq!(t.point("fc").unwrap().output.shape(), &[1, 1000]);
+            assert_eq!(t.point(TracePoint::Fc).unwrap().output.shape(), &[1, 1000]);
             // The fc point is the logits.
-            let fc = t.point("fc").unwrap().output.view();
+            let fc = t.point(TracePoint::Fc).unwrap().output.view();
             assert_eq!(
                 fc.iter().copied().collect::<Vec<_>>(),
                 t.logits.iter().copied().collect::<Vec<_>>()

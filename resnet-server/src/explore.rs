@@ -152,9 +152,9 @@ pub fn layer_reports(
         .map(|(row, point)| {
             let cost = costs
                 .iter()
-                .find(|c| c.layer == row.layer)
+                .find(|c| c.point == point.point)
                 .cloned()
-                .ok_or_else(|| format!("no layer-table entry for trace point {}", row.layer))?;
+                .ok_or_else(|| format!("no layer-table entry for trace point {}", point.point))?;
             let maps = channel_sheet(point.output.view(), maps)
                 .map_err(|e| e.to_string())?
                 .map(|s| MapSheet {

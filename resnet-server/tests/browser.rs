@@ -146,9 +146,9 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
         .map(|p| p["label"].as_str().unwrap().to_string())
         .collect();
     let second_class = api["predictions"][1]["index"].as_u64().unwrap();
-    let trace_points: Vec<String> = resnet_core::arch::TracePoint::ALL
+    let trace_points: Vec<&str> = resnet_core::arch::TracePoint::ALL
         .iter()
-        .map(|p| p.name().to_string())
+        .map(|p| p.name())
         .collect();
     // The page links the explorer.
     let page = String::from_utf8(get(addr, "/").await.body).unwrap();
@@ -221,7 +221,7 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
         // The activation map of the second class.
         cdp.eval("document.querySelectorAll('#top li')[1].click()");
         cdp.wait_for(
-            &format!("document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam-figure').dataset.class === '{second_class}' && document.getElementById('cam').naturalWidth === 224"),
+            &format!("document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam-figure').dataset.class === '{second_class}' && document.getElementById('cam').naturalWidth === 451"),
             "the activation map of the second class",
         );
         assert_eq!(cdp.eval("document.getElementById('cam-label').textContent"), json!(expected[1]));

@@ -133,7 +133,8 @@ async fn trace_reports_every_point_with_statistics_tiles_and_sqnr() {
             );
             // Tile 0 is channel channels[0]: its brightest pixel is that channel's largest
             // value on the sheet's scale (8-bit rounding: +-1 level).
-            let out = local.point(name).unwrap().output.view();
+            let point = resnet_core::arch::TracePoint::from_name(name).unwrap();
+            let out = local.point(point).unwrap().output.view();
             let ch = out
                 .index_axis(Axis(0), 0)
                 .index_axis(Axis(0), channels[0])
