@@ -12,6 +12,7 @@ mod model;
 mod quantize;
 mod serve;
 mod trace;
+mod tune;
 mod weights_cmd;
 mod weights_store;
 
@@ -77,6 +78,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Bench(a) => bench::run(a),
         args::Command::Serve(a) => serve::run(a, cli.quiet),
         args::Command::Cam(a) => cam::run(a),
+        args::Command::Tune(a) => tune::run(a, cli.quiet),
         args::Command::Trace(a) => trace::run(a),
         args::Command::Eval(a) => eval::run(a, cli.quiet),
         args::Command::Completions { shell } => {
