@@ -241,7 +241,7 @@ def main():
                 if name == "resnet native" and "," not in args.plan:
                     name += f"/plan-{args.plan}"
                 results.setdefault((name, row["batch"]), []).append(row["median_ms"])
-                described[name] = row["kernel"]
+                described[(name, row["batch"])] = row["kernel"]
 
     print(f"CPU: {cpu_model()}; {args.threads} threads; {args.rounds} interleaved rounds of "
           f"{args.iters} runs per engine; load average per round {', '.join(f'{l:.2f}' for l in loads)}")
@@ -256,8 +256,8 @@ def main():
             print(f"| {name} | {b} | {ms:.2f} | {b / ms * 1e3:.1f} | {ms / base:.2f} | "
                   f"{' '.join(f'{t:.2f}' for t in v)} |")
     print()
-    for name, d in described.items():
-        print(f"{name}: {d}")
+    for (name, b), d in sorted(described.items()):
+        print(f"{name} (batch {b}): {d}")
 
 
 if __name__ == "__main__":

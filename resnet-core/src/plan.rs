@@ -512,6 +512,9 @@ pub fn cpu_model_name() -> String {
 mod tests {
     use super::*;
 
+    /// A hand edit of a plan.
+    type Edit = Box<dyn Fn(&mut Plan)>;
+
     fn heuristic_plan(threads: usize, batch: usize) -> Plan {
         let isa = Isa::best_supported();
         let arch = ResNet18Arch::new();
@@ -590,7 +593,7 @@ mod tests {
                 "not a valid plan",
             ),
         ];
-        let mut edits: Vec<(Box<dyn Fn(&mut Plan)>, &str)> = vec![
+        let mut edits: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|p| {
                     p.layers.pop();
