@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Every fuzz target, by the name of its binary and its input folders.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "decode_image",
     "safetensors",
     "pth",
@@ -35,6 +35,7 @@ pub const TARGETS: [&str; 7] = [
     "http",
     "kserve",
     "mjpeg",
+    "plan",
 ];
 
 /// Runs `target`'s harness on `data`. Panics on an unknown target name.
@@ -47,6 +48,7 @@ pub fn run(target: &str, data: &[u8]) {
         "http" => http(data),
         "kserve" => kserve(data),
         "mjpeg" => mjpeg(data),
+        "plan" => plan(data),
         other => panic!("no fuzz target named {other}"),
     }
 }
@@ -143,6 +145,28 @@ pub fn labels(data: &[u8]) {
         if let Ok(labels) = resnet_core::labels::Labels::parse(text, "fuzz.txt") {
             assert!(!labels.is_empty(), "an empty label list was accepted");
         }
+    }
+}
+
+/// The per-layer plan parser (JSON, validated against the layer table and this build's
+/// kernels): any input is a plan or an error naming the file; an accepted plan validates and
+/// survives a write-and-read round trip unchanged.
+pub fn plan(data: &[u8]) {
+    use resnet_core::plan::Plan;
+    match Plan::parse(data, "fuzz.plan.json") {
+        Ok(plan) => {
+            assert!(
+                plan.validate().is_ok(),
+                "an accepted plan does not validate"
+            );
+            let again = Plan::parse(plan.to_json().as_bytes(), "round trip")
+                .expect("a written plan reads back");
+            assert_eq!(again, plan, "a plan changed through a round trip");
+        }
+        Err(e) => assert!(
+            e.to_string().contains("fuzz.plan.json"),
+            "the error does not name the file: {e}"
+        ),
     }
 }
 

@@ -85,6 +85,12 @@ pub enum Command {
         after_help = "Example:\n  resnet serve --weights resnet18.safetensors --addr 127.0.0.1:8080\n  curl -F file=@cat.jpg http://127.0.0.1:8080/v1/classify"
     )]
     Serve(ServeArgs),
+    /// Time every convolution's candidate strategies on this CPU and cache the fastest as a
+    /// per-layer plan, which `native` then uses (see docs/kernels.md).
+    #[command(
+        after_help = "Example:\n  resnet tune --batch 1,8 --budget-s 60\n  resnet bench --plan off,auto"
+    )]
+    Tune(crate::tune::TuneArgs),
     /// Write the class activation map of an image ("where did the network look") as a PNG.
     #[command(
         after_help = "Example:\n  resnet cam cat.jpg --out cat_cam.png --weights resnet18.safetensors"
@@ -219,6 +225,15 @@ pub struct ModelArgs {
         env = "RESNET_WINOGRAD"
     )]
     pub winograd: WinogradPolicy,
+    /// Per-layer plan for `native`: auto (the cached `resnet tune` plan for this CPU and thread
+    /// count, if any), off (the built-in heuristic) or a plan FILE.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|off|FILE",
+        env = "RESNET_PLAN"
+    )]
+    pub plan: resnet_core::plan::PlanChoice,
     /// Class names: a JSON array or one name per line, exactly 1000 (default: built-in ImageNet).
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
@@ -513,6 +528,15 @@ pub struct BenchArgs {
     /// Winograd policies to time `native` with, comma-separated: off, auto (layer1-3), all.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub winograd: Vec<WinogradPolicy>,
+    /// Per-layer plans to time `native` with, comma-separated: auto (the cached plan for this
+    /// CPU, threads and batch), off (the heuristic) or FILEs; `--plan off,auto` times both.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "auto",
+        env = "RESNET_PLAN"
+    )]
+    pub plan: Vec<resnet_core::plan::PlanChoice>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,

@@ -5,6 +5,7 @@ use anyhow::bail;
 use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
 use resnet_core::backend::{BackendKind, BackendOptions, NoObserver, WinogradPolicy};
 use resnet_core::cpu::Isa;
+use resnet_core::plan::PlanChoice;
 use resnet_core::weights::{synthetic_weights, Weights};
 use serde::Serialize;
 use std::process::ExitCode;
@@ -97,38 +98,66 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|r| r.macs)
         .sum();
-    // Native runs once per --winograd policy; the others once.
+    // Native runs once per --winograd policy x --plan choice; the others once. A plan is keyed
+    // by batch size, so a planned native backend is built per batch.
     let policies: Vec<WinogradPolicy> = args.winograd.clone();
-    let mut configs: Vec<(BackendKind, WinogradPolicy, String)> = Vec::new();
+    let plans: Vec<PlanChoice> = args.plan.clone();
+    let mut configs: Vec<(BackendKind, WinogradPolicy, PlanChoice, String)> = Vec::new();
     for kind in &kinds {
         if *kind == BackendKind::Native {
             for &p in &policies {
-                let label = if policies.len() > 1 {
-                    format!("native/wino-{}", p.name())
-                } else {
-                    "native".to_string()
-                };
-                configs.push((*kind, p, label));
+                for plan in &plans {
+                    let mut label = "native".to_string();
+                    if policies.len() > 1 {
+                        label += &format!("/wino-{}", p.name());
+                    }
+                    if plans.len() > 1 {
+                        label += &format!("/plan-{plan}");
+                    }
+                    configs.push((*kind, p, plan.clone(), label));
+                }
             }
         } else {
-            configs.push((*kind, WinogradPolicy::Off, kind.name().to_string()));
+            configs.push((
+                *kind,
+                WinogradPolicy::Off,
+                PlanChoice::Off,
+                kind.name().to_string(),
+            ));
         }
     }
     let mut rows = Vec::new();
-    for (kind, winograd, label) in &configs {
-        let options = BackendOptions {
-            isa,
-            winograd: *winograd,
+    for (kind, winograd, plan_choice, label) in &configs {
+        let build = |batch: usize| -> anyhow::Result<Box<dyn resnet_core::backend::Backend>> {
+            let plan = match kind {
+                BackendKind::Native => crate::tune::resolve_plan(plan_choice, batch)?,
+                _ => None,
+            };
+            let options = BackendOptions {
+                isa,
+                winograd: *winograd,
+                plan,
+            };
+            Ok(match (kind, int8_file) {
+                (BackendKind::Int8, Some(path)) => crate::model::int8_backend(path, isa)?,
+                (BackendKind::Int8, None) => {
+                    log::info!("int8: quantising the f32 weights on the fly (default calibration on the built-in photos)");
+                    kind.create(&weights, &options)?
+                }
+                _ => kind.create(&weights, &options)?,
+            })
         };
-        let backend = match (kind, int8_file) {
-            (BackendKind::Int8, Some(path)) => crate::model::int8_backend(path, isa)?,
-            (BackendKind::Int8, None) => {
-                log::info!("int8: quantising the f32 weights on the fly (default calibration on the built-in photos)");
-                kind.create(&weights, &options)?
-            }
-            _ => kind.create(&weights, &options)?,
-        };
+        let planned = *kind == BackendKind::Native && *plan_choice != PlanChoice::Off;
+        let shared = if planned { None } else { Some(build(1)?) };
         for &batch in &args.batch {
+            let own;
+            let backend: &dyn resnet_core::backend::Backend = match shared.as_deref() {
+                Some(b) => b,
+                None => {
+                    own = build(batch)?;
+                    own.as_ref()
+                }
+            };
             let input = ndarray::Array4::<f32>::from_shape_fn(
                 (batch, 3, INPUT_SIZE, INPUT_SIZE),
                 |(n, c, h, w)| ((n * 7 + c * 13 + h * 3 + w) % 17) as f32 / 8.0 - 1.0,
@@ -211,14 +240,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     r.percent_of_peak
                 );
             }
-            for (_, _, label) in &configs {
-                if let Some(r) = report.rows.iter().find(|r| &r.backend == label) {
-                    println!("{}: {}", r.backend, r.kernel);
+            // What each row ran (a planned native backend differs per batch: one plan each).
+            let mut shown: Vec<(&str, &str)> = Vec::new();
+            for r in &report.rows {
+                if !shown.contains(&(r.backend.as_str(), r.kernel.as_str())) {
+                    shown.push((&r.backend, &r.kernel));
+                    println!("{} (batch {}): {}", r.backend, r.batch, r.kernel);
                 }
             }
             if configs
                 .iter()
-                .any(|(k, w, _)| *k == BackendKind::Native && *w != WinogradPolicy::Off)
+                .any(|(k, w, _, _)| *k == BackendKind::Native && *w != WinogradPolicy::Off)
             {
                 println!("GFLOP/s count the direct convolution's 1.814 GMACs per image: with Winograd they are effective rates, and % of peak can pass 100%");
             }

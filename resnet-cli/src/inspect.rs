@@ -57,6 +57,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     )?;
     let isa = Isa::from_env_or_best().unwrap_or(Isa::Portable);
     write_kernel_registry(&mut out, isa)?;
+    write_plans(&mut out)?;
     for kind in BackendKind::ALL {
         writeln!(out, "backend {:<10} {}", kind.name(), kind.describe(isa))?;
     }
@@ -106,6 +107,53 @@ fn write_kernel_registry(out: &mut impl Write, isa: Isa) -> std::io::Result<()> 
                 (false, _) => "cannot run",
             }
         )?;
+    }
+    Ok(())
+}
+
+/// Which per-layer plan `native` would run with (`RESNET_PLAN`, else auto) and the cached plans.
+fn write_plans(out: &mut impl Write) -> anyhow::Result<()> {
+    let choice: resnet_core::plan::PlanChoice = std::env::var("RESNET_PLAN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(anyhow::Error::msg))
+        .transpose()?
+        .unwrap_or_default();
+    let threads = rayon::current_num_threads();
+    match crate::tune::resolve_plan(&choice, 1) {
+        Ok(Some(p)) => writeln!(
+            out,
+            "plan ({choice}, batch 1, {threads} threads): {} (tuned {})",
+            p.path.display(),
+            p.plan.created
+        )?,
+        Ok(None) => writeln!(
+            out,
+            "plan ({choice}, batch 1, {threads} threads): none, built-in heuristic (`resnet tune` makes one)"
+        )?,
+        Err(e) => writeln!(out, "plan ({choice}): error: {e}")?,
+    }
+    if let Ok(dir) = crate::tune::plans_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "json"))
+        {
+            match resnet_core::plan::Plan::load(f) {
+                Ok(p) => writeln!(
+                    out,
+                    "  cached {}: batch {}, {} threads, {}",
+                    f.display(),
+                    p.key.batch,
+                    p.key.threads,
+                    p.key.cpu
+                )?,
+                Err(e) => writeln!(out, "  cached {}: unusable: {e}", f.display())?,
+            }
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ mod quantize;
 mod serve;
 mod trace;
 mod watch;
+mod tune;
 mod weights_cmd;
 mod weights_store;
 
@@ -79,6 +80,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Bench(a) => bench::run(a),
         args::Command::Serve(a) => serve::run(a, cli.quiet),
         args::Command::Cam(a) => cam::run(a),
+        args::Command::Tune(a) => tune::run(a, cli.quiet),
         args::Command::Trace(a) => trace::run(a),
         args::Command::Eval(a) => eval::run(a, cli.quiet),
         args::Command::Watch(a) => watch::run(a),

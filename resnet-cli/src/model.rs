@@ -30,9 +30,16 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
         BackendKind::Int8 => int8_backend(&path, isa)?,
         kind => {
             let weights = load_f32_weights(&path)?;
+            // One image per forward pass is the common case (classify, cam, trace): the
+            // batch-1 plan; the server's batches may be larger.
+            let plan = match kind {
+                BackendKind::Native => crate::tune::resolve_plan(&args.plan, 1)?,
+                _ => None,
+            };
             let options = BackendOptions {
                 isa,
                 winograd: args.winograd,
+                plan,
             };
             kind.create_owned(weights, &options)?
         }

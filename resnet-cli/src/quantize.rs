@@ -108,6 +108,7 @@ pub fn run(args: QuantizeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         &BackendOptions {
             isa,
             winograd: WinogradPolicy::Off,
+            plan: None,
         },
     )?;
     let int8 = Int8Backend::new(&model, isa);

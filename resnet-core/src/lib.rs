@@ -34,6 +34,7 @@ pub mod decode;
 mod error;
 pub mod input;
 pub mod labels;
+pub mod plan;
 pub mod postprocess;
 pub mod preprocess;
 pub mod quantize;

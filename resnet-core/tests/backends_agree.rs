@@ -107,7 +107,14 @@ fn compare_all(batch: &Array4<f32>, what: &str) {
             .flat_map(|i| policies.iter().map(move |&p| (i, p)))
         {
             let backend = kind
-                .create(&weights, &BackendOptions { isa, winograd })
+                .create(
+                    &weights,
+                    &BackendOptions {
+                        isa,
+                        winograd,
+                        plan: None,
+                    },
+                )
                 .unwrap();
             let mut got = Capture::default();
             let logits = backend.forward(batch.view(), &mut got).unwrap();

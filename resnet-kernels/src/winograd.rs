@@ -76,6 +76,29 @@ impl WinogradWeights {
     /// # Panics
     /// If `weights.len() != out_channels * in_channels * 9`, or `isa` is unsupported.
     pub fn new(weights: &[f32], in_channels: usize, out_channels: usize, isa: Isa) -> Self {
+        assert!(isa.is_supported(), "ISA {isa} is not supported by this CPU");
+        let kernel = crate::gemm::kernel_for(isa);
+        Self::with_kernel(
+            weights,
+            in_channels,
+            out_channels,
+            kernel,
+            crate::gemm::blocking::DEFAULT,
+        )
+    }
+
+    /// As [`WinogradWeights::new`], for a given f32 kernel line and blocking of the 36 GEMMs (a
+    /// plan's choice).
+    ///
+    /// # Panics
+    /// As [`crate::gemm::PackedB::with_kernel`].
+    pub fn with_kernel(
+        weights: &[f32],
+        in_channels: usize,
+        out_channels: usize,
+        kernel: &'static crate::gemm::F32Kernel,
+        blocking: crate::gemm::Blocking,
+    ) -> Self {
         let (c_n, k_n) = (in_channels, out_channels);
         assert_eq!(weights.len(), k_n * c_n * 9, "weights must be [K, C, 3, 3]");
         // One row i of the 6x6 transformed tile per task: its six U[i·6 + j] (C x K,
@@ -99,7 +122,9 @@ impl WinogradWeights {
                         }
                     }
                 }
-                u.iter().map(|m| PackedB::new(m, c_n, k_n, isa)).collect()
+                u.iter()
+                    .map(|m| PackedB::with_kernel(m, c_n, k_n, kernel, blocking))
+                    .collect()
             })
             .collect();
         let packed = rows.into_iter().flatten().collect();

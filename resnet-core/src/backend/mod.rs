@@ -13,6 +13,7 @@ mod gemm;
 mod int8;
 mod native;
 mod reference;
+pub mod tune;
 
 pub use bf16::Bf16Backend;
 pub use gemm::GemmBackend;
@@ -209,10 +210,11 @@ impl BackendKind {
         match self {
             BackendKind::Native => {
                 self.check_isa(options)?;
-                Ok(Box::new(NativeBackend::from_weights(
+                Ok(Box::new(NativeBackend::from_weights_planned(
                     weights,
                     options.isa,
                     options.winograd,
+                    options.plan.clone(),
                 )))
             }
             BackendKind::Bf16 => {
@@ -243,9 +245,12 @@ impl BackendKind {
         Ok(match self {
             BackendKind::Reference => Box::new(ReferenceBackend::new(weights)),
             BackendKind::Gemm => Box::new(GemmBackend::new(weights)),
-            BackendKind::Native => {
-                Box::new(NativeBackend::new(weights, options.isa, options.winograd))
-            }
+            BackendKind::Native => Box::new(NativeBackend::from_weights_planned(
+                weights.clone(),
+                options.isa,
+                options.winograd,
+                options.plan.clone(),
+            )),
             BackendKind::Int8 => Box::new(Int8Backend::from_weights(weights, options.isa)?),
             BackendKind::Bf16 => Box::new(Bf16Backend::new(weights, options.isa)),
         })
@@ -281,6 +286,8 @@ pub struct BackendOptions {
     pub isa: Isa,
     /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3).
     pub winograd: WinogradPolicy,
+    /// A per-layer plan for `native` (overrides `winograd` and the default blocking per layer).
+    pub plan: Option<crate::plan::ActivePlan>,
 }
 
 impl Default for BackendOptions {
@@ -288,6 +295,7 @@ impl Default for BackendOptions {
         BackendOptions {
             isa: Isa::best_supported(),
             winograd: WinogradPolicy::default(),
+            plan: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
 use crate::arch::{ResNet18Arch, TracePoint};
 use crate::error::Result;
 use crate::quantize::Activation;
+use crate::plan::{default_choice, ActivePlan, LayerChoice, Method};
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
 use resnet_kernels::cpu::Isa;
@@ -44,22 +45,35 @@ pub(super) struct PackedLayer {
 impl PackedLayer {
     /// Packs a folded layer, dropping each intermediate copy as soon as the next exists.
     pub(super) fn new(layer: FoldedLayer, isa: Isa, policy: WinogradPolicy) -> PackedLayer {
+        let choice = default_choice(&layer.spec, isa, policy.applies(&layer.spec));
+        PackedLayer::with_choice(layer, &choice)
+    }
+
+    /// Packs a folded layer the way a plan's choice says (a validated choice: the method
+    /// applies, the kernel runs here).
+    pub(super) fn with_choice(layer: FoldedLayer, choice: &LayerChoice) -> PackedLayer {
         let s = layer.spec.clone();
-        let weights = if policy.applies(&s) {
-            LayerWeights::Winograd(WinogradWeights::new(
+        let kernel = choice
+            .kernel_line()
+            .expect("validated plan names a registered kernel");
+        let weights = match choice.method {
+            Method::Winograd => LayerWeights::Winograd(WinogradWeights::with_kernel(
                 &layer.conv.weight,
                 s.in_channels,
                 s.out_channels,
-                isa,
-            ))
-        } else {
-            let b = layer.weights_khwc_by_oc();
-            LayerWeights::Gemm(PackedB::new(
-                &b,
-                s.in_channels * s.kernel * s.kernel,
-                s.out_channels,
-                isa,
-            ))
+                kernel,
+                choice.blocking(),
+            )),
+            Method::Direct => {
+                let b = layer.weights_khwc_by_oc();
+                LayerWeights::Gemm(PackedB::with_kernel(
+                    &b,
+                    s.in_channels * s.kernel * s.kernel,
+                    s.out_channels,
+                    kernel,
+                    choice.blocking(),
+                ))
+            }
         };
         PackedLayer {
             spec: s,
@@ -171,6 +185,8 @@ struct Workspace {
 pub struct NativeBackend {
     isa: Isa,
     winograd: WinogradPolicy,
+    /// The per-layer plan the layers were packed by, if any.
+    plan: Option<ActivePlan>,
     stem: PackedLayer,
     blocks: Vec<PackedBlock>,
     fc: PackedB,
@@ -194,9 +210,21 @@ impl NativeBackend {
     /// they are packed: the model never holds the weights twice, which keeps the peak memory
     /// of a start near the size of the packed weights.
     pub fn from_weights(
+        weights: crate::weights::Weights,
+        isa: Isa,
+        winograd: WinogradPolicy,
+    ) -> NativeBackend {
+        NativeBackend::from_weights_planned(weights, isa, winograd, None)
+    }
+
+    /// [`NativeBackend::from_weights`] with a per-layer plan (validated against the layer table
+    /// when it was loaded): each convolution is packed as its plan entry says; `None` runs the
+    /// built-in heuristic (`winograd` and the default blocking).
+    pub fn from_weights_planned(
         mut weights: crate::weights::Weights,
         isa: Isa,
         winograd: WinogradPolicy,
+        plan: Option<ActivePlan>,
     ) -> NativeBackend {
         let arch = ResNet18Arch::new();
         let fc_bias = weights.tensor("fc.bias").data.clone();
@@ -208,7 +236,13 @@ impl NativeBackend {
         let mut pack_and_release = |specs: &[&crate::arch::ConvBn]| -> Vec<PackedLayer> {
             let packed: Vec<PackedLayer> = specs
                 .par_iter()
-                .map(|spec| PackedLayer::new(FoldedLayer::new(&weights, spec), isa, winograd))
+                .map(|spec| {
+                    let layer = FoldedLayer::new(&weights, spec);
+                    match plan.as_ref().and_then(|p| p.plan.choice(&spec.conv)) {
+                        Some(choice) => PackedLayer::with_choice(layer, choice),
+                        None => PackedLayer::new(layer, isa, winograd),
+                    }
+                })
                 .collect();
             for spec in specs {
                 weights.release_conv_bn(&spec.conv, &spec.bn);
@@ -236,9 +270,13 @@ impl NativeBackend {
             kernel_name(isa),
             winograd.name()
         );
+        if let Some(p) = &plan {
+            log::debug!("native: per-layer plan {} in use", p.path.display());
+        }
         NativeBackend {
             isa,
             winograd,
+            plan,
             stem,
             blocks,
             fc,
@@ -389,11 +427,27 @@ impl Backend for NativeBackend {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "packed GEMM, kernel {}, NHWC, implicit im2col, fused bias+residual+ReLU, Winograd F(4x4,3x3): {}",
-            kernel_name(self.isa),
-            self.winograd.name()
-        )
+        match &self.plan {
+            None => format!(
+                "packed GEMM, kernel {}, NHWC, implicit im2col, fused bias+residual+ReLU, Winograd F(4x4,3x3): {}, plan: off (built-in heuristic)",
+                kernel_name(self.isa),
+                self.winograd.name()
+            ),
+            Some(p) => {
+                let winograd = p
+                    .plan
+                    .layers
+                    .iter()
+                    .filter(|l| l.choice.method == Method::Winograd)
+                    .count();
+                format!(
+                    "packed GEMM, kernel {}, NHWC, implicit im2col, fused bias+residual+ReLU, plan: {} ({winograd} of {} convolutions Winograd)",
+                    kernel_name(self.isa),
+                    p.path.display(),
+                    p.plan.layers.len()
+                )
+            }
+        }
     }
 
     fn forward(

@@ -1,0 +1,632 @@
+//! Per-layer plans: which strategy each convolution of the `native` backend runs with on this
+//! CPU, chosen by measurement (`resnet tune`) and stored as JSON in the cache.
+//!
+//! A plan is keyed by what makes a measurement valid elsewhere: the CPU model string, its
+//! feature set, the thread count and the batch size ([`PlanKey`]). It names, for every
+//! convolution of the layer table, one [`LayerChoice`] (direct packed GEMM or Winograd
+//! F(4x4,3x3), the f32 kernel by its registry name, and the blocking, whose `mc`/`nc` decide
+//! whether threads split a layer over pixels or over output channels), and keeps every timed
+//! candidate, so the file is also a report.
+//!
+//! A plan file is untrusted input: [`Plan::parse`] checks it against the layer table (every
+//! convolution exactly once, Winograd only where it applies, known kernels this CPU runs,
+//! blocking sizes in range) and fails with an error naming the file and the problem.
+
+use crate::arch::{ConvBn, ResNet18Arch};
+use resnet_kernels::cpu::{CpuFeatures, Isa};
+use resnet_kernels::gemm::{self, Blocking};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The plan file format; a file with another version is refused.
+pub const FORMAT: u32 = 1;
+
+/// Largest blocking size a plan may ask for (a bigger one is certainly a hand-edit).
+pub const MAX_BLOCK: usize = 1 << 16;
+
+/// How one convolution is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Implicit im2col + packed GEMM.
+    Direct,
+    /// Winograd F(4x4, 3x3) (3x3 stride-1 padding-1 layers only).
+    Winograd,
+}
+
+/// One convolution's strategy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct LayerChoice {
+    /// Direct or Winograd.
+    pub method: Method,
+    /// The f32 kernel's registry name (`avx512_f32_12x32`).
+    pub kernel: String,
+    /// Loop 4: K block.
+    pub kc: usize,
+    /// Loop 3: rows (pixels) per work item.
+    pub mc: usize,
+    /// Loop 5: columns (output channels) per work item.
+    pub nc: usize,
+}
+
+impl LayerChoice {
+    /// The blocking as the kernels take it.
+    pub fn blocking(&self) -> Blocking {
+        Blocking {
+            kc: self.kc,
+            mc: self.mc,
+            nc: self.nc,
+        }
+    }
+
+    /// Whether this is the built-in heuristic's blocking.
+    pub fn has_default_blocking(&self) -> bool {
+        self.blocking() == gemm::blocking::DEFAULT
+    }
+
+    /// The registry line of the kernel (validated plans only name runnable ones).
+    pub fn kernel_line(&self) -> Option<&'static gemm::F32Kernel> {
+        resnet_kernels::registry::by_name(&gemm::KERNELS, &self.kernel)
+    }
+
+    /// `direct avx512_f32_12x32 kc256 mc144 nc256`.
+    pub fn label(&self) -> String {
+        let method = match self.method {
+            Method::Direct => "direct",
+            Method::Winograd => "winograd",
+        };
+        format!(
+            "{method} {} kc{} mc{} nc{}",
+            self.kernel, self.kc, self.mc, self.nc
+        )
+    }
+}
+
+/// One timed candidate of a layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate {
+    /// What was timed.
+    pub choice: LayerChoice,
+    /// Median milliseconds of the layer alone (null when it was rejected before timing).
+    pub median_ms: Option<f64>,
+    /// Largest error against direct convolution, relative to the largest output magnitude.
+    pub max_rel_error: f64,
+    /// Within the backend's accuracy bound.
+    pub accepted: bool,
+}
+
+/// One convolution's entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerPlan {
+    /// The convolution's state-dict prefix (`layer2.0.conv1`).
+    pub layer: String,
+    /// The strategy the backend runs.
+    pub choice: LayerChoice,
+    /// Every candidate timed, fastest first.
+    #[serde(default)]
+    pub candidates: Vec<Candidate>,
+}
+
+/// What a plan's measurements are valid for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct PlanKey {
+    /// `/proc/cpuinfo`'s model name (or `unknown`).
+    pub cpu: String,
+    /// The CPU features the kernels use, as `inspect` names them.
+    pub features: Vec<String>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Images per forward pass.
+    pub batch: usize,
+}
+
+impl PlanKey {
+    /// The key of this machine for `threads` and `batch`.
+    pub fn current(threads: usize, batch: usize) -> PlanKey {
+        PlanKey {
+            cpu: cpu_model_name(),
+            features: CpuFeatures::get()
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            threads,
+            batch,
+        }
+    }
+
+    /// The cache file name of this key: readable, and distinct per key.
+    pub fn file_name(&self, backend: &str) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(
+            serde_json::to_vec(self)
+                .expect("a key serialises")
+                .as_slice(),
+        );
+        let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{backend}-t{}-b{}-{short}.json", self.threads, self.batch)
+    }
+
+    /// Why `self` (a plan's key) does not fit `current`, in words; `None` when it does.
+    pub fn mismatch(&self, current: &PlanKey) -> Option<String> {
+        if self.cpu != current.cpu {
+            Some(format!(
+                "it was tuned on another CPU ('{}', this one is '{}')",
+                self.cpu, current.cpu
+            ))
+        } else if self.features != current.features {
+            Some("it was tuned with another CPU feature set".into())
+        } else if self.threads != current.threads {
+            Some(format!(
+                "it was tuned for {} threads (running with {})",
+                self.threads, current.threads
+            ))
+        } else if self.batch != current.batch {
+            Some(format!(
+                "it was tuned for batch {} (running batch {})",
+                self.batch, current.batch
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// A per-layer plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The backend it is for (`native`).
+    pub backend: String,
+    /// The ISA level it was tuned at.
+    pub isa: String,
+    /// What it is valid for.
+    pub key: PlanKey,
+    /// When it was made (UTC, RFC 3339), for the report.
+    #[serde(default)]
+    pub created: String,
+    /// One entry per convolution, in execution order.
+    pub layers: Vec<LayerPlan>,
+}
+
+/// Why a plan file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The file cannot be read.
+    #[error("plan file {path}: cannot read: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a plan: bad JSON, wrong fields or types.
+    #[error("plan file {path}: not a valid plan: {reason}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// What the parser found.
+        reason: String,
+    },
+    /// Well-formed, but does not fit the network or this build.
+    #[error("plan file {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The problem, naming the layer.
+        reason: String,
+    },
+}
+
+impl Plan {
+    /// Reads and validates a plan file.
+    pub fn load(path: &Path) -> Result<Plan, PlanError> {
+        let text = std::fs::read(path).map_err(|source| PlanError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Plan::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates plan JSON; `origin` names it in errors.
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<Plan, PlanError> {
+        let plan: Plan = serde_json::from_slice(bytes).map_err(|e| PlanError::Syntax {
+            path: origin.to_string(),
+            reason: e.to_string(),
+        })?;
+        plan.validate().map_err(|reason| PlanError::Invalid {
+            path: origin.to_string(),
+            reason,
+        })?;
+        Ok(plan)
+    }
+
+    /// Checks the plan against the layer table and this build's kernels.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!(
+                "format {} (this build reads format {FORMAT}: run `resnet tune` again)",
+                self.format
+            ));
+        }
+        if self.backend != "native" {
+            return Err(format!(
+                "backend '{}': plans exist for the native backend only",
+                self.backend
+            ));
+        }
+        if self.key.threads == 0 || self.key.batch == 0 {
+            return Err("threads and batch must be at least 1".into());
+        }
+        let arch = ResNet18Arch::new();
+        let convs: Vec<&ConvBn> = arch.convs().collect();
+        if self.layers.len() != convs.len() {
+            return Err(format!(
+                "{} layers, the network has {} convolutions",
+                self.layers.len(),
+                convs.len()
+            ));
+        }
+        for (entry, spec) in self.layers.iter().zip(&convs) {
+            if entry.layer != spec.conv {
+                return Err(format!(
+                    "layer '{}' where the network's convolution '{}' comes",
+                    entry.layer, spec.conv
+                ));
+            }
+            check_choice(&entry.choice, spec).map_err(|e| format!("layer {}: {e}", spec.conv))?;
+        }
+        Ok(())
+    }
+
+    /// The choice for the convolution `conv` (its state-dict prefix).
+    pub fn choice(&self, conv: &str) -> Option<&LayerChoice> {
+        self.layers
+            .iter()
+            .find(|l| l.layer == conv)
+            .map(|l| &l.choice)
+    }
+
+    /// The plan as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan serialises")
+    }
+}
+
+/// Whether `method` can run `spec` at all.
+pub fn method_applies(method: Method, spec: &ConvBn) -> bool {
+    match method {
+        Method::Direct => true,
+        Method::Winograd => spec.kernel == 3 && spec.stride == 1 && spec.padding == 1,
+    }
+}
+
+fn check_choice(choice: &LayerChoice, spec: &ConvBn) -> Result<(), String> {
+    if !method_applies(choice.method, spec) {
+        return Err(format!(
+            "Winograd F(4x4,3x3) does not apply to a {}x{} stride-{} convolution",
+            spec.kernel, spec.kernel, spec.stride
+        ));
+    }
+    let Some(line) = choice.kernel_line() else {
+        return Err(format!("unknown f32 kernel '{}'", choice.kernel));
+    };
+    if !line.info.is_runnable() {
+        return Err(format!("kernel '{}' cannot run on this CPU", choice.kernel));
+    }
+    for (name, v, min) in [
+        ("kc", choice.kc, 1),
+        ("mc", choice.mc, 1),
+        ("nc", choice.nc, 1),
+    ] {
+        if v < min || v > MAX_BLOCK {
+            return Err(format!("{name} = {v} is outside 1..={MAX_BLOCK}"));
+        }
+    }
+    Ok(())
+}
+
+/// The heuristic's choice for a layer (what runs without a plan): direct, or Winograd where the
+/// policy says, default blocking, the kernel `isa` selects.
+pub fn default_choice(spec: &ConvBn, isa: Isa, winograd: bool) -> LayerChoice {
+    let b = gemm::blocking::DEFAULT;
+    LayerChoice {
+        method: if winograd && method_applies(Method::Winograd, spec) {
+            Method::Winograd
+        } else {
+            Method::Direct
+        },
+        kernel: gemm::kernel_name(isa).to_string(),
+        kc: b.kc,
+        mc: b.mc,
+        nc: b.nc,
+    }
+}
+
+/// The candidates `resnet tune` times for one convolution: the direct packed GEMM with a few
+/// blockings (the default; a larger K block; few large work items split over pixels, each
+/// thread taking all output channels; split over output channels, so each core streams only
+/// its share of a weight-bound layer's filters; many small items), and Winograd where it
+/// applies with the default and the channel split. `rows` is the direct GEMM's M (batch x output
+/// pixels), `tiles` Winograd's (batch x 4x4 output tiles).
+pub fn candidates(
+    spec: &ConvBn,
+    isa: Isa,
+    rows: usize,
+    tiles: usize,
+    threads: usize,
+) -> Vec<LayerChoice> {
+    let kernel = gemm::kernel_for(isa);
+    let (mr, nr) = (kernel.info.mr, kernel.info.nr);
+    let n = spec.out_channels;
+    let threads = threads.max(1);
+    let round = |v: usize, to: usize| v.div_ceil(to) * to;
+    let d = gemm::blocking::DEFAULT;
+    let split_pixels = |m: usize| Blocking {
+        kc: d.kc,
+        mc: round(m.div_ceil(threads), mr).min(MAX_BLOCK),
+        nc: round(n, nr),
+    };
+    let split_channels = |m: usize| Blocking {
+        kc: d.kc,
+        mc: round(m, mr).min(MAX_BLOCK),
+        nc: round(n.div_ceil(threads), nr),
+    };
+    let mut direct = vec![
+        d,
+        Blocking { kc: 512, ..d },
+        split_pixels(rows),
+        split_channels(rows),
+        Blocking {
+            kc: d.kc,
+            mc: round(48, mr),
+            nc: 128,
+        },
+    ];
+    let mut out = Vec::new();
+    let push = |method, b: Blocking, out: &mut Vec<LayerChoice>| {
+        let c = LayerChoice {
+            method,
+            kernel: kernel.info.name.to_string(),
+            kc: b.kc,
+            mc: b.mc,
+            nc: b.nc,
+        };
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    };
+    for b in direct.drain(..) {
+        push(Method::Direct, b, &mut out);
+    }
+    if method_applies(Method::Winograd, spec) {
+        push(Method::Winograd, d, &mut out);
+        push(Method::Winograd, split_channels(tiles), &mut out);
+    }
+    out
+}
+
+/// Which plan a command runs with.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum PlanChoice {
+    /// The built-in heuristic.
+    Off,
+    /// The cached plan for this CPU, thread count and batch if there is one, else the heuristic.
+    #[default]
+    Auto,
+    /// This file (an error if it is unreadable or invalid; ignored with a note if it is for
+    /// another CPU or thread count).
+    File(PathBuf),
+}
+
+impl std::str::FromStr for PlanChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim() {
+            "" => return Err("empty plan choice (off, auto or a FILE)".into()),
+            "off" => PlanChoice::Off,
+            "auto" => PlanChoice::Auto,
+            path => PlanChoice::File(PathBuf::from(path)),
+        })
+    }
+}
+
+impl std::fmt::Display for PlanChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanChoice::Off => f.write_str("off"),
+            PlanChoice::Auto => f.write_str("auto"),
+            PlanChoice::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A plan in use and where it came from (for `inspect`, `bench` and the logs).
+#[derive(Clone, Debug)]
+pub struct ActivePlan {
+    /// The plan.
+    pub plan: std::sync::Arc<Plan>,
+    /// The file it was read from.
+    pub path: PathBuf,
+}
+
+/// Resolves `choice` for this machine: `Ok(None)` runs the heuristic. `notes` receives the
+/// reasons a plan was not used (another CPU, thread count or batch).
+pub fn resolve(
+    choice: &PlanChoice,
+    cache: Option<&Path>,
+    threads: usize,
+    batch: usize,
+    notes: &mut dyn FnMut(String),
+) -> Result<Option<ActivePlan>, PlanError> {
+    let current = PlanKey::current(threads, batch);
+    let path = match choice {
+        PlanChoice::Off => return Ok(None),
+        PlanChoice::File(p) => p.clone(),
+        PlanChoice::Auto => match cache {
+            Some(dir) => {
+                let p = dir.join(current.file_name("native"));
+                if !p.exists() {
+                    return Ok(None);
+                }
+                p
+            }
+            None => return Ok(None),
+        },
+    };
+    let plan = Plan::load(&path)?;
+    if let Some(why) = plan.key.mismatch(&current) {
+        notes(format!(
+            "plan {} ignored: {why}; running the built-in heuristic",
+            path.display()
+        ));
+        return Ok(None);
+    }
+    Ok(Some(ActivePlan {
+        plan: std::sync::Arc::new(plan),
+        path,
+    }))
+}
+
+/// `/proc/cpuinfo`'s first `model name`, else `unknown`.
+pub fn cpu_model_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand edit of a plan.
+    type Edit = Box<dyn Fn(&mut Plan)>;
+
+    fn heuristic_plan(threads: usize, batch: usize) -> Plan {
+        let isa = Isa::best_supported();
+        let arch = ResNet18Arch::new();
+        Plan {
+            format: FORMAT,
+            backend: "native".into(),
+            isa: isa.name().into(),
+            key: PlanKey::current(threads, batch),
+            created: String::new(),
+            layers: arch
+                .convs()
+                .map(|c| LayerPlan {
+                    layer: c.conv.clone(),
+                    choice: default_choice(c, isa, true),
+                    candidates: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn plan_round_trips_through_json() {
+        let mut plan = heuristic_plan(2, 1);
+        let choice = plan.layers[3].choice.clone();
+        plan.layers[3].candidates.push(Candidate {
+            choice,
+            median_ms: Some(0.25),
+            max_rel_error: 1.5e-6,
+            accepted: true,
+        });
+        let back = Plan::parse(plan.to_json().as_bytes(), "mem").unwrap();
+        assert_eq!(back, plan);
+    }
+
+    #[test]
+    fn plan_for_another_cpu_or_threads_is_ignored_with_a_note() {
+        let dir = std::env::temp_dir().join(format!("resnet-plan-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (edit, needle) in [
+            (
+                Box::new(|p: &mut Plan| p.key.cpu = "AMD EPYC 9999".into())
+                    as Box<dyn Fn(&mut Plan)>,
+                "another CPU",
+            ),
+            (Box::new(|p: &mut Plan| p.key.threads = 7), "7 threads"),
+        ] {
+            let mut plan = heuristic_plan(2, 1);
+            edit(&mut plan);
+            let path = dir.join("other.json");
+            std::fs::write(&path, plan.to_json()).unwrap();
+            let mut notes = Vec::new();
+            let got = resolve(&PlanChoice::File(path.clone()), None, 2, 1, &mut |n| {
+                notes.push(n)
+            })
+            .unwrap();
+            assert!(got.is_none());
+            assert_eq!(notes.len(), 1);
+            assert!(notes[0].contains(needle), "{notes:?}");
+        }
+        // The matching plan is used.
+        let path = dir.join("same.json");
+        std::fs::write(&path, heuristic_plan(2, 1).to_json()).unwrap();
+        let got = resolve(&PlanChoice::File(path), None, 2, 1, &mut |n| panic!("{n}")).unwrap();
+        assert!(got.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_or_hand_edited_plans_are_errors_naming_the_file() {
+        let good = heuristic_plan(2, 1);
+        let mut cases: Vec<(String, &str)> = vec![
+            ("{".into(), "not a valid plan"),
+            ("[]".into(), "not a valid plan"),
+            (
+                good.to_json().replace("\"kc\": 256", "\"kc\": -1"),
+                "not a valid plan",
+            ),
+        ];
+        let mut edits: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|p| {
+                    p.layers.pop();
+                }),
+                "19 layers",
+            ),
+            (
+                Box::new(|p| p.layers.swap(1, 2)),
+                "where the network's convolution",
+            ),
+            (
+                Box::new(|p| p.layers[0].choice.method = Method::Winograd),
+                "does not apply",
+            ),
+            (
+                Box::new(|p| p.layers[1].choice.kernel = "sse9_f32_1x1".into()),
+                "unknown f32 kernel",
+            ),
+            (Box::new(|p| p.layers[1].choice.mc = 0), "mc = 0"),
+            (Box::new(|p| p.layers[1].choice.nc = usize::MAX), "nc = "),
+            (Box::new(|p| p.format = 99), "format 99"),
+        ];
+        for (edit, needle) in edits.drain(..) {
+            let mut p = good.clone();
+            edit(&mut p);
+            cases.push((p.to_json(), needle));
+        }
+        for (text, needle) in cases {
+            let err = Plan::parse(text.as_bytes(), "/tmp/x.plan.json")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("/tmp/x.plan.json"), "{err}");
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Every candidate a per-layer plan can choose (`resnet tune`'s candidates: direct GEMM with each
+//! blocking, Winograd with each, on the kernel this CPU selects) against the reference backend at
+//! every trace point, with the tolerances of `backends_agree`: intermediate activations within
+//! 1e-4 of the layer's largest magnitude (+1e-5), logits within 1e-3, identical top-5.
+//!
+//! Plan `j` gives every layer its `j`-th candidate (wrapping where a layer has fewer), so each
+//! candidate of each layer runs in some plan, inside a whole network.
+
+use ndarray::{Array4, ArrayD};
+use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
+use resnet_core::backend::{BackendKind, BackendOptions, LayerEvent, LayerObserver};
+use resnet_core::cpu::Isa;
+use resnet_core::plan::{self, ActivePlan, LayerPlan, Method, Plan, PlanKey};
+use resnet_core::postprocess::top_k_indices;
+use resnet_core::weights::synthetic_weights;
+use std::sync::Arc;
+
+#[derive(Default)]
+struct Capture(Vec<(String, ArrayD<f32>)>);
+
+impl LayerObserver for Capture {
+    fn wants_outputs(&self) -> bool {
+        true
+    }
+    fn on_layer(&mut self, e: &LayerEvent<'_>) {
+        self.0
+            .push((e.name.to_string(), e.output.as_ref().unwrap().to_owned()));
+    }
+}
+
+fn random_batch(n: usize, seed: u64) -> Array4<f32> {
+    let mut s = seed | 1;
+    Array4::from_shape_fn((n, 3, INPUT_SIZE, INPUT_SIZE), |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+    })
+}
+
+#[test]
+fn every_plan_candidate_agrees_with_reference_at_every_trace_point() {
+    let batch = 2;
+    let isa = Isa::best_supported();
+    let threads = rayon::current_num_threads();
+    let arch = ResNet18Arch::new();
+    let table = arch.layer_table(INPUT_SIZE, INPUT_SIZE);
+    let per_layer: Vec<_> = arch
+        .convs()
+        .map(|spec| {
+            let [_, h, w] = table.iter().find(|r| r.name == spec.conv).unwrap().input;
+            let g = spec.geometry(batch, h, w);
+            let tiles = batch * h.div_ceil(4) * w.div_ceil(4);
+            (
+                spec.conv.clone(),
+                plan::candidates(spec, isa, g.m(), tiles, threads),
+            )
+        })
+        .collect();
+    let most = per_layer.iter().map(|(_, c)| c.len()).max().unwrap();
+    assert!(
+        per_layer
+            .iter()
+            .any(|(_, c)| c.iter().any(|c| c.method == Method::Winograd)),
+        "Winograd candidates exist"
+    );
+
+    let weights = synthetic_weights(0);
+    let input = random_batch(batch, 5);
+    let reference = BackendKind::Reference
+        .create(&weights, &BackendOptions::default())
+        .unwrap();
+    let mut want = Capture::default();
+    let want_logits = reference.forward(input.view(), &mut want).unwrap();
+
+    for j in 0..most {
+        let plan = Plan {
+            format: plan::FORMAT,
+            backend: "native".into(),
+            isa: isa.name().into(),
+            key: PlanKey::current(threads, batch),
+            created: String::new(),
+            layers: per_layer
+                .iter()
+                .map(|(name, c)| LayerPlan {
+                    layer: name.clone(),
+                    choice: c[j % c.len()].clone(),
+                    candidates: vec![],
+                })
+                .collect(),
+        };
+        plan.validate().unwrap();
+        let options = BackendOptions {
+            isa,
+            plan: Some(ActivePlan {
+                plan: Arc::new(plan.clone()),
+                path: format!("candidate-{j}").into(),
+            }),
+            ..BackendOptions::default()
+        };
+        let backend = BackendKind::Native.create(&weights, &options).unwrap();
+        assert!(backend.describe().contains(&format!("candidate-{j}")));
+        let mut got = Capture::default();
+        let logits = backend.forward(input.view(), &mut got).unwrap();
+        assert_eq!(got.0.len(), want.0.len(), "plan {j}: trace points");
+        for ((name, g), (want_name, w)) in got.0.iter().zip(&want.0) {
+            assert_eq!(name, want_name);
+            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let tol = 1e-4 * scale + 1e-5;
+            let err = g
+                .iter()
+                .zip(w)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let choices: Vec<String> = plan.layers.iter().map(|l| l.choice.label()).collect();
+            assert!(
+                err <= tol,
+                "plan {j} at {name}: max error {err:e} > {tol:e} ({choices:?})"
+            );
+        }
+        for i in 0..batch {
+            let (g, w) = (logits.row(i).to_vec(), want_logits.row(i).to_vec());
+            let max = g
+                .iter()
+                .zip(&w)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(max <= 1e-3, "plan {j} image {i}: logits differ by {max:e}");
+            assert_eq!(
+                top_k_indices(&g, 5),
+                top_k_indices(&w, 5),
+                "plan {j} image {i}"
+            );
+        }
+    }
+}
