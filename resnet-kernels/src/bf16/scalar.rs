@@ -25,8 +25,9 @@ pub(crate) fn epilogue_core(
     if let Some(r) = residual {
         v += r.to_f32();
     }
-    if relu && !(v > 0.0) {
-        v = 0.0;
+    if relu {
+        // Written as maxps(v, 0) behaves: only a v above zero survives (NaN and -0 give +0).
+        v = if v > 0.0 { v } else { 0.0 };
     }
     v
 }
