@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(decode_image safetensors pth labels http)
+[ ${#targets[@]} -eq 0 ] && targets=(decode_image safetensors pth labels http mjpeg)
 export RUSTC_BOOTSTRAP=1
 sanitizer=${FUZZ_SANITIZER:-address}
 

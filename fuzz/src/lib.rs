@@ -27,7 +27,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Every fuzz target, by the name of its binary and its input folders.
-pub const TARGETS: [&str; 5] = ["decode_image", "safetensors", "pth", "labels", "http"];
+pub const TARGETS: [&str; 7] = [
+    "decode_image",
+    "safetensors",
+    "pth",
+    "labels",
+    "http",
+    "kserve",
+    "mjpeg",
+];
 
 /// Runs `target`'s harness on `data`. Panics on an unknown target name.
 pub fn run(target: &str, data: &[u8]) {
@@ -37,8 +45,53 @@ pub fn run(target: &str, data: &[u8]) {
         "pth" => pth(data),
         "labels" => labels(data),
         "http" => http(data),
+        "kserve" => kserve(data),
+        "mjpeg" => mjpeg(data),
         other => panic!("no fuzz target named {other}"),
     }
+}
+
+/// The KServe v2 inference request parser (JSON header, binary tensor extension, BYTES
+/// elements) and the response encoder. The input's first line is the
+/// `Inference-Header-Content-Length` value (empty: no header); the rest is the body.
+pub fn kserve(data: &[u8]) {
+    use resnet_server::kserve::{encode_response, parse_infer_request, Images};
+    let (first, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&data[..0], data),
+    };
+    let header_length = std::str::from_utf8(first).ok().filter(|s| !s.is_empty());
+    let Ok(request) = parse_infer_request(header_length, body, 8) else {
+        return;
+    };
+    let n = request.images.len();
+    assert!((1..=8).contains(&n), "{n} images passed the limit of 8");
+    if let Images::Tensors { count, data } = &request.images {
+        assert_eq!(data.len(), count * 3 * 224 * 224, "tensor size");
+        assert!(data.iter().all(|v| v.is_finite()), "non-finite input");
+    }
+    let logits: Vec<Vec<f32>> = (0..n)
+        .map(|i| {
+            (0..NUM_CLASSES)
+                .map(|c| ((c * 7 + i) % 13) as f32)
+                .collect()
+        })
+        .collect();
+    let encoded = encode_response(&request, &logits, |_| "label");
+    let json_end = encoded.header_length.unwrap_or(encoded.body.len());
+    let header: serde_json::Value =
+        serde_json::from_slice(&encoded.body[..json_end]).expect("response header is JSON");
+    let outputs = header["outputs"].as_array().expect("outputs");
+    assert_eq!(outputs.len(), request.outputs.len());
+    let binary: u64 = outputs
+        .iter()
+        .filter_map(|o| o["parameters"]["binary_data_size"].as_u64())
+        .sum();
+    assert_eq!(
+        binary as usize,
+        encoded.body.len() - json_end,
+        "binary sizes"
+    );
 }
 
 /// The pixel limit the image harness decodes with (the CLI's and the server's default is larger;
@@ -197,7 +250,8 @@ impl Backend for StandInModel {
                 means[i][k % 3] * (y + x) as f32
             });
             observer.on_layer(&LayerEvent {
-                name: resnet_core::cam::FEATURE_LAYER,
+                point: resnet_core::cam::FEATURE_LAYER,
+                name: resnet_core::cam::FEATURE_LAYER.name(),
                 shape: features.shape().to_vec(),
                 elapsed: Duration::ZERO,
                 output: Some(features.view().into_dyn()),
@@ -242,6 +296,52 @@ pub fn response_statuses(raw: &[u8]) -> Vec<u16> {
         rest = &rest[body_start + length..];
     }
     statuses
+}
+
+/// The part limit of the MJPEG harness (small, so that inputs reach it).
+pub const MJPEG_MAX_PART: usize = 4096;
+
+/// The MJPEG multipart parser of `resnet watch`, fed in pieces: the first byte sets the piece
+/// size (1 to 64), the rest is the stream (boundary `frame`). Promises: no part over the limit,
+/// parts never hold more bytes than were fed, memory held stays bounded (limit + header limit +
+/// one piece), and the same pieces give the same parts.
+pub fn mjpeg(data: &[u8]) {
+    let Some((&first, stream)) = data.split_first() else {
+        return;
+    };
+    let piece = usize::from(first % 64) + 1;
+    let parse = || {
+        let mut parser = resnet_watch::mjpeg::PartParser::new(b"frame", MJPEG_MAX_PART);
+        let mut parts = Vec::new();
+        for chunk in stream.chunks(piece) {
+            parser.push(chunk);
+            while let Some(part) = parser.next_part() {
+                parts.push(part);
+            }
+            assert!(
+                parser.pending_bytes() <= MJPEG_MAX_PART + 16 * 1024 + 2 * piece + 64,
+                "{} bytes held",
+                parser.pending_bytes()
+            );
+        }
+        parts
+    };
+    let parts = parse();
+    let mut total = 0;
+    for part in parts.iter().flatten() {
+        assert!(
+            part.len() <= MJPEG_MAX_PART,
+            "a part of {} bytes",
+            part.len()
+        );
+        total += part.len();
+    }
+    assert!(
+        total <= stream.len(),
+        "{total} bytes of parts from {}",
+        stream.len()
+    );
+    assert_eq!(parts, parse(), "the same input parsed twice differs");
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

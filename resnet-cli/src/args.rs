@@ -63,7 +63,7 @@ pub enum Command {
     /// Run one image and print every layer's output shape, time and activation statistics;
     /// optionally dump each output as .npy or compare two backends layer by layer.
     #[command(
-        after_help = "Example:\n  resnet trace cat.jpg\n  resnet trace cat.jpg --dump layers/   # layers/01_stem.npy ... 12_fc.npy (NCHW float32)\n  resnet trace cat.jpg --backend native --compare reference"
+        after_help = "Example:\n  resnet trace cat.jpg\n  resnet trace cat.jpg --dump layers/   # layers/01_stem.npy ... 12_fc.npy (NCHW float32)\n  resnet trace cat.jpg --backend native --compare reference\n  resnet trace cat.jpg --compare int8 --html cat_explorer.html   # open in any browser, no server"
     )]
     Trace(TraceArgs),
     /// Top-1 / top-5 accuracy over a labelled image set (ImageNet validation layout
@@ -90,15 +90,20 @@ pub enum Command {
         after_help = "Example:\n  resnet cam cat.jpg --out cat_cam.png --weights resnet18.safetensors"
     )]
     Cam(CamArgs),
+    /// Classify what cameras produce as it arrives: new files in folders, MJPEG or snapshot
+    /// URLs, RTSP streams, video files and devices (through ffmpeg); one event per frame.
+    #[command(after_help = crate::watch::AFTER_HELP)]
+    Watch(crate::watch::WatchArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub addr: std::net::SocketAddr,
+    /// Address to listen on (port 0 picks a free port). Default: 0.0.0.0:$PORT when the
+    /// environment has PORT (as container platforms set it), else 127.0.0.1:8080.
+    #[arg(long)]
+    pub addr: Option<std::net::SocketAddr>,
     /// Most images run through the network together.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_batch: u16,
@@ -136,6 +141,21 @@ pub struct ServeArgs {
     /// Apply the EXIF orientation of uploads (as viewers do) or ignore it (as torchvision does).
     #[arg(long, value_enum, default_value = "apply")]
     pub exif: ExifArg,
+    /// Access log lines as text or as one JSON object per line (with the X-Request-Id).
+    #[arg(long, default_value = "text", value_name = "text|json")]
+    pub log_format: resnet_server::ops::LogFormat,
+    /// Answer cross-origin browsers from ORIGIN ('*' for any): CORS headers and OPTIONS
+    /// preflights. Off by default.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Option<String>,
+    /// After SIGTERM, seconds during which /readyz and /v2/health/ready say 503 while requests
+    /// are still served, before the listener closes (give load balancers time to notice).
+    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    pub drain_s: f64,
+    /// Also build this backend on the same weights for POST /v1/trace?backend= and ?compare=
+    /// (the explorer page's SQNR strip); repeatable. Classification still runs --backend.
+    #[arg(long, value_name = "BACKEND")]
+    pub trace_backend: Vec<BackendKind>,
 }
 
 #[derive(Args, Debug)]
@@ -152,7 +172,11 @@ pub struct CamArgs {
     pub alpha: f32,
     /// The image.
     pub input: PathBuf,
-    /// Where to write the PNG (the 224x224 crop the network saw, with the heat map over it).
+    /// What the map is drawn over: the whole original image with the region the network saw
+    /// outlined, or the 224x224 crop itself.
+    #[arg(long, default_value = "original", value_name = "original|crop")]
+    pub view: resnet_core::cam::CamView,
+    /// Where to write the PNG.
     #[arg(long, value_name = "FILE.png")]
     pub out: PathBuf,
 }
@@ -318,8 +342,19 @@ pub struct ClassifyArgs {
     /// Image files, directories (searched recursively for images and .npy, in sorted order),
     /// or glob patterns such as 'photos/**/*.jpg'. A .npy holds a preprocessed float32
     /// [3,224,224] or [1,3,224,224].
-    #[arg(required = true, value_name = "INPUT")]
+    #[arg(required_unless_present = "files_from", value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+    /// Also read inputs from FILE, one path per line ('-': standard input).
+    #[arg(long, value_name = "FILE|-")]
+    pub files_from: Option<PathBuf>,
+    /// Keep only share I of N (1 <= I <= N), chosen by a stable hash of each input's path, so
+    /// N machines given the same list take disjoint shares that add up to the whole.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::batch::Shard>,
+    /// Append JSON lines to OUT instead of printing, skipping the inputs OUT already has (a
+    /// torn last line from a crash is cut off first): rerun the same command to finish a job.
+    #[arg(long, value_name = "OUT.jsonl")]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -339,6 +374,13 @@ pub struct TraceArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Also write the explorer page (layers, times, feature maps, top classes, activation maps)
+    /// with this trace in it, as one self-contained HTML file that opens without a server.
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
+    /// Channels per feature map drawn in the --html file (the most active ones).
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub maps: u16,
 }
 
 #[derive(Args, Debug)]

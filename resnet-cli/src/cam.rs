@@ -3,7 +3,7 @@
 use crate::args::CamArgs;
 use crate::model::{load_model, weights_identity};
 use anyhow::{bail, Context};
-use resnet_core::cam::{class_activation_map, heatmap_overlay};
+use resnet_core::cam::{class_activation_map, overlay_for_view};
 use resnet_core::decode::decode_image_file;
 use resnet_core::postprocess::softmax;
 use resnet_core::preprocess::{resize_and_crop, to_normalized_chw};
@@ -34,7 +34,7 @@ pub fn run(args: CamArgs) -> anyhow::Result<ExitCode> {
         input.view(),
         args.class.map(usize::from),
     )?;
-    let overlay = heatmap_overlay(&crop, &map, args.alpha);
+    let overlay = overlay_for_view(args.view, &image.rgb, &crop, &map, args.alpha);
     overlay
         .save_with_format(&args.out, image::ImageFormat::Png)
         .with_context(|| format!("writing {}", args.out.display()))?;

@@ -24,26 +24,28 @@ struct JsonResult<'a> {
 pub fn run(args: ClassifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let opts = args.decode.options()?;
     let model = load_model(&args.model)?;
-    let inputs = crate::inputs::expand(&args.inputs);
+    let plan = crate::batch::plan(&args)?;
+    let inputs = plan.inputs;
     log::debug!(
         "{} inputs, batches of {}, backend {}",
         inputs.len(),
         args.batch_size,
         model.backend.name()
     );
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let format = plan.format;
+    let mut out = std::io::BufWriter::new(plan.sink);
     let k = args.top_k as usize;
     let bar = crate::inputs::progress_bar(inputs.len(), quiet, "images");
-    let mut csv_out = (args.format == ClassifyFormat::Csv).then(|| csv_header(k));
+    let mut csv_out = (format == ClassifyFormat::Csv).then(|| csv_header(k));
     if let Some(header) = csv_out.take() {
         out.write_all(&header)?;
     }
-    if args.format == ClassifyFormat::Json {
+    if format == ClassifyFormat::Json {
         writeln!(out, "[")?;
     }
     let mut failed = 0usize;
     let mut done = 0usize;
-    let streaming = matches!(args.format, ClassifyFormat::Jsonl | ClassifyFormat::Csv);
+    let streaming = matches!(format, ClassifyFormat::Jsonl | ClassifyFormat::Csv);
     crate::inputs::run_batches(
         &model,
         &inputs,
@@ -67,7 +69,7 @@ pub fn run(args: ClassifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                     .flatten(),
                 error: outcome.result.as_ref().err().map(String::as_str),
             };
-            match args.format {
+            match format {
                 ClassifyFormat::Text => {
                     // A failed input was reported on stderr already: stdout carries data only.
                     if let Ok(preds) = &preds {
@@ -97,7 +99,7 @@ pub fn run(args: ClassifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         },
     )?;
     bar.finish_and_clear();
-    if args.format == ClassifyFormat::Json {
+    if format == ClassifyFormat::Json {
         if done > 0 {
             writeln!(out)?;
         }

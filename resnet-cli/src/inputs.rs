@@ -9,9 +9,6 @@ use resnet_core::decode::DecodeOptions;
 use resnet_core::input::load_input;
 use std::path::{Path, PathBuf};
 
-/// Files taken from directories: images (the decoder's list) and preprocessed `.npy` tensors.
-/// Any file given by name is tried whatever its name.
-
 /// One input to classify: a file, or a problem found while expanding the arguments (reported
 /// in its place, in order, and counted as a failure).
 #[derive(Clone, Debug)]
@@ -50,6 +47,8 @@ pub fn expand(args: &[PathBuf]) -> Vec<Input> {
     out
 }
 
+/// Files taken from directories: images (the decoder's list) and preprocessed `.npy` tensors.
+/// Any file given by name is tried whatever its name.
 fn is_input_file(path: &Path) -> bool {
     resnet_core::decode::has_image_extension(path)
         || path

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod batch;
 mod bench;
 mod cam;
 mod classify;
@@ -12,6 +13,7 @@ mod model;
 mod quantize;
 mod serve;
 mod trace;
+mod watch;
 mod weights_cmd;
 mod weights_store;
 
@@ -79,6 +81,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Cam(a) => cam::run(a),
         args::Command::Trace(a) => trace::run(a),
         args::Command::Eval(a) => eval::run(a, cli.quiet),
+        args::Command::Watch(a) => watch::run(a),
         args::Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

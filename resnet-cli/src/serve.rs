@@ -2,7 +2,7 @@
 
 use crate::args::{ModelArgs, ServeArgs};
 use crate::model::{load_model, weights_identity};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use resnet_server::{Config, ServedModel};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,7 +11,15 @@ pub fn run(args: ServeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut config = config(&args)?;
     config.log_requests = !quiet;
     let threads = rayon::current_num_threads();
-    let model = served_model(&args.model, threads)?;
+    let mut model = served_model(&args.model, threads)?;
+    for name in &args.trace_backend {
+        let mut other = args.model.clone();
+        other.backend = *name;
+        let backend = load_model(&other)
+            .with_context(|| format!("building --trace-backend {name}"))?
+            .backend;
+        model = model.with_other_backend(std::sync::Arc::from(backend));
+    }
     resnet_server::run(config, model, threads)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -29,6 +37,25 @@ pub fn served_model(args: &ModelArgs, threads: usize) -> anyhow::Result<ServedMo
         isa,
         threads,
     ))
+}
+
+/// `--addr`, else `0.0.0.0:$PORT` when PORT is set (container platforms), else 127.0.0.1:8080.
+fn listen_addr(
+    addr: Option<std::net::SocketAddr>,
+    port: Option<&str>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    if let Some(a) = addr {
+        return Ok(a);
+    }
+    match port.map(str::trim).filter(|p| !p.is_empty()) {
+        None => Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
+        Some(p) => {
+            let port: u16 = p
+                .parse()
+                .with_context(|| format!("the environment's PORT '{p}' is not a port number"))?;
+            Ok(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+        }
+    }
 }
 
 fn positive_secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -61,8 +88,14 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
         Some(t) => Some(t.clone()),
         None => std::env::var("RESNET_TOKEN").ok().filter(|t| !t.is_empty()),
     };
+    if !(args.drain_s >= 0.0 && args.drain_s <= 3600.0) {
+        bail!("--drain-s must be from 0 to 3600, got {}", args.drain_s);
+    }
     let config = Config {
-        addr: args.addr,
+        addr: listen_addr(args.addr, std::env::var("PORT").ok().as_deref())?,
+        log_format: args.log_format,
+        cors_origin: args.cors_origin.clone(),
+        drain: Duration::from_secs_f64(args.drain_s),
         max_batch: args.max_batch as usize,
         batch_wait: Duration::from_secs_f64(args.batch_wait_ms / 1e3),
         queue: args.queue as usize,

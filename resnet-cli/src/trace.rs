@@ -1,163 +1,88 @@
 //! `resnet trace`: one image through the network, layer by layer — what a student reads next
-//! to the layer table of `resnet inspect`.
+//! to the layer table of `resnet inspect`. `--html` writes the explorer page of `resnet serve`
+//! with this trace in it, as one file that opens without a server.
 
 use crate::args::{Format, TraceArgs};
-use crate::model::load_model;
-use anyhow::Context;
-use ndarray::{ArrayD, Axis};
-use resnet_core::backend::{Backend, LayerEvent, LayerObserver};
-use resnet_core::input::{load_input, write_npy};
-use serde::Serialize;
+use crate::model::{load_model, weights_identity, Model};
+use anyhow::{bail, Context};
+use ndarray::{Array3, Axis};
+use resnet_core::arch::INPUT_SIZE;
+use resnet_core::decode::decode_image_file;
+use resnet_core::input::{is_npy, load_input, write_npy};
+use resnet_core::postprocess::{softmax, top_k, top_k_indices};
+use resnet_core::preprocess::{resize_and_crop, to_normalized_chw};
+use resnet_core::trace::{record, trace_rows, Trace};
+use resnet_server::api::ImageInfo;
+use resnet_server::explore::{
+    layer_reports, png_data_url, static_page, CamImage, TraceResponse, TraceTiming,
+};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// One trace point as observed.
-struct Point {
-    name: String,
-    shape: Vec<usize>,
-    elapsed: Duration,
-    output: ArrayD<f32>,
-}
-
-#[derive(Default)]
-struct Recorder(Vec<Point>);
-
-impl LayerObserver for Recorder {
-    fn wants_outputs(&self) -> bool {
-        true
-    }
-
-    fn on_layer(&mut self, e: &LayerEvent<'_>) {
-        self.0.push(Point {
-            name: e.name.to_string(),
-            shape: e.shape.clone(),
-            elapsed: e.elapsed,
-            output: e
-                .output
-                .as_ref()
-                .map(|o| o.to_owned())
-                .unwrap_or_else(|| ArrayD::zeros(vec![0])),
-        });
-    }
-}
-
-/// Activation statistics of one layer's output.
-#[derive(Serialize)]
-struct Stats {
-    min: f32,
-    max: f32,
-    mean: f64,
-    std: f64,
-    /// Fraction of exact zeros (what ReLU switched off).
-    zeros: f64,
-}
-
-fn stats(values: &ArrayD<f32>) -> Stats {
-    let n = values.len().max(1) as f64;
-    let (mut min, mut max, mut sum, mut zeros) = (f32::INFINITY, f32::NEG_INFINITY, 0.0f64, 0usize);
-    for &v in values {
-        min = min.min(v);
-        max = max.max(v);
-        sum += v as f64;
-        zeros += (v == 0.0) as usize;
-    }
-    let mean = sum / n;
-    let var = values
-        .iter()
-        .map(|&v| (v as f64 - mean).powi(2))
-        .sum::<f64>()
-        / n;
-    Stats {
-        min,
-        max,
-        mean,
-        std: var.sqrt(),
-        zeros: zeros as f64 / n,
-    }
-}
-
-/// How far `x` is from `reference`: the largest absolute difference, and the signal-to-
-/// quantisation-noise ratio `10 log10(sum ref^2 / sum (ref - x)^2)` in dB (infinite when equal).
-#[derive(Serialize)]
-struct Comparison {
-    max_abs_error: f32,
-    sqnr_db: f64,
-}
-
-fn compare(reference: &ArrayD<f32>, x: &ArrayD<f32>) -> Comparison {
-    let (mut signal, mut noise, mut max) = (0.0f64, 0.0f64, 0.0f32);
-    for (&r, &v) in reference.iter().zip(x) {
-        signal += (r as f64).powi(2);
-        noise += (r as f64 - v as f64).powi(2);
-        max = max.max((r - v).abs());
-    }
-    Comparison {
-        max_abs_error: max,
-        sqnr_db: if noise == 0.0 {
-            f64::INFINITY
-        } else {
-            10.0 * (signal / noise).log10()
-        },
-    }
-}
-
-#[derive(Serialize)]
-struct Row {
-    layer: String,
-    shape: Vec<usize>,
-    ms: f64,
-    #[serde(flatten)]
-    stats: Stats,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    versus: Option<Comparison>,
-}
-
-fn record(backend: &dyn Backend, input: &ndarray::Array4<f32>) -> anyhow::Result<Recorder> {
-    let mut rec = Recorder::default();
-    backend.forward(input.view(), &mut rec)?;
-    Ok(rec)
-}
+/// Classes whose activation maps the `--html` file carries.
+const HTML_CAM_CLASSES: usize = 5;
 
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let opts = args.decode.options()?;
+    if args.html.is_some() && is_npy(&args.input) {
+        bail!(
+            "--html needs an image (it shows the image and its crop), not the tensor {}",
+            args.input.display()
+        );
+    }
     let model = load_model(&args.model)?;
-    let input = load_input(&args.input, &opts)?.insert_axis(Axis(0));
-    let rec = record(model.backend.as_ref(), &input)?;
+    let started = Instant::now();
+    let t = Instant::now();
+    let (input, decoded) = if args.html.is_some() {
+        let image = decode_image_file(&args.input, &opts)?;
+        let decode = t.elapsed();
+        let t = Instant::now();
+        let crop = resize_and_crop(&image.rgb);
+        let input = to_normalized_chw(&crop);
+        (input, Some((image, crop, decode, t.elapsed())))
+    } else {
+        (load_input(&args.input, &opts)?, None)
+    };
+    let batch = input.view().insert_axis(Axis(0));
+    let trace = record(model.backend.as_ref(), batch)?;
     let other = match &args.compare {
         Some(kind) => {
             let mut other_args = args.model.clone();
             other_args.backend = *kind;
             let other = load_model(&other_args)?;
-            Some((
-                other.backend.name(),
-                record(other.backend.as_ref(), &input)?,
-            ))
+            Some(record(other.backend.as_ref(), batch)?)
         }
         None => None,
     };
     if let Some(dir) = &args.dump {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        for (i, p) in rec.0.iter().enumerate() {
+        for (i, p) in trace.points.iter().enumerate() {
             let path = dir.join(format!("{:02}_{}.npy", i + 1, p.name));
             write_npy(&path, &p.output.view())?;
         }
-        log::info!("wrote {} layer outputs to {}", rec.0.len(), dir.display());
+        log::info!(
+            "wrote {} layer outputs to {}",
+            trace.points.len(),
+            dir.display()
+        );
     }
-    let rows: Vec<Row> = rec
-        .0
-        .iter()
-        .map(|p| Row {
-            layer: p.name.clone(),
-            shape: p.shape.clone(),
-            ms: p.elapsed.as_secs_f64() * 1e3,
-            stats: stats(&p.output),
-            versus: other.as_ref().and_then(|(_, o)| {
-                o.0.iter()
-                    .find(|q| q.name == p.name)
-                    .map(|q| compare(&q.output, &p.output))
-            }),
-        })
-        .collect();
+    let rows = trace_rows(&trace.points, other.as_ref().map(|o| &o.points[..]));
+    if let (Some(out), Some((image, crop, decode, preprocess))) = (&args.html, decoded) {
+        let report = html_report(
+            &args,
+            &model,
+            &trace,
+            other.as_ref(),
+            &input,
+            image,
+            crop,
+            (decode, preprocess),
+            started,
+        )?;
+        let page = static_page(&report).map_err(anyhow::Error::msg)?;
+        std::fs::write(out, page).with_context(|| format!("writing {}", out.display()))?;
+        log::info!("wrote the explorer page to {}", out.display());
+    }
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Text => {
@@ -167,7 +92,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 args.input.display(),
                 other
                     .as_ref()
-                    .map(|(n, _)| format!(", compared with {n}"))
+                    .map(|o| format!(", compared with {}", o.backend))
                     .unwrap_or_default()
             );
             print!(
@@ -201,4 +126,92 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The body `/v1/trace` would answer for this image, plus the activation maps of the top
+/// classes (a static file cannot ask for others).
+#[allow(clippy::too_many_arguments)]
+fn html_report(
+    args: &TraceArgs,
+    model: &Model,
+    trace: &Trace,
+    other: Option<&Trace>,
+    input: &Array3<f32>,
+    image: resnet_core::decode::DecodedImage,
+    crop: image::RgbImage,
+    (decode, preprocess): (Duration, Duration),
+    started: Instant,
+) -> anyhow::Result<TraceResponse> {
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let t = Instant::now();
+    let (_, h, w) = input.dim();
+    let layers =
+        layer_reports(trace, other, args.maps as usize, (h, w)).map_err(anyhow::Error::msg)?;
+    let logits = trace.logits.row(0).to_vec();
+    let identity = weights_identity(&model.weights_path)?;
+    let mut cams = Vec::new();
+    if let (Some(fc_weight), Some(features)) = (
+        &identity.fc_weight,
+        trace.point(resnet_core::cam::FEATURE_LAYER),
+    ) {
+        let features = features
+            .output
+            .view()
+            .into_dimensionality::<ndarray::Ix4>()?
+            .index_axis_move(Axis(0), 0);
+        let probs = softmax(&logits);
+        for class in top_k_indices(&logits, HTML_CAM_CLASSES) {
+            let map = resnet_core::cam::map_from_features(
+                trace.backend,
+                features,
+                fc_weight,
+                Some(class),
+                logits.clone(),
+            )?;
+            let overlay = resnet_core::cam::heatmap_overlay(&crop, &map, 0.45);
+            cams.push(CamImage {
+                index: class,
+                label: model.labels.name(class).to_string(),
+                probability: probs[class],
+                png: png_data_url(&overlay).map_err(anyhow::Error::msg)?,
+            });
+        }
+    }
+    let crop_url = png_data_url(&crop).map_err(anyhow::Error::msg)?;
+    let report = ms(t.elapsed());
+    debug_assert_eq!((h, w), (INPUT_SIZE, INPUT_SIZE));
+    Ok(TraceResponse {
+        model: "resnet18".into(),
+        backend: trace.backend.into(),
+        compare: other.map(|o| o.backend.to_string()),
+        synthetic_weights: identity.synthetic,
+        image: ImageInfo {
+            width: image.rgb.width(),
+            height: image.rgb.height(),
+            format: image.format,
+        },
+        crop: crop_url,
+        original: original_data_url(&args.input, image.format),
+        predictions: top_k(&logits, 5, &model.labels),
+        timing_ms: TraceTiming {
+            decode: ms(decode),
+            preprocess: ms(preprocess),
+            queue: 0.0,
+            trace: ms(trace.elapsed),
+            compare: other.map(|o| ms(o.elapsed)),
+            report,
+            total: ms(started.elapsed()),
+        },
+        layers,
+        cams,
+    })
+}
+
+/// The image file as a `data:` URL, when it is small enough to embed (4 MiB).
+fn original_data_url(path: &std::path::Path, format: &str) -> Option<String> {
+    let bytes = std::fs::read(path).ok().filter(|b| b.len() <= 4 << 20)?;
+    Some(resnet_server::explore::data_url(
+        &format!("image/{format}"),
+        &bytes,
+    ))
 }

@@ -166,7 +166,7 @@ fn serve_refuses_bad_settings_with_exit_2() {
 }
 
 #[test]
-fn cam_writes_the_heat_map_of_the_crop() {
+fn cam_writes_the_heat_map_over_the_picture_or_the_crop() {
     let dir = tempfile::tempdir().unwrap();
     let out_png = dir.path().join("cam.png");
     let out = resnet()
@@ -186,6 +186,20 @@ fn cam_writes_the_heat_map_of_the_crop() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("class 281 tabby"), "{stdout}");
+    // Default: the whole original picture (cat_baseline.jpg is 451x300).
+    let png = image::open(&out_png).unwrap();
+    assert_eq!((png.width(), png.height()), (451, 300));
+    let out = resnet()
+        .arg("cam")
+        .arg(repo().join("testdata/images/cat_baseline.jpg"))
+        .arg("--out")
+        .arg(&out_png)
+        .arg("--weights")
+        .arg(synth())
+        .args(["--class", "281", "--view", "crop"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
     let png = image::open(&out_png).unwrap();
     assert_eq!((png.width(), png.height()), (224, 224));
 

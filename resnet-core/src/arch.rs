@@ -106,11 +106,76 @@ impl ConvBn {
     }
 }
 
+/// Torchvision's names of the eight BasicBlocks, in execution order.
+pub const BLOCK_NAMES: [&str; 8] = [
+    "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1",
+];
+
+/// A point of the forward pass that every backend reports to a
+/// [`LayerObserver`](crate::backend::LayerObserver), in the order of [`TracePoint::ALL`]. Each
+/// is the output of the torchvision module of that name, so a PyTorch forward hook on it sees
+/// the same tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TracePoint {
+    /// The stem's conv1 + bn1 + ReLU, before max-pooling (torchvision's `relu` output).
+    Stem,
+    /// The 3x3 stride-2 max-pool.
+    MaxPool,
+    /// BasicBlock `i` (0 is `layer1.0`, 7 is `layer4.1`), after its residual add and ReLU.
+    Block(usize),
+    /// The global average pool, flattened to `[N, 512]`.
+    AvgPool,
+    /// The logits, `[N, 1000]`.
+    Fc,
+}
+
+impl TracePoint {
+    /// Every trace point, in the order a forward pass reports them.
+    pub const ALL: [TracePoint; 12] = [
+        TracePoint::Stem,
+        TracePoint::MaxPool,
+        TracePoint::Block(0),
+        TracePoint::Block(1),
+        TracePoint::Block(2),
+        TracePoint::Block(3),
+        TracePoint::Block(4),
+        TracePoint::Block(5),
+        TracePoint::Block(6),
+        TracePoint::Block(7),
+        TracePoint::AvgPool,
+        TracePoint::Fc,
+    ];
+
+    /// The torchvision module name (`stem` for the stem's ReLU output).
+    pub fn name(self) -> &'static str {
+        match self {
+            TracePoint::Stem => "stem",
+            TracePoint::MaxPool => "maxpool",
+            TracePoint::Block(i) => BLOCK_NAMES.get(i).copied().unwrap_or("layer?"),
+            TracePoint::AvgPool => "avgpool",
+            TracePoint::Fc => "fc",
+        }
+    }
+
+    /// The point called `name`, if any.
+    pub fn from_name(name: &str) -> Option<TracePoint> {
+        TracePoint::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl std::fmt::Display for TracePoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A torchvision `BasicBlock`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BasicBlock {
     /// Module name (`layer2.0`).
     pub name: String,
+    /// Its position in the network, 0 (`layer1.0`) to 7.
+    pub index: usize,
     /// 3x3 conv (stride 1 or 2) + bn1.
     pub conv1: ConvBn,
     /// 3x3 conv, stride 1, + bn2.
@@ -120,6 +185,11 @@ pub struct BasicBlock {
 }
 
 impl BasicBlock {
+    /// Its trace point.
+    pub fn point(&self) -> TracePoint {
+        TracePoint::Block(self.index)
+    }
+
     /// The block's convolutions in execution order.
     pub fn convs(&self) -> impl Iterator<Item = &ConvBn> {
         [
@@ -184,6 +254,7 @@ impl ResNet18Arch {
                     )
                 });
                 blocks.push(BasicBlock {
+                    index: blocks.len(),
                     name,
                     conv1,
                     conv2,
@@ -299,15 +370,23 @@ impl ResNet18Arch {
         rows
     }
 
-    /// The names of the points a forward pass reports to a [`crate::backend::LayerObserver`],
-    /// in order. Each equals the output of the torchvision module of that name (`stem` is the
-    /// output of the stem's `relu`), so a PyTorch forward hook sees the same tensor.
-    pub fn trace_points(&self) -> Vec<String> {
-        let mut names = vec!["stem".to_string(), "maxpool".to_string()];
-        names.extend(self.blocks.iter().map(|b| b.name.clone()));
-        names.push("avgpool".into());
-        names.push("fc".into());
-        names
+    /// The points a forward pass reports to a [`crate::backend::LayerObserver`], in order, with
+    /// the shape of one image's output at each for an `h` x `w` input (`[C, H, W]`, or `[F]`
+    /// after the pool), derived from the layer table: what every backend must report.
+    pub fn trace_points(&self, h: usize, w: usize) -> Vec<(TracePoint, Vec<usize>)> {
+        let (mut h, mut w) = self.stem.output_hw(h, w);
+        let mut points = vec![(TracePoint::Stem, vec![self.stem.out_channels, h, w])];
+        (h, w) = max_pool_output_hw(h, w);
+        points.push((TracePoint::MaxPool, vec![self.stem.out_channels, h, w]));
+        let mut c = self.stem.out_channels;
+        for b in &self.blocks {
+            (h, w) = b.conv1.output_hw(h, w);
+            c = b.conv2.out_channels;
+            points.push((b.point(), vec![c, h, w]));
+        }
+        points.push((TracePoint::AvgPool, vec![c]));
+        points.push((TracePoint::Fc, vec![NUM_CLASSES]));
+        points
     }
 }
 
@@ -400,6 +479,17 @@ mod tests {
         assert!(!keys.iter().any(|k| k.starts_with("layer1.0.downsample")));
         // 20 convs x (1 conv weight + 5 BN tensors) + fc weight and bias = 122 tensors.
         assert_eq!(keys.len(), 122);
-        assert_eq!(arch.trace_points().len(), 12);
+        let points = arch.trace_points(224, 224);
+        let order: Vec<TracePoint> = points.iter().map(|(p, _)| *p).collect();
+        assert_eq!(order, TracePoint::ALL);
+        assert_eq!(points[0].1, [64, 112, 112]);
+        assert_eq!(points[1].1, [64, 56, 56]);
+        assert_eq!(points[9].1, [512, 7, 7]);
+        assert_eq!(points[10].1, [512]);
+        for (b, name) in arch.blocks.iter().zip(BLOCK_NAMES) {
+            assert_eq!(b.name, name);
+            assert_eq!(b.point().name(), name);
+            assert_eq!(TracePoint::from_name(name), Some(b.point()));
+        }
     }
 }

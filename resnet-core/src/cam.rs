@@ -15,14 +15,14 @@
 //! `fc.weight`. [`heatmap_overlay`] upsamples the map bilinearly to the 224x224 crop the network
 //! saw and blends it over the crop as a heat map.
 
-use crate::arch::{FC_IN, NUM_CLASSES};
+use crate::arch::{TracePoint, FC_IN, NUM_CLASSES};
 use crate::backend::{Backend, LayerEvent, LayerObserver};
 use crate::error::{Error, Result};
 use image::{Rgb, RgbImage};
 use ndarray::{Array3, ArrayView3, Axis};
 
-/// The trace point whose output the map is made of: the last residual block.
-pub const FEATURE_LAYER: &str = "layer4.1";
+/// The trace point whose output the map is made of: the last residual block, `layer4.1`.
+pub const FEATURE_LAYER: TracePoint = TracePoint::Block(7);
 
 /// A class activation map for one image.
 #[derive(Clone, Debug)]
@@ -52,7 +52,7 @@ impl LayerObserver for FeatureGrabber {
     }
 
     fn on_layer(&mut self, event: &LayerEvent<'_>) {
-        if event.name != FEATURE_LAYER {
+        if event.point != FEATURE_LAYER {
             return;
         }
         if let Some(out) = &event.output {
@@ -96,13 +96,41 @@ pub fn class_activation_map(
         name: backend.name().into(),
         reason: format!("did not report the output of {FEATURE_LAYER}"),
     })?;
+    map_from_features(backend.name(), features.view(), fc_weight, class, logits)
+}
+
+/// The map of `class` (default: the top-1 of `logits`) from `features`, the `[512, H, W]` output
+/// of [`FEATURE_LAYER`] of a pass already run (e.g. by [`crate::trace::record`]) whose logits
+/// are `logits`. `source` names the backend in errors.
+pub fn map_from_features(
+    source: &str,
+    features: ArrayView3<'_, f32>,
+    fc_weight: &[f32],
+    class: Option<usize>,
+    logits: Vec<f32>,
+) -> Result<ClassActivationMap> {
+    let fail = |reason: String| Error::Backend {
+        name: source.into(),
+        reason,
+    };
+    if fc_weight.len() != NUM_CLASSES * FC_IN {
+        return Err(fail(format!(
+            "fc.weight has {} values, expected {NUM_CLASSES}x{FC_IN}",
+            fc_weight.len()
+        )));
+    }
+    if logits.len() != NUM_CLASSES || class.is_some_and(|c| c >= NUM_CLASSES) {
+        return Err(fail(format!(
+            "class {class:?} or {} logits out of range (0..{NUM_CLASSES})",
+            logits.len()
+        )));
+    }
     let class = class.unwrap_or_else(|| crate::postprocess::top_k_indices(&logits, 1)[0]);
     let (k, height, width) = features.dim();
     if k != FC_IN {
-        return Err(Error::Backend {
-            name: backend.name().into(),
-            reason: format!("{FEATURE_LAYER} has {k} channels, expected {FC_IN}"),
-        });
+        return Err(fail(format!(
+            "{FEATURE_LAYER} has {k} channels, expected {FC_IN}"
+        )));
     }
     let row = &fc_weight[class * FC_IN..(class + 1) * FC_IN];
     let mut raw = vec![0.0f32; height * width];
@@ -163,6 +191,95 @@ pub fn jet(v: f32) -> [u8; 3] {
     let channel =
         |offset: f32| ((1.5 - (4.0 * v - offset).abs()).clamp(0.0, 1.0) * 255.0).round() as u8;
     [channel(3.0), channel(2.0), channel(1.0)]
+}
+
+/// Which picture the heat map is drawn over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CamView {
+    /// The whole original image, the map over the region the network saw, that region outlined:
+    /// "where in my picture did it look".
+    #[default]
+    Original,
+    /// The 224x224 crop the network saw, the map over all of it.
+    Crop,
+}
+
+impl std::str::FromStr for CamView {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "original" => Ok(CamView::Original),
+            "crop" => Ok(CamView::Crop),
+            _ => Err(format!("unknown view '{s}' (use original or crop)")),
+        }
+    }
+}
+
+/// The overlay for `view`: over `original` (the decoded image, before preprocessing) or over
+/// `crop` (what [`crate::preprocess::resize_and_crop`] made of it).
+pub fn overlay_for_view(
+    view: CamView,
+    original: &RgbImage,
+    crop: &RgbImage,
+    map: &ClassActivationMap,
+    alpha: f32,
+) -> RgbImage {
+    match view {
+        CamView::Original => heatmap_overlay_on_original(original, map, alpha),
+        CamView::Crop => heatmap_overlay(crop, map, alpha),
+    }
+}
+
+/// Long side of the picture [`heatmap_overlay_on_original`] draws at most: larger originals are
+/// scaled down first (a 64-megapixel photo would make a 100 MB PNG, and a screen shows less).
+pub const MAX_OVERLAY_SIDE: u32 = 1600;
+
+/// Draws the map over the whole original image: blended over the region the network saw (the
+/// center crop mapped back through the resize), that region outlined in white, the rest of the
+/// image as it is. Images larger than [`MAX_OVERLAY_SIDE`] are scaled down first.
+pub fn heatmap_overlay_on_original(
+    original: &RgbImage,
+    map: &ClassActivationMap,
+    alpha: f32,
+) -> RgbImage {
+    let (ow, oh) = original.dimensions();
+    let (left, top, rw, rh) = crate::preprocess::crop_region_in_original(ow, oh);
+    let scale = (MAX_OVERLAY_SIDE as f64 / ow.max(oh) as f64).min(1.0);
+    let mut out = if scale < 1.0 {
+        let w = ((ow as f64 * scale).round() as u32).max(1);
+        let h = ((oh as f64 * scale).round() as u32).max(1);
+        image::imageops::resize(original, w, h, image::imageops::FilterType::Triangle)
+    } else {
+        original.clone()
+    };
+    let (w, h) = out.dimensions();
+    // The region in the output's pixels, whole pixels inside the image.
+    let x0 = ((left * scale).round() as u32).min(w - 1);
+    let y0 = ((top * scale).round() as u32).min(h - 1);
+    let x1 = (((left + rw) * scale).round() as u32).clamp(x0 + 1, w);
+    let y1 = (((top + rh) * scale).round() as u32).clamp(y0 + 1, h);
+    let up = upsample_bilinear(&map.normalized, (map.height, map.width), (x1 - x0, y1 - y0));
+    let alpha = alpha.clamp(0.0, 1.0);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let heat = jet(up[((y - y0) * (x1 - x0) + (x - x0)) as usize]);
+            let p = out.get_pixel_mut(x, y);
+            p.0 = std::array::from_fn(|c| {
+                ((1.0 - alpha) * p.0[c] as f32 + alpha * heat[c] as f32).round() as u8
+            });
+        }
+    }
+    // Outline: a white line just inside the region, 1/200 of the long side thick (at least 1).
+    let t = (w.max(h) / 200).max(1);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let edge = x < x0 + t || x + t >= x1 || y < y0 + t || y + t >= y1;
+            if edge {
+                out.put_pixel(x, y, Rgb([255, 255, 255]));
+            }
+        }
+    }
+    out
 }
 
 /// Blends the map over `crop` (the image the network saw, e.g.
@@ -241,6 +358,36 @@ mod tests {
             .unwrap();
         assert!(class_activation_map(&*backend, fc_weight, input.view(), Some(1000)).is_err());
         assert!(class_activation_map(&*backend, &fc_weight[1..], input.view(), None).is_err());
+    }
+
+    #[test]
+    fn the_overlay_on_the_original_covers_the_crop_region_and_outlines_it() {
+        // 400x300: resized to 341x256, crop offset (58, 16), so the region is x 68..331,
+        // y 18.75..281.25 in the original (scale 300/256).
+        let original = RgbImage::from_fn(400, 300, |_, _| Rgb([10, 20, 30]));
+        let (left, top, rw, rh) = crate::preprocess::crop_region_in_original(400, 300);
+        assert!((left - 58.0 * 400.0 / 341.0).abs() < 1e-9 && (top - 18.75).abs() < 1e-9);
+        assert!((rw - 224.0 * 400.0 / 341.0).abs() < 1e-9 && (rh - 262.5).abs() < 1e-9);
+        let map = ClassActivationMap {
+            class: 0,
+            height: 1,
+            width: 1,
+            raw: vec![1.0],
+            normalized: vec![1.0],
+            logits: vec![],
+        };
+        let out = heatmap_overlay_on_original(&original, &map, 1.0);
+        assert_eq!(out.dimensions(), (400, 300));
+        // Outside the region: untouched. Inside: the map's colour. On its edge: the outline.
+        assert_eq!(out.get_pixel(5, 5).0, [10, 20, 30]);
+        assert_eq!(out.get_pixel(399, 299).0, [10, 20, 30]);
+        assert_eq!(out.get_pixel(200, 150).0, jet(1.0));
+        assert_eq!(out.get_pixel(68, 150).0, [255, 255, 255]);
+        assert_eq!(out.get_pixel(200, 19).0, [255, 255, 255]);
+        // A large original is drawn at MAX_OVERLAY_SIDE.
+        let big = RgbImage::from_fn(3200, 100, |_, _| Rgb([0, 0, 0]));
+        let out = heatmap_overlay_on_original(&big, &map, 0.5);
+        assert_eq!(out.dimensions(), (MAX_OVERLAY_SIDE, 50));
     }
 
     #[test]

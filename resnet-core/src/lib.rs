@@ -37,6 +37,8 @@ pub mod labels;
 pub mod postprocess;
 pub mod preprocess;
 pub mod quantize;
+pub mod trace;
+pub mod time;
 pub mod weights;
 
 pub use error::{Error, ImageProblem, Result};

@@ -46,6 +46,24 @@ pub fn resize_and_crop(rgb: &RgbImage) -> RgbImage {
     resize_window_like_pil(rgb, (w, h), (left, top, CROP_SIZE, CROP_SIZE))
 }
 
+/// The square of the original image that the network sees: `Resize(256)` then
+/// `CenterCrop(224)` mapped back to the original's pixels, as `(left, top, width, height)`
+/// (floating point: the crop's edges fall between pixels of the original).
+pub fn crop_region_in_original(w: u32, h: u32) -> (f64, f64, f64, f64) {
+    let (rw, rh) = resized_size(w, h, RESIZE_SHORT_SIDE);
+    let (left, top) = (
+        center_crop_offset(rw - CROP_SIZE),
+        center_crop_offset(rh - CROP_SIZE),
+    );
+    let (sx, sy) = (w as f64 / rw as f64, h as f64 / rh as f64);
+    (
+        left as f64 * sx,
+        top as f64 * sy,
+        CROP_SIZE as f64 * sx,
+        CROP_SIZE as f64 * sy,
+    )
+}
+
 /// torchvision's output size for `Resize(size)` with an int: the short side becomes `size`,
 /// the long side `int(size * long / short)` (truncated, as Python's `int()` does).
 pub fn resized_size(w: u32, h: u32, size: u32) -> (u32, u32) {

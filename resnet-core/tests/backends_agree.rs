@@ -8,8 +8,9 @@
 mod common;
 
 use ndarray::{Array4, ArrayD, Axis};
+use resnet_core::arch::ResNet18Arch;
 use resnet_core::backend::{
-    BackendKind, BackendOptions, LayerEvent, LayerObserver, WinogradPolicy,
+    BackendKind, BackendOptions, LayerEvent, LayerObserver, TracePoint, WinogradPolicy,
 };
 use resnet_core::cpu::Isa;
 use resnet_core::postprocess::top_k_indices;
@@ -17,7 +18,7 @@ use resnet_core::preprocess::to_normalized_chw;
 use resnet_core::weights::synthetic_weights;
 
 #[derive(Default)]
-struct Capture(Vec<(String, ArrayD<f32>)>);
+struct Capture(Vec<(String, ArrayD<f32>)>, Vec<(TracePoint, Vec<usize>)>);
 
 impl LayerObserver for Capture {
     fn wants_outputs(&self) -> bool {
@@ -26,8 +27,20 @@ impl LayerObserver for Capture {
     fn on_layer(&mut self, e: &LayerEvent<'_>) {
         let out = e.output.as_ref().expect("output requested").to_owned();
         assert_eq!(out.shape(), &e.shape[..], "{}: event shape", e.name);
+        assert_eq!(e.name, e.point.name());
         self.0.push((e.name.to_string(), out));
+        self.1.push((e.point, e.shape.clone()));
     }
+}
+
+/// The points and shapes the layer table says a forward pass of `batch` reports.
+fn expected_points(batch: &Array4<f32>) -> Vec<(TracePoint, Vec<usize>)> {
+    let (n, _, h, w) = batch.dim();
+    ResNet18Arch::new()
+        .trace_points(h, w)
+        .into_iter()
+        .map(|(p, shape)| (p, std::iter::once(n).chain(shape).collect()))
+        .collect()
 }
 
 /// A pseudo-random input in the range of normalised images.
@@ -67,16 +80,25 @@ fn compare_all(batch: &Array4<f32>, what: &str) {
         .unwrap();
     let mut want = Capture::default();
     let want_logits = reference.forward(batch.view(), &mut want).unwrap();
-    let mut combos = 0;
+    assert_eq!(
+        want.1,
+        expected_points(batch),
+        "reference: trace points and shapes"
+    );
     for kind in [BackendKind::Gemm, BackendKind::Native] {
         let isas = if kind == BackendKind::Native {
             Isa::supported()
         } else {
             vec![Isa::best_supported()]
         };
-        // Native: every ISA, each with and without Winograd on every eligible layer.
+        // Native: every ISA, each without Winograd, with the shipped default, and with it on
+        // every eligible layer.
         let policies = if kind == BackendKind::Native {
-            vec![WinogradPolicy::Off, WinogradPolicy::All]
+            vec![
+                WinogradPolicy::Off,
+                WinogradPolicy::Auto,
+                WinogradPolicy::All,
+            ]
         } else {
             vec![WinogradPolicy::Off]
         };
@@ -84,7 +106,6 @@ fn compare_all(batch: &Array4<f32>, what: &str) {
             .into_iter()
             .flat_map(|i| policies.iter().map(move |&p| (i, p)))
         {
-            combos += 1;
             let backend = kind
                 .create(&weights, &BackendOptions { isa, winograd })
                 .unwrap();
@@ -93,6 +114,7 @@ fn compare_all(batch: &Array4<f32>, what: &str) {
             let names: Vec<_> = got.0.iter().map(|(n, _)| n.as_str()).collect();
             let want_names: Vec<_> = want.0.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(names, want_names, "{kind}/{isa}: trace points");
+            assert_eq!(got.1, want.1, "{kind}/{isa}: trace points and shapes");
             for ((name, g), (_, w)) in got.0.iter().zip(&want.0) {
                 let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let tol = 1e-4 * scale + 1e-5;
@@ -123,7 +145,20 @@ fn compare_all(batch: &Array4<f32>, what: &str) {
             println!("{what}: {kind}/{isa} agrees with reference");
         }
     }
-    assert!(combos >= 2);
+}
+
+/// Every backend, INT8 included (which is not within the f32 tolerances of the others),
+/// reports exactly the layer table's trace points, in order, with its shapes.
+#[test]
+fn every_backend_reports_the_layer_tables_trace_points() {
+    let weights = synthetic_weights(0);
+    let batch = random_batch(2, 67, 100, 11);
+    for kind in BackendKind::ALL {
+        let backend = kind.create(&weights, &BackendOptions::default()).unwrap();
+        let mut got = Capture::default();
+        backend.forward(batch.view(), &mut got).unwrap();
+        assert_eq!(got.1, expected_points(&batch), "{kind}");
+    }
 }
 
 #[test]
@@ -136,20 +171,4 @@ fn backends_agree_on_random_inputs_of_other_shapes() {
     // Batch 2 at an odd size (layer4 is then 3x4 per image) and batch 1 at 224.
     compare_all(&random_batch(2, 67, 100, 5), "random 2x3x67x100");
     compare_all(&random_batch(1, 224, 224, 9), "random 1x3x224x224");
-}
-
-#[test]
-fn native_reuses_buffers_and_is_deterministic() {
-    let weights = synthetic_weights(0);
-    let backend = BackendKind::Native
-        .create(&weights, &BackendOptions::default())
-        .unwrap();
-    let x = random_batch(1, 224, 224, 3);
-    let a = backend
-        .forward(x.view(), &mut resnet_core::backend::NoObserver)
-        .unwrap();
-    let b = backend
-        .forward(x.view(), &mut resnet_core::backend::NoObserver)
-        .unwrap();
-    assert_eq!(a, b);
 }

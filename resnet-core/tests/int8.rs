@@ -112,13 +112,13 @@ fn int8_backend_is_bit_exact_across_isas() {
     let views: Vec<_> = f.eval[..3].iter().map(|a| a.view()).collect();
     let batch = ndarray::stack(Axis(0), &views).unwrap();
     let mut first: Option<(Isa, Capture)> = None;
-    let mut tested = 0;
+    let mut tested = Vec::new();
     for isa in Isa::supported() {
         let mut got = Capture::default();
         Int8Backend::new(&model, isa)
             .forward(batch.view(), &mut got)
             .unwrap();
-        tested += 1;
+        tested.push(isa);
         let Some((first_isa, want)) = &first else {
             first = Some((isa, got));
             continue;
@@ -133,7 +133,14 @@ fn int8_backend_is_bit_exact_across_isas() {
             }
         }
     }
-    assert_eq!(tested, Isa::supported().len());
+    // The ISAs this CPU offers, as tools/test.sh read them from /proc/cpuinfo (outside the
+    // code under test): each must have been compared.
+    for isa in common::expected_isas() {
+        assert!(
+            tested.contains(&isa),
+            "RESNET_EXPECT_ISA lists {isa}, but the INT8 backend was not run on it (tested: {tested:?})"
+        );
+    }
 }
 
 /// The file round trip: saved, loaded, same logits; and the metadata describes the model.
@@ -200,11 +207,33 @@ fn int8_sqnr_per_layer() {
         .forward(batch.view(), &mut got)
         .unwrap();
     assert_eq!(want.0.len(), got.0.len());
-    for ((name, w), (gname, g)) in want.0.iter().zip(&got.0) {
+    // Measured with these inputs and weights (2026-11-27 on the AMD EPYC, and identical on
+    // 2026-12-02 on the Intel Xeon: INT8 outputs are bit-identical on every ISA; maxpool first
+    // recorded then): each bound is 3 dB under its measurement, so a real loss of accuracy
+    // fails while float noise in the f32 side cannot.
+    let measured = [
+        ("stem", 40.6),
+        ("maxpool", 40.8),
+        ("layer1.0", 38.8),
+        ("layer1.1", 37.2),
+        ("layer2.0", 35.3),
+        ("layer2.1", 33.8),
+        ("layer3.0", 31.8),
+        ("layer3.1", 32.3),
+        ("layer4.0", 31.0),
+        ("layer4.1", 30.9),
+        ("avgpool", 37.0),
+        ("fc", 37.2),
+    ];
+    for (((name, w), (gname, g)), (mname, db_measured)) in want.0.iter().zip(&got.0).zip(measured) {
         assert_eq!(name, gname);
+        assert_eq!(name, mname);
         let db = sqnr_db(w, g);
-        println!("SQNR {name:<10} {db:6.1} dB");
-        assert!(db > 15.0, "{name}: SQNR {db:.1} dB");
+        println!("SQNR {name:<10} {db:6.1} dB (measured {db_measured} dB)");
+        assert!(
+            db > db_measured - 3.0,
+            "{name}: SQNR {db:.1} dB, more than 3 dB under the {db_measured} dB measured"
+        );
     }
 }
 

@@ -18,6 +18,7 @@
 //!   requantising epilogue, and the INT8 design note.
 #![deny(missing_docs)]
 
+pub mod alloc_counter;
 pub mod bf16;
 pub mod cpu;
 pub mod gemm;

@@ -27,6 +27,25 @@
 use crate::cpu::Isa;
 use crate::gemm::{sgemm_packed, ASource, Epilogue, PackedB};
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// Each worker's tile buffer for the input and output transforms, reused across tiles,
+    /// layers and calls: a warm forward pass allocates nothing here. (Every element a
+    /// transform reads is written first for the tile at hand, so stale values never leak.)
+    static TILE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's tile buffer, grown to at least `len` floats.
+fn with_tile_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    TILE_SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
 
 /// Output tile side (m) and input tile side (m + r - 1).
 const M: usize = 4;
@@ -165,9 +184,8 @@ pub fn conv3x3_winograd(
         .v
         .par_chunks_mut(T * T * c_n)
         .enumerate()
-        .for_each_init(
-            || vec![0.0f32; 2 * T * T * c_n],
-            |buf, (t, v)| {
+        .for_each(|(t, v)| {
+            with_tile_scratch(2 * T * T * c_n, |buf| {
                 let n = t / (tiles_h * tiles_w);
                 let (ty, tx) = ((t / tiles_w) % tiles_h, t % tiles_w);
                 let (d, tmp) = buf.split_at_mut(T * T * c_n);
@@ -175,8 +193,8 @@ pub fn conv3x3_winograd(
                 // SAFETY: the line comes from a PackedB, which is only built for kernels this CPU
                 // runs, so the target features the transform is compiled for are present.
                 unsafe { input_transform(d, tmp, v, c_n) };
-            },
-        );
+            })
+        });
 
     // 2. The 36 GEMMs, M laid out [p][tile][k]: M[p] = V[·][p][·] · U[p]. They run in
     //    parallel with each other (and each splits further when it is large): at batch 1 a
@@ -207,9 +225,8 @@ pub fn conv3x3_winograd(
                 .enumerate()
                 .map(move |(ty, band)| (n, ty, band))
         })
-        .for_each_init(
-            || vec![0.0f32; (T * M + M * M) * k_n],
-            |buf, (n, ty, band)| {
+        .for_each(|(n, ty, band)| {
+            with_tile_scratch((T * M + M * M) * k_n, |buf| {
                 for tx in 0..tiles_w {
                     let t = (n * tiles_h + ty) * tiles_w + tx;
                     let (tmp, y) = buf.split_at_mut(T * M * k_n);
@@ -217,8 +234,8 @@ pub fn conv3x3_winograd(
                     unsafe { output_transform(&m[t * k_n..], tiles * k_n, tmp, y, k_n) };
                     store_output_tile(y, band, (n, ty * M, tx * M), (h, w, k_n), epi);
                 }
-            },
-        );
+            })
+        });
 }
 
 /// Copies the 6x6 input tile whose top-left output is `(y0, x0)` (input rows from `y0 - 1`),

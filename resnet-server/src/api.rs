@@ -150,3 +150,90 @@ pub struct HistoryResponse {
     /// Newest first.
     pub entries: Vec<Entry>,
 }
+
+/// A DeepStack / CodeProject.AI error: `{"success": false, "error": ...}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct VisionError<'a> {
+    /// Always false.
+    pub success: bool,
+    /// What went wrong (DeepStack's wording where it has one, e.g. "Incorrect api key").
+    pub error: &'a str,
+    /// This server's stable error code, as on the other routes.
+    pub code: &'a str,
+}
+
+/// `POST /v1/vision/scene` (DeepStack / CodeProject.AI scene recognition).
+#[derive(Clone, Debug, Serialize)]
+pub struct SceneResult {
+    /// Always true.
+    pub success: bool,
+    /// The top-1 class as a stable token (lower case, words joined by `_`).
+    pub label: String,
+    /// Its softmax probability, 0 to 1.
+    pub confidence: f32,
+    /// Its class index (two ImageNet classes share a name).
+    pub index: usize,
+    /// The class name as the labels file spells it.
+    pub name: String,
+    /// Milliseconds from the request's arrival to this answer (DeepStack's field).
+    pub duration: u64,
+    /// The same, under CodeProject.AI's name.
+    #[serde(rename = "processMs")]
+    pub process_ms: u64,
+    /// The forward pass, in milliseconds (CodeProject.AI's field).
+    #[serde(rename = "inferenceMs")]
+    pub inference_ms: u64,
+    /// True when the weights are seeded random ones: the label then means nothing.
+    pub synthetic_weights: bool,
+}
+
+/// `POST /v1/vision/custom/list`, as CodeProject.AI answers it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CustomModels {
+    /// Always true.
+    pub success: bool,
+    /// The custom detection models (none here).
+    pub models: Vec<String>,
+    /// Why the list is empty.
+    pub message: &'static str,
+}
+
+/// A version, as CodeProject.AI describes it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+    /// Patch.
+    pub patch: u32,
+    /// Pre-release tag.
+    pub pre_release: Option<String>,
+    /// Whether it is a security update.
+    pub security_update: bool,
+    /// Build number.
+    pub build: u32,
+    /// Installer file.
+    pub file: Option<String>,
+    /// Release notes.
+    pub release_notes: String,
+}
+
+/// `GET /v1/status/updateavailable`, as CodeProject.AI answers it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStatus {
+    /// Always true.
+    pub success: bool,
+    /// A sentence for people.
+    pub message: &'static str,
+    /// The latest version known (this one).
+    pub version: VersionInfo,
+    /// The running version.
+    pub current: VersionInfo,
+    /// The latest version known (this one: the server does not look).
+    pub latest: VersionInfo,
+    /// Always false.
+    pub update_available: bool,
+}

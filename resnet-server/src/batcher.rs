@@ -9,12 +9,14 @@
 //! accept loop and the decoders never wait for the model.
 //!
 //! Class activation maps need one layer's output, so `Cam` jobs run one at a time with an
-//! observer; they share the queue, and its back-pressure, with classifications.
+//! observer; they share the queue, and its back-pressure, with classifications. So do `Trace`
+//! jobs (`/v1/trace`), which keep every layer's output of one image.
 
 use crate::metrics::Metrics;
 use ndarray::{Array3, Array4, Axis};
 use resnet_core::backend::{Backend, NoObserver};
 use resnet_core::cam::{class_activation_map, ClassActivationMap};
+use resnet_core::trace::{record, Trace};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -34,6 +36,13 @@ pub enum Work {
         /// The class to explain.
         class: Option<usize>,
     },
+    /// Every trace point of one image, through each of `backends` in turn (`/v1/trace`).
+    Trace {
+        /// The image `[3, 224, 224]`.
+        input: Array3<f32>,
+        /// The backend to trace, then the one to compare with, if any.
+        backends: Vec<Arc<dyn Backend>>,
+    },
 }
 
 /// A finished job.
@@ -43,6 +52,8 @@ pub struct Done {
     pub logits: Vec<f32>,
     /// The activation map, for [`Work::Cam`].
     pub cam: Option<ClassActivationMap>,
+    /// One trace per backend, for [`Work::Trace`].
+    pub traces: Vec<Trace>,
     /// Time spent waiting in the queue.
     pub queue: Duration,
     /// Time of the forward pass that computed it.
@@ -195,15 +206,18 @@ impl Worker {
 
     fn run_jobs(&self, jobs: Vec<Job>) {
         // Jobs whose client is gone (timed out, disconnected) are not worth computing.
-        let (classify, cams): (Vec<Job>, Vec<Job>) = jobs
+        let (classify, singles): (Vec<Job>, Vec<Job>) = jobs
             .into_iter()
             .filter(|j| !j.reply.is_closed())
             .partition(|j| matches!(j.work, Work::Classify(_)));
         if !classify.is_empty() {
             self.run_batch(classify);
         }
-        for job in cams {
-            self.run_cam(job);
+        for job in singles {
+            match job.work {
+                Work::Trace { .. } => self.run_trace(job),
+                _ => self.run_cam(job),
+            }
         }
     }
 
@@ -213,7 +227,7 @@ impl Worker {
             .iter()
             .filter_map(|j| match &j.work {
                 Work::Classify(a) => Some(a.view().insert_axis(Axis(0))),
-                Work::Cam { .. } => None,
+                Work::Cam { .. } | Work::Trace { .. } => None,
             })
             .collect();
         let result = ndarray::concatenate(Axis(0), &views)
@@ -227,6 +241,7 @@ impl Worker {
                 Ok(logits) => Ok(Done {
                     logits: logits.row(i).to_vec(),
                     cam: None,
+                    traces: Vec::new(),
                     queue: started.saturating_duration_since(job.enqueued),
                     inference,
                     batch_size: n,
@@ -257,6 +272,39 @@ impl Worker {
             Ok(Ok(map)) => Ok(Done {
                 logits: map.logits.clone(),
                 cam: Some(map),
+                traces: Vec::new(),
+                queue: started.saturating_duration_since(job.enqueued),
+                inference,
+                batch_size: 1,
+            }),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the model panicked on this image".into()),
+        };
+        let _ = job.reply.send(answer);
+    }
+
+    fn run_trace(&self, job: Job) {
+        let Work::Trace { input, backends } = &job.work else {
+            return;
+        };
+        let started = Instant::now();
+        let batch = input.view().insert_axis(Axis(0));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            backends
+                .iter()
+                .map(|b| record(&**b, batch))
+                .collect::<resnet_core::Result<Vec<Trace>>>()
+        }));
+        let inference = started.elapsed();
+        self.metrics.observe_batch(1, inference);
+        let answer = match result {
+            Ok(Ok(traces)) => Ok(Done {
+                logits: traces
+                    .first()
+                    .map(|t| t.logits.row(0).to_vec())
+                    .unwrap_or_default(),
+                cam: None,
+                traces,
                 queue: started.saturating_duration_since(job.enqueued),
                 inference,
                 batch_size: 1,

@@ -42,6 +42,21 @@ pub struct Config {
     /// Most connections open at once; beyond it new connections are closed at once (and
     /// counted in `/metrics`), so idle or slow clients cannot exhaust memory or descriptors.
     pub max_connections: usize,
+    /// How long writing an answer may go without progress (a client that does not read): the
+    /// connection is then closed and its slot freed.
+    pub write_timeout: Duration,
+    /// Most requests answered on one connection (pipelined or kept alive); the last answer
+    /// says `Connection: close`.
+    pub max_requests_per_connection: usize,
+    /// Text or JSON access log lines.
+    pub log_format: crate::ops::LogFormat,
+    /// `Access-Control-Allow-Origin` for cross-origin browsers (`*` or one origin); `None`: no
+    /// CORS headers, and `OPTIONS` is a 405 like any other method.
+    pub cors_origin: Option<String>,
+    /// After SIGTERM, how long readiness says 503 while the server still accepts and answers
+    /// (so load balancers and Kubernetes stop sending) before the listener closes and the
+    /// in-flight requests drain.
+    pub drain: Duration,
 }
 
 impl Default for Config {
@@ -63,6 +78,11 @@ impl Default for Config {
             exif: ExifMode::Apply,
             log_requests: true,
             max_connections: 1024,
+            write_timeout: Duration::from_secs(5),
+            max_requests_per_connection: 1000,
+            log_format: crate::ops::LogFormat::Text,
+            cors_origin: None,
+            drain: Duration::ZERO,
         }
     }
 }
@@ -83,11 +103,22 @@ impl Config {
         if self.max_pixels == 0 {
             return bad("--max-megapixels must be positive");
         }
-        if self.timeout.is_zero() || self.header_read_timeout.is_zero() {
+        if self.timeout.is_zero()
+            || self.header_read_timeout.is_zero()
+            || self.write_timeout.is_zero()
+        {
             return bad("timeouts must be positive");
+        }
+        if self.max_requests_per_connection == 0 {
+            return bad("--max-requests-per-connection must be at least 1");
         }
         if self.max_batch_parts == 0 {
             return bad("the batch route needs at least one part");
+        }
+        if let Some(o) = &self.cors_origin {
+            if o.is_empty() || hyper::header::HeaderValue::from_str(o).is_err() {
+                return bad("--cors-origin must be '*' or an origin such as https://example.com");
+            }
         }
         if matches!(&self.token, Some(t) if t.is_empty()) {
             return bad("the token must not be empty");

@@ -8,7 +8,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One recognition.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +30,9 @@ pub struct Entry {
     pub latency_ms: f64,
     /// A small JPEG of the image as a `data:` URL.
     pub thumbnail: String,
+    /// The request's `X-Request-Id` (given by the client or made up by the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// The in-memory log and its file.
@@ -38,6 +40,8 @@ pub struct History {
     capacity: usize,
     entries: Mutex<VecDeque<Entry>>,
     file: Option<(PathBuf, Mutex<Appender>)>,
+    /// Non-empty lines of the file that were not records when it was reloaded.
+    skipped: u64,
 }
 
 /// The history file's handle, reopened after a failure: a disk that was full or read-only may
@@ -54,7 +58,8 @@ struct Appender {
 
 impl History {
     /// A log of `capacity` entries (0: off), reloading and appending to `file` when given.
-    /// Unparsable lines in the file (e.g. one cut short by a crash) are skipped.
+    /// Unparsable lines in the file (e.g. one cut short by a crash, even inside a multi-byte
+    /// character, so not valid UTF-8) are skipped and counted ([`Self::skipped_lines`]).
     ///
     /// A file that cannot be opened for appending (read-only or full disk) is not fatal: the
     /// server starts, keeps the log in memory and tries the file again at each record. A folder
@@ -62,6 +67,7 @@ impl History {
     /// as an error.
     pub fn open(capacity: usize, file: Option<&Path>) -> Result<History, ServerError> {
         let mut entries = VecDeque::with_capacity(capacity.min(4096));
+        let mut skipped = 0;
         let file = match file {
             None => None,
             Some(path) => {
@@ -85,15 +91,29 @@ impl History {
                 }
                 // Only a regular file is reloaded (a device such as /dev/full is only written).
                 if capacity > 0 && path.is_file() {
+                    // Lines are split as bytes: a line torn inside a UTF-8 sequence is one bad
+                    // record, not an unreadable file.
                     let reader = BufReader::new(File::open(path).map_err(err)?);
-                    for line in reader.lines() {
+                    for line in reader.split(b'\n') {
                         let line = line.map_err(err)?;
-                        if let Ok(e) = serde_json::from_str::<Entry>(&line) {
-                            if entries.len() == capacity {
-                                entries.pop_front();
-                            }
-                            entries.push_back(e);
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
                         }
+                        match serde_json::from_slice::<Entry>(&line) {
+                            Ok(e) => {
+                                if entries.len() == capacity {
+                                    entries.pop_front();
+                                }
+                                entries.push_back(e);
+                            }
+                            Err(_) => skipped += 1,
+                        }
+                    }
+                    if skipped > 0 {
+                        eprintln!(
+                            "resnet serve: skipped {skipped} unreadable line(s) of the history file {} (e.g. one torn by a crash)",
+                            path.display()
+                        );
                     }
                 }
                 // A line torn by a crash is terminated before the next record.
@@ -112,7 +132,13 @@ impl History {
             capacity,
             entries: Mutex::new(entries),
             file,
+            skipped,
         })
+    }
+
+    /// Lines of the history file skipped at reload because they were not whole records.
+    pub fn skipped_lines(&self) -> u64 {
+        self.skipped
     }
 
     /// Whether anything is recorded.
@@ -224,46 +250,11 @@ fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {
     Ok(Some(b[0]))
 }
 
-/// Now as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(d.as_secs() as i64, d.subsec_millis())
-}
-
-/// Formats Unix time as `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, Howard Hinnant's
-/// `civil_from_days`).
-pub fn rfc3339(unix_secs: i64, millis: u32) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
+pub use resnet_core::time::{now_rfc3339, rfc3339};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
-        assert_eq!(rfc3339(1_795_823_999, 999), "2026-11-27T23:59:59.999Z");
-    }
 
     fn entry(i: usize) -> Entry {
         Entry {
@@ -276,6 +267,7 @@ mod tests {
             probability: 0.5,
             latency_ms: 1.0,
             thumbnail: String::new(),
+            request_id: None,
         }
     }
 
@@ -304,6 +296,39 @@ mod tests {
         let idx: Vec<usize> = h.newest_first().iter().map(|e| e.index).collect();
         assert_eq!(idx, vec![5, 4, 3]);
         assert!(!History::open(0, None).unwrap().enabled());
+    }
+
+    /// A crash can cut the last line inside a multi-byte character (`é` is two bytes): the line
+    /// is not valid UTF-8. It is skipped and counted like any torn line; the server starts.
+    #[test]
+    fn a_line_torn_inside_a_utf8_character_is_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        let h = History::open(5, Some(&path)).unwrap();
+        for i in 0..2 {
+            h.record(Entry {
+                label: "café".into(),
+                ..entry(i)
+            });
+        }
+        drop(h);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let e_acute = bytes.windows(2).rposition(|w| w == [0xC3, 0xA9]).unwrap();
+        bytes.truncate(e_acute + 1);
+        assert!(std::str::from_utf8(&bytes).is_err(), "the cut is inside é");
+        std::fs::write(&path, &bytes).unwrap();
+        let h = History::open(5, Some(&path)).unwrap();
+        let idx: Vec<usize> = h.newest_first().iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![0]);
+        assert_eq!(h.newest_first()[0].label, "café");
+        assert_eq!(h.skipped_lines(), 1);
+        // The next record starts on a line of its own.
+        h.record(entry(7));
+        drop(h);
+        let h = History::open(5, Some(&path)).unwrap();
+        let idx: Vec<usize> = h.newest_first().iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![7, 0]);
+        assert_eq!(h.skipped_lines(), 1);
     }
 
     #[test]

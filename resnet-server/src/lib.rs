@@ -30,11 +30,15 @@ pub mod batcher;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod explore;
 pub mod history;
+pub mod kserve;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod routes;
 pub mod server;
+pub mod write_deadline;
 
 pub use config::Config;
 pub use error::{ApiError, ServerError};

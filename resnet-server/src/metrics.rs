@@ -73,6 +73,10 @@ pub struct Metrics {
     images: AtomicU64,
     connections_refused: AtomicU64,
     history_write_failures: AtomicU64,
+    history_lines_skipped: AtomicU64,
+    stalled_writers: AtomicI64,
+    write_timeouts: AtomicU64,
+    requests_per_connection_closes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -86,6 +90,10 @@ impl Default for Metrics {
             images: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             history_write_failures: AtomicU64::new(0),
+            history_lines_skipped: AtomicU64::new(0),
+            stalled_writers: AtomicI64::new(0),
+            write_timeouts: AtomicU64::new(0),
+            requests_per_connection_closes: AtomicU64::new(0),
         }
     }
 }
@@ -119,6 +127,27 @@ impl Metrics {
     /// Counts a history record that could not be appended to the history file.
     pub fn history_write_failed(&self) {
         self.history_write_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts history-file lines skipped at reload (torn by a crash, not records).
+    pub fn history_lines_skipped(&self, n: u64) {
+        self.history_lines_skipped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Moves the gauge of connections whose answer waits for the client to read.
+    pub fn stalled_writers_add(&self, delta: i64) {
+        self.stalled_writers.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed because its client read nothing within the write timeout.
+    pub fn write_timed_out(&self) {
+        self.write_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed after its last allowed request (`Connection: close`).
+    pub fn connection_request_limit_reached(&self) {
+        self.requests_per_connection_closes
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Moves the queue-depth gauge.
@@ -188,6 +217,30 @@ impl Metrics {
             "counter",
             "History records the history file could not take (full or read-only disk).",
             self.history_write_failures.load(Ordering::Relaxed),
+        );
+        single(
+            "resnet_connections_stalled",
+            "gauge",
+            "Connections holding a slot while their client does not read the answer.",
+            self.stalled_writers.load(Ordering::Relaxed).max(0) as u64,
+        );
+        single(
+            "resnet_connections_write_timeouts_total",
+            "counter",
+            "Connections closed because the client read nothing of the answer within --write-timeout-s.",
+            self.write_timeouts.load(Ordering::Relaxed),
+        );
+        single(
+            "resnet_connections_request_limit_total",
+            "counter",
+            "Connections closed after --max-requests-per-connection requests.",
+            self.requests_per_connection_closes.load(Ordering::Relaxed),
+        );
+        single(
+            "resnet_history_lines_skipped_total",
+            "counter",
+            "Lines of the history file skipped at start: torn by a crash or not records.",
+            self.history_lines_skipped.load(Ordering::Relaxed),
         );
         out
     }

@@ -28,6 +28,8 @@ pub struct ModelInfo {
     pub weights_sha256: Option<String>,
     /// True for synthetic (random, untrained) weights: predictions mean nothing.
     pub synthetic_weights: bool,
+    /// Every backend `/v1/trace` can run (`?backend=`, `?compare=`): the main one first.
+    pub backends: Vec<String>,
 }
 
 /// What the server knows about the weights behind a backend.
@@ -66,6 +68,9 @@ pub struct ServedModel {
     pub fc_weight: Option<Arc<Vec<f32>>>,
     /// What `/v1/model` reports.
     pub info: ModelInfo,
+    /// More backends on the same weights, for `/v1/trace?backend=` and `?compare=` only
+    /// (classification always runs [`Self::backend`]).
+    pub others: Vec<Arc<dyn Backend>>,
 }
 
 impl ServedModel {
@@ -87,13 +92,38 @@ impl ServedModel {
             weights_source: weights.source,
             weights_sha256: weights.sha256,
             synthetic_weights: weights.synthetic,
+            backends: vec![backend.name().into()],
         };
         ServedModel {
             backend: Arc::from(backend),
             labels,
             fc_weight: weights.fc_weight.map(Arc::new),
             info,
+            others: Vec::new(),
         }
+    }
+
+    /// Adds a backend `/v1/trace` can run or compare with (one per name: a second of the same
+    /// name replaces the first).
+    pub fn with_other_backend(mut self, backend: Arc<dyn Backend>) -> ServedModel {
+        let name = backend.name();
+        if name == self.backend.name() {
+            return self;
+        }
+        self.others.retain(|b| b.name() != name);
+        self.others.push(backend);
+        self.info.backends = std::iter::once(self.backend.name())
+            .chain(self.others.iter().map(|b| b.name()))
+            .map(String::from)
+            .collect();
+        self
+    }
+
+    /// The served backend called `name`, if any.
+    pub fn backend_named(&self, name: &str) -> Option<&Arc<dyn Backend>> {
+        std::iter::once(&self.backend)
+            .chain(&self.others)
+            .find(|b| b.name() == name)
     }
 
     /// Builds `kind` for `weights` with the built-in ImageNet labels (tests, examples).
@@ -121,6 +151,7 @@ impl ServedModel {
             labels: self.labels.clone(),
             fc_weight: self.fc_weight.clone(),
             info: self.info.clone(),
+            others: self.others.clone(),
         }
     }
 }

@@ -7,13 +7,15 @@ use crate::history::History;
 use crate::metrics::Metrics;
 use crate::model::ServedModel;
 use crate::routes::{handle, AppState};
+use crate::write_deadline::WriteDeadline;
+use hyper::header::{HeaderValue, CONNECTION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -88,6 +90,7 @@ impl AppState {
         config.validate()?;
         let metrics = Arc::new(Metrics::default());
         let history = History::open(config.history, config.history_file.as_deref())?;
+        metrics.history_lines_skipped(history.skipped_lines());
         let batcher = Batcher::start(
             Arc::clone(&model.backend),
             model.fc_weight.clone(),
@@ -125,10 +128,23 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let st = Arc::clone(state);
+    let served = Arc::new(AtomicUsize::new(0));
     let service = service_fn(move |req| {
         let st = Arc::clone(&st);
-        async move { Ok::<_, Infallible>(handle(req, st).await) }
+        let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+        async move {
+            let mut resp = handle(req, Arc::clone(&st)).await;
+            // Pipelined and kept-alive requests are bounded per connection: the last one
+            // allowed closes it (the client reconnects, and shares the slots fairly).
+            if n == st.config.max_requests_per_connection {
+                st.metrics.connection_request_limit_reached();
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
+    let io = WriteDeadline::new(io, state.config.write_timeout, Arc::clone(&state.metrics));
     http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
@@ -223,6 +239,7 @@ pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), Ser
         })?;
     runtime.block_on(async move {
         let log = config.log_requests;
+        let drain = config.drain;
         let server = Server::start(config, model).await?;
         eprintln!("resnet serve: listening on http://{}", server.local_addr());
         tokio::select! {
@@ -235,6 +252,16 @@ pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), Ser
         }
         if server.is_ready() {
             termination().await;
+        }
+        // Readiness says 503 from now on; the listener stays open for the drain period so
+        // load balancers see it and stop sending before connections are refused.
+        server.state.shutting_down.store(true, Ordering::Release);
+        if !drain.is_zero() {
+            eprintln!(
+                "resnet serve: SIGTERM: not ready; draining for {:.1} s before closing the listener",
+                drain.as_secs_f64()
+            );
+            tokio::time::sleep(drain).await;
         }
         eprintln!("resnet serve: shutting down, finishing in-flight requests");
         server.shutdown().await;

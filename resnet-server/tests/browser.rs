@@ -9,165 +9,10 @@
 
 mod util;
 
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use serde_json::json;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-use tungstenite::{Message, WebSocket};
+use util::chromium::*;
 use util::*;
-
-fn find_chromium() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("RESNET_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    for dir in std::env::split_paths(&path) {
-        for name in ["chromium", "chromium-browser", "google-chrome"] {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    None
-}
-
-/// Kills the browser when the test ends, however it ends.
-struct Browser {
-    child: Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts headless Chromium with a DevTools port; returns it and the port.
-fn launch(chromium: &PathBuf) -> (Browser, u16) {
-    let profile = tempfile::tempdir().unwrap();
-    let mut child = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--window-size=1000,1400",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("about:blank")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromium.display()));
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let browser = Browser {
-        child,
-        _profile: profile,
-    };
-    let mut seen = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "Chromium did not open its DevTools port:\n{}",
-                    seen.join("\n")
-                )
-            });
-        if let Some(rest) = line.split("DevTools listening on ws://127.0.0.1:").nth(1) {
-            let port = rest.split('/').next().unwrap().parse().unwrap();
-            return (browser, port);
-        }
-        seen.push(line);
-    }
-}
-
-/// `GET path` on the DevTools HTTP endpoint (which keeps the connection open: read by length).
-fn devtools_json(port: u16, path: &str) -> Value {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "DevTools closed the connection");
-        out.extend_from_slice(&chunk[..n]);
-        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-            let r = parse(&out);
-            let len: usize = r.header("content-length").unwrap().parse().unwrap();
-            if out.len() >= end + 4 + len {
-                return serde_json::from_slice(&r.body[..len]).unwrap();
-            }
-        }
-    }
-}
-
-/// A DevTools session on one page.
-struct Cdp {
-    ws: WebSocket<TcpStream>,
-    next_id: u64,
-}
-
-impl Cdp {
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let msg = json!({"id": id, "method": method, "params": params});
-        self.ws.send(Message::Text(msg.to_string())).unwrap();
-        loop {
-            let Message::Text(text) = self.ws.read().unwrap() else {
-                continue;
-            };
-            let v: Value = serde_json::from_str(&text).unwrap();
-            if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
-            }
-        }
-    }
-
-    /// Evaluates a JavaScript expression and returns its value.
-    fn eval(&mut self, expression: &str) -> Value {
-        let r = self.call(
-            "Runtime.evaluate",
-            json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
-        );
-        assert!(r.get("exceptionDetails").is_none(), "{expression}: {r}");
-        r["result"]["value"].clone()
-    }
-
-    /// Waits until `expression` is true.
-    fn wait_for(&mut self, expression: &str, what: &str) {
-        let started = Instant::now();
-        while self.eval(expression) != json!(true) {
-            if started.elapsed() > Duration::from_secs(60) {
-                let status = self.eval("document.getElementById('status').textContent");
-                panic!("timed out waiting for {what} (page status: {status})");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_classifies_an_uploaded_photo_and_shows_the_map() {
@@ -207,22 +52,7 @@ async fn the_page_classifies_an_uploaded_photo_and_shows_the_map() {
     let shot = screenshot.clone();
     // The DevTools session is blocking I/O: keep it off the runtime the server runs on.
     tokio::task::spawn_blocking(move || {
-        let (_browser, port) = launch(&chromium);
-        let targets = devtools_json(port, "/json/list");
-        let ws_url = targets
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["type"] == "page")
-            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-            .expect("a page target")
-            .to_string();
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        // No DevTools call may hang the test: each answer must come within 30 s.
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let (ws, _) = tungstenite::client(ws_url.as_str(), stream).unwrap();
-        let mut cdp = Cdp { ws, next_id: 0 };
-        cdp.call("Page.enable", json!({}));
+        let (_browser, mut cdp) = open(&chromium);
         cdp.call("Page.navigate", json!({"url": page_url}));
         cdp.wait_for(
             "document.readyState === 'complete' && !document.getElementById('synthetic-banner').hidden",
@@ -260,7 +90,7 @@ async fn the_page_classifies_an_uploaded_photo_and_shows_the_map() {
         // "Where did it look": the CAM overlay replaces the preview.
         cdp.eval("document.getElementById('cam-toggle').click()");
         cdp.wait_for(
-            "document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam').naturalWidth === 224 && !document.getElementById('cam-figure').hidden",
+            "document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam').naturalWidth === 451 && !document.getElementById('cam-figure').hidden",
             "the class activation map",
         );
         assert_eq!(
@@ -286,5 +116,117 @@ async fn the_page_classifies_an_uploaded_photo_and_shows_the_map() {
     .await
     .unwrap();
     eprintln!("browser test screenshot: {}", screenshot.display());
+    server.shutdown().await;
+}
+
+/// The explorer page (`/explore`, issue 18) on a server with a second backend: upload a photo,
+/// every trace point appears with its time, `layer3.1` shows its tiles, the top classes are the
+/// API's, the activation map of a chosen class appears. Screenshot: `browser/explore.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let weights = resnet_core::weights::synthetic_weights(0);
+    let gemm = resnet_core::backend::BackendKind::Gemm
+        .create(&weights, &Default::default())
+        .unwrap();
+    let model = model().with_other_backend(std::sync::Arc::from(gemm));
+    let server = start(config(), model).await;
+    let addr = server.local_addr();
+    let photo = image_path("cat_baseline.jpg").canonicalize().unwrap();
+    let bytes = std::fs::read(&photo).unwrap();
+    let api = post_raw(addr, "/v1/classify?top_k=5", "image/jpeg", &bytes)
+        .await
+        .json();
+    let expected: Vec<String> = api["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["label"].as_str().unwrap().to_string())
+        .collect();
+    let second_class = api["predictions"][1]["index"].as_u64().unwrap();
+    let trace_points = resnet_core::arch::ResNet18Arch::new().trace_points();
+    // The page links the explorer.
+    let page = String::from_utf8(get(addr, "/").await.body).unwrap();
+    assert!(page.contains(r#"href="/explore""#));
+
+    let screenshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&screenshot_dir).unwrap();
+    let screenshot = screenshot_dir.join("explore.png");
+    let shot = screenshot.clone();
+    let url = format!("http://{addr}/explore");
+    tokio::task::spawn_blocking(move || {
+        let (_browser, mut cdp) = open(&chromium);
+        cdp.call("Page.navigate", json!({"url": url}));
+        cdp.wait_for(
+            "document.readyState === 'complete' && document.querySelectorAll('#compare option').length === 3",
+            "the explorer page with the server's two backends",
+        );
+        // With two backends the page compares them by default.
+        assert_eq!(cdp.eval("document.getElementById('compare').value"), json!("gemm"));
+        let root = cdp.call("DOM.getDocument", json!({}))["root"]["nodeId"].clone();
+        let input = cdp.call("DOM.querySelector", json!({"nodeId": root, "selector": "#file"}))["nodeId"].clone();
+        cdp.call(
+            "DOM.setFileInputFiles",
+            json!({"nodeId": input, "files": [photo.display().to_string()]}),
+        );
+        cdp.wait_for(
+            "document.getElementById('explorer').getAttribute('data-done') === '1'",
+            "the trace",
+        );
+        let rows: Vec<(String, String)> = serde_json::from_value(cdp.eval(
+            "Array.from(document.querySelectorAll('#layers tr')).map(tr => [tr.dataset.layer, tr.querySelector('.ms').textContent])",
+        ))
+        .unwrap();
+        let names: Vec<&String> = rows.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, trace_points.iter().collect::<Vec<_>>());
+        for (name, ms) in &rows {
+            let v: f64 = ms.strip_suffix(" ms").unwrap().parse().unwrap();
+            assert!(v >= 0.0 && v < 60_000.0, "{name}: {ms}");
+        }
+        // One SQNR cell per layer, native against gemm: rounding-level differences only.
+        let sqnr: Vec<String> = serde_json::from_value(cdp.eval(
+            "Array.from(document.querySelectorAll('#sqnr-strip div')).map(d => d.textContent)",
+        ))
+        .unwrap();
+        assert_eq!(sqnr.len(), trace_points.len());
+        for s in &sqnr {
+            assert!(s == "∞" || s.parse::<f64>().unwrap() > 60.0, "SQNR {s}");
+        }
+        // Click layer3.1: its 16 most active channels as tiles from one 4x4 sheet of 14x14 maps.
+        cdp.eval("document.querySelector('#layers tr[data-layer=\"layer1.0\"]').click()");
+        cdp.eval("document.querySelector('#layers tr[data-layer=\"layer3.1\"]').click()");
+        cdp.wait_for(
+            "document.getElementById('detail').dataset.layer === 'layer3.1' && document.getElementById('tiles').getAttribute('data-loaded') === '1'",
+            "the tiles of layer3.1",
+        );
+        assert_eq!(cdp.eval("document.querySelectorAll('#tiles .tile').length"), json!(16));
+        assert_eq!(cdp.eval("document.getElementById('tiles').dataset.sheet"), json!("56x56"));
+        let captions: Vec<String> = serde_json::from_value(cdp.eval(
+            "Array.from(document.querySelectorAll('#tiles .tile span')).map(s => s.textContent)",
+        ))
+        .unwrap();
+        assert!(captions.iter().all(|c| c.starts_with('#')), "{captions:?}");
+        assert!(cdp.eval("document.getElementById('detail').textContent").as_str().unwrap().contains("ReLU"));
+        // The top classes are the API's.
+        let shown: Vec<String> = serde_json::from_value(cdp.eval(
+            "Array.from(document.querySelectorAll('#top li .label')).map(s => s.firstChild.textContent.trim())",
+        ))
+        .unwrap();
+        assert_eq!(shown, expected, "the explorer shows other classes than /v1/classify");
+        // The activation map of the second class.
+        cdp.eval("document.querySelectorAll('#top li')[1].click()");
+        cdp.wait_for(
+            &format!("document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam-figure').dataset.class === '{second_class}' && document.getElementById('cam').naturalWidth === 224"),
+            "the activation map of the second class",
+        );
+        assert_eq!(cdp.eval("document.getElementById('cam-label').textContent"), json!(expected[1]));
+        let (w, h) = cdp.screenshot(&shot);
+        assert!(w >= 300 && h >= 300);
+    })
+    .await
+    .unwrap();
+    eprintln!("explorer screenshot: {}", screenshot.display());
     server.shutdown().await;
 }

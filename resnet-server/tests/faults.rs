@@ -5,6 +5,7 @@ mod util;
 
 use ndarray::{Array2, ArrayView4};
 use resnet_core::backend::{Backend, LayerObserver};
+use resnet_server::Server;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -432,4 +433,170 @@ async fn wait_for_lines(file: &std::path::Path, n: usize) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{} never reached {n} lines", file.display());
+}
+
+/// Issue 19 #4: a kill -9 can cut the history file's last line inside a multi-byte character
+/// (a label `café`): that line is not valid UTF-8. The server still starts, keeps the whole
+/// records, and counts the skipped line in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_line_torn_inside_a_utf8_character_does_not_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("history.jsonl");
+    let record = |i: usize| resnet_server::history::Entry {
+        time: resnet_server::history::rfc3339(1_795_823_999 + i as i64, 0),
+        route: "classify".into(),
+        width: 10,
+        height: 10,
+        index: i,
+        label: "café".into(),
+        probability: 0.5,
+        latency_ms: 1.0,
+        thumbnail: String::new(),
+    };
+    let mut bytes = Vec::new();
+    for i in 0..2 {
+        bytes.extend_from_slice(serde_json::to_string(&record(i)).unwrap().as_bytes());
+        bytes.push(b'\n');
+    }
+    let cut = bytes.windows(2).rposition(|w| w == "é".as_bytes()).unwrap() + 1;
+    bytes.truncate(cut);
+    std::fs::write(&file, &bytes).unwrap();
+
+    let mut c = config();
+    c.history = 10;
+    c.history_file = Some(file.clone());
+    let server = Server::start(c, model())
+        .await
+        .expect("the server starts despite the torn line");
+    server.wait_ready().await;
+    let addr = server.local_addr();
+    let history = get(addr, "/v1/history").await.json();
+    let entries = history["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{history}");
+    assert_eq!(entries[0]["label"], "café");
+    let text = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
+    assert_eq!(metric(&text, "resnet_history_lines_skipped_total"), 1.0);
+    server.shutdown().await;
+}
+
+/// A client that pipelines thousands of `GET /` with a small receive buffer and never reads:
+/// the server's answers fill the socket buffers and its writes stop.
+async fn non_reading_client(addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let requests = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000);
+    // The server stops reading once it stops writing: send what fits, in bounded time.
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&requests)).await;
+    stream
+}
+
+/// Polls `GET /healthz` until it is answered 200 (new connections are refused while every slot
+/// is held) or `bound` passes; returns how long it took.
+async fn time_until_served(addr: std::net::SocketAddr, bound: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < bound {
+        let attempt = async {
+            let mut s = TcpStream::connect(addr).await.ok()?;
+            s.write_all(&request("GET", "/healthz", &[], b""))
+                .await
+                .ok()?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.ok()?;
+            (!out.is_empty()).then(|| parse(&out).status)
+        };
+        if let Ok(Some(200)) = tokio::time::timeout(Duration::from_millis(500), attempt).await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Issue 19 #1: clients that never read held their connection slot forever, locking everyone
+/// out, and made SIGTERM wait the whole grace period. Now a write that makes no progress for
+/// `write_timeout` closes the connection: a new client is served within about that time, the
+/// stalled slots are counted in /metrics, and shutdown does not wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_lose_their_slot_after_the_write_timeout() {
+    let write_timeout = Duration::from_secs(1);
+    let mut c = config();
+    c.max_connections = 5;
+    c.write_timeout = write_timeout;
+    let server = start(c, model()).await;
+    let addr = server.local_addr();
+
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(non_reading_client(addr).await);
+    }
+    // The fifth slot is free: /metrics shows the four stalled ones.
+    let mut seen = 0.0;
+    for _ in 0..100 {
+        let text = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
+        seen = metric(&text, "resnet_connections_stalled");
+        if seen >= 4.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen >= 4.0, "stalled connections counted: {seen}");
+    // Take the last slot too: now every slot is held by a client that does not read.
+    stalled.push(non_reading_client(addr).await);
+    let waited = time_until_served(addr, Duration::from_secs(15))
+        .await
+        .expect("a new client is served once the stalled ones time out");
+    println!("a new client was served after {waited:?} (write timeout {write_timeout:?})");
+    assert!(
+        waited < write_timeout + Duration::from_secs(3),
+        "served after {waited:?}"
+    );
+    let text = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
+    assert!(
+        metric(&text, "resnet_connections_write_timeouts_total") >= 1.0,
+        "{text}"
+    );
+
+    // SIGTERM's drain (the default 30 s grace) does not wait for clients that do not read.
+    for _ in 0..4 {
+        stalled.push(non_reading_client(addr).await);
+    }
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), server.shutdown())
+        .await
+        .expect("shutdown finishes");
+    let took = started.elapsed();
+    assert!(
+        took < write_timeout + Duration::from_secs(3),
+        "shutdown took {took:?}"
+    );
+    drop(stalled);
+}
+
+/// Pipelined requests are bounded per connection: the last allowed answer says
+/// `Connection: close` and the server closes the connection after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_bounded_per_connection() {
+    let mut c = config();
+    c.max_requests_per_connection = 3;
+    let server = start(c, model()).await;
+    let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
+    s.write_all(&b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(10))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    assert_eq!(
+        text.to_ascii_lowercase()
+            .matches("connection: close")
+            .count(),
+        1,
+        "{text}"
+    );
+    server.shutdown().await;
 }

@@ -639,10 +639,10 @@ async fn cam_returns_the_heat_map_png_of_the_asked_class() {
     let png = image::load_from_memory_with_format(&r.body, image::ImageFormat::Png)
         .unwrap()
         .to_rgb8();
-    assert_eq!(png.dimensions(), (224, 224));
-    // The same function as the library: crop + map of the same class.
+    // By default over the whole original picture (451x300), the region the network saw outlined.
     let m = model();
     let img = decode_image_bytes(&cat, "x", &DecodeOptions::default()).unwrap();
+    assert_eq!(png.dimensions(), img.rgb.dimensions());
     let crop = resnet_core::preprocess::resize_and_crop(&img.rgb);
     let input = resnet_core::preprocess::to_normalized_chw(&crop);
     let map = resnet_core::cam::class_activation_map(
@@ -652,7 +652,22 @@ async fn cam_returns_the_heat_map_png_of_the_asked_class() {
         None,
     )
     .unwrap();
-    assert_eq!(png, resnet_core::cam::heatmap_overlay(&crop, &map, 0.45));
+    assert_eq!(
+        png,
+        resnet_core::cam::heatmap_overlay_on_original(&img.rgb, &map, 0.45)
+    );
+    // `?view=crop`: the 224x224 crop the network saw, the same map over all of it.
+    let r = post_raw(addr, "/v1/cam?view=crop", "image/jpeg", &cat).await;
+    let crop_png = image::load_from_memory_with_format(&r.body, image::ImageFormat::Png)
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(
+        crop_png,
+        resnet_core::cam::heatmap_overlay(&crop, &map, 0.45)
+    );
+    post_raw(addr, "/v1/cam?view=sideways", "image/jpeg", &cat)
+        .await
+        .assert_error(400, "bad_parameter");
 
     let r = post_file(addr, "/v1/cam?class=7", "cat.jpg", &cat).await;
     assert_eq!(r.header("x-cam-class"), Some("7"));

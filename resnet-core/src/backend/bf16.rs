@@ -13,7 +13,7 @@
 use super::folded::{fc_weight_transposed, nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
 use super::native::classifier;
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
-use crate::arch::{ConvBn, ResNet18Arch};
+use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
 use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4};
@@ -79,7 +79,7 @@ impl Bf16Layer {
 }
 
 struct Bf16Block {
-    name: String,
+    point: TracePoint,
     conv1: Bf16Layer,
     conv2: Bf16Layer,
     downsample: Option<Bf16Layer>,
@@ -142,7 +142,7 @@ impl Bf16Backend {
                 specs.extend(b.downsample.as_ref());
                 let mut layers = pack_and_release(&specs).into_iter();
                 Bf16Block {
-                    name: b.name.clone(),
+                    point: b.point(),
                     conv1: layers.next().expect("conv1"),
                     conv2: layers.next().expect("conv2"),
                     downsample: layers.next(),
@@ -180,12 +180,12 @@ impl Bf16Backend {
         let input = batch.as_standard_layout();
         let input = input.as_slice().expect("standard layout");
         let report =
-            |trace: &mut Reporter<'_>, name: &str, data: &[Bf16], [h, w, c]: [usize; 3]| {
+            |trace: &mut Reporter<'_>, point: TracePoint, data: &[Bf16], [h, w, c]: [usize; 3]| {
                 let out = wants.then(|| {
                     let real: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
                     nhwc_to_nchw(&real, n, h, w, c)
                 });
-                trace.report_shape(name, &[n, c, h, w], out.as_ref().map(|o| o.view()));
+                trace.report_shape(point, &[n, c, h, w], out.as_ref().map(|o| o.view()));
             };
 
         // The input, NHWC, rounded to bf16 once.
@@ -197,12 +197,12 @@ impl Bf16Backend {
         // Stem: conv1 + bn1 + relu fused, then max-pool.
         (h, w) = self.stem.run(&ws.x, (n, h, w), &mut ws.t, None, true);
         let mut c = self.stem.spec.out_channels;
-        report(&mut trace, "stem", &ws.t, [h, w, c]);
+        report(&mut trace, TracePoint::Stem, &ws.t, [h, w, c]);
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
         ws.x.resize(n * ph * pw * c, Bf16::ZERO);
         max_pool_3x3_s2_p1_nhwc(&ws.t, n, h, w, c, &mut ws.x);
         (h, w) = (ph, pw);
-        report(&mut trace, "maxpool", &ws.x, [h, w, c]);
+        report(&mut trace, TracePoint::MaxPool, &ws.x, [h, w, c]);
 
         for block in &self.blocks {
             // Residual branch, first conv: conv1 + bn1 + relu.
@@ -221,7 +221,7 @@ impl Bf16Backend {
                 .run(&ws.t, (n, oh, ow), &mut ws.y, Some(skip), true);
             std::mem::swap(&mut ws.x, &mut ws.y);
             (h, w, c) = (oh, ow, block.conv2.spec.out_channels);
-            report(&mut trace, &block.name, &ws.x, [h, w, c]);
+            report(&mut trace, block.point, &ws.x, [h, w, c]);
         }
 
         ws.features.resize(n * c, 0.0);

@@ -1,6 +1,6 @@
 //! ResNet-18 with every BatchNorm folded into its convolution: what the fast backends start from.
 
-use crate::arch::{ConvBn, ResNet18Arch};
+use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::weights::{fold_batch_norm, FoldedConv, Weights};
 
 /// One convolution with its BatchNorm folded in (weights `[OC, C, KH, KW]`, one bias per OC).
@@ -50,7 +50,7 @@ impl FoldedLayer {
 
 /// A BasicBlock with folded convolutions.
 pub(crate) struct FoldedBlock {
-    pub name: String,
+    pub point: TracePoint,
     pub conv1: FoldedLayer,
     pub conv2: FoldedLayer,
     pub downsample: Option<FoldedLayer>,
@@ -75,7 +75,7 @@ impl FoldedResNet18 {
                 .blocks
                 .iter()
                 .map(|b| FoldedBlock {
-                    name: b.name.clone(),
+                    point: b.point(),
                     conv1: FoldedLayer::new(weights, &b.conv1),
                     conv2: FoldedLayer::new(weights, &b.conv2),
                     downsample: b.downsample.as_ref().map(|d| FoldedLayer::new(weights, d)),

@@ -3,7 +3,7 @@
 //! implementation looks like; `native` is otherwise identical but packs, fuses and uses NHWC.
 
 use super::folded::{FoldedLayer, FoldedResNet18};
-use super::{check_batch_shape, Backend, LayerObserver, Reporter};
+use super::{check_batch_shape, Backend, LayerObserver, Reporter, TracePoint};
 use crate::error::Result;
 use ndarray::{Array2, Array4, ArrayView4};
 use rayon::prelude::*;
@@ -79,7 +79,7 @@ impl Backend for GemmBackend {
 
         let mut x = conv(&batch.as_standard_layout().to_owned(), &m.stem);
         relu(&mut x);
-        trace.report("stem", x.view().into_dyn());
+        trace.report(TracePoint::Stem, x.view().into_dyn());
         let (n, c, h, w) = x.dim();
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
         let mut pooled = Array4::<f32>::zeros((n, c, ph, pw));
@@ -91,7 +91,7 @@ impl Backend for GemmBackend {
             pooled.as_slice_mut().unwrap(),
         );
         let mut x = pooled;
-        trace.report("maxpool", x.view().into_dyn());
+        trace.report(TracePoint::MaxPool, x.view().into_dyn());
 
         for block in &m.blocks {
             let mut out = conv(&x, &block.conv1);
@@ -104,7 +104,7 @@ impl Backend for GemmBackend {
             out += &identity;
             relu(&mut out);
             x = out;
-            trace.report(&block.name, x.view().into_dyn());
+            trace.report(block.point, x.view().into_dyn());
         }
 
         let (n, c, h, w) = x.dim();
@@ -115,7 +115,7 @@ impl Backend for GemmBackend {
             h * w,
             features.as_slice_mut().unwrap(),
         );
-        trace.report("avgpool", features.view().into_dyn());
+        trace.report(TracePoint::AvgPool, features.view().into_dyn());
         // fc: logits[N, 1000] = features[N, 512] · W^T (W^T prepared once, in `new`).
         let classes = m.fc_bias.len();
         let mut logits = Array2::<f32>::zeros((n, classes));
@@ -128,7 +128,7 @@ impl Backend for GemmBackend {
             logits.as_slice_mut().unwrap(),
         );
         logits += &ndarray::aview1(&m.fc_bias);
-        trace.report("fc", logits.view().into_dyn());
+        trace.report(TracePoint::Fc, logits.view().into_dyn());
         Ok(logits)
     }
 }

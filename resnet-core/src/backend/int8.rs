@@ -7,11 +7,11 @@
 //! (the native backend's kernels, reporting every tensor that gets a quantisation).
 
 use super::folded::{nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
-use super::native::{classifier, NativeBackend, PackedLayer, Tap};
+use super::native::{classifier, NativeBackend, PackedLayer};
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WinogradPolicy, WorkspacePool};
-use crate::arch::{ConvBn, ResNet18Arch};
+use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
-use crate::quantize::{ActQuant, LayerPrecision, QuantizedConv, QuantizedModel};
+use crate::quantize::{ActQuant, Activation, LayerPrecision, QuantizedConv, QuantizedModel};
 use crate::weights::{FoldedConv, Weights};
 use ndarray::{Array2, ArrayView4};
 use resnet_kernels::cpu::Isa;
@@ -118,7 +118,7 @@ enum Stem {
 }
 
 struct Int8Block {
-    name: String,
+    point: TracePoint,
     conv1: Int8Layer,
     conv2: Int8Layer,
     downsample: Option<Int8Layer>,
@@ -152,12 +152,15 @@ impl Int8Backend {
     /// Prepares a quantised model for `isa`'s INT8 kernel.
     pub fn new(model: &QuantizedModel, isa: Isa) -> Int8Backend {
         let arch = ResNet18Arch::new();
-        let input = model.act("input");
+        let input = model.act(Activation::Input);
         let stem_conv = model.conv("conv1");
         let stem = match stem_conv.precision() {
-            LayerPrecision::Int8 => {
-                Stem::Int8(Int8Layer::new(stem_conv, input, model.act("stem"), isa))
-            }
+            LayerPrecision::Int8 => Stem::Int8(Int8Layer::new(
+                stem_conv,
+                input,
+                model.act(Activation::Stem),
+                isa,
+            )),
             LayerPrecision::F32 => Stem::F32 {
                 layer: PackedLayer::new(
                     FoldedLayer {
@@ -170,20 +173,20 @@ impl Int8Backend {
                     isa,
                     WinogradPolicy::Off,
                 ),
-                output: model.act("stem"),
+                output: model.act(Activation::Stem),
             },
         };
-        let mut current = model.act("stem");
+        let mut current = model.act(Activation::Stem);
         let mut blocks = Vec::new();
-        for b in &arch.blocks {
-            let t = model.act(&format!("{}.conv1", b.name));
-            let out = model.act(&b.name);
+        for (i, b) in arch.blocks.iter().enumerate() {
+            let t = model.act(Activation::Conv1(i));
+            let out = model.act(Activation::Block(i));
             blocks.push(Int8Block {
-                name: b.name.clone(),
+                point: b.point(),
                 conv1: Int8Layer::new(model.conv(&b.conv1.conv), current, t, isa),
                 conv2: Int8Layer::new(model.conv(&b.conv2.conv), t, out, isa),
                 downsample: b.downsample.as_ref().map(|d| {
-                    let q = model.act(&format!("{}.downsample", b.name));
+                    let q = model.act(Activation::Downsample(i));
                     Int8Layer::new(model.conv(&d.conv), current, q, isa)
                 }),
             });
@@ -242,7 +245,7 @@ impl Int8Backend {
         let input = batch.as_standard_layout();
         let input = input.as_slice().expect("standard layout");
         let report = |trace: &mut Reporter<'_>,
-                      name: &str,
+                      point: TracePoint,
                       data: &[u8],
                       q: ActQuant,
                       (h, w, c): (usize, usize, usize)| {
@@ -252,7 +255,7 @@ impl Int8Backend {
             } else {
                 ndarray::ArrayD::zeros(vec![0])
             };
-            trace.report_shape(name, &[n, c, h, w], wants.then(|| out.view()));
+            trace.report_shape(point, &[n, c, h, w], wants.then(|| out.view()));
         };
 
         // Buffers only grow (`grow`), so a steady state never zeroes memory; each tensor is the
@@ -291,7 +294,13 @@ impl Int8Backend {
         };
         let mut c = 64;
         let len = |h: usize, w: usize, c: usize| n * h * w * c;
-        report(&mut trace, "stem", &ws.t[..len(h, w, c)], stem_q, (h, w, c));
+        report(
+            &mut trace,
+            TracePoint::Stem,
+            &ws.t[..len(h, w, c)],
+            stem_q,
+            (h, w, c),
+        );
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
         max_pool_3x3_s2_p1_nhwc(
             &ws.t[..len(h, w, c)],
@@ -304,7 +313,7 @@ impl Int8Backend {
         (h, w) = (ph, pw);
         report(
             &mut trace,
-            "maxpool",
+            TracePoint::MaxPool,
             &ws.x[..len(h, w, c)],
             stem_q,
             (h, w, c),
@@ -337,7 +346,7 @@ impl Int8Backend {
             x_q = block.conv2.output;
             report(
                 &mut trace,
-                &block.name,
+                block.point,
                 &ws.x[..len(h, w, c)],
                 x_q,
                 (h, w, c),
@@ -405,15 +414,16 @@ impl Fp32Probe {
         Fp32Probe(NativeBackend::new(weights, isa, WinogradPolicy::Off))
     }
 
-    /// Runs `batch` and hands each recorded NHWC tensor to `visit(name, values)`.
-    pub(crate) fn run(&self, batch: ArrayView4<'_, f32>, visit: &mut dyn FnMut(&str, &[f32])) {
-        self.0.probe(batch, &mut |tap, data, _| match tap {
-            Tap::Input => visit("input", data),
-            Tap::Stem => visit("stem", data),
-            Tap::Conv1(block) => visit(&format!("{block}.conv1"), data),
-            Tap::Downsample(block) => visit(&format!("{block}.downsample"), data),
-            Tap::Block(block) => visit(block, data),
-            Tap::MaxPool => {}
+    /// Runs `batch` and hands each recorded NHWC tensor to `visit(activation, values)`.
+    pub(crate) fn run(
+        &self,
+        batch: ArrayView4<'_, f32>,
+        visit: &mut dyn FnMut(Activation, &[f32]),
+    ) {
+        self.0.probe(batch, &mut |tap, data, _| {
+            if let Some(a) = tap.activation() {
+                visit(a, data);
+            }
         });
     }
 }

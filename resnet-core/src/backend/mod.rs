@@ -21,6 +21,7 @@ pub use int8::Int8Backend;
 pub use native::NativeBackend;
 pub use reference::ReferenceBackend;
 
+pub use crate::arch::TracePoint;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4, ArrayViewD};
@@ -57,8 +58,10 @@ pub trait LayerObserver {
 /// What a backend reports after each trace point.
 #[derive(Debug)]
 pub struct LayerEvent<'a> {
-    /// The trace point's name (torchvision module name, or `stem`).
-    pub name: &'a str,
+    /// The trace point.
+    pub point: TracePoint,
+    /// Its name (torchvision module name, or `stem`): `point.name()`.
+    pub name: &'static str,
     /// Output shape, `[N, C, H, W]` or `[N, F]`.
     pub shape: Vec<usize>,
     /// Time spent computing this point since the previous one.
@@ -81,16 +84,17 @@ impl<'o> Reporter<'o> {
         }
     }
 
-    /// Reports trace point `name` with its NCHW shape, and its output when there is one.
-    pub(crate) fn report_shape<'a>(
+    /// Reports trace point `point` with its NCHW shape, and its output when there is one.
+    pub(crate) fn report_shape(
         &mut self,
-        name: &'a str,
+        point: TracePoint,
         shape: &[usize],
-        out: Option<ArrayViewD<'a, f32>>,
+        out: Option<ArrayViewD<'_, f32>>,
     ) {
         let elapsed = self.clock.elapsed();
         self.observer.on_layer(&LayerEvent {
-            name,
+            point,
+            name: point.name(),
             shape: shape.to_vec(),
             elapsed,
             output: out,
@@ -98,11 +102,11 @@ impl<'o> Reporter<'o> {
         self.clock = Instant::now();
     }
 
-    /// Reports trace point `name` whose output is `out` (NCHW or NF).
-    pub(crate) fn report<'a>(&mut self, name: &'a str, out: ArrayViewD<'a, f32>) {
+    /// Reports trace point `point` whose output is `out` (NCHW or NF).
+    pub(crate) fn report(&mut self, point: TracePoint, out: ArrayViewD<'_, f32>) {
         let shape = out.shape().to_vec();
         let wants = self.observer.wants_outputs();
-        self.report_shape(name, &shape, wants.then_some(out));
+        self.report_shape(point, &shape, wants.then_some(out));
     }
 }
 

@@ -15,8 +15,9 @@
 
 use super::folded::{fc_weight_transposed, nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
-use crate::arch::ResNet18Arch;
+use crate::arch::{ResNet18Arch, TracePoint};
 use crate::error::Result;
+use crate::quantize::Activation;
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
 use resnet_kernels::cpu::Isa;
@@ -113,26 +114,43 @@ impl PackedLayer {
 }
 
 /// Receives a [`Tap`]'s NHWC tensor and its `[n, h, w, c]`.
-pub(crate) type TapFn<'f> = dyn FnMut(Tap<'_>, &[f32], [usize; 4]) + 'f;
+pub(crate) type TapFn<'f> = dyn FnMut(Tap, &[f32], [usize; 4]) + 'f;
 
 /// A tensor of the forward pass that [`NativeBackend::probe`] shows, NHWC.
-pub(crate) enum Tap<'a> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tap {
     /// The input batch.
     Input,
     /// The stem's conv + bn + ReLU, before max-pooling.
     Stem,
     /// The max-pool's output.
     MaxPool,
-    /// A block's first conv + bn + ReLU (the block's name).
-    Conv1(&'a str),
-    /// A block's downsample conv + bn.
-    Downsample(&'a str),
-    /// A block's output, after the residual add and ReLU.
-    Block(&'a str),
+    /// Block `i`'s first conv + bn + ReLU.
+    Conv1(usize),
+    /// Block `i`'s downsample conv + bn.
+    Downsample(usize),
+    /// Block `i`'s output, after the residual add and ReLU.
+    Block(usize),
+}
+
+impl Tap {
+    /// The INT8 activation this tensor's range calibrates, if any (all but the max-pool, which
+    /// keeps its input's quantisation).
+    pub(crate) fn activation(self) -> Option<Activation> {
+        Some(match self {
+            Tap::Input => Activation::Input,
+            Tap::Stem => Activation::Stem,
+            Tap::MaxPool => return None,
+            Tap::Conv1(i) => Activation::Conv1(i),
+            Tap::Downsample(i) => Activation::Downsample(i),
+            Tap::Block(i) => Activation::Block(i),
+        })
+    }
 }
 
 struct PackedBlock {
-    name: String,
+    /// The block's position, 0 (`layer1.0`) to 7.
+    index: usize,
     conv1: PackedLayer,
     conv2: PackedLayer,
     downsample: Option<PackedLayer>,
@@ -206,7 +224,7 @@ impl NativeBackend {
                 specs.extend(b.downsample.as_ref());
                 let mut layers = pack_and_release(&specs).into_iter();
                 PackedBlock {
-                    name: b.name.clone(),
+                    index: b.index,
                     conv1: layers.next().expect("conv1"),
                     conv2: layers.next().expect("conv2"),
                     downsample: layers.next(),
@@ -264,7 +282,7 @@ impl NativeBackend {
                     .conv1
                     .run(&ws.x, (n, h, w), &mut ws.t, None, true, &mut ws.winograd);
             let mid = block.conv1.spec.out_channels;
-            tap(Tap::Conv1(&block.name), &ws.t, [n, oh, ow, mid]);
+            tap(Tap::Conv1(block.index), &ws.t, [n, oh, ow, mid]);
             // Skip branch: the input, or downsample conv + bn.
             let skip: &[f32] = match &block.downsample {
                 Some(ds) => {
@@ -276,7 +294,7 @@ impl NativeBackend {
                         false,
                         &mut ws.winograd,
                     );
-                    tap(Tap::Downsample(&block.name), &ws.skip, [n, oh, ow, mid]);
+                    tap(Tap::Downsample(block.index), &ws.skip, [n, oh, ow, mid]);
                     &ws.skip
                 }
                 None => &ws.x,
@@ -292,7 +310,7 @@ impl NativeBackend {
             );
             std::mem::swap(&mut ws.x, &mut ws.y);
             (h, w, c) = (oh, ow, block.conv2.spec.out_channels);
-            tap(Tap::Block(&block.name), &ws.x, [n, h, w, c]);
+            tap(Tap::Block(block.index), &ws.x, [n, h, w, c]);
         }
         (h, w, c)
     }
@@ -315,14 +333,14 @@ impl NativeBackend {
         let n = batch.dim().0;
         // The trace points are the stem, the max-pool and each block (torchvision's modules).
         let (h, w, c) = self.run_convolutions(batch, ws, &mut |point, data, [n, h, w, c]| {
-            let name = match point {
-                Tap::Stem => "stem",
-                Tap::MaxPool => "maxpool",
-                Tap::Block(name) => name,
+            let point = match point {
+                Tap::Stem => TracePoint::Stem,
+                Tap::MaxPool => TracePoint::MaxPool,
+                Tap::Block(i) => TracePoint::Block(i),
                 Tap::Input | Tap::Conv1(_) | Tap::Downsample(_) => return,
             };
             let out = wants.then(|| nhwc_to_nchw(data, n, h, w, c));
-            trace.report_shape(name, &[n, c, h, w], out.as_ref().map(|o| o.view()));
+            trace.report_shape(point, &[n, c, h, w], out.as_ref().map(|o| o.view()));
         });
 
         ws.features.resize(n * c, 0.0);
@@ -343,7 +361,7 @@ pub(super) fn classifier(
 ) -> Array2<f32> {
     let c = features.len() / n;
     let view = ndarray::ArrayView2::from_shape((n, c), features).expect("n x c");
-    trace.report("avgpool", view.into_dyn());
+    trace.report(TracePoint::AvgPool, view.into_dyn());
     let classes = fc_bias.len();
     let mut logits = Array2::<f32>::zeros((n, classes));
     sgemm_packed(
@@ -361,7 +379,7 @@ pub(super) fn classifier(
             relu: false,
         },
     );
-    trace.report("fc", logits.view().into_dyn());
+    trace.report(TracePoint::Fc, logits.view().into_dyn());
     logits
 }
 

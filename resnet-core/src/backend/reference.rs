@@ -7,7 +7,7 @@
 //! Tensors are `ndarray` arrays in NCHW order: `N` images, `C` channels, `H` rows, `W` columns.
 //! Only the output-channel loop of [`conv2d`] runs in parallel (rayon); everything else is serial.
 
-use super::{check_batch_shape, Backend, LayerObserver, Reporter};
+use super::{check_batch_shape, Backend, LayerObserver, Reporter, TracePoint};
 use crate::arch::{BasicBlock, ConvBn, ResNet18Arch};
 use crate::error::Result;
 use crate::weights::{BatchNorm, Weights};
@@ -71,23 +71,23 @@ impl Backend for ReferenceBackend {
 
         // Stem: conv1 7x7/2 -> bn1 -> relu -> maxpool 3x3/2.
         let x = relu(self.conv_bn(&batch.to_owned(), &self.arch.stem));
-        trace.report("stem", x.view().into_dyn());
+        trace.report(TracePoint::Stem, x.view().into_dyn());
         let mut x = max_pool_3x3_s2_p1(&x);
-        trace.report("maxpool", x.view().into_dyn());
+        trace.report(TracePoint::MaxPool, x.view().into_dyn());
 
         // Four stages of two BasicBlocks.
         for block in &self.arch.blocks {
             x = self.basic_block(&x, block);
-            trace.report(&block.name, x.view().into_dyn());
+            trace.report(block.point(), x.view().into_dyn());
         }
 
         // Head: global average pool -> fully connected.
         let pooled = global_avg_pool(&x);
-        trace.report("avgpool", pooled.view().into_dyn());
+        trace.report(TracePoint::AvgPool, pooled.view().into_dyn());
         let fc_w = self.weights.tensor("fc.weight");
         let fc_b = self.weights.tensor("fc.bias");
         let logits = linear(&pooled, &fc_w.data, &fc_b.data);
-        trace.report("fc", logits.view().into_dyn());
+        trace.report(TracePoint::Fc, logits.view().into_dyn());
         Ok(logits)
     }
 }

@@ -1,14 +1,14 @@
 //! Calibration: run the f32 network on real inputs, record every quantised tensor's values, and
 //! turn them into `u8` ranges by one of three methods.
 
-use super::{activation_names, ActQuant, LayerPrecision, QuantizedConv, QuantizedModel};
+use super::{ActQuant, Activation, LayerPrecision, QuantizedConv, QuantizedModel};
 use crate::arch::ResNet18Arch;
 use crate::backend::Fp32Probe;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 use ndarray::{Array3, Array4, ArrayView3, Axis};
 use resnet_kernels::cpu::Isa;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// How a tensor's calibration values become its `u8` range.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -146,7 +146,7 @@ pub fn calibrate(
         });
     }
     let probe = Fp32Probe::new(weights, isa);
-    let mut stats: BTreeMap<String, TensorStats> = BTreeMap::new();
+    let mut stats: HashMap<Activation, TensorStats> = HashMap::new();
     let mut done = 0;
     progress.progress(0, inputs.len());
     for chunk in inputs.chunks(8) {
@@ -156,19 +156,19 @@ pub fn calibrate(
             reason: format!("calibration inputs differ in shape: {e}"),
         })?;
         crate::backend::check_batch_shape(&batch.view())?;
-        probe.run(batch.view(), &mut |name, data| {
-            stats.entry(name.to_string()).or_default().record(data)
+        probe.run(batch.view(), &mut |a, data| {
+            stats.entry(a).or_default().record(data)
         });
         done += chunk.len();
         progress.progress(done, inputs.len());
     }
     let mut activations = BTreeMap::new();
-    for name in activation_names() {
+    for a in Activation::all() {
         let s = stats
-            .get_mut(&name)
-            .unwrap_or_else(|| panic!("the f32 probe did not report '{name}'"));
+            .get_mut(&a)
+            .unwrap_or_else(|| panic!("the f32 probe did not report '{}'", a.key()));
         let (lo, hi) = s.range(method);
-        activations.insert(name, ActQuant::from_range(lo, hi));
+        activations.insert(a.key(), ActQuant::from_range(lo, hi));
     }
     Ok(quantize_weights(
         weights,

@@ -42,7 +42,7 @@ pub use resnet_kernels::int8::{
     kernel_name as int8_kernel_name, measure_peak_gops as measure_int8_peak_gops,
 };
 
-use crate::arch::{ConvBn, ResNet18Arch};
+use crate::arch::{ConvBn, ResNet18Arch, BLOCK_NAMES};
 
 /// The calibration method used when none is given (chosen by measurement, see the README).
 pub const DEFAULT_METHOD: CalibrationMethod = CalibrationMethod::Mse;
@@ -180,30 +180,68 @@ pub struct QuantizedModel {
     pub synthetic: bool,
 }
 
-/// Names of the activation tensors that get a quantisation, in network order.
-pub fn activation_names() -> Vec<String> {
-    let arch = ResNet18Arch::new();
-    let mut names = vec!["input".to_string(), "stem".to_string()];
-    for b in &arch.blocks {
-        names.push(format!("{}.conv1", b.name));
-        if b.downsample.is_some() {
-            names.push(format!("{}.downsample", b.name));
+/// An activation tensor that gets its own quantisation (scale and zero point). The one
+/// place that names them: the model file's keys, the INT8 backend and calibration's f32 probe
+/// all go through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// The network's input (the normalised image).
+    Input,
+    /// The stem's conv + bn + ReLU (the max-pool keeps its quantisation).
+    Stem,
+    /// Block `i`'s first conv + bn + ReLU.
+    Conv1(usize),
+    /// Block `i`'s downsample conv + bn (blocks 2, 4 and 6).
+    Downsample(usize),
+    /// Block `i`'s output.
+    Block(usize),
+}
+
+impl Activation {
+    /// Every quantised activation, in network order.
+    pub fn all() -> Vec<Activation> {
+        let arch = ResNet18Arch::new();
+        let mut all = vec![Activation::Input, Activation::Stem];
+        for (i, b) in arch.blocks.iter().enumerate() {
+            all.push(Activation::Conv1(i));
+            if b.downsample.is_some() {
+                all.push(Activation::Downsample(i));
+            }
+            all.push(Activation::Block(i));
         }
-        names.push(b.name.clone());
+        all
     }
-    names
+
+    /// The tensor's key in the model file: `input`, `stem`, `layer2.0.conv1`,
+    /// `layer2.0.downsample`, `layer2.0`.
+    pub fn key(self) -> String {
+        let block = |i: usize| BLOCK_NAMES.get(i).copied().unwrap_or("layer?");
+        match self {
+            Activation::Input => "input".into(),
+            Activation::Stem => "stem".into(),
+            Activation::Conv1(i) => format!("{}.conv1", block(i)),
+            Activation::Downsample(i) => format!("{}.downsample", block(i)),
+            Activation::Block(i) => block(i).into(),
+        }
+    }
+}
+
+/// Keys of the activation tensors that get a quantisation, in network order.
+pub fn activation_names() -> Vec<String> {
+    Activation::all().into_iter().map(Activation::key).collect()
 }
 
 impl QuantizedModel {
-    /// The activation quantisation of tensor `name`.
+    /// The quantisation of activation `a`.
     ///
     /// # Panics
-    /// If `name` is not one of [`activation_names`] (loading checks that all are present).
-    pub fn act(&self, name: &str) -> ActQuant {
+    /// If absent (loading checks that every one of [`Activation::all`] is present).
+    pub fn act(&self, a: Activation) -> ActQuant {
+        let key = a.key();
         *self
             .activations
-            .get(name)
-            .unwrap_or_else(|| panic!("no activation quantisation for '{name}'"))
+            .get(&key)
+            .unwrap_or_else(|| panic!("no activation quantisation for '{key}'"))
     }
 
     /// The convolution whose torchvision prefix is `conv`.

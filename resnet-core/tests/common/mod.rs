@@ -50,3 +50,14 @@ pub fn diff_stats(a: &[f32], b: &[f32]) -> (f32, f64, Option<usize>) {
     }
     (max, sum / a.len() as f64, first)
 }
+
+/// The ISAs `RESNET_EXPECT_ISA` (a comma list that tools/test.sh derives from /proc/cpuinfo)
+/// names and this crate knows; names of other kernel families (`avx512bf16`, `amxint8`, ...)
+/// are checked by their own tests. Empty when the variable is unset.
+pub fn expected_isas() -> Vec<resnet_core::cpu::Isa> {
+    std::env::var("RESNET_EXPECT_ISA")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|name| name.trim().parse().ok())
+        .collect()
+}

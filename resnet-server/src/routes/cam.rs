@@ -11,6 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
+use resnet_core::cam::CamView;
 use resnet_core::postprocess::softmax;
 use std::sync::Arc;
 
@@ -22,6 +23,12 @@ pub(super) async fn cam(
     let class = match query.get("class") {
         None => None,
         Some(_) => Some(query.int("class", 0, 0, 999)?),
+    };
+    let view: CamView = match query.get("view") {
+        None => CamView::default(),
+        Some(v) => v
+            .parse()
+            .map_err(|e: String| ApiError::bad_request("bad_parameter", format!("view: {e}")))?,
     };
     let upload = single_image(kind, body).await?;
     if state.model.fc_weight.is_none() {
@@ -37,14 +44,15 @@ pub(super) async fn cam(
     let map = done
         .cam
         .ok_or_else(|| ApiError::internal("the model returned no activation map"))?;
-    let crop = prepared
-        .crop
+    let (original, crop) = prepared
+        .original
         .take()
-        .ok_or_else(|| ApiError::internal("the crop was not kept"))?;
+        .zip(prepared.crop.take())
+        .ok_or_else(|| ApiError::internal("the images were not kept"))?;
     let probability = softmax(&map.logits)[map.class];
     let class_index = map.class;
     let png = tokio::task::spawn_blocking(move || {
-        let overlay = resnet_core::cam::heatmap_overlay(&crop, &map, 0.45);
+        let overlay = resnet_core::cam::overlay_for_view(view, &original, &crop, &map, 0.45);
         let mut png = Vec::new();
         overlay
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)

@@ -135,6 +135,8 @@ pub(super) struct Prepared {
     pub height: u32,
     pub format: &'static str,
     pub crop: Option<RgbImage>,
+    /// The decoded image, kept with the crop (for the map over the original picture).
+    pub original: Option<RgbImage>,
     pub thumbnail: Option<String>,
     pub decode: Duration,
     pub preprocess: Duration,
@@ -160,13 +162,15 @@ pub(super) async fn prepare(
         let crop = resize_and_crop(&image.rgb);
         let input = to_normalized_chw(&crop);
         let preprocess = t.elapsed();
+        let thumbnail = thumbnail.then(|| thumbnail_data_url(&image.rgb));
         Ok(Prepared {
             input,
             width: image.rgb.width(),
             height: image.rgb.height(),
             format: image.format,
             crop: keep_crop.then_some(crop),
-            thumbnail: thumbnail.then(|| thumbnail_data_url(&image.rgb)),
+            thumbnail,
+            original: keep_crop.then_some(image.rgb),
             decode,
             preprocess,
         })
@@ -274,6 +278,7 @@ pub(super) async fn classify_one(
                 probability: top1.probability,
                 latency_ms: (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
                 thumbnail: prepared.thumbnail.take().unwrap_or_default(),
+                request_id: crate::ops::current_request_id(),
             };
             let st = Arc::clone(state);
             // The file append blocks; the client need not wait for it.

@@ -8,9 +8,12 @@
 mod auth;
 mod cam;
 mod classify;
+mod kserve;
 mod query;
 pub mod respond;
 mod status;
+mod vision;
+mod trace;
 
 use crate::batcher::Batcher;
 use crate::config::Config;
@@ -68,11 +71,35 @@ pub enum Route {
     Cam,
     /// `POST /predict`: the seed service's API.
     Predict,
+    /// `POST /v1/vision/scene`: DeepStack / CodeProject.AI scene recognition.
+    Scene,
+    /// `POST /v1/vision/custom/list`: CodeProject.AI's custom model list (empty).
+    CustomList,
+    /// `GET /v1/status/updateavailable`: CodeProject.AI's update check (never one).
+    UpdateAvailable,
+    /// `GET /v2/health/live`: KServe v2 liveness.
+    V2Live,
+    /// `GET /v2/health/ready`: KServe v2 readiness.
+    V2Ready,
+    /// `GET /v2`: KServe v2 server metadata.
+    V2Server,
+    /// `GET /v2/models/{name}[/versions/{v}]`: KServe v2 model metadata.
+    V2Model,
+    /// `GET /v2/models/{name}[/versions/{v}]/ready`.
+    V2ModelReady,
+    /// `GET /v2/models/{name}[/versions/{v}]/config`: Triton's model configuration.
+    V2ModelConfig,
+    /// `POST /v2/models/{name}[/versions/{v}]/infer`: KServe v2 inference.
+    V2Infer,
+    /// `GET /explore`: the layer-by-layer explorer page.
+    Explore,
+    /// `POST /v1/trace`: one image layer by layer (statistics, times, feature maps, SQNR).
+    Trace,
 }
 
 impl Route {
     /// Every route, in the order the docs list them.
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 22] = [
         Route::Page,
         Route::Healthz,
         Route::Readyz,
@@ -83,6 +110,18 @@ impl Route {
         Route::ClassifyBatch,
         Route::Cam,
         Route::Predict,
+        Route::Scene,
+        Route::CustomList,
+        Route::UpdateAvailable,
+        Route::V2Live,
+        Route::V2Ready,
+        Route::V2Server,
+        Route::V2Model,
+        Route::V2ModelReady,
+        Route::V2ModelConfig,
+        Route::V2Infer,
+        Route::Explore,
+        Route::Trace,
     ];
 
     /// The route a request path names, if any (the query string is not part of `path`).
@@ -98,7 +137,20 @@ impl Route {
             "/v1/classify/batch" => Route::ClassifyBatch,
             "/v1/cam" => Route::Cam,
             "/predict" => Route::Predict,
-            _ => return None,
+            "/explore" => Route::Explore,
+            "/v1/trace" => Route::Trace,
+            "/v1/vision/scene" => Route::Scene,
+            "/v1/vision/custom/list" => Route::CustomList,
+            "/v1/status/updateavailable" => Route::UpdateAvailable,
+            "/v2/health/live" => Route::V2Live,
+            "/v2/health/ready" => Route::V2Ready,
+            "/v2" => Route::V2Server,
+            _ => match kserve::parse_model_path(path)?.op {
+                kserve::ModelOp::Metadata => Route::V2Model,
+                kserve::ModelOp::Ready => Route::V2ModelReady,
+                kserve::ModelOp::Config => Route::V2ModelConfig,
+                kserve::ModelOp::Infer => Route::V2Infer,
+            },
         })
     }
 
@@ -115,6 +167,18 @@ impl Route {
             Route::ClassifyBatch => "/v1/classify/batch",
             Route::Cam => "/v1/cam",
             Route::Predict => "/predict",
+            Route::Scene => "/v1/vision/scene",
+            Route::CustomList => "/v1/vision/custom/list",
+            Route::UpdateAvailable => "/v1/status/updateavailable",
+            Route::V2Live => "/v2/health/live",
+            Route::V2Ready => "/v2/health/ready",
+            Route::V2Server => "/v2",
+            Route::V2Model => "/v2/models/{name}",
+            Route::V2ModelReady => "/v2/models/{name}/ready",
+            Route::V2ModelConfig => "/v2/models/{name}/config",
+            Route::V2Infer => "/v2/models/{name}/infer",
+            Route::Explore => "/explore",
+            Route::Trace => "/v1/trace",
         }
     }
 
@@ -126,14 +190,50 @@ impl Route {
             | Route::Readyz
             | Route::Metrics
             | Route::Model
-            | Route::History => Method::GET,
-            Route::Classify | Route::ClassifyBatch | Route::Cam | Route::Predict => Method::POST,
+            | Route::History
+            | Route::UpdateAvailable
+            | Route::V2Live
+            | Route::V2Ready
+            | Route::V2Server
+            | Route::V2Model
+            | Route::V2ModelReady
+            | Route::V2ModelConfig
+            | Route::Explore => Method::GET,
+            Route::Classify
+            | Route::ClassifyBatch
+            | Route::Cam
+            | Route::Predict
+            | Route::Scene
+            | Route::CustomList
+            | Route::V2Infer
+            | Route::Trace => Method::POST,
         }
     }
 
-    /// Reachable without the token: the probes, and the page (a static file holding no data).
+    /// Reachable without the bearer token: the probes, the page (a static file holding no
+    /// data), and the DeepStack routes, which check the token as their form field `api_key`.
     pub fn is_public(self) -> bool {
-        matches!(self, Route::Page | Route::Healthz | Route::Readyz)
+        matches!(
+            self,
+            Route::Page
+                | Route::Explore
+                | Route::Healthz
+                | Route::Readyz
+                | Route::V2Live
+                | Route::V2Ready
+                | Route::Scene
+                | Route::CustomList
+                | Route::UpdateAvailable
+        )
+    }
+
+    /// Renders a failure in the body shape this route's clients expect: DeepStack's
+    /// `{"success": false, "error"}` for its routes, `{"error", "code"}` everywhere else.
+    pub fn error_response(self, e: &ApiError) -> Response<Full<Bytes>> {
+        match self {
+            Route::Scene | Route::CustomList | Route::UpdateAvailable => vision::error_response(e),
+            _ => error_response(e),
+        }
     }
 
     /// The `route` label in metrics.
@@ -149,6 +249,18 @@ impl Route {
             Route::ClassifyBatch => "classify_batch",
             Route::Cam => "cam",
             Route::Predict => "predict",
+            Route::Scene => "vision_scene",
+            Route::CustomList => "vision_custom_list",
+            Route::UpdateAvailable => "update_available",
+            Route::V2Live => "v2_live",
+            Route::V2Ready => "v2_ready",
+            Route::V2Server => "v2_server",
+            Route::V2Model => "v2_model",
+            Route::V2ModelReady => "v2_model_ready",
+            Route::V2ModelConfig => "v2_model_config",
+            Route::V2Infer => "v2_infer",
+            Route::Explore => "explore",
+            Route::Trace => "trace",
         }
     }
 }
@@ -160,26 +272,39 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Fu
     let path = req.uri().path().to_string();
     let route = Route::from_path(&path);
     let metric_label = route.map_or("unmatched", Route::metric_label);
-    let response = match route {
+    let request_id = crate::ops::request_id(req.headers());
+    let cors = state.config.cors_origin.clone();
+    let mut response = match route {
         None => error_response(&ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no route {path}"),
         )),
+        Some(r) if method == Method::OPTIONS && cors.is_some() => {
+            crate::ops::preflight(&r.method())
+        }
         Some(r) if r.method() != method => method_not_allowed(r),
         Some(r) => match auth::authorize(&state.config, r, &req) {
-            Err(e) => error_response(&e),
-            Ok(()) => with_deadline(r, req, Arc::clone(&state), started).await,
+            Err(e) => r.error_response(&e),
+            Ok(()) => {
+                let run = with_deadline(r, req, Arc::clone(&state), started);
+                crate::ops::with_request_id(request_id.clone(), run).await
+            }
         },
     };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(crate::ops::REQUEST_ID, v);
+    }
+    if let Some(origin) = &cors {
+        crate::ops::add_cors(&mut response, origin);
+    }
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.observe_request(metric_label, status, elapsed);
     if state.config.log_requests {
-        eprintln!(
-            "{method} {path} {status} {:.1}ms",
-            elapsed.as_secs_f64() * 1e3
-        );
+        let format = state.config.log_format;
+        let line = crate::ops::log_line(format, &method, &path, status, elapsed, &request_id);
+        eprintln!("{line}");
     }
     response
 }
@@ -210,8 +335,8 @@ async fn with_deadline(
     let deadline = state.config.timeout;
     match tokio::time::timeout(deadline, dispatch(route, req, state, started)).await {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => error_response(&e),
-        Err(_) => error_response(&ApiError::new(
+        Ok(Err(e)) => route.error_response(&e),
+        Err(_) => route.error_response(&ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
             format!(
@@ -240,6 +365,18 @@ async fn dispatch(
         Route::ClassifyBatch => classify::classify_batch(req, state, started).await,
         Route::Predict => classify::predict(req, state, started).await,
         Route::Cam => cam::cam(req, state).await,
+        Route::Scene => vision::scene(req, state, started).await,
+        Route::CustomList => Ok(vision::custom_list()),
+        Route::UpdateAvailable => Ok(vision::update_available()),
+        Route::V2Live => Ok(kserve::live()),
+        Route::V2Ready => Ok(kserve::ready(&state)),
+        Route::V2Server => Ok(kserve::server_metadata()),
+        Route::V2Model => kserve::model_metadata(req.uri().path()),
+        Route::V2ModelReady => kserve::model_ready(req.uri().path(), &state),
+        Route::V2ModelConfig => kserve::model_config(req.uri().path(), &state),
+        Route::V2Infer => kserve::infer_route(req, state, started).await,
+        Route::Explore => Ok(trace::page()),
+        Route::Trace => trace::trace(req, state, started).await,
     }
 }
 

@@ -24,6 +24,14 @@ pub(super) fn healthz() -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &Status { status: "ok" })
 }
 
+impl AppState {
+    /// Ready for traffic: the model is warmed up and no shutdown has begun (a SIGTERM turns
+    /// this false before the listener closes, so load balancers stop sending first).
+    pub fn is_ready(&self) -> bool {
+        self.batcher.is_ready() && !self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
 pub(super) fn readyz(state: &AppState) -> Response<Full<Bytes>> {
     if state.shutting_down.load(Ordering::Acquire) {
         error_response(&ApiError::new(

@@ -2,6 +2,8 @@
 //! client over TcpStream (so malformed and slow requests are possible), multipart bodies.
 #![allow(dead_code)]
 
+pub mod chromium;
+
 use ndarray::{Array2, ArrayView4};
 use resnet_core::backend::{Backend, BackendKind, BackendOptions, LayerObserver};
 use resnet_core::cpu::Isa;

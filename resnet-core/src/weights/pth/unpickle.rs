@@ -1,32 +1,10 @@
-//! Reading PyTorch `.pth` checkpoints without Python.
-//!
-//! `torch.save(state_dict, f)` (PyTorch >= 1.6) writes a zip archive:
-//!
-//! ```text
-//! <name>/data.pkl      a pickle (protocol 2) of an OrderedDict: key -> tensor
-//! <name>/data/<key>    one raw little-endian storage per <key>
-//! <name>/byteorder     "little"
-//! ```
-//!
-//! Each tensor in the pickle is a call `torch._utils._rebuild_tensor_v2(storage, offset, size,
-//! stride, requires_grad, hooks)` whose `storage` is a *persistent id*
-//! `("storage", torch.FloatStorage, "<key>", "cpu", numel)` pointing at `data/<key>`. Several
-//! tensors may share one storage (views, slices at an offset, transposes).
-//!
-//! A pickle is a program for a stack machine, and Python's unpickler will call any function it
-//! names. This reader is not an interpreter: it knows the handful of opcodes a state dict uses
-//! and exactly these callables — `collections.OrderedDict`, `_rebuild_tensor_v2`,
-//! `_rebuild_parameter` and the storage classes — and refuses anything else by name
-//! ([`Error::ForbiddenPickle`]). Depth, memo, value count and tensor sizes are bounded, so a
-//! hostile file costs bounded memory and time.
+//! The restricted unpickler: runs a state dict's `data.pkl` without calling out.
 
-use super::{RawTensor, SourceDtype};
+use super::view::{element_count, TensorRef, MAX_ELEMENTS};
 use crate::error::{Error, Result};
-use std::collections::{BTreeMap, HashMap};
-use std::io::{Cursor, Read};
+use crate::weights::SourceDtype;
+use std::collections::HashMap;
 
-/// Largest `data.pkl` accepted (ResNet-18's is 15 KB).
-const MAX_PICKLE_BYTES: u64 = 64 << 20;
 /// Deepest nesting of containers (a state dict needs 4: dict, tensor args, size tuple).
 const MAX_NESTING: usize = 32;
 /// Most values the pickle may create, counting copies made by memo lookups: bounds the
@@ -36,14 +14,118 @@ const MAX_VALUES: usize = 4 << 20;
 const MAX_MEMO: usize = 1 << 20;
 /// Most MARKs open at once.
 const MAX_MARKS: usize = 1 << 10;
-/// Largest tensor, and largest total, in elements (1 Gi f32 = 4 GiB).
-const MAX_ELEMENTS: u64 = 1 << 30;
 /// Most dimensions of one tensor.
 const MAX_DIMS: usize = 8;
 
+/// The pickle opcodes, named as Python's `pickletools` names them. The reader, the refusal
+/// messages ([`opcode_name`]) and the writer all use these names.
+pub(super) mod opcodes {
+    // Protocol 2+ framing and control.
+    /// Protocol version follows (1 byte).
+    pub const PROTO: u8 = 0x80;
+    /// Frame length follows (8 bytes), protocol 4.
+    pub const FRAME: u8 = 0x95;
+    /// End of the pickle: the top of the stack is the result.
+    pub const STOP: u8 = b'.';
+    /// Pushes a mark onto the mark stack.
+    pub const MARK: u8 = b'(';
+    /// Discards the top of the stack.
+    pub const POP: u8 = b'0';
+    /// Duplicates the top of the stack.
+    pub const DUP: u8 = b'2';
+
+    // Scalars.
+    pub const NONE: u8 = b'N';
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    /// 1-byte unsigned integer.
+    pub const BININT1: u8 = b'K';
+    /// 2-byte unsigned integer.
+    pub const BININT2: u8 = b'M';
+    /// 4-byte signed integer.
+    pub const BININT: u8 = b'J';
+    /// Integer of n (1-byte length) little-endian two's-complement bytes.
+    pub const LONG1: u8 = 0x8a;
+    /// 8-byte big-endian float.
+    pub const BINFLOAT: u8 = b'G';
+    /// UTF-8 string, 4-byte length.
+    pub const BINUNICODE: u8 = b'X';
+    /// UTF-8 string, 1-byte length.
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    /// Byte string (Python 2 str), 4-byte length.
+    pub const BINSTRING: u8 = b'T';
+    /// Byte string (Python 2 str), 1-byte length.
+    pub const SHORT_BINSTRING: u8 = b'U';
+    /// Bytes, 4-byte length.
+    pub const BINBYTES: u8 = b'B';
+    /// Bytes, 1-byte length.
+    pub const SHORT_BINBYTES: u8 = b'C';
+
+    // Containers.
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const EMPTY_DICT: u8 = b'}';
+    /// Tuple of everything above the topmost mark.
+    pub const TUPLE: u8 = b't';
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE2: u8 = 0x86;
+    pub const TUPLE3: u8 = 0x87;
+    /// List of everything above the topmost mark.
+    pub const LIST: u8 = b'l';
+    pub const APPEND: u8 = b'a';
+    pub const APPENDS: u8 = b'e';
+    pub const SETITEM: u8 = b's';
+    pub const SETITEMS: u8 = b'u';
+
+    // The memo.
+    /// Stores the top of the stack at a 1-byte index.
+    pub const BINPUT: u8 = b'q';
+    /// Stores the top of the stack at a 4-byte index.
+    pub const LONG_BINPUT: u8 = b'r';
+    /// Stores the top of the stack at the next index (protocol 4).
+    pub const MEMOIZE: u8 = 0x94;
+    /// Pushes the memo entry at a 1-byte index.
+    pub const BINGET: u8 = b'h';
+    /// Pushes the memo entry at a 4-byte index.
+    pub const LONG_BINGET: u8 = b'j';
+
+    // Names and calls: only resolved against [`super::Global`].
+    /// `module\nname\n` follow as text lines.
+    pub const GLOBAL: u8 = b'c';
+    /// Module and name come from the stack (protocol 4).
+    pub const STACK_GLOBAL: u8 = 0x93;
+    /// Persistent id from the stack (a storage reference in a checkpoint).
+    pub const BINPERSID: u8 = b'Q';
+    /// Calls the callable under the top with the argument tuple on top.
+    pub const REDUCE: u8 = b'R';
+    /// Sets an object's state.
+    pub const BUILD: u8 = b'b';
+
+    // Opcodes the reader refuses (named in its error messages).
+    pub const INST: u8 = b'i';
+    pub const OBJ: u8 = b'o';
+    pub const NEWOBJ: u8 = 0x81;
+    pub const NEWOBJ_EX: u8 = 0x92;
+    pub const PERSID: u8 = b'P';
+    pub const STRING: u8 = b'S';
+    pub const UNICODE: u8 = b'V';
+    pub const INT: u8 = b'I';
+    pub const LONG: u8 = b'L';
+    pub const FLOAT: u8 = b'F';
+    pub const GET: u8 = b'g';
+    pub const PUT: u8 = b'p';
+    pub const DICT: u8 = b'd';
+    pub const EXT1: u8 = 0x82;
+    pub const EXT2: u8 = 0x83;
+    pub const EXT4: u8 = 0x84;
+    pub const BYTEARRAY8: u8 = 0x96;
+    pub const NEXT_BUFFER: u8 = 0x97;
+    pub const READONLY_BUFFER: u8 = 0x98;
+}
+
 /// The storage classes a state dict may name, with their element types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum StorageDtype {
+pub(super) enum StorageDtype {
     F32,
     F16,
     BF16,
@@ -67,7 +149,7 @@ impl StorageDtype {
         })
     }
 
-    fn size(self) -> usize {
+    pub(super) fn size(self) -> usize {
         match self {
             StorageDtype::F64 | StorageDtype::I64 => 8,
             StorageDtype::F32 | StorageDtype::I32 => 4,
@@ -76,7 +158,7 @@ impl StorageDtype {
         }
     }
 
-    fn source_dtype(self) -> SourceDtype {
+    pub(super) fn source_dtype(self) -> SourceDtype {
         match self {
             StorageDtype::F32 => SourceDtype::F32,
             StorageDtype::F16 => SourceDtype::F16,
@@ -89,7 +171,7 @@ impl StorageDtype {
     }
 
     /// Converts one element to f32, for the float types a model can use.
-    fn to_f32(self, b: &[u8]) -> Option<f32> {
+    pub(super) fn to_f32(self, b: &[u8]) -> Option<f32> {
         match self {
             StorageDtype::F32 => Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             StorageDtype::F16 => Some(half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
@@ -101,7 +183,7 @@ impl StorageDtype {
 
 /// The only callables a state dict's pickle may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Global {
+pub(super) enum Global {
     OrderedDict,
     RebuildTensorV2,
     RebuildParameter,
@@ -120,20 +202,9 @@ impl Global {
     }
 }
 
-/// A tensor as the pickle describes it: a window onto a storage.
-#[derive(Clone, Debug, PartialEq)]
-struct TensorRef {
-    dtype: StorageDtype,
-    storage: String,
-    storage_numel: u64,
-    offset: u64,
-    shape: Vec<usize>,
-    stride: Vec<u64>,
-}
-
 /// The values a state dict's pickle can build.
 #[derive(Clone, Debug, PartialEq)]
-enum Value {
+pub(super) enum Value {
     None,
     Bool(bool),
     Int(i64),
@@ -178,7 +249,7 @@ impl Value {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
             Value::Bool(_) => "bool",
@@ -195,211 +266,8 @@ impl Value {
         }
     }
 }
-
-/// Reads a `.pth` checkpoint's tensors by key; `source` names the file in errors.
-pub(super) fn read(bytes: &[u8], source: &str) -> Result<BTreeMap<String, RawTensor>> {
-    let corrupt = |reason: String| Error::CorruptCheckpoint {
-        path: source.to_string(),
-        reason,
-    };
-    if !bytes.starts_with(b"PK\x03\x04") {
-        if bytes.starts_with(&[0x80]) || bytes.starts_with(b"\x1f\x8b") {
-            return Err(corrupt(
-                "this is a legacy (pre-PyTorch-1.6, non-zip) checkpoint, which this reader does \
-                 not support; re-save it with a current PyTorch: \
-                 torch.save(torch.load(OLD, weights_only=True), NEW)"
-                    .into(),
-            ));
-        }
-        return Err(corrupt(if bytes.is_empty() {
-            "the file is empty".into()
-        } else {
-            "not a zip archive (a .pth from torch.save starts with 'PK')".into()
-        }));
-    }
-    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| corrupt(format!("corrupt zip archive: {e}")))?;
-    let pickle_name = archive
-        .file_names()
-        .filter(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
-        .min()
-        .map(str::to_string)
-        .ok_or_else(|| corrupt("the zip archive has no data.pkl".into()))?;
-    let prefix = pickle_name.trim_end_matches("data.pkl").to_string();
-    if let Ok(order) = read_entry(&mut archive, bytes.len(), &format!("{prefix}byteorder"), 16) {
-        if order != b"little" {
-            return Err(corrupt(format!(
-                "storages are stored {}-endian; only little-endian checkpoints are supported",
-                String::from_utf8_lossy(&order)
-            )));
-        }
-    }
-    let pickle =
-        read_entry(&mut archive, bytes.len(), &pickle_name, MAX_PICKLE_BYTES).map_err(corrupt)?;
-    let root = Unpickler::new(&pickle, source).run()?;
-
-    let entries = match root {
-        Value::Dict(entries) => entries,
-        other => {
-            return Err(corrupt(format!(
-                "the pickle holds a {}, not a state dict (a dict of tensors)",
-                other.kind()
-            )))
-        }
-    };
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut total_elements = 0u64;
-    let mut out = BTreeMap::new();
-    for (key, value) in entries {
-        let key = match key {
-            Value::Str(s) => s,
-            other => return Err(corrupt(format!("a state-dict key is a {}", other.kind()))),
-        };
-        let tensor = match value {
-            Value::Tensor(t) => t,
-            other => {
-                return Err(corrupt(format!(
-                    "entry '{key}' is a {}, not a tensor",
-                    other.kind()
-                )))
-            }
-        };
-        let numel = element_count(&tensor.shape)
-            .filter(|&n| n <= MAX_ELEMENTS)
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "tensor '{key}' has shape {:?}, over the limit of {MAX_ELEMENTS} elements",
-                    tensor.shape
-                ))
-            })?;
-        total_elements += numel;
-        if total_elements > MAX_ELEMENTS {
-            return Err(corrupt(format!(
-                "the tensors hold more than {MAX_ELEMENTS} elements in all"
-            )));
-        }
-        if !storages.contains_key(&tensor.storage) {
-            let name = format!("{prefix}data/{}", tensor.storage);
-            let want = tensor.storage_numel * tensor.dtype.size() as u64;
-            let data = read_entry(&mut archive, bytes.len(), &name, want).map_err(|e| {
-                corrupt(format!(
-                    "storage '{}' of tensor '{key}': {e}",
-                    tensor.storage
-                ))
-            })?;
-            storages.insert(tensor.storage.clone(), data);
-        }
-        let data = &storages[&tensor.storage];
-        let values = gather(&tensor, data).map_err(|e| corrupt(format!("tensor '{key}': {e}")))?;
-        out.insert(
-            key,
-            RawTensor {
-                dtype: tensor.dtype.source_dtype(),
-                shape: tensor.shape,
-                values,
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// How much larger than the whole archive one entry may decompress to. torch.save stores
-/// entries uncompressed (ratio 1); this only bounds what a deflate bomb can allocate.
-const MAX_EXPANSION: u64 = 16;
-
-/// Reads one zip entry, refusing more than `limit` bytes, and more than [`MAX_EXPANSION`]
-/// times the archive's size (so a deflate bomb cannot grow).
-fn read_entry(
-    archive: &mut zip::ZipArchive<Cursor<&[u8]>>,
-    archive_len: usize,
-    name: &str,
-    limit: u64,
-) -> std::result::Result<Vec<u8>, String> {
-    let archive_len = archive_len as u64;
-    let limit = limit.min(archive_len.saturating_mul(MAX_EXPANSION));
-    let entry = archive
-        .by_name(name)
-        .map_err(|e| format!("zip entry '{name}': {e}"))?;
-    let mut data = Vec::new();
-    entry
-        .take(limit + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("zip entry '{name}' cannot be read: {e}"))?;
-    if data.len() as u64 > limit {
-        return Err(format!("zip entry '{name}' is larger than {limit} bytes"));
-    }
-    Ok(data)
-}
-
-fn element_count(shape: &[usize]) -> Option<u64> {
-    shape
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-}
-
-/// Copies a tensor's elements out of its storage in row-major order, honouring offset and
-/// strides (views, slices, transposes), after checking that every element lies inside the
-/// storage. Integer tensors are checked but not converted (`num_batches_tracked` only).
-fn gather(t: &TensorRef, storage: &[u8]) -> std::result::Result<Vec<f32>, String> {
-    let elem = t.dtype.size();
-    let stored = storage.len() as u64 / elem as u64;
-    if stored < t.storage_numel {
-        return Err(format!(
-            "storage '{}' holds {stored} elements, the checkpoint declares {}",
-            t.storage, t.storage_numel
-        ));
-    }
-    let numel = element_count(&t.shape).unwrap_or(u64::MAX);
-    if numel == 0 {
-        return Ok(Vec::new());
-    }
-    // The farthest element the view touches; strides are non-negative in PyTorch.
-    let last = t
-        .shape
-        .iter()
-        .zip(&t.stride)
-        .try_fold(t.offset, |acc, (&d, &s)| {
-            (d as u64 - 1)
-                .checked_mul(s)
-                .and_then(|x| acc.checked_add(x))
-        })
-        .unwrap_or(u64::MAX);
-    if last >= t.storage_numel {
-        return Err(format!(
-            "shape {:?} with strides {:?} at offset {} reaches element {last}, but storage '{}' \
-             has only {} elements",
-            t.shape, t.stride, t.offset, t.storage, t.storage_numel
-        ));
-    }
-    if t.dtype.to_f32(&[0; 8]).is_none() {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::with_capacity(numel as usize);
-    let mut index = vec![0usize; t.shape.len()];
-    let mut pos = t.offset;
-    loop {
-        let at = pos as usize * elem;
-        out.push(t.dtype.to_f32(&storage[at..at + elem]).unwrap_or(f32::NAN));
-        // Advance the multi-index like an odometer, innermost dimension first.
-        let mut dim = t.shape.len();
-        loop {
-            if dim == 0 {
-                return Ok(out);
-            }
-            dim -= 1;
-            index[dim] += 1;
-            pos += t.stride[dim];
-            if index[dim] < t.shape[dim] {
-                break;
-            }
-            pos -= t.stride[dim] * t.shape[dim] as u64;
-            index[dim] = 0;
-        }
-    }
-}
-
 /// The restricted unpickler: a stack, a memo and a mark stack, and nothing that can call out.
-struct Unpickler<'a> {
+pub(super) struct Unpickler<'a> {
     data: &'a [u8],
     pos: usize,
     source: &'a str,
@@ -410,7 +278,7 @@ struct Unpickler<'a> {
 }
 
 impl<'a> Unpickler<'a> {
-    fn new(data: &'a [u8], source: &'a str) -> Self {
+    pub(super) fn new(data: &'a [u8], source: &'a str) -> Self {
         Unpickler {
             data,
             pos: 0,
@@ -589,47 +457,48 @@ impl<'a> Unpickler<'a> {
     }
 
     /// Runs the pickle to its STOP and returns the value it built.
-    fn run(mut self) -> Result<Value> {
+    pub(super) fn run(mut self) -> Result<Value> {
+        use opcodes::*;
         loop {
             let at = self.pos;
             let op = self.u8()?;
             match op {
-                0x80 => {
+                PROTO => {
                     let proto = self.u8()?;
                     if proto > 5 {
                         return Err(self.corrupt(format!("unknown pickle protocol {proto}")));
                     }
                 }
-                0x95 => {
+                FRAME => {
                     // FRAME (protocol 4): a length prefix for buffering; nothing to do.
                     self.take(8)?;
                 }
-                b'.' => {
+                STOP => {
                     let v = self.pop()?;
                     return Ok(v);
                 }
-                b'(' => {
+                MARK => {
                     if self.marks.len() >= MAX_MARKS {
                         return Err(self.corrupt(format!("more than {MAX_MARKS} open MARKs")));
                     }
                     self.marks.push(self.stack.len());
                 }
-                b'N' => self.push(Value::None)?,
-                0x88 => self.push(Value::Bool(true))?,
-                0x89 => self.push(Value::Bool(false))?,
-                b'K' => {
+                NONE => self.push(Value::None)?,
+                NEWTRUE => self.push(Value::Bool(true))?,
+                NEWFALSE => self.push(Value::Bool(false))?,
+                BININT1 => {
                     let v = self.u8()?;
                     self.push(Value::Int(v.into()))?
                 }
-                b'M' => {
+                BININT2 => {
                     let v = self.u16()?;
                     self.push(Value::Int(v.into()))?
                 }
-                b'J' => {
+                BININT => {
                     let v = self.u32()? as i32;
                     self.push(Value::Int(v.into()))?
                 }
-                0x8a => {
+                LONG1 => {
                     // LONG1: little-endian two's complement of n bytes.
                     let n = self.u8()? as usize;
                     if n > 8 {
@@ -644,40 +513,40 @@ impl<'a> Unpickler<'a> {
                     buf[..n].copy_from_slice(b);
                     self.push(Value::Int(i64::from_le_bytes(buf)))?
                 }
-                b'G' => {
+                BINFLOAT => {
                     let b = self.take(8)?;
                     let v = f64::from_be_bytes(b.try_into().expect("8 bytes"));
                     self.push(Value::Float(v))?
                 }
-                b'X' => {
+                BINUNICODE => {
                     let n = self.u32()? as usize;
                     let s = self.string(n)?;
                     self.push(Value::Str(s))?
                 }
-                0x8c => {
+                SHORT_BINUNICODE => {
                     let n = self.u8()? as usize;
                     let s = self.string(n)?;
                     self.push(Value::Str(s))?
                 }
-                b'T' | b'B' => {
+                BINSTRING | BINBYTES => {
                     let n = self.u32()? as usize;
                     let b = self.take(n)?.to_vec();
                     self.push(Value::Bytes(b))?
                 }
-                b'U' | b'C' => {
+                SHORT_BINSTRING | SHORT_BINBYTES => {
                     let n = self.u8()? as usize;
                     let b = self.take(n)?.to_vec();
                     self.push(Value::Bytes(b))?
                 }
-                b')' => self.push(Value::Tuple(Vec::new()))?,
-                b']' => self.push(Value::List(Vec::new()))?,
-                b'}' => self.push(Value::Dict(Vec::new()))?,
-                b't' => {
+                EMPTY_TUPLE => self.push(Value::Tuple(Vec::new()))?,
+                EMPTY_LIST => self.push(Value::List(Vec::new()))?,
+                EMPTY_DICT => self.push(Value::Dict(Vec::new()))?,
+                TUPLE => {
                     let items = self.pop_mark()?;
                     self.push(Value::Tuple(items))?
                 }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
+                TUPLE1 | TUPLE2 | TUPLE3 => {
+                    let n = (op - TUPLE1 + 1) as usize;
                     let mut items = Vec::with_capacity(n);
                     for _ in 0..n {
                         items.push(self.pop()?);
@@ -685,53 +554,53 @@ impl<'a> Unpickler<'a> {
                     items.reverse();
                     self.push(Value::Tuple(items))?
                 }
-                b'l' => {
+                LIST => {
                     let items = self.pop_mark()?;
                     self.push(Value::List(items))?
                 }
-                b'a' => {
+                APPEND => {
                     let v = self.pop()?;
                     self.append(vec![v])?
                 }
-                b'e' => {
+                APPENDS => {
                     let items = self.pop_mark()?;
                     self.append(items)?
                 }
-                b's' => {
+                SETITEM => {
                     let v = self.pop()?;
                     let k = self.pop()?;
                     self.set_items(vec![k, v])?
                 }
-                b'u' => {
+                SETITEMS => {
                     let items = self.pop_mark()?;
                     self.set_items(items)?
                 }
-                b'q' => {
+                BINPUT => {
                     let i = self.u8()?;
                     self.memo_put(i.into())?
                 }
-                b'r' => {
+                LONG_BINPUT => {
                     let i = self.u32()?;
                     self.memo_put(i)?
                 }
-                0x94 => {
+                MEMOIZE => {
                     let i = self.memo.len() as u32;
                     self.memo_put(i)?
                 }
-                b'h' => {
+                BINGET => {
                     let i = self.u8()?;
                     self.memo_get(i.into())?
                 }
-                b'j' => {
+                LONG_BINGET => {
                     let i = self.u32()?;
                     self.memo_get(i)?
                 }
-                b'c' => {
+                GLOBAL => {
                     let module = self.line()?;
                     let name = self.line()?;
                     self.global(module, name)?
                 }
-                0x93 => {
+                STACK_GLOBAL => {
                     // STACK_GLOBAL (protocol 4): module and name come from the stack.
                     let name = self.pop()?;
                     let module = self.pop()?;
@@ -740,18 +609,18 @@ impl<'a> Unpickler<'a> {
                         _ => return Err(self.corrupt("STACK_GLOBAL without two strings")),
                     }
                 }
-                b'Q' => {
+                BINPERSID => {
                     let pid = self.pop()?;
                     let storage = self.persistent_storage(pid)?;
                     self.push(storage)?
                 }
-                b'R' => {
+                REDUCE => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
                     let v = self.reduce(callable, args)?;
                     self.push(v)?
                 }
-                b'b' => {
+                BUILD => {
                     // BUILD: sets attributes (a state dict's `_metadata`); data only, ignored.
                     let _state = self.pop()?;
                     match self.top_mut()? {
@@ -762,10 +631,10 @@ impl<'a> Unpickler<'a> {
                         }
                     }
                 }
-                b'0' => {
+                POP => {
                     self.pop()?;
                 }
-                b'2' => {
+                DUP => {
                     let v = self.top_mut()?.clone();
                     self.charge(v.count())?;
                     self.push(v)?
@@ -884,119 +753,22 @@ impl<'a> Unpickler<'a> {
 
 /// Names of the pickle opcodes this reader refuses, for error messages.
 fn opcode_name(op: u8) -> &'static str {
+    use opcodes::*;
     match op {
-        b'i' => "INST: builds an arbitrary object",
-        b'o' => "OBJ: builds an arbitrary object",
-        0x81 => "NEWOBJ: builds an arbitrary object",
-        0x92 => "NEWOBJ_EX: builds an arbitrary object",
-        b'P' => "PERSID",
-        b'S' | b'V' | b'I' | b'L' | b'F' | b'g' | b'p' | b'd' => {
+        INST => "INST: builds an arbitrary object",
+        OBJ => "OBJ: builds an arbitrary object",
+        NEWOBJ => "NEWOBJ: builds an arbitrary object",
+        NEWOBJ_EX => "NEWOBJ_EX: builds an arbitrary object",
+        PERSID => "PERSID",
+        STRING | UNICODE | INT | LONG | FLOAT | GET | PUT | DICT => {
             "a text-protocol (protocol 0) opcode"
         }
-        0x82..=0x84 => "EXT: extension registry",
-        0x96 => "BYTEARRAY8",
-        0x97 => "NEXT_BUFFER",
-        0x98 => "READONLY_BUFFER",
+        EXT1 | EXT2 | EXT4 => "EXT: extension registry",
+        BYTEARRAY8 => "BYTEARRAY8",
+        NEXT_BUFFER => "NEXT_BUFFER",
+        READONLY_BUFFER => "READONLY_BUFFER",
         _ => "not a pickle opcode a state dict uses",
     }
-}
-
-/// One state-dict entry to write.
-pub enum PthEntry<'a> {
-    /// A float tensor: shape and row-major values, stored in the given dtype.
-    Float(&'a [usize], &'a [f32], super::StoreDtype),
-    /// A 0-d int64 tensor (`num_batches_tracked`).
-    Counter(i64),
-}
-
-/// Writes a checkpoint exactly as `torch.save(state_dict)` lays it out (protocol-2 pickle of an
-/// OrderedDict of `_rebuild_tensor_v2` calls, one contiguous storage per tensor), so that
-/// `torch.load(f, weights_only=True)` reads it.
-pub fn write(entries: &[(&str, PthEntry<'_>)]) -> Vec<u8> {
-    use std::io::Write;
-    fn unicode(p: &mut Vec<u8>, s: &str) {
-        p.push(b'X');
-        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        p.extend_from_slice(s.as_bytes());
-    }
-    fn int(p: &mut Vec<u8>, v: usize) {
-        p.push(b'J');
-        p.extend_from_slice(&(v as i32).to_le_bytes());
-    }
-    fn int_tuple(p: &mut Vec<u8>, v: &[usize]) {
-        p.push(b'(');
-        for &x in v {
-            int(p, x);
-        }
-        p.push(b't');
-    }
-    let mut pickle = b"\x80\x02ccollections\nOrderedDict\nq\x00)R(".to_vec();
-    let mut storages: Vec<Vec<u8>> = Vec::new();
-    for (key, entry) in entries {
-        let (class, shape, bytes): (&str, &[usize], Vec<u8>) = match entry {
-            PthEntry::Float(shape, values, dtype) => {
-                let bytes: Vec<u8> = match dtype {
-                    super::StoreDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    super::StoreDtype::F16 => values
-                        .iter()
-                        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                        .collect(),
-                    super::StoreDtype::BF16 => values
-                        .iter()
-                        .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-                        .collect(),
-                };
-                let class = match dtype {
-                    super::StoreDtype::F32 => "FloatStorage",
-                    super::StoreDtype::F16 => "HalfStorage",
-                    super::StoreDtype::BF16 => "BFloat16Storage",
-                };
-                (class, shape, bytes)
-            }
-            PthEntry::Counter(n) => ("LongStorage", &[], n.to_le_bytes().to_vec()),
-        };
-        let numel: usize = shape.iter().product();
-        let mut stride = vec![1usize; shape.len()];
-        for d in (0..shape.len().saturating_sub(1)).rev() {
-            stride[d] = stride[d + 1] * shape[d + 1];
-        }
-        unicode(&mut pickle, key);
-        pickle.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
-        unicode(&mut pickle, "storage");
-        pickle.extend_from_slice(format!("ctorch\n{class}\n").as_bytes());
-        unicode(&mut pickle, &storages.len().to_string());
-        unicode(&mut pickle, "cpu");
-        int(&mut pickle, numel);
-        pickle.extend_from_slice(b"tQ");
-        int(&mut pickle, 0);
-        int_tuple(&mut pickle, shape);
-        int_tuple(&mut pickle, &stride);
-        // requires_grad=False, backward_hooks=OrderedDict() (memo 0 holds the class).
-        pickle.extend_from_slice(b"\x89h\x00)RtR");
-        storages.push(bytes);
-    }
-    pickle.extend_from_slice(b"u.");
-
-    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    // torch.save stores entries uncompressed (and aligned, which readers do not require).
-    let stored =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let mut put = |name: String, data: &[u8]| -> std::io::Result<()> {
-        zip.start_file(name, stored)?;
-        zip.write_all(data)
-    };
-    let written = (|| -> std::io::Result<()> {
-        put("archive/data.pkl".into(), &pickle)?;
-        put("archive/byteorder".into(), b"little")?;
-        for (i, data) in storages.iter().enumerate() {
-            put(format!("archive/data/{i}"), data)?;
-        }
-        put("archive/version".into(), b"3\n")
-    })();
-    written.expect("writing a zip archive to memory cannot fail");
-    zip.finish()
-        .expect("finishing a zip archive in memory cannot fail")
-        .into_inner()
 }
 
 #[cfg(test)]
@@ -1056,36 +828,5 @@ mod tests {
     fn stack_underflow_is_an_error() {
         let err = run(b"\x80\x02s.").unwrap_err().to_string();
         assert!(err.contains("stack underflow"), "{err}");
-    }
-
-    #[test]
-    fn gather_honours_strides_and_checks_bounds() {
-        let storage: Vec<u8> = (0..6u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        let t = TensorRef {
-            dtype: StorageDtype::F32,
-            storage: "0".into(),
-            storage_numel: 6,
-            offset: 0,
-            shape: vec![3, 2],
-            stride: vec![1, 3],
-        };
-        assert_eq!(
-            gather(&t, &storage).unwrap(),
-            [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
-        );
-        let shifted = TensorRef {
-            offset: 1,
-            ..t.clone()
-        };
-        assert!(gather(&shifted, &storage)
-            .unwrap_err()
-            .contains("reaches element 6"));
-        let short = TensorRef {
-            storage_numel: 7,
-            ..t
-        };
-        assert!(gather(&short, &storage)
-            .unwrap_err()
-            .contains("holds 6 elements"));
     }
 }

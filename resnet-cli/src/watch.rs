@@ -1,0 +1,229 @@
+//! `resnet watch`: the watcher engine (crate `resnet-watch`) with the model, output, alert
+//! actions and signals of the command line.
+
+use crate::args::{DecodeArgs, ModelArgs};
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use resnet_watch::alert::Actions;
+use resnet_watch::webhook::Webhook;
+use resnet_watch::{AlertRule, EventFilter, SourceSpec, WatchOptions, Watcher};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub const AFTER_HELP: &str = "Examples:
+  resnet watch /srv/ftp/cam1                       # new snapshots dropped into a folder
+  resnet watch http://cam.local/video.mjpg --fps 2 --motion 0.02
+  resnet watch http://cam.local/snapshot.jpg --fps 0.5
+  resnet watch front=rtsp://user:pass@cam.local/stream1 --alert person,dog --min-prob 0.6 \\
+      --webhook http://127.0.0.1:9000/hook --save-dir alerts/
+  resnet watch clip.mp4 --fps 1 --format text
+
+Events are JSON lines on stdout (or text); problems with a frame are error events and the
+watcher goes on. Ctrl-C or SIGTERM stops it with the output flushed. Exit code: 0, 1 when some
+frames failed, 2 for a configuration error.";
+
+/// Output formats of `watch`: one line per event, flushed as it happens.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchFormat {
+    Jsonl,
+    Text,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// What to watch: a folder, an http(s) URL (MJPEG or snapshot), rtsp://..., a video file,
+    /// a V4L2 device, or ffmpeg:INPUT for anything else ffmpeg reads. NAME=SOURCE names it in
+    /// events.
+    #[arg(required = true, value_name = "SOURCE")]
+    pub sources: Vec<String>,
+    /// Most frames classified per second per stream (0: every frame). Folders are not sampled:
+    /// every file is classified.
+    #[arg(long, default_value_t = 2.0, value_name = "N")]
+    pub fps: f64,
+    /// Classify a frame only when it differs from the last classified one by more than T (mean
+    /// absolute difference of small grey thumbnails, 0..1; 0.02 suits most cameras).
+    #[arg(long, value_name = "T")]
+    pub motion: Option<f64>,
+    /// Report only frames where one of these classes (indices or label names, comma-separated)
+    /// reaches --min-prob; with --webhook / --save-dir those are posted / saved.
+    #[arg(long, value_delimiter = ',', value_name = "CLASSES")]
+    pub alert: Vec<String>,
+    /// Probability an --alert class must reach.
+    #[arg(long, default_value_t = 0.5, value_name = "P")]
+    pub min_prob: f32,
+    /// Report a frame only when its top-1 class differs from the previous frame's (per source).
+    #[arg(long)]
+    pub on_change: bool,
+    /// POST each reported frame's event as JSON to this URL (in the background, with retries).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Save each reported frame as a JPEG in this folder (the event says where).
+    #[arg(long, value_name = "DIR")]
+    pub save_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: WatchFormat,
+    /// How many classes per event.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top_k: u16,
+    /// Include the 1000 raw logits in JSON events.
+    #[arg(long)]
+    pub logits: bool,
+    /// Folders: also classify the files already there (default: only new or replaced ones).
+    #[arg(long)]
+    pub existing: bool,
+    /// Folders: poll every MS milliseconds instead of using file events (network shares).
+    #[arg(long, value_name = "MS")]
+    pub poll_ms: Option<u64>,
+    /// Folders, when polling: how long a file must stay unchanged before it is taken.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub settle_ms: u64,
+    /// Longest pause between reconnection attempts to a stream, in seconds.
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    pub reconnect_max_s: f64,
+    /// HTTP connect and read timeout in seconds (a silent stream is reconnected after it).
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub timeout_s: f64,
+    /// Largest MJPEG frame or snapshot accepted, in MiB.
+    #[arg(long, default_value_t = 16.0, value_name = "MB")]
+    pub max_frame_mb: f64,
+}
+
+/// Per webhook attempt, connect to answer.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long queued webhook posts may take at exit.
+const WEBHOOK_GRACE: Duration = Duration::from_secs(3);
+
+fn options(
+    args: &WatchArgs,
+    alert: Option<AlertRule>,
+    keep_images: bool,
+) -> anyhow::Result<WatchOptions> {
+    let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
+        anyhow::ensure!(
+            v > 0.0 && v.is_finite(),
+            "{name} must be a positive number of seconds, got {v}"
+        );
+        Ok(Duration::from_secs_f64(v))
+    };
+    anyhow::ensure!(
+        args.max_frame_mb > 0.0 && args.max_frame_mb.is_finite(),
+        "--max-frame-mb must be a positive number, got {}",
+        args.max_frame_mb
+    );
+    Ok(WatchOptions {
+        decode: args.decode.options()?,
+        fps: args.fps,
+        motion: args.motion,
+        top_k: args.top_k as usize,
+        logits: args.logits,
+        keep_images,
+        alert,
+        max_frame_bytes: (args.max_frame_mb * 1024.0 * 1024.0) as usize,
+        settle: Duration::from_millis(args.settle_ms),
+        poll: args.poll_ms.map(|ms| Duration::from_millis(ms.max(10))),
+        existing: args.existing,
+        reconnect_max: secs("--reconnect-max-s", args.reconnect_max_s)?,
+        http_timeout: secs("--timeout-s", args.timeout_s)?,
+        max_batch: 8,
+    })
+}
+
+pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let specs = args
+        .sources
+        .iter()
+        .map(|s| SourceSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let model = crate::model::load_model(&args.model)?;
+    let alert = if args.alert.is_empty() {
+        None
+    } else {
+        Some(AlertRule::parse(&args.alert, &model.labels, args.min_prob)?)
+    };
+    let webhook = args
+        .webhook
+        .as_deref()
+        .map(|url| Webhook::start(url, WEBHOOK_TIMEOUT))
+        .transpose()?;
+    let mut actions = Actions::new(args.save_dir.as_deref(), webhook)?;
+    let filter = EventFilter {
+        on_change: args.on_change,
+        alerts_only: alert.is_some(),
+    };
+    let opts = options(&args, alert, actions.needs_images())?;
+    let watcher = Watcher::new(specs, opts)?;
+    stop_on_signals(watcher.stopper())?;
+    log::info!(
+        "watching {} source{} with {}",
+        args.sources.len(),
+        if args.sources.len() == 1 { "" } else { "s" },
+        model.backend.name()
+    );
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let format = args.format;
+    let summary = watcher.run(model.backend.as_ref(), &model.labels, |mut event| {
+        if !filter.wants(&event) {
+            return Ok(());
+        }
+        if let Some(e) = &event.error {
+            log::debug!("{}: frame {}: {e}", event.source, event.frame);
+        }
+        actions.apply(&mut event);
+        match format {
+            WatchFormat::Jsonl => {
+                serde_json::to_writer(&mut out, &event)?;
+                writeln!(out)?;
+            }
+            WatchFormat::Text => writeln!(out, "{}", event.to_text())?,
+        }
+        out.flush()
+    });
+    // Whatever ended the run, what was written so far reaches its reader.
+    let flushed = out.flush();
+    actions.finish(WEBHOOK_GRACE);
+    let summary = summary.context("writing events")?;
+    flushed.context("writing events")?;
+    for (name, stats) in watcher.stats() {
+        let s = stats.snapshot();
+        log::info!(
+            "{name}: {} received, {} classified, {} skipped (--fps), {} gated (--motion), {} dropped (model busy), {} errors, {} reconnects",
+            s.received, s.classified, s.skipped, s.gated, s.dropped, s.errors, s.reconnects
+        );
+    }
+    Ok(if summary.errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGINT / SIGTERM stop the watcher cleanly (current frame finished, output flushed); a second
+/// one exits at once.
+fn stop_on_signals(stopper: resnet_watch::Stopper) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    std::process::exit(128 + signal);
+                }
+                log::info!("stopping (signal {signal}); again to quit at once");
+                stopper.stop();
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! The explorer from the command line (issue 18): `POST /v1/trace` of a real `resnet serve`
+//! process answers the statistics `resnet trace --format json` prints for the same image and
+//! backends, and the `resnet trace --html` file opens in headless Chromium with the network
+//! offline and shows the same layers. Chromium as in resnet-server's browser test (the driver is
+//! shared by path); `RESNET_BROWSER_TEST=skip` skips the browser part explicitly.
+
+#[path = "../../resnet-server/tests/util/chromium.rs"]
+mod chromium;
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cat() -> PathBuf {
+    repo().join("testdata/images/cat_baseline.jpg")
+}
+
+fn resnet() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resnet"));
+    cmd.env_remove("RESNET_WEIGHTS")
+        .env_remove("RESNET_ISA")
+        .env_remove("RESNET_TOKEN");
+    cmd
+}
+
+fn synth() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = resnet()
+            .args(["weights", "synth", "--seed", "0", "--out"])
+            .arg(dir.path().join("synth.safetensors"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        dir
+    });
+    Box::leak(dir.path().join("synth.safetensors").into_boxed_path())
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `resnet serve` on a free port; killed when dropped.
+struct Serve(Child, SocketAddr);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(extra: &[&str]) -> Serve {
+    let mut child = resnet()
+        .arg("serve")
+        .arg("--weights")
+        .arg(synth())
+        .args(["--addr", "127.0.0.1:0"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("no 'listening' line");
+        if let Some(a) = line.strip_prefix("resnet serve: listening on http://") {
+            break a.parse().unwrap();
+        }
+    };
+    let server = Serve(child, addr);
+    let started = Instant::now();
+    while http(addr, "GET", "/readyz", b"").0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(120), "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+/// One request with `Connection: close`; returns (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
+    (status, out[end + 4..].to_vec())
+}
+
+/// The fields of a layer that do not depend on timing.
+const STAT_KEYS: [&str; 7] = ["layer", "shape", "min", "max", "mean", "std", "zeros"];
+
+#[test]
+fn the_trace_route_answers_what_resnet_trace_prints() {
+    let server = serve(&["--trace-backend", "gemm"]);
+    let (status, body) = http(
+        server.1,
+        "POST",
+        "/v1/trace?compare=gemm",
+        &std::fs::read(cat()).unwrap(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let route: Value = serde_json::from_slice(&body).unwrap();
+    let out = ok(resnet()
+        .args(["trace", "--weights"])
+        .arg(synth())
+        .args(["--compare", "gemm", "--format", "json"])
+        .arg(cat())
+        .output()
+        .unwrap());
+    let cli: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = route["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 12);
+    assert_eq!(cli.len(), 12);
+    for (r, c) in layers.iter().zip(&cli) {
+        // Same backends, same image, same functions, in two processes: the same numbers, printed
+        // by the same serialiser and parsed back by the same parser.
+        for key in STAT_KEYS {
+            assert_eq!(r[key], c[key], "{}: {key}", c["layer"]);
+        }
+        assert_eq!(r["versus"], c["versus"], "{}: SQNR", c["layer"]);
+        assert!(r["ms"].as_f64().unwrap() > 0.0 && c["ms"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn the_html_file_opens_offline_and_shows_the_same_layers() {
+    let Some(chromium) = chromium::chromium_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("cat explorer.html");
+    let out = ok(resnet()
+        .args(["trace", "--weights"])
+        .arg(synth())
+        .args([
+            "--compare",
+            "gemm",
+            "--format",
+            "json",
+            "--maps",
+            "8",
+            "--html",
+        ])
+        .arg(&html)
+        .arg(cat())
+        .output()
+        .unwrap());
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.len() < 8 << 20, "{} bytes", page.len());
+    let screenshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&screenshot_dir).unwrap();
+    let screenshot = screenshot_dir.join("trace_html.png");
+    let (_browser, mut cdp) = chromium::open(&chromium);
+    cdp.call("Network.enable", json!({}));
+    cdp.call(
+        "Network.emulateNetworkConditions",
+        json!({"offline": true, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}),
+    );
+    let url = format!("file://{}", html.display()).replace(' ', "%20");
+    cdp.call("Page.navigate", json!({ "url": url }));
+    cdp.wait_for(
+        "document.readyState === 'complete' && document.getElementById('explorer').getAttribute('data-done') === '1'",
+        "the static explorer",
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('upload').hidden"),
+        json!(true)
+    );
+    let shown: Vec<(String, String)> = serde_json::from_value(cdp.eval(
+        "Array.from(document.querySelectorAll('#layers tr')).map(tr => [tr.dataset.layer, tr.querySelector('.ms').textContent])",
+    ))
+    .unwrap();
+    assert_eq!(shown.len(), rows.len());
+    for ((name, ms), row) in shown.iter().zip(&rows) {
+        assert_eq!(row["layer"], json!(name));
+        // The page shows the time of the same run with two decimals.
+        let v: f64 = ms.strip_suffix(" ms").unwrap().parse().unwrap();
+        assert!(
+            (v - row["ms"].as_f64().unwrap()).abs() <= 0.0051,
+            "{name}: {ms} vs {}",
+            row["ms"]
+        );
+    }
+    // layer3.1 is selected first; its 8 tiles come from the embedded 3x3 sheet of 14x14 maps.
+    cdp.wait_for(
+        "document.getElementById('tiles') && document.getElementById('tiles').getAttribute('data-loaded') === '1'",
+        "the tiles of layer3.1",
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('detail').dataset.layer"),
+        json!("layer3.1")
+    );
+    assert_eq!(
+        cdp.eval("document.querySelectorAll('#tiles .tile').length"),
+        json!(8)
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('tiles').dataset.sheet"),
+        json!("42x42")
+    );
+    assert_eq!(
+        cdp.eval("document.querySelectorAll('#sqnr-strip div').length"),
+        json!(12)
+    );
+    // The activation map of the third class, embedded.
+    cdp.eval("document.querySelectorAll('#top li')[2].click()");
+    cdp.wait_for(
+        "document.getElementById('cam-figure').getAttribute('data-loaded') === '1' && document.getElementById('cam').naturalWidth === 224",
+        "the embedded activation map",
+    );
+    // Nothing was fetched from a network.
+    assert_eq!(
+        cdp.eval("performance.getEntriesByType('resource').filter(e => !e.name.startsWith('data:')).length"),
+        json!(0)
+    );
+    let (w, h) = cdp.screenshot(&screenshot);
+    assert!(w >= 300 && h >= 300);
+    eprintln!("trace --html screenshot: {}", screenshot.display());
+}

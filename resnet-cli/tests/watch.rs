@@ -1,0 +1,934 @@
+//! `resnet watch` as a real process: real folders and file events, MJPEG and snapshot servers
+//! and a webhook receiver on 127.0.0.1, real ffmpeg. Every wait is bounded in time.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn image(name: &str) -> PathBuf {
+    repo().join("testdata/images").join(name)
+}
+
+/// The binary with a hermetic environment (no weights, cache or network from the caller).
+fn resnet_cmd() -> Command {
+    static CACHE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resnet"));
+    for var in [
+        "RESNET_WEIGHTS",
+        "RESNET_ISA",
+        "RESNET_WEIGHTS_URL",
+        "RESNET_WEIGHTS_SHA256",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RESNET_CACHE", cache.path())
+        .env("RESNET_OFFLINE", "1");
+    cmd
+}
+
+/// Synthetic weights written once by the binary itself.
+fn synth() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = resnet_cmd()
+            .args(["weights", "synth", "--seed", "0", "--out"])
+            .arg(dir.path().join("synth.safetensors"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    });
+    Box::leak(dir.path().join("synth.safetensors").into_boxed_path())
+}
+
+/// `resnet classify --logits` of each file: path -> logits.
+fn classify_logits(files: &[PathBuf]) -> Vec<Vec<f64>> {
+    let out = resnet_cmd()
+        .args([
+            "classify",
+            "--format",
+            "jsonl",
+            "--logits",
+            "--batch-size",
+            "1",
+            "--weights",
+        ])
+        .arg(synth())
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| logits(&serde_json::from_str(l).unwrap()))
+        .collect()
+}
+
+fn logits(event: &Value) -> Vec<f64> {
+    event["logits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no logits in {event}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+/// A running `resnet watch`: its events (stdout lines) and stderr lines as they come.
+struct Watch {
+    child: Child,
+    events: Receiver<Value>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn watch(args: &[&str]) -> Watch {
+    watch_with(resnet_cmd(), args)
+}
+
+fn watch_with(mut cmd: Command, args: &[&str]) -> Watch {
+    let mut child = cmd
+        .arg("watch")
+        .arg("--weights")
+        .arg(synth())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, events) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let lines = stderr.clone();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line);
+        }
+    });
+    Watch {
+        child,
+        events,
+        stderr,
+    }
+}
+
+impl Watch {
+    /// Waits (bounded) until stderr has a line containing `text`.
+    fn wait_stderr(&self, text: &str, within: Duration) {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.stderr.lock().unwrap().iter().any(|l| l.contains(text)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no '{text}' on stderr within {within:?}: {:#?}",
+            self.stderr()
+        );
+    }
+
+    fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn count_stderr(&self, text: &str) -> usize {
+        self.stderr().iter().filter(|l| l.contains(text)).count()
+    }
+
+    /// The next event, within `within`.
+    fn next(&self, within: Duration) -> Value {
+        self.events
+            .recv_timeout(within)
+            .unwrap_or_else(|_| panic!("no event within {within:?}; stderr: {:#?}", self.stderr()))
+    }
+
+    /// Events that arrive within `within`, without failing when none do.
+    fn drain(&self, within: Duration) -> Vec<Value> {
+        let end = Instant::now() + within;
+        let mut out = Vec::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok(v) => out.push(v),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Sends `signal` (INT, TERM) and waits (bounded) for the exit; the rest of the events.
+    fn stop(mut self, signal: &str) -> (i32, Vec<Value>, Vec<String>) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let code = self.wait_exit(Duration::from_secs(20));
+        let rest: Vec<Value> = self.events.iter().collect();
+        // The stderr reader ends with the process.
+        std::thread::sleep(Duration::from_millis(100));
+        (code, rest, self.stderr())
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> i32 {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!(
+                    "resnet watch did not exit within {within:?}: {:#?}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The per-source counters `resnet watch` logs at exit: `(received, classified, skipped,
+/// gated, dropped, errors, reconnects)`.
+fn final_stats(stderr: &[String], source: &str) -> [u64; 7] {
+    let line = stderr
+        .iter()
+        .find(|l| l.contains(&format!("{source}: ")) && l.contains(" received, "))
+        .unwrap_or_else(|| panic!("no counters for {source}: {stderr:#?}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let n = nums.len();
+    nums[n - 7..].try_into().unwrap()
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+fn folder_whole_copies_slow_writes_bad_files_and_new_subfolders() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A file there before the start is not classified (no --existing).
+    std::fs::copy(image("flower.gif"), d.join("old.gif")).unwrap();
+    let w = watch(&["--logits", d.to_str().unwrap()]);
+    w.wait_stderr("watching for new files (file events)", LONG);
+
+    std::fs::copy(image("cat_baseline.jpg"), d.join("a.jpg")).unwrap();
+    let a = w.next(LONG);
+    assert_eq!(a["path"], d.join("a.jpg").display().to_string());
+
+    // Written in four chunks with pauses longer than the settle time: taken once, complete.
+    let png = std::fs::read(image("astronaut_rgb.png")).unwrap();
+    {
+        let mut f = std::fs::File::create(d.join("b.png")).unwrap();
+        for chunk in png.chunks(png.len() / 4 + 1) {
+            f.write_all(chunk).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(1300));
+        }
+    }
+    let b = w.next(LONG);
+    assert_eq!(b["path"], d.join("b.png").display().to_string(), "{b}");
+
+    // Not an image although named like one: an error event, and the watcher goes on.
+    std::fs::write(d.join("bad.jpg"), b"this is not a JPEG").unwrap();
+    std::fs::write(d.join("notes.txt"), b"ignored: not an image name").unwrap();
+    let bad = w.next(LONG);
+    assert_eq!(bad["path"], d.join("bad.jpg").display().to_string());
+    assert!(bad["error"].as_str().unwrap().contains("bad.jpg"), "{bad}");
+    assert!(bad.get("predictions").is_none());
+
+    // A subfolder made later, and a file in it right away.
+    std::fs::create_dir(d.join("sub")).unwrap();
+    std::fs::copy(image("coffee_progressive.jpg"), d.join("sub/c.jpg")).unwrap();
+    let c = w.next(LONG);
+    assert_eq!(c["path"], d.join("sub/c.jpg").display().to_string());
+
+    // Replacing a file (rename over it) classifies the new version.
+    std::fs::copy(image("fig_lossy.webp"), d.join("tmp.part")).unwrap();
+    std::fs::rename(d.join("tmp.part"), d.join("a.jpg")).unwrap();
+    let a2 = w.next(LONG);
+    assert_eq!(a2["path"], a["path"]);
+
+    // Nothing more: no second event for the slow file, none for old.gif or notes.txt.
+    let extra = w.drain(Duration::from_secs(3));
+    assert!(extra.is_empty(), "unexpected events: {extra:#?}");
+    let (code, rest, stderr) = w.stop("TERM");
+    assert!(rest.is_empty(), "{rest:#?}");
+    assert_eq!(code, 1, "an error event makes exit code 1: {stderr:#?}");
+    let [received, classified, ..] = final_stats(&stderr, d.to_str().unwrap());
+    assert_eq!((received, classified), (5, 4), "{stderr:#?}");
+
+    // Bit-identical to `classify` on the same files (the slow one included: it was whole).
+    let want = classify_logits(&[
+        image("cat_baseline.jpg"),
+        image("astronaut_rgb.png"),
+        image("coffee_progressive.jpg"),
+        image("fig_lossy.webp"),
+    ]);
+    for (event, want) in [a, b, c, a2].iter().zip(&want) {
+        assert_eq!(&logits(event), want, "{}", event["path"]);
+        assert_eq!(event["predictions"].as_array().unwrap().len(), 5);
+    }
+}
+
+#[test]
+fn folder_by_polling_waits_for_files_to_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let w = watch(&[
+        "--poll-ms",
+        "100",
+        "--settle-ms",
+        "1500",
+        d.to_str().unwrap(),
+    ]);
+    w.wait_stderr("watching for new files (polling every 100 ms)", LONG);
+    let png = std::fs::read(image("brushes_rgb16.png")).unwrap();
+    {
+        let mut f = std::fs::File::create(d.join("slow.png")).unwrap();
+        for chunk in png.chunks(png.len() / 3 + 1) {
+            f.write_all(chunk).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let e = w.next(LONG);
+    assert_eq!(e["path"], d.join("slow.png").display().to_string());
+    assert!(
+        e.get("error").is_none(),
+        "taken before it was complete: {e}"
+    );
+    assert!(w.drain(Duration::from_secs(3)).is_empty());
+    let (code, _, _) = w.stop("INT");
+    assert_eq!(code, 0);
+}
+
+/// Frames the MJPEG server streams, in this order, over and over.
+const MJPEG_FILES: [&str; 4] = [
+    "cat_baseline.jpg",
+    "coffee_progressive.jpg",
+    "cameraman_gray.jpg",
+    "tiny_7x5.jpg",
+];
+
+/// What the MJPEG test server does on each connection, in order.
+#[derive(Clone, Copy)]
+enum Visit {
+    /// `n` frames, then half of the next one, then the connection is closed.
+    FramesThenCut(usize),
+    /// `503 Service Unavailable`.
+    Refuse,
+    /// One garbage part, then frames until the client goes away.
+    GarbageThenFrames,
+}
+
+/// Streams MJPEG at 10 frames/s; the `k`-th whole part sent overall (from 0) is
+/// `MJPEG_FILES[k % 4]`, with and without Content-Length alternately.
+fn mjpeg_server(visits: Vec<Visit>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/video.mjpg", listener.local_addr().unwrap());
+    let frames: Vec<Vec<u8>> = MJPEG_FILES
+        .iter()
+        .map(|f| std::fs::read(image(f)).unwrap())
+        .collect();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        let mut visits = visits.into_iter();
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let Some(visit) = visits.next() else { return };
+            read_request(&mut s);
+            let _ = serve_visit(&mut s, visit, &frames, &counter);
+        }
+    });
+    (url, sent)
+}
+
+fn read_request(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    head
+}
+
+fn part(body: &[u8], with_length: bool) -> Vec<u8> {
+    let mut p = b"--camframe\r\nContent-Type: image/jpeg\r\n".to_vec();
+    if with_length {
+        p.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    p.extend_from_slice(b"\r\n");
+    p.extend_from_slice(body);
+    p.extend_from_slice(b"\r\n");
+    p
+}
+
+fn serve_visit(
+    s: &mut TcpStream,
+    visit: Visit,
+    frames: &[Vec<u8>],
+    sent: &AtomicUsize,
+) -> std::io::Result<()> {
+    if let Visit::Refuse = visit {
+        return s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+    }
+    s.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=camframe\r\nCache-Control: no-cache\r\n\r\n",
+    )?;
+    let frame = |s: &mut TcpStream| -> std::io::Result<()> {
+        let k = sent.load(Ordering::SeqCst);
+        // The delimiter after a part without length ends it: send it with the part.
+        s.write_all(&part(&frames[k % frames.len()], k.is_multiple_of(2)))?;
+        s.write_all(b"--camframe\r\n")?;
+        sent.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(())
+    };
+    match visit {
+        Visit::FramesThenCut(n) => {
+            for _ in 0..n {
+                frame(s)?;
+            }
+            // Headers and half a body of a next part; its delimiter was sent already.
+            let next = &frames[sent.load(Ordering::SeqCst) % frames.len()];
+            s.write_all(b"Content-Type: image/jpeg\r\n\r\n")?;
+            s.write_all(&next[..next.len() / 2])?;
+            s.flush()?;
+            std::thread::sleep(Duration::from_millis(200));
+            s.shutdown(std::net::Shutdown::Both)
+        }
+        Visit::GarbageThenFrames => {
+            s.write_all(
+                b"--camframe\r\nContent-Type: image/jpeg\r\nContent-Length: 9\r\n\r\nnot jpeg!\r\n",
+            )?;
+            loop {
+                frame(s)?;
+            }
+        }
+        Visit::Refuse => unreachable!(),
+    }
+}
+
+#[test]
+fn mjpeg_stream_sampled_at_fps_cut_mid_part_and_reconnected() {
+    let (url, _sent) = mjpeg_server(vec![
+        Visit::FramesThenCut(30),
+        Visit::Refuse,
+        Visit::GarbageThenFrames,
+    ]);
+    let started = Instant::now();
+    let w = watch(&[
+        "--fps",
+        "2",
+        "--reconnect-max-s",
+        "1",
+        &format!("cam={url}"),
+    ]);
+    w.wait_stderr("cam: lost: the stream ended inside a frame", LONG);
+    w.wait_stderr("cam: back after", LONG);
+    // Some frames of the third connection.
+    let _ = w.drain(Duration::from_secs(3));
+    let elapsed = started.elapsed().as_secs_f64();
+    let (code, _, stderr) = w.stop("INT");
+    assert_eq!(code, 1, "the garbage part is an error event: {stderr:#?}");
+    assert_eq!(
+        w_count(&stderr, "cam: lost:"),
+        1,
+        "one line per outage: {stderr:#?}"
+    );
+    assert_eq!(w_count(&stderr, "cam: back after"), 1, "{stderr:#?}");
+    let [received, classified, skipped, gated, dropped, errors, reconnects] =
+        final_stats(&stderr, "cam");
+    assert_eq!(reconnects, 1);
+    assert_eq!(errors, 1, "the garbage part");
+    assert_eq!(gated, 0);
+    assert_eq!(received, classified + skipped + dropped + errors);
+    assert!(
+        received >= 31,
+        "30 whole frames, then the garbage: {received}"
+    );
+    // 10 frames/s sampled at 2/s: never more than 2 a second, and most frames skipped.
+    assert!(
+        (classified as f64) <= 2.0 * elapsed + 2.0,
+        "{classified} in {elapsed:.1} s"
+    );
+    assert!(classified >= 4, "{stderr:#?}");
+    assert!(
+        skipped >= 3 * classified,
+        "{skipped} skipped, {classified} classified"
+    );
+}
+
+fn w_count(stderr: &[String], text: &str) -> usize {
+    stderr.iter().filter(|l| l.contains(text)).count()
+}
+
+#[test]
+fn mjpeg_events_are_the_frames_sent_whole_once_and_in_order() {
+    let (url, _) = mjpeg_server(vec![Visit::FramesThenCut(12), Visit::FramesThenCut(12)]);
+    let w = watch(&["--fps", "0", "--logits", "--reconnect-max-s", "1", &url]);
+    let mut events = Vec::new();
+    let end = Instant::now() + LONG;
+    // Both visits end with a cut; after the second, no server: reconnect attempts fail.
+    while w.count_stderr("lost:") < 1 || w.count_stderr("back after") < 1 || events.len() < 2 {
+        assert!(Instant::now() < end, "{:#?}", w.stderr());
+        events.extend(w.drain(Duration::from_millis(200)));
+    }
+    events.extend(w.drain(Duration::from_secs(4)));
+    let (_, rest, stderr) = w.stop("INT");
+    events.extend(rest);
+    let [received, classified, _, _, dropped, errors, _] = final_stats(&stderr, &url);
+    assert_eq!(
+        received, 24,
+        "every whole part and no torn one: {stderr:#?}"
+    );
+    assert_eq!(errors, 0);
+    assert_eq!(classified + dropped, 24);
+    assert_eq!(events.len() as u64, classified);
+    let want = classify_logits(&MJPEG_FILES.map(image));
+    let mut last = 0;
+    for e in &events {
+        let n = e["frame"].as_u64().unwrap();
+        assert!(n > last, "frames in order, none twice: {n} after {last}");
+        last = n;
+        assert_eq!(logits(e), want[(n as usize - 1) % 4], "frame {n}");
+    }
+}
+
+#[test]
+fn snapshot_url_polled_at_fps() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/snapshot.jpg", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        let jpeg = std::fs::read(image("cat_baseline.jpg")).unwrap();
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            read_request(&mut s);
+            counted.fetch_add(1, Ordering::SeqCst);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                jpeg.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&jpeg);
+        }
+    });
+    let t0 = Instant::now();
+    let w = watch(&["--fps", "4", "--on-change", &url]);
+    let first = w.next(LONG);
+    let more = w.drain(Duration::from_secs(3));
+    let polled = requests.load(Ordering::SeqCst);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (code, _, stderr) = w.stop("TERM");
+    assert_eq!(code, 0, "{stderr:#?}");
+    assert!(first["predictions"].is_array());
+    assert!(
+        more.is_empty(),
+        "--on-change: the same picture is reported once: {more:#?}"
+    );
+    // At most 4 requests a second (plus the first one), and polling did go on.
+    assert!(
+        polled as f64 <= 4.0 * elapsed + 2.0,
+        "{polled} requests in {elapsed:.1} s"
+    );
+    assert!(polled >= 4, "{polled} requests in {elapsed:.1} s");
+    let [received, classified, ..] = final_stats(&stderr, &url);
+    assert_eq!(received, classified);
+}
+
+/// ffmpeg, or the reason it is missing (a failure unless RESNET_FFMPEG_TEST=skip).
+fn have_ffmpeg() -> bool {
+    let found = Command::new("ffmpeg")
+        .arg("-version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert_eq!(
+            std::env::var("RESNET_FFMPEG_TEST").as_deref(),
+            Ok("skip"),
+            "ffmpeg is not installed: run tools/test.sh (it installs the test packages), or set RESNET_FFMPEG_TEST=skip"
+        );
+    }
+    found
+}
+
+fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn video_file_frames_at_fps_equal_classify_on_the_same_frames() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mkv");
+    let clip_s = clip.to_str().unwrap();
+    // 4 s at 25 frames/s, losslessly encoded (FFV1).
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=25:duration=4",
+        "-c:v",
+        "ffv1",
+        clip_s,
+    ]);
+    // The frames --fps 2 samples, as PNG files, by the same filter.
+    let pattern = dir.path().join("frame_%03d.png");
+    ffmpeg(&[
+        "-i",
+        clip_s,
+        "-vf",
+        "fps=2",
+        "-pix_fmt",
+        "rgb24",
+        pattern.to_str().unwrap(),
+    ]);
+    let mut pngs: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    pngs.sort();
+    // 4 s sampled at 2/s (the filter may round one either way).
+    assert!((7..=9).contains(&pngs.len()), "{pngs:?}");
+
+    let mut w = watch(&["--fps", "2", "--logits", clip_s]);
+    let code = w.wait_exit(LONG);
+    let events: Vec<Value> = w.events.iter().collect();
+    assert_eq!(code, 0, "{:#?}", w.stderr());
+    assert_eq!(
+        events.len(),
+        pngs.len(),
+        "a file is read whole, nothing dropped: {events:#?}"
+    );
+    let want = classify_logits(&pngs);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["frame"], i as u64 + 1);
+        assert_eq!(
+            (e["width"].as_u64(), e["height"].as_u64()),
+            (Some(320), Some(240))
+        );
+        assert_eq!(logits(e), want[i], "frame {}", i + 1);
+    }
+}
+
+#[test]
+fn motion_gating_on_a_still_then_changing_clip() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("still_then_moving.mkv");
+    // 2 s of a still grey picture, then 2 s brightening by 20/255 per frame (10 frames/s).
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "nullsrc=size=160x120:rate=10:duration=4,format=gray,geq=lum='if(lt(T,2),128,mod(20*(N-20),256))'",
+        "-c:v",
+        "ffv1",
+        clip.to_str().unwrap(),
+    ]);
+    let mut w = watch(&["--fps", "0", "--motion", "0.02", clip.to_str().unwrap()]);
+    let code = w.wait_exit(LONG);
+    let events: Vec<Value> = w.events.iter().collect();
+    let stderr = w.stderr();
+    assert_eq!(code, 0, "{stderr:#?}");
+    let [received, classified, skipped, gated, dropped, ..] =
+        final_stats(&stderr, clip.to_str().unwrap());
+    assert_eq!((received, skipped, dropped), (40, 0, 0), "{stderr:#?}");
+    // The still part costs one classification; every changing frame differs by > 0.02.
+    assert_eq!(gated, 19, "{stderr:#?}");
+    assert_eq!(classified, 21);
+    let frames: Vec<u64> = events
+        .iter()
+        .map(|e| e["frame"].as_u64().unwrap())
+        .collect();
+    assert_eq!(frames[0], 1);
+    assert_eq!(frames[1..], (21..=40).collect::<Vec<u64>>()[..]);
+    assert!(events[1]["motion"].as_f64().unwrap() > 0.02);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn mjpeg_served_by_ffmpeg_and_an_mpegts_stream_read_by_ffmpeg() {
+    if !have_ffmpeg() {
+        return;
+    }
+    // ffmpeg as the camera: a live test pattern at 10 frames/s over HTTP, one client each.
+    let serve = |format: &str, codec: &str| {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}/live");
+        let child = Command::new("ffmpeg")
+            .args([
+                "-nostdin",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-f",
+                "lavfi",
+            ])
+            .args([
+                "-i",
+                "testsrc=size=320x240:rate=10",
+                "-t",
+                "60",
+                "-c:v",
+                codec,
+            ])
+            .args(["-f", format, "-listen", "1"])
+            .args(if format == "mpjpeg" {
+                // What a camera declares; ffmpeg's mpjpeg boundary is "ffmpeg".
+                &["-content_type", "multipart/x-mixed-replace;boundary=ffmpeg"][..]
+            } else {
+                &[][..]
+            })
+            .arg(&url)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        (KillOnDrop(child), url)
+    };
+    let (_mjpeg_server, mjpeg_url) = serve("mpjpeg", "mjpeg");
+    let (_ts_server, ts_url) = serve("mpegts", "mpeg2video");
+    let ts_source = format!("ts=ffmpeg:{ts_url}");
+    let w = watch(&[
+        "--fps",
+        "2",
+        "--reconnect-max-s",
+        "1",
+        &format!("mj={mjpeg_url}"),
+        &ts_source,
+    ]);
+    let mut per_source = std::collections::BTreeMap::<String, Vec<u64>>::new();
+    let end = Instant::now() + LONG;
+    while per_source.values().filter(|v| v.len() >= 3).count() < 2 {
+        assert!(Instant::now() < end, "{per_source:?} {:#?}", w.stderr());
+        let e = w.next(LONG);
+        assert!(e.get("error").is_none(), "{e}");
+        per_source
+            .entry(e["source"].as_str().unwrap().to_string())
+            .or_default()
+            .push(e["frame"].as_u64().unwrap());
+    }
+    let started = Instant::now();
+    let more = w.drain(Duration::from_secs(3));
+    let secs = started.elapsed().as_secs_f64();
+    let (code, _, stderr) = w.stop("TERM");
+    assert_eq!(code, 0, "{stderr:#?}");
+    for source in ["mj", "ts"] {
+        let n = more.iter().filter(|e| e["source"] == source).count();
+        // --fps 2 over ~3 s: about 6, never much more.
+        assert!(
+            n as f64 <= 2.0 * secs + 2.0,
+            "{source}: {n} events in {secs:.1} s"
+        );
+        assert!(n >= 2, "{source}: {n} events in {secs:.1} s: {stderr:#?}");
+    }
+    let [received, classified, skipped, ..] = final_stats(&stderr, "mj");
+    assert!(
+        skipped > classified,
+        "10 frames/s sampled at 2: {received} {classified} {skipped}"
+    );
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn webhook_receiver_failing_then_slow_then_up_never_blocks_the_watcher() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let release = Arc::new(AtomicBool::new(false));
+    let (got, release_r) = (bodies.clone(), release.clone());
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let Ok(mut s) = stream else { return };
+            let head = String::from_utf8_lossy(&read_request(&mut s)).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).unwrap();
+            if i == 0 {
+                // Down: the first attempt fails.
+                let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+            if i == 1 {
+                // Slow: holds the retry until the test has seen the watcher go on.
+                let end = Instant::now() + Duration::from_secs(30);
+                while !release_r.load(Ordering::SeqCst) && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            got.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap());
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let saved = tempfile::tempdir().unwrap();
+    let w = watch(&[
+        "--webhook",
+        &hook,
+        "--save-dir",
+        saved.path().to_str().unwrap(),
+        d.to_str().unwrap(),
+    ]);
+    w.wait_stderr("watching for new files", LONG);
+    std::fs::copy(image("cat_baseline.jpg"), d.join("1.jpg")).unwrap();
+    let first = w.next(LONG);
+    w.wait_stderr(&format!("webhook {hook}: lost: HTTP 503"), LONG);
+    // While the receiver holds the retry of event 1, the watcher goes on.
+    std::fs::copy(image("coffee_progressive.jpg"), d.join("2.jpg")).unwrap();
+    let second = w.next(LONG);
+    assert!(
+        bodies.lock().unwrap().is_empty(),
+        "the receiver has answered nothing yet"
+    );
+    release.store(true, Ordering::SeqCst);
+    let end = Instant::now() + LONG;
+    while bodies.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < end, "{:#?}", w.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.wait_stderr(&format!("webhook {hook}: back after"), LONG);
+    let (code, _, stderr) = w.stop("TERM");
+    assert_eq!(code, 0, "{stderr:#?}");
+    assert_eq!(w_count(&stderr, "lost: HTTP 503"), 1);
+    let posted = bodies.lock().unwrap().clone();
+    // The posts are the events as printed, with where the frame was saved.
+    for (p, e) in posted.iter().zip([&first, &second]) {
+        assert_eq!(p["path"], e["path"]);
+        assert_eq!(p["predictions"], e["predictions"]);
+        let jpeg = PathBuf::from(e["saved"].as_str().unwrap());
+        assert!(jpeg.starts_with(saved.path()));
+        let img = image_size(&jpeg);
+        let orig = image_size(&PathBuf::from(e["path"].as_str().unwrap()));
+        assert_eq!(img, orig);
+    }
+}
+
+fn image_size(path: &Path) -> (u32, u32) {
+    image::image_dimensions(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn configuration_errors_exit_2_and_say_what_to_do() {
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let base = || {
+        let mut c = resnet_cmd();
+        c.arg("watch").arg("--weights").arg(synth());
+        c
+    };
+    let (code, err) = run(base().arg("--alert").arg("unicorn").arg(dir.path()));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--alert 'unicorn'"), "{err}");
+    let (code, err) = run(base().arg("gopher://cam"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown URL scheme"), "{err}");
+    let (code, err) = run(base().arg(dir.path().join("missing")));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("missing"), "{err}");
+    let (code, err) = run(base().args(["--motion", "2"]).arg(dir.path()));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--motion"), "{err}");
+    // No ffmpeg on PATH: the hint says how to install it.
+    let (code, err) = run(base()
+        .env("PATH", dir.path())
+        .arg("rtsp://127.0.0.1:1/stream"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("apt-get install ffmpeg"), "{err}");
+}

@@ -1,0 +1,114 @@
+//! `POST /v1/trace`: one image layer by layer (the explorer page's data), and `GET /explore`.
+
+use super::classify::{infer, prepare, read_body, ReadBody};
+use super::respond::{json_response, respond};
+use super::AppState;
+use crate::batcher::Work;
+use crate::body::single_image;
+use crate::error::ApiError;
+use crate::explore::{layer_reports, png_data_url, TraceResponse, TraceTiming, EXPLORE_PAGE};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use resnet_core::backend::Backend;
+use resnet_core::postprocess::top_k;
+use resnet_core::trace::MAX_SHEET_CHANNELS;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(super) fn page() -> Response<Full<Bytes>> {
+    respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        Bytes::from_static(EXPLORE_PAGE.as_bytes()),
+    )
+}
+
+/// The served backend `?key=` names (`None` when absent); an unknown name is 400.
+fn backend_param(
+    state: &AppState,
+    query: &super::query::Query,
+    key: &str,
+) -> Result<Option<Arc<dyn Backend>>, ApiError> {
+    let Some(name) = query.get(key) else {
+        return Ok(None);
+    };
+    state.model.backend_named(name).cloned().map(Some).ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_parameter",
+            format!(
+                "{key}: this server runs no backend '{name}' (it runs {}; start it with --trace-backend to add one)",
+                state.model.info.backends.join(", ")
+            ),
+        )
+    })
+}
+
+pub(super) async fn trace(
+    req: Request<Incoming>,
+    state: Arc<AppState>,
+    started: Instant,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let ReadBody { query, kind, body } = read_body(req, &state, None).await?;
+    let maps = query.int("maps", 0, 0, MAX_SHEET_CHANNELS)?;
+    let k = query.int("top_k", 5, 1, 1000)?;
+    let main = backend_param(&state, &query, "backend")?
+        .unwrap_or_else(|| Arc::clone(&state.model.backend));
+    let reference = backend_param(&state, &query, "compare")?;
+    let upload = single_image(kind, body).await?;
+    let mut prepared = prepare(&state, upload, true).await?;
+    let input = std::mem::take(&mut prepared.input);
+    let (_, h, w) = input.dim();
+    let compared = reference.is_some();
+    let backends = std::iter::once(main).chain(reference).collect();
+    let done = infer(&state, Work::Trace { input, backends }).await?;
+    let crop = prepared
+        .crop
+        .take()
+        .ok_or_else(|| ApiError::internal("the crop was not kept"))?;
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let st = Arc::clone(&state);
+    // Statistics and PNG encoding take a few milliseconds: not on the runtime's threads.
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let mut traces = done.traces.into_iter();
+        let trace = traces
+            .next()
+            .ok_or_else(|| ApiError::internal("the model returned no trace"))?;
+        let other = if compared { traces.next() } else { None };
+        let layers =
+            layer_reports(&trace, other.as_ref(), maps, (h, w)).map_err(ApiError::internal)?;
+        let crop = png_data_url(&crop).map_err(ApiError::internal)?;
+        let report = ms(t.elapsed());
+        let logits = trace.logits.row(0).to_vec();
+        let body = TraceResponse {
+            model: st.model.info.name.clone(),
+            backend: trace.backend.into(),
+            compare: other.as_ref().map(|o| o.backend.to_string()),
+            synthetic_weights: st.model.info.synthetic_weights,
+            image: crate::api::ImageInfo {
+                width: prepared.width,
+                height: prepared.height,
+                format: prepared.format,
+            },
+            crop,
+            original: None,
+            predictions: top_k(&logits, k, &st.model.labels),
+            timing_ms: TraceTiming {
+                decode: ms(prepared.decode),
+                preprocess: ms(prepared.preprocess),
+                queue: ms(done.queue),
+                trace: ms(trace.elapsed),
+                compare: other.as_ref().map(|o| ms(o.elapsed)),
+                report,
+                total: ms(started.elapsed()),
+            },
+            layers,
+            cams: Vec::new(),
+        };
+        Ok(json_response(StatusCode::OK, &body))
+    })
+    .await
+    .map_err(|_| ApiError::internal("building the trace report failed"))?
+}

@@ -1,0 +1,113 @@
+//! Operations around every request: X-Request-Id in, out and in the history; CORS only when
+//! asked for.
+
+mod util;
+
+use resnet_server::Config;
+use util::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_echoed_or_made_up_and_recorded_in_the_history() {
+    let server = start(config(), model()).await;
+    let addr = server.local_addr();
+    let jpeg = image_bytes("cat_baseline.jpg");
+    let body = multipart(&[("file", "cat.jpg", &jpeg)]);
+    let ct = multipart_type();
+    let r = send_raw(
+        addr,
+        &request(
+            "POST",
+            "/v1/classify",
+            &[("Content-Type", &ct), ("X-Request-Id", "trace-42")],
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("trace-42"));
+    // No id, or one that is not a clean token: the server makes one up.
+    let made = get(addr, "/healthz").await;
+    let id = made.header("x-request-id").unwrap().to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    let bad = send_raw(
+        addr,
+        &request("GET", "/healthz", &[("X-Request-Id", "a b")], b""),
+    )
+    .await;
+    assert_ne!(bad.header("x-request-id"), Some("a b"));
+    // Errors carry it too, and the history has the classified request's.
+    let missing = get(addr, "/nope").await;
+    assert!(missing.header("x-request-id").is_some());
+    let history = get(addr, "/v1/history").await.json();
+    assert_eq!(history["entries"][0]["request_id"], "trace-42", "{history}");
+    // No CORS unless configured: OPTIONS is just another wrong method.
+    let options = send_raw(
+        addr,
+        &request(
+            "OPTIONS",
+            "/v1/classify",
+            &[("Origin", "https://a.example")],
+            b"",
+        ),
+    )
+    .await;
+    assert_eq!(options.status, 405);
+    assert!(options.header("access-control-allow-origin").is_none());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_origin_answers_preflights_and_marks_responses() {
+    let server = start(
+        Config {
+            cors_origin: Some("https://app.example".into()),
+            ..config()
+        },
+        model(),
+    )
+    .await;
+    let addr = server.local_addr();
+    let pre = send_raw(
+        addr,
+        &request(
+            "OPTIONS",
+            "/v2/models/resnet18/infer",
+            &[
+                ("Origin", "https://app.example"),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+            b"",
+        ),
+    )
+    .await;
+    assert_eq!(pre.status, 204);
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        pre.header("access-control-allow-methods"),
+        Some("POST, OPTIONS")
+    );
+    assert!(pre
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("Inference-Header-Content-Length"));
+    let r = get(addr, "/v1/model").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(r
+        .header("access-control-expose-headers")
+        .unwrap()
+        .contains("X-Request-Id"));
+    server.shutdown().await;
+    assert!(Config {
+        cors_origin: Some("bad\norigin".into()),
+        ..config()
+    }
+    .validate()
+    .is_err());
+}
