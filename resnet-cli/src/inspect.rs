@@ -46,6 +46,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         "cpu features: {}",
         CpuFeatures::get().names().join(" ")
     )?;
+    writeln!(out, "amx tile state: {}", CpuFeatures::get().amx)?;
     let supported: Vec<_> = Isa::supported().iter().map(|i| i.name()).collect();
     writeln!(
         out,

@@ -25,9 +25,9 @@ pub(crate) fn epilogue_core(
     if let Some(r) = residual {
         v += r.to_f32();
     }
-    // NaN is clamped like a negative: `max(0, NaN)` is 0 in the SIMD kernels' `vmaxps`.
-    if relu && (v.is_nan() || v <= 0.0) {
-        v = 0.0;
+    if relu {
+        // Written as maxps(v, 0) behaves: only a v above zero survives (NaN and -0 give +0).
+        v = if v > 0.0 { v } else { 0.0 };
     }
     v
 }
