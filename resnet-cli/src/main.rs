@@ -13,8 +13,8 @@ mod model;
 mod quantize;
 mod serve;
 mod trace;
-mod watch;
 mod tune;
+mod watch;
 mod weights_cmd;
 mod weights_store;
 

@@ -152,7 +152,7 @@ fn html_report(
     let mut cams = Vec::new();
     if let (Some(fc_weight), Some(features)) = (
         &identity.fc_weight,
-        trace.point(resnet_core::cam::FEATURE_LAYER.name()),
+        trace.point(resnet_core::cam::FEATURE_LAYER),
     ) {
         let features = features
             .output

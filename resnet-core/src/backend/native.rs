@@ -17,8 +17,8 @@ use super::folded::{fc_weight_transposed, nchw_to_nhwc, nhwc_to_nchw, FoldedLaye
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
 use crate::arch::{ResNet18Arch, TracePoint};
 use crate::error::Result;
-use crate::quantize::Activation;
 use crate::plan::{default_choice, ActivePlan, LayerChoice, Method};
+use crate::quantize::Activation;
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
 use resnet_kernels::cpu::Isa;
