@@ -115,10 +115,23 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Kills the process when the test ends, however it ends.
+/// Stops the process when the test ends, however it ends: SIGTERM first, so that nginx's
+/// master stops its workers (a SIGKILLed master leaves an orphan worker holding the test's
+/// stdout and stderr, which keeps a `cargo test | tee` pipeline open forever), then SIGKILL
+/// after 5 s.
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
