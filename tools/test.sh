@@ -46,8 +46,8 @@ if [[ -z ${RESNET_EXPECT_ISA:-} && -r /proc/cpuinfo ]]; then
   flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
   expect=portable
   for pair in "avx2 avx2" "avx512f avx512" "avx_vnni avxvnni" "avx512_vnni vnni" "avx512_bf16 avx512bf16" "amx_bf16 amxbf16" "amx_int8 amxint8"; do
-    set -- $pair
-    [[ " $flags " == *" $1 "* ]] && expect="$expect,$2"
+    read -r flag name <<< "$pair"
+    [[ " $flags " == *" $flag "* ]] && expect="$expect,$name"
   done
   export RESNET_EXPECT_ISA=$expect
 fi
