@@ -17,7 +17,8 @@ pub struct Upload {
     pub bytes: Bytes,
 }
 
-fn too_large(limit: usize) -> ApiError {
+/// 413 `body_too_large`: the body is (or is declared) over `limit` bytes.
+pub(crate) fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",

@@ -30,6 +30,7 @@ pub mod batcher;
 pub mod body;
 pub mod budget;
 pub mod config;
+pub mod declared_length;
 pub mod error;
 pub mod explore;
 pub mod history;

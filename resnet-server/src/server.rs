@@ -3,6 +3,7 @@
 use crate::batcher::{BatchSettings, Batcher};
 use crate::budget::{BodyBudget, DecodeBudget};
 use crate::config::Config;
+use crate::declared_length::DeclaredLength;
 use crate::error::ServerError;
 use crate::history::History;
 use crate::metrics::Metrics;
@@ -156,6 +157,7 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
+    let io = DeclaredLength::new(io, state.config.max_body_bytes);
     let io = WriteDeadline::new(io, state.config.write_timeout, Arc::clone(&state.metrics));
     http1::Builder::new()
         .timer(TokioTimer::new())

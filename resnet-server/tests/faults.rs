@@ -837,8 +837,9 @@ async fn many_large_uploads_at_once_stay_within_the_memory_budget() {
     server.shutdown().await;
 }
 
-/// The minor cases of issue 19: a lower-case `bearer` scheme, HEAD on GET routes, and headers
-/// declaring huge sizes, which are 422 image_too_large in every format.
+/// The minor cases of issue 19: a lower-case `bearer` scheme, HEAD on GET routes, headers
+/// declaring huge sizes, which are 422 image_too_large in every format, and `Content-Length`
+/// values hyper cannot represent, which are 413 like every other over-limit length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_scheme_head_and_huge_declared_sizes() {
     let mut c = config();
@@ -922,5 +923,39 @@ async fn bearer_scheme_head_and_huge_declared_sizes() {
         .await;
         r.assert_error(422, "image_too_large");
     }
+
+    // Declared body lengths past what hyper can hold (u64::MAX and u64::MAX - 1 are its
+    // internal markers; a 21-digit value overflows u64) get the same 413 as any length over
+    // --max-body-mb, not hyper's automatic 431 / 400; u64::MAX - 2 is the largest hyper parses.
+    for length in [
+        "18446744073709551615",
+        "18446744073709551614",
+        "100000000000000000000",
+        "18446744073709551613",
+        "11534336",
+    ] {
+        let head = format!(
+            "POST /v1/classify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\
+             content-type: image/png\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n"
+        );
+        let r = send_raw(addr, head.as_bytes()).await;
+        r.assert_error(413, "body_too_large");
+    }
+    // A head that is really too large keeps hyper's 431, and a malformed length its 400.
+    let big_field = "a".repeat(512 << 10);
+    let r = send_raw(
+        addr,
+        &request("GET", "/healthz", &[("X-Padding", &big_field)], b""),
+    )
+    .await;
+    assert_eq!(r.status, 431);
+    let r = send_raw(
+        addr,
+        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    // The connection code still serves ordinary requests after all that.
+    assert_eq!(get(addr, "/healthz").await.status, 200);
     server.shutdown().await;
 }
