@@ -13,8 +13,8 @@
 # that once failed), and fuzz/corpus/<target>/ (what the fuzzer finds; git-ignored, reused).
 # A failing input is saved by libFuzzer under fuzz/artifacts/<target>/ and copied into
 # fuzz/regressions/<target>/, where `cargo test` replays it (fuzz/tests/regressions.rs); rename
-# it after the bug, fix the bug, commit both. Each run's last lines (libFuzzer's final stats:
-# executions, coverage) are printed and kept in fuzz/logs/<target>.log. The script exits
+# it after the bug, fix the bug, commit both. Each run's summary (coverage, executions, CPU
+# time) is printed, and its whole output kept in fuzz/logs/<target>.log. The script exits
 # non-zero when any target failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,9 +37,13 @@ run_target() {
   mkdir -p "fuzz/corpus/$t" "fuzz/regressions/$t" "fuzz/artifacts/$t"
   # -rss_limit_mb / -malloc_limit_mb: a single input may not use more than 2 GiB in all or
   # allocate more than 1 GiB at once; -timeout: no input may take more than 10 s.
-  cargo fuzz run --features libfuzzer -s "$sanitizer" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" \
-    "fuzz/regressions/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
-    -timeout=10 -max_len=262144 -print_final_stats=1 >"fuzz/logs/$t.log" 2>&1
+  # The CPU time is what counts towards a target's fuzzing hours (a niced run on a busy
+  # machine gets less CPU than wall time): bash's `time` reports it on the log's last line.
+  local TIMEFORMAT="fuzz $t: %U s user CPU, %S s system CPU, %R s wall"
+  { time cargo fuzz run --features libfuzzer -s "$sanitizer" "$t" "fuzz/corpus/$t" \
+    "fuzz/seeds/$t" "fuzz/regressions/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
+    -malloc_limit_mb=1024 -timeout=10 -max_len=262144 -print_final_stats=1 ; } \
+    >"fuzz/logs/$t.log" 2>&1
 }
 
 status=0
@@ -55,12 +59,16 @@ while ((i < ${#targets[@]})); do
     pids[$t]=$!
   done
   for t in "${batch[@]}"; do
-    if ! wait "${pids[$t]}"; then
+    echo "-- $t (fuzz/logs/$t.log):"
+    if wait "${pids[$t]}"; then
+      # Coverage, corpus, executions and CPU time; the whole log stays in fuzz/logs/.
+      grep -E '#[0-9]+[[:space:]]+DONE|stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)|^fuzz ' \
+        "fuzz/logs/$t.log" || tail -n 5 "fuzz/logs/$t.log"
+    else
       status=1
       echo "!! $t failed"
+      tail -n 40 "fuzz/logs/$t.log"
     fi
-    echo "-- $t (fuzz/logs/$t.log):"
-    tail -n 25 "fuzz/logs/$t.log"
     for f in $(comm -13 <(echo "${before[$t]}") <(ls "fuzz/artifacts/$t" | sort)); do
       cp "fuzz/artifacts/$t/$f" "fuzz/regressions/$t/$f"
       echo "!! $t failed on an input, saved as fuzz/regressions/$t/$f"
