@@ -107,6 +107,12 @@ for r in "${routes[@]}"; do
   export WRK_METHOD=$method WRK_CONTENT_TYPE=$ctype WRK_BODY=${body:+$work/$body}
   url="http://127.0.0.1:$port$path"
   wrk -t2 -c"$connections" -d2s --timeout 30s -s tools/wrk/request.lua "$url" >/dev/null  # warm-up
+  # The warm-up's unfinished requests are still queued in the server: let them drain first.
+  for _ in $(seq 1 600); do
+    depth=$(curl -s "http://127.0.0.1:$port/metrics" | awk '$1 == "resnet_queue_depth" {print $2}')
+    [[ ${depth:-0} == 0 ]] && break
+    sleep 0.1
+  done
   wrk -t2 -c"$connections" -d"${seconds}s" --timeout 30s --latency -s tools/wrk/request.lua "$url" \
     >"$out/$name.wrk.txt"
   json=$(grep '^{"requests"' "$out/$name.wrk.txt")
