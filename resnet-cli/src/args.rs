@@ -162,6 +162,16 @@ pub struct ServeArgs {
     /// (the explorer page's SQNR strip); repeatable. Classification still runs --backend.
     #[arg(long, value_name = "BACKEND")]
     pub trace_backend: Vec<BackendKind>,
+    /// Publish each recognition as JSON to this MQTT broker and topic:
+    /// mqtt://[user:password@]host[:1883]/TOPIC (QoS 1; never slows a request: a broker that
+    /// is down or slow gets its messages dropped and counted in /metrics). docs/protocols.md.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RESNET_MQTT_URL",
+        hide_env_values = true
+    )]
+    pub mqtt_url: Option<resnet_server::mqtt::MqttConfig>,
     /// Seconds an answer may go without a byte written (a client that does not read) before
     /// its connection is closed and its slot freed.
     #[arg(long, default_value_t = 5.0, value_name = "S")]

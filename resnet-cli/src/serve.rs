@@ -96,6 +96,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
         addr: listen_addr(args.addr, std::env::var("PORT").ok().as_deref())?,
         log_format: args.log_format,
         cors_origin: args.cors_origin.clone(),
+        mqtt: args.mqtt_url.clone(),
         drain: Duration::from_secs_f64(args.drain_s),
         max_batch: args.max_batch as usize,
         batch_wait: Duration::from_secs_f64(args.batch_wait_ms / 1e3),

@@ -4,6 +4,7 @@
 use crate::args::{DecodeArgs, ModelArgs};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use resnet_server::mqtt::Publisher;
 use resnet_watch::alert::Actions;
 use resnet_watch::webhook::Webhook;
 use resnet_watch::{AlertRule, EventFilter, SourceSpec, WatchOptions, Watcher};
@@ -19,6 +20,7 @@ pub const AFTER_HELP: &str = "Examples:
   resnet watch front=rtsp://user:pass@cam.local/stream1 --alert person,dog --min-prob 0.6 \\
       --webhook http://127.0.0.1:9000/hook --save-dir alerts/
   resnet watch clip.mp4 --fps 1 --format text
+  resnet watch front=rtsp://cam.local/stream1 --on-change --mqtt-url mqtt://broker.lan/resnet/front
 
 Events are JSON lines on stdout (or text); problems with a frame are error events and the
 watcher goes on. Ctrl-C or SIGTERM stops it with the output flushed. Exit code: 0, 1 when some
@@ -63,6 +65,16 @@ pub struct WatchArgs {
     /// POST each reported frame's event as JSON to this URL (in the background, with retries).
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
+    /// Publish each reported event as JSON to this MQTT broker and topic:
+    /// mqtt://[user:password@]host[:1883]/TOPIC (QoS 1, in the background; a broker that is
+    /// down never holds the watcher up).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RESNET_MQTT_URL",
+        hide_env_values = true
+    )]
+    pub mqtt_url: Option<resnet_server::mqtt::MqttConfig>,
     /// Save each reported frame as a JPEG in this folder (the event says where).
     #[arg(long, value_name = "DIR")]
     pub save_dir: Option<PathBuf>,
@@ -154,6 +166,12 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         .map(|url| Webhook::start(url, WEBHOOK_TIMEOUT))
         .transpose()?;
     let mut actions = Actions::new(args.save_dir.as_deref(), webhook)?;
+    let mqtt = args
+        .mqtt_url
+        .as_ref()
+        .map(|c| Publisher::start(c, "watch"))
+        .transpose()
+        .context("starting the MQTT publisher")?;
     let filter = EventFilter {
         on_change: args.on_change,
         alerts_only: alert.is_some(),
@@ -177,6 +195,10 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             log::debug!("{}: frame {}: {e}", event.source, event.frame);
         }
         actions.apply(&mut event);
+        // Like the webhook and --save-dir: frames, not problems, are published.
+        if let (Some(mqtt), None) = (&mqtt, &event.error) {
+            mqtt.publish_json(&event);
+        }
         match format {
             WatchFormat::Jsonl => {
                 serde_json::to_writer(&mut out, &event)?;
@@ -189,6 +211,15 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     // Whatever ended the run, what was written so far reaches its reader.
     let flushed = out.flush();
     actions.finish(WEBHOOK_GRACE);
+    if let Some(mqtt) = &mqtt {
+        mqtt.finish(WEBHOOK_GRACE);
+        let s = mqtt.stats();
+        log::info!(
+            "mqtt: {} event(s) published, {} dropped (queue full: broker down or slow)",
+            s.published,
+            s.dropped
+        );
+    }
     let summary = summary.context("writing events")?;
     flushed.context("writing events")?;
     for (name, stats) in watcher.stats() {

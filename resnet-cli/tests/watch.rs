@@ -938,3 +938,94 @@ fn configuration_errors_exit_2_and_say_what_to_do() {
     assert_eq!(code, Some(2));
     assert!(err.contains("apt-get install ffmpeg"), "{err}");
 }
+
+#[path = "../../resnet-server/tests/util/mosquitto.rs"]
+mod mosquitto;
+
+/// `--mqtt-url` with a real Mosquitto: each reported event is also one message, equal to the
+/// JSON line on stdout; a broker that is not there holds nothing up (events still come, the
+/// messages wait in the queue, none is dropped).
+#[test]
+fn events_are_published_to_mqtt_and_a_missing_broker_holds_nothing_up() {
+    if !mosquitto::available() {
+        return;
+    }
+    let broker = mosquitto::Broker::start_new();
+    let topic = "cams/front";
+    let mut sub = mosquitto::Subscriber::ready(&broker, topic);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let source = format!("front={}", d.display());
+    let w = watch(&[&source, "--mqtt-url", &broker.url(topic)]);
+    w.wait_stderr("watching for new files (file events)", LONG);
+    w.wait_stderr("mqtt: publishing to", LONG);
+    std::fs::copy(image("cat_baseline.jpg"), d.join("a.jpg")).unwrap();
+    let a = w.next(LONG);
+    std::fs::copy(image("coffee_progressive.jpg"), d.join("b.jpg")).unwrap();
+    let b = w.next(LONG);
+    let messages = sub.on_topic(topic, 2, Duration::from_secs(20));
+    let published: Vec<Value> = messages
+        .iter()
+        .map(|m| serde_json::from_str(&m.payload).unwrap())
+        .collect();
+    assert_eq!(published, vec![a.clone(), b.clone()], "{messages:#?}");
+    assert_eq!(a["source"], "front");
+    let (code, _, stderr) = w.stop("INT");
+    assert_eq!(code, 0, "{stderr:#?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("mqtt: 2 event(s) published, 0 dropped")),
+        "{stderr:#?}"
+    );
+    let offline = sub.collect(Duration::from_secs(5), |m| m.payload == "offline");
+    assert!(
+        offline
+            .iter()
+            .any(|m| m.topic == format!("{topic}/available") && m.payload == "offline"),
+        "{offline:#?}"
+    );
+
+    // No broker on that port: the events come all the same.
+    let nobody = mosquitto::Broker::prepare(mosquitto::free_port());
+    let w = watch(&[&source, "--mqtt-url", &nobody.url(topic)]);
+    w.wait_stderr("watching for new files (file events)", LONG);
+    std::fs::copy(image("fig_lossy.webp"), d.join("c.webp")).unwrap();
+    let c = w.next(LONG);
+    assert!(c["predictions"].is_array(), "{c}");
+    w.wait_stderr("mqtt: mqtt://", LONG);
+    let (code, _, stderr) = w.stop("INT");
+    assert_eq!(code, 0, "{stderr:#?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("mqtt: 0 event(s) published, 0 dropped")),
+        "{stderr:#?}"
+    );
+}
+
+#[test]
+fn a_bad_mqtt_url_is_a_configuration_error_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, why) in [
+        ("http://broker/t", "scheme"),
+        ("mqtt://broker", "no topic"),
+        ("mqtt://broker/a/#", "not a topic"),
+        ("mqtts://broker/t", "TLS"),
+    ] {
+        for command in ["watch", "serve"] {
+            let mut cmd = resnet_cmd();
+            cmd.arg(command).arg("--weights").arg(synth());
+            if command == "watch" {
+                cmd.arg(dir.path());
+            }
+            let out = cmd.args(["--mqtt-url", url]).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command} {url}: {err}");
+            assert!(
+                err.contains("--mqtt-url") && err.contains(why),
+                "{command} {url}: {err}"
+            );
+        }
+    }
+}

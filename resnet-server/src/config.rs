@@ -65,6 +65,8 @@ pub struct Config {
     /// (so load balancers and Kubernetes stop sending) before the listener closes and the
     /// in-flight requests drain.
     pub drain: Duration,
+    /// Publish each recognition to this MQTT broker and topic (`--mqtt-url`).
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
 }
 
 impl Default for Config {
@@ -94,6 +96,7 @@ impl Default for Config {
             log_format: crate::ops::LogFormat::Text,
             cors_origin: None,
             drain: Duration::ZERO,
+            mqtt: None,
         }
     }
 }

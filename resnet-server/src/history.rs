@@ -28,7 +28,9 @@ pub struct Entry {
     pub probability: f32,
     /// Request latency in milliseconds.
     pub latency_ms: f64,
-    /// A small JPEG of the image as a `data:` URL.
+    /// A small JPEG of the image as a `data:` URL (left out when empty: MQTT messages, a
+    /// history kept without thumbnails).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub thumbnail: String,
     /// The request's `X-Request-Id` (given by the client or made up by the server).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,8 @@
 //!
 //! Routes (see [`routes`]): `POST /v1/classify`, `/v1/classify/batch`, `/v1/cam`, `/predict`
 //! (the seed service's API), `GET /`, `/healthz`, `/readyz`, `/metrics`, `/v1/model`,
-//! `/v1/history`. Every error is `{"error": ..., "code": ...}` with its status; the handler
+//! `/v1/history`. Each recognition goes to the history and, with `--mqtt-url`, to an MQTT
+//! broker ([`mqtt`]). Every error is `{"error": ..., "code": ...}` with its status; the handler
 //! never fails, so no request can stop the server.
 //!
 //! ```no_run
@@ -37,6 +38,7 @@ pub mod history;
 pub mod kserve;
 pub mod metrics;
 pub mod model;
+pub mod mqtt;
 pub mod ops;
 pub mod routes;
 pub mod server;

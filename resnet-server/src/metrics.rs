@@ -1,5 +1,6 @@
 //! Prometheus metrics, written by hand in the text exposition format (version 0.0.4).
 
+use crate::mqtt::MqttStats;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -110,6 +111,14 @@ impl Default for Metrics {
     }
 }
 
+/// One unlabelled counter or gauge with its HELP and TYPE lines.
+fn write_single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -208,6 +217,35 @@ impl Metrics {
         self.queue_depth.load(Ordering::Relaxed)
     }
 
+    /// The text exposition format, with the MQTT publisher's counters when there is one.
+    pub fn render_with_mqtt(&self, mqtt: Option<MqttStats>) -> String {
+        let mut out = self.render();
+        if let Some(s) = mqtt {
+            let mut single = |name: &str, kind: &str, help: &str, value: u64| {
+                write_single(&mut out, name, kind, help, value)
+            };
+            single(
+                "resnet_mqtt_published_total",
+                "counter",
+                "Recognitions the MQTT broker acknowledged (--mqtt-url).",
+                s.published,
+            );
+            single(
+                "resnet_mqtt_dropped_total",
+                "counter",
+                "Recognitions not published: the MQTT queue was full (broker down or too slow).",
+                s.dropped,
+            );
+            single(
+                "resnet_mqtt_connected",
+                "gauge",
+                "1 while the connection to the MQTT broker is up.",
+                u64::from(s.connected),
+            );
+        }
+        out
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -237,10 +275,7 @@ impl Metrics {
         out.push_str("# TYPE resnet_inference_duration_seconds histogram\n");
         lock(&self.inference).render(&mut out, "resnet_inference_duration_seconds", "");
         let mut single = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            write_single(&mut out, name, kind, help, value)
         };
         single(
             "resnet_queue_depth",

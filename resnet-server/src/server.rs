@@ -5,7 +5,7 @@ use crate::budget::{BodyBudget, DecodeBudget};
 use crate::config::Config;
 use crate::declared_length::DeclaredLength;
 use crate::error::ServerError;
-use crate::history::History;
+use crate::history::{Entry, History};
 use crate::metrics::Metrics;
 use crate::model::ServedModel;
 use crate::routes::{handle, AppState};
@@ -82,10 +82,50 @@ impl Server {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
+        if let Some(mqtt) = self.state.mqtt.clone() {
+            // The last recognitions and `offline` reach the broker if it is there.
+            let _ = tokio::task::spawn_blocking(move || mqtt.finish(MQTT_STOP_GRACE)).await;
+        }
     }
 }
 
+/// How long a stopping server waits for the broker to take the queued messages.
+const MQTT_STOP_GRACE: Duration = Duration::from_secs(2);
+
 impl AppState {
+    /// Whether recognitions are recorded anywhere (history or MQTT); callers build the
+    /// [`Entry`] only then.
+    pub fn records_recognitions(&self) -> bool {
+        self.history.enabled() || self.mqtt.is_some()
+    }
+
+    /// The one place a recognition is recorded, whatever produced it: published to MQTT
+    /// (queued; a broker that is down or slow never makes the caller wait) and added to the
+    /// history, whose file append runs on the blocking pool when called inside the runtime.
+    pub fn record_recognition(self: &Arc<Self>, entry: Entry) {
+        if let Some(mqtt) = &self.mqtt {
+            // The thumbnail stays in the history (the page shows it); subscribers get the rest.
+            mqtt.publish_json(&Entry {
+                thumbnail: String::new(),
+                ..entry.clone()
+            });
+        }
+        if !self.history.enabled() {
+            return;
+        }
+        let state = Arc::clone(self);
+        let record = move || {
+            if !state.history.record(entry) {
+                state.metrics.history_write_failed();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            // The file append blocks; the client need not wait for it.
+            Ok(runtime) => drop(runtime.spawn_blocking(record)),
+            Err(_) => record(),
+        }
+    }
+
     /// Everything but the listener: metrics, the history (reloaded from its file), and the
     /// inference thread, which warms the model up in the background.
     pub fn start(config: Config, model: ServedModel) -> Result<Arc<AppState>, ServerError> {
@@ -110,6 +150,15 @@ impl AppState {
             what: "inference thread",
             source,
         })?;
+        let mqtt = match &config.mqtt {
+            None => None,
+            Some(c) => Some(Arc::new(
+                crate::mqtt::Publisher::start(c, "serve").map_err(|source| ServerError::Start {
+                    what: "MQTT publisher",
+                    source,
+                })?,
+            )),
+        };
         let bodies = BodyBudget::new(config.max_inflight_bytes / 2, Arc::clone(&metrics));
         let decodes = DecodeBudget::new(
             config.max_concurrent_decodes,
@@ -124,6 +173,7 @@ impl AppState {
             batcher,
             metrics,
             history,
+            mqtt,
             shutting_down: AtomicBool::new(false),
         }))
     }

@@ -297,7 +297,7 @@ impl Classified {
     }
 }
 
-/// Prepares, queues and classifies one upload, and records it in the history.
+/// Prepares, queues and classifies one upload, and records it (history, MQTT).
 pub(super) async fn classify_one(
     state: &Arc<AppState>,
     upload: Upload,
@@ -307,10 +307,10 @@ pub(super) async fn classify_one(
     let mut prepared = prepare(state, upload, false).await?;
     let input = std::mem::take(&mut prepared.input);
     let done = infer(state, Work::Classify(input)).await?;
-    if state.history.enabled() {
+    if state.records_recognitions() {
         let top: Vec<Prediction> = top_k(&done.logits, 1, &state.model.labels);
         if let Some(top1) = top.into_iter().next() {
-            let entry = Entry {
+            state.record_recognition(Entry {
                 time: now_rfc3339(),
                 route: route.into(),
                 width: prepared.width,
@@ -321,13 +321,6 @@ pub(super) async fn classify_one(
                 latency_ms: (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
                 thumbnail: prepared.thumbnail.take().unwrap_or_default(),
                 request_id: crate::ops::current_request_id(),
-            };
-            let st = Arc::clone(state);
-            // The file append blocks; the client need not wait for it.
-            tokio::task::spawn_blocking(move || {
-                if !st.history.record(entry) {
-                    st.metrics.history_write_failed();
-                }
             });
         }
     }

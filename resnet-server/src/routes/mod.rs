@@ -45,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The recognition log.
     pub history: History,
+    /// Where recognitions are published, with `--mqtt-url`.
+    pub mqtt: Option<Arc<crate::mqtt::Publisher>>,
     /// Set when shutdown begins (`/readyz` then says 503).
     pub shutting_down: AtomicBool,
     /// Request bodies held at once.

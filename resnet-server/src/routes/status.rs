@@ -54,7 +54,11 @@ pub(super) fn metrics(state: &AppState) -> Response<Full<Bytes>> {
     respond(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
-        Bytes::from(state.metrics.render()),
+        Bytes::from(
+            state
+                .metrics
+                .render_with_mqtt(state.mqtt.as_ref().map(|p| p.stats())),
+        ),
     )
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod mosquitto;
 
 use ndarray::{Array2, ArrayView4};
 use resnet_core::backend::{Backend, BackendKind, BackendOptions, LayerObserver};
