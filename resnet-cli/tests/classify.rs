@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{golden, image, max_abs_diff, repo, resnet_with, stderr, synth};
+use common::{golden, image, max_abs_diff, repo, resnet, resnet_with, stderr, synth};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -176,6 +176,52 @@ fn configuration_errors_exit_2_with_a_hint() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A bad `--backend` or Winograd policy (flag or `RESNET_WINOGRAD`) is a usage error whose
+/// message names the value given and lists the accepted ones.
+#[test]
+fn unknown_backend_and_winograd_policy_name_the_value_and_the_choices() {
+    let available: Vec<&str> = resnet_core::backend::BackendKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .collect();
+    let out = resnet_with(&[
+        &"classify",
+        &"--weights",
+        &synth(),
+        &"--backend",
+        &"natve",
+        &image("cat_baseline.jpg"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let want = format!(
+        "unknown backend 'natve' (available: {})",
+        available.join(", ")
+    );
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
+
+    let want = "unknown Winograd policy 'sometimes' (use off, auto or all)";
+    let out = resnet_with(&[
+        &"classify",
+        &"--weights",
+        &synth(),
+        &"--winograd",
+        &"sometimes",
+        &image("cat_baseline.jpg"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    let out = resnet()
+        .env("RESNET_WINOGRAD", "sometimes")
+        .arg("classify")
+        .arg("--weights")
+        .arg(synth())
+        .arg(image("cat_baseline.jpg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains(want), "{}", stderr(&out));
 }
 
 #[test]
