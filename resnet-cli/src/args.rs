@@ -20,12 +20,15 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 
-    /// Only errors on stderr: no progress bar, no notes.
+    /// Only errors on stderr: no warnings (such as the synthetic-weights one), no notes, no
+    /// progress bar.
     #[arg(long, short, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
-    /// More messages on stderr (-v: debug, -vv: trace; the default shows warnings and notes).
-    /// RUST_LOG overrides, e.g. RUST_LOG=debug.
+    /// More messages on stderr. The default shows warnings and notes; -v adds debug lines (the
+    /// backend and the kernels it chose, the per-layer plan in use, how the inputs are
+    /// batched); -vv adds trace lines, which only libraries write (the weights download).
+    /// RUST_LOG overrides all of it, e.g. RUST_LOG=debug.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 

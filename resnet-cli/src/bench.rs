@@ -140,10 +140,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             };
             Ok(match (kind, int8_file) {
                 (BackendKind::Int8, Some(path)) => crate::model::int8_backend(path, isa)?,
-                (BackendKind::Int8, None) => {
-                    log::info!("int8: quantising the f32 weights on the fly (default calibration on the built-in photos)");
-                    kind.create(&weights, &options)?
-                }
+                // With f32 weights, `create` calibrates on the built-in photos and says so.
                 _ => kind.create(&weights, &options)?,
             })
         };

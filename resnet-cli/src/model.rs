@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use resnet_core::backend::{Backend, BackendKind, BackendOptions, Int8Backend};
 use resnet_core::cpu::Isa;
 use resnet_core::labels::Labels;
-use resnet_core::quantize::{is_int8_file, QuantizedModel, DEFAULT_METHOD};
+use resnet_core::quantize::{calibrate_on_built_in_images, is_int8_file, QuantizedModel};
 use resnet_core::weights::{sha256_hex, Weights};
 use resnet_server::WeightsIdentity;
 use std::path::{Path, PathBuf};
@@ -89,7 +89,7 @@ pub fn warn_synthetic(name: &str) {
 }
 
 /// The `int8` backend for `path`: a quantised model file as is, or f32 weights quantised with
-/// the default calibration (and a note saying so).
+/// the default calibration ([`calibrate_on_built_in_images`], which says so).
 pub fn int8_backend(path: &Path, isa: Isa) -> anyhow::Result<Box<dyn Backend>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let name = path.display().to_string();
@@ -104,11 +104,9 @@ pub fn int8_backend(path: &Path, isa: Isa) -> anyhow::Result<Box<dyn Backend>> {
     if weights.is_synthetic() {
         warn_synthetic(&name);
     }
-    log::info!(
-        "{name} holds f32 weights: quantising them on the fly with the default calibration \
-         ({DEFAULT_METHOD} on the built-in photos and crops); `resnet quantize --calib DIR` calibrates on your own images"
-    );
-    Ok(Box::new(Int8Backend::from_weights(&weights, isa)?))
+    // Calibrates on the library's built-in photos, and logs that it does (once, at info).
+    let model = calibrate_on_built_in_images(&weights, isa)?;
+    Ok(Box::new(Int8Backend::new(&model, isa)))
 }
 
 /// Reads the weights file `load_model` used again, for its digest and its `fc.weight`: the

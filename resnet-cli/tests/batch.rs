@@ -2,53 +2,19 @@
 //! real binary. The union of the shards is the whole set with no duplicates; a run killed with
 //! SIGKILL and resumed gives every input exactly once.
 
+mod common;
+
+use common::{resnet, synth};
+
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn resnet() -> Command {
-    static CACHE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resnet"));
-    for var in [
-        "RESNET_WEIGHTS",
-        "RESNET_ISA",
-        "RESNET_WEIGHTS_URL",
-        "RESNET_WEIGHTS_SHA256",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("RESNET_CACHE", cache.path())
-        .env("RESNET_OFFLINE", "1");
-    cmd
-}
-
-/// Synthetic weights written once by the binary itself.
-fn synth() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = resnet()
-            .args(["weights", "synth", "--seed", "0", "--out"])
-            .arg(dir.path().join("synth.safetensors"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    });
-    Box::leak(dir.path().join("synth.safetensors").into_boxed_path())
 }
 
 /// `n` small images (copies of one 7x5 JPEG, fast to decode) in a fresh folder.

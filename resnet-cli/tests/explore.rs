@@ -4,15 +4,19 @@
 //! offline and shows the same layers. Chromium as in resnet-server's browser test (the driver is
 //! shared by path); `RESNET_BROWSER_TEST=skip` skips the browser part explicitly.
 
+mod common;
+
+use common::{resnet, synth};
+
 #[path = "../../resnet-server/tests/util/chromium.rs"]
 mod chromium;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::path::PathBuf;
+use std::process::{Child, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
@@ -21,29 +25,6 @@ fn repo() -> PathBuf {
 
 fn cat() -> PathBuf {
     repo().join("testdata/images/cat_baseline.jpg")
-}
-
-fn resnet() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resnet"));
-    cmd.env_remove("RESNET_WEIGHTS")
-        .env_remove("RESNET_ISA")
-        .env_remove("RESNET_TOKEN");
-    cmd
-}
-
-fn synth() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = resnet()
-            .args(["weights", "synth", "--seed", "0", "--out"])
-            .arg(dir.path().join("synth.safetensors"))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        dir
-    });
-    Box::leak(dir.path().join("synth.safetensors").into_boxed_path())
 }
 
 fn ok(out: Output) -> Output {

@@ -1,39 +1,19 @@
 //! `resnet serve` and `resnet cam` as real processes: start on a free port, answer, stop on
 //! SIGTERM; write a class activation map.
 
+mod common;
+
+use common::{resnet, synth};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn resnet() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resnet"));
-    cmd.env_remove("RESNET_WEIGHTS")
-        .env_remove("RESNET_ISA")
-        .env_remove("RESNET_TOKEN");
-    cmd
-}
-
-fn synth() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = resnet()
-            .args(["weights", "synth", "--seed", "0", "--out"])
-            .arg(dir.path().join("synth.safetensors"))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        dir
-    });
-    Box::leak(dir.path().join("synth.safetensors").into_boxed_path())
 }
 
 /// One request with `Connection: close`; returns (status, body).

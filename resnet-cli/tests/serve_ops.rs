@@ -2,36 +2,15 @@
 //! the request id, and on SIGTERM readiness 503 while requests are still answered, before the
 //! listener closes.
 
+mod common;
+
+use common::{resnet, synth};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-fn resnet() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resnet"));
-    for var in ["RESNET_WEIGHTS", "RESNET_ISA", "RESNET_TOKEN", "PORT"] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-fn synth() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = resnet()
-            .args(["weights", "synth", "--seed", "0", "--out"])
-            .arg(dir.path().join("synth.safetensors"))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        dir
-    });
-    Box::leak(dir.path().join("synth.safetensors").into_boxed_path())
-}
 
 /// One GET with `Connection: close`: (status, body), or None when the connection is refused.
 fn get(addr: SocketAddr, path: &str, id: Option<&str>) -> Option<(u16, String)> {

@@ -1,6 +1,11 @@
 //! `resnet watch` as a real process: real folders and file events, MJPEG and snapshot servers
 //! and a webhook receiver on 127.0.0.1, real ffmpeg. Every wait is bounded in time.
 
+mod common;
+
+use common::resnet as resnet_cmd;
+use common::synth;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -8,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
@@ -17,45 +22,6 @@ fn repo() -> PathBuf {
 
 fn image(name: &str) -> PathBuf {
     repo().join("testdata/images").join(name)
-}
-
-/// The binary with a hermetic environment (no weights, cache or network from the caller).
-fn resnet_cmd() -> Command {
-    static CACHE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resnet"));
-    for var in [
-        "RESNET_WEIGHTS",
-        "RESNET_ISA",
-        "RESNET_WEIGHTS_URL",
-        "RESNET_WEIGHTS_SHA256",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("RESNET_CACHE", cache.path())
-        .env("RESNET_OFFLINE", "1");
-    cmd
-}
-
-/// Synthetic weights written once by the binary itself.
-fn synth() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = resnet_cmd()
-            .args(["weights", "synth", "--seed", "0", "--out"])
-            .arg(dir.path().join("synth.safetensors"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    });
-    Box::leak(dir.path().join("synth.safetensors").into_boxed_path())
 }
 
 /// `resnet classify --logits` of each file: path -> logits.

@@ -72,29 +72,14 @@ pub fn class_activation_map(
     input: ArrayView3<'_, f32>,
     class: Option<usize>,
 ) -> Result<ClassActivationMap> {
-    if fc_weight.len() != NUM_CLASSES * FC_IN {
-        return Err(Error::Backend {
-            name: backend.name().into(),
-            reason: format!(
-                "fc.weight has {} values, expected {NUM_CLASSES}x{FC_IN}",
-                fc_weight.len()
-            ),
-        });
-    }
-    if let Some(c) = class {
-        if c >= NUM_CLASSES {
-            return Err(Error::Backend {
-                name: backend.name().into(),
-                reason: format!("class {c} out of range (0..{NUM_CLASSES})"),
-            });
-        }
-    }
+    check_fc_weight(backend.name(), fc_weight)?;
+    check_class(class)?;
     let mut grabber = FeatureGrabber { features: None };
     let logits = backend.forward(input.insert_axis(Axis(0)), &mut grabber)?;
     let logits = logits.row(0).to_vec();
-    let features = grabber.features.ok_or_else(|| Error::Backend {
-        name: backend.name().into(),
-        reason: format!("did not report the output of {FEATURE_LAYER}"),
+    let features = grabber.features.ok_or_else(|| Error::MissingTraceOutput {
+        backend: backend.name().into(),
+        point: FEATURE_LAYER,
     })?;
     map_from_features(backend.name(), features.view(), fc_weight, class, logits)
 }
@@ -109,28 +94,27 @@ pub fn map_from_features(
     class: Option<usize>,
     logits: Vec<f32>,
 ) -> Result<ClassActivationMap> {
-    let fail = |reason: String| Error::Backend {
-        name: source.into(),
-        reason,
+    let size = |tensor: String, unit, found, expected| Error::CamTensorSize {
+        backend: source.into(),
+        tensor,
+        unit,
+        found,
+        expected,
     };
-    if fc_weight.len() != NUM_CLASSES * FC_IN {
-        return Err(fail(format!(
-            "fc.weight has {} values, expected {NUM_CLASSES}x{FC_IN}",
-            fc_weight.len()
-        )));
-    }
-    if logits.len() != NUM_CLASSES || class.is_some_and(|c| c >= NUM_CLASSES) {
-        return Err(fail(format!(
-            "class {class:?} or {} logits out of range (0..{NUM_CLASSES})",
-            logits.len()
-        )));
+    check_fc_weight(source, fc_weight)?;
+    check_class(class)?;
+    if logits.len() != NUM_CLASSES {
+        return Err(size(
+            "the logits".into(),
+            "values",
+            logits.len(),
+            NUM_CLASSES,
+        ));
     }
     let class = class.unwrap_or_else(|| crate::postprocess::top_k_indices(&logits, 1)[0]);
     let (k, height, width) = features.dim();
     if k != FC_IN {
-        return Err(fail(format!(
-            "{FEATURE_LAYER} has {k} channels, expected {FC_IN}"
-        )));
+        return Err(size(FEATURE_LAYER.to_string(), "channels", k, FC_IN));
     }
     let row = &fc_weight[class * FC_IN..(class + 1) * FC_IN];
     let mut raw = vec![0.0f32; height * width];
@@ -147,6 +131,31 @@ pub fn map_from_features(
         raw,
         logits,
     })
+}
+
+/// `fc.weight` must be `[1000, 512]`.
+fn check_fc_weight(backend: &str, fc_weight: &[f32]) -> Result<()> {
+    if fc_weight.len() == NUM_CLASSES * FC_IN {
+        return Ok(());
+    }
+    Err(Error::CamTensorSize {
+        backend: backend.into(),
+        tensor: "fc.weight".into(),
+        unit: "values",
+        found: fc_weight.len(),
+        expected: NUM_CLASSES * FC_IN,
+    })
+}
+
+/// A class asked for must be one of the classifier's.
+fn check_class(class: Option<usize>) -> Result<()> {
+    match class {
+        Some(class) if class >= NUM_CLASSES => Err(Error::ClassOutOfRange {
+            class,
+            classes: NUM_CLASSES,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn min_max_normalize(values: &[f32]) -> Vec<f32> {

@@ -121,13 +121,101 @@ pub enum Error {
         /// The smallest spatial size the network accepts.
         min_side: usize,
     },
-    /// An unknown backend name or a backend that cannot run here.
-    #[error("backend '{name}': {reason}")]
-    Backend {
-        /// The backend's name.
+    /// A backend name that is not one of `BackendKind::ALL` (`--backend`, a plan file).
+    #[error("unknown backend '{name}' (available: {available})")]
+    UnknownBackend {
+        /// The name given.
         name: String,
-        /// Why it cannot be used.
+        /// The names that exist, comma-separated.
+        available: String,
+    },
+    /// A Winograd policy that is not `off`, `auto` or `all` (`--winograd`, `RESNET_WINOGRAD`).
+    #[error("unknown Winograd policy '{value}' (use off, auto or all)")]
+    UnknownWinogradPolicy {
+        /// The value given.
+        value: String,
+    },
+    /// A backend was asked for kernels of an instruction set this CPU does not have.
+    #[error("backend '{backend}': this CPU does not support the {isa} kernels")]
+    UnsupportedIsa {
+        /// The backend's name.
+        backend: &'static str,
+        /// The instruction set asked for (`--isa`, `RESNET_ISA`).
+        isa: resnet_kernels::cpu::Isa,
+    },
+    /// INT8 calibration was given no inputs.
+    #[error("INT8 calibration needs at least one input image, and got none")]
+    NoCalibrationInputs,
+    /// INT8 calibration inputs of different sizes (calibration runs them in batches).
+    #[error("calibration input {index} has shape {found:?}, but the first one has {expected:?} (calibration batches its inputs, so all must have the same size)")]
+    CalibrationInputShape {
+        /// The input's position in the list given.
+        index: usize,
+        /// The first input's shape.
+        expected: Vec<usize>,
+        /// This input's shape.
+        found: Vec<usize>,
+    },
+    /// A backend did not report the network's trace points, each once and in order (a bug in
+    /// that backend, found by [`crate::trace::record`]).
+    #[error("backend '{backend}' reported the trace points {found:?}, not each of the network's once in order")]
+    TracePoints {
+        /// The backend's name.
+        backend: String,
+        /// What it reported.
+        found: Vec<crate::arch::TracePoint>,
+    },
+    /// A backend reported a trace point without its output, or with an output of the wrong
+    /// shape (a bug in that backend).
+    #[error("backend '{backend}' did not hand over the output of {point} (expected shape {expected:?}, got {found:?})")]
+    TraceOutput {
+        /// The backend's name.
+        backend: String,
+        /// The trace point.
+        point: crate::arch::TracePoint,
+        /// The shape from the layer table.
+        expected: Vec<usize>,
+        /// The shape handed over (`[0]` when none was).
+        found: Vec<usize>,
+    },
+    /// A backend did not report a trace point's output that was asked for (a bug in that
+    /// backend).
+    #[error("backend '{backend}' did not report the output of {point}")]
+    MissingTraceOutput {
+        /// The backend's name.
+        backend: String,
+        /// The trace point.
+        point: crate::arch::TracePoint,
+    },
+    /// An 8-bit image made by this crate could not be encoded as PNG.
+    #[error("cannot encode {what} as PNG: {reason}")]
+    PngEncode {
+        /// Which picture (`the channel sheet of layer2.0`).
+        what: String,
+        /// The encoder's message.
         reason: String,
+    },
+    /// A class index outside the classifier's classes (`--class`, `?class=`).
+    #[error("class {class} out of range (the model has classes 0..{classes})")]
+    ClassOutOfRange {
+        /// The index asked for.
+        class: usize,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// A class activation map was asked for with tensors of the wrong size.
+    #[error("class activation map from backend '{backend}': {tensor} has {found} {unit}, expected {expected}")]
+    CamTensorSize {
+        /// The backend whose pass gave the tensors.
+        backend: String,
+        /// Which tensor (`fc.weight`, `the logits`, `layer4.1`).
+        tensor: String,
+        /// What is counted (`values`, `channels`).
+        unit: &'static str,
+        /// Its size.
+        found: usize,
+        /// The size the network has.
+        expected: usize,
     },
 }
 

@@ -85,9 +85,9 @@ pub fn record(backend: &dyn Backend, input: ArrayView4<'_, f32>) -> Result<Trace
     let logits = backend.forward(input, &mut rec)?;
     let found: Vec<TracePoint> = rec.points.iter().map(|p| p.point).collect();
     if found != TracePoint::ALL {
-        return Err(Error::Backend {
-            name: backend.name().into(),
-            reason: format!("reported the trace points {found:?}, not each one once in order"),
+        return Err(Error::TracePoints {
+            backend: backend.name().into(),
+            found,
         });
     }
     if let Some(p) = rec
@@ -95,14 +95,11 @@ pub fn record(backend: &dyn Backend, input: ArrayView4<'_, f32>) -> Result<Trace
         .iter()
         .find(|p| p.output.shape() != p.shape.as_slice())
     {
-        return Err(Error::Backend {
-            name: backend.name().into(),
-            reason: format!(
-                "did not hand over the output of {} (shape {:?}, got {:?})",
-                p.point,
-                p.shape,
-                p.output.shape()
-            ),
+        return Err(Error::TraceOutput {
+            backend: backend.name().into(),
+            point: p.point,
+            expected: p.shape.clone(),
+            found: p.output.shape().to_vec(),
         });
     }
     Ok(Trace {
@@ -302,9 +299,9 @@ pub fn channel_sheet(output: ArrayViewD<'_, f32>, n: usize) -> Result<Option<Cha
     let mut png = Vec::new();
     sheet
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| Error::Backend {
-            name: "trace".into(),
-            reason: format!("cannot encode the channel sheet as PNG: {e}"),
+        .map_err(|e| Error::PngEncode {
+            what: format!("the sheet of {} channels of {h}x{w}", order.len()),
+            reason: e.to_string(),
         })?;
     let channel_zeros = order
         .iter()

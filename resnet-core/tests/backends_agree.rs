@@ -7,31 +7,15 @@
 
 mod common;
 
-use ndarray::{Array4, ArrayD, Axis};
+use common::{random_batch, Capture};
+
+use ndarray::{Array4, Axis};
 use resnet_core::arch::ResNet18Arch;
-use resnet_core::backend::{
-    BackendKind, BackendOptions, LayerEvent, LayerObserver, TracePoint, WinogradPolicy,
-};
+use resnet_core::backend::{BackendKind, BackendOptions, TracePoint, WinogradPolicy};
 use resnet_core::cpu::Isa;
 use resnet_core::postprocess::top_k_indices;
 use resnet_core::preprocess::to_normalized_chw;
 use resnet_core::weights::synthetic_weights;
-
-#[derive(Default)]
-struct Capture(Vec<(String, ArrayD<f32>)>, Vec<(TracePoint, Vec<usize>)>);
-
-impl LayerObserver for Capture {
-    fn wants_outputs(&self) -> bool {
-        true
-    }
-    fn on_layer(&mut self, e: &LayerEvent<'_>) {
-        let out = e.output.as_ref().expect("output requested").to_owned();
-        assert_eq!(out.shape(), &e.shape[..], "{}: event shape", e.name);
-        assert_eq!(e.name, e.point.name());
-        self.0.push((e.name.to_string(), out));
-        self.1.push((e.point, e.shape.clone()));
-    }
-}
 
 /// The points and shapes the layer table says a forward pass of `batch` reports.
 fn expected_points(batch: &Array4<f32>) -> Vec<(TracePoint, Vec<usize>)> {
@@ -44,16 +28,6 @@ fn expected_points(batch: &Array4<f32>) -> Vec<(TracePoint, Vec<usize>)> {
 }
 
 /// A pseudo-random input in the range of normalised images.
-fn random_batch(n: usize, h: usize, w: usize, seed: u64) -> Array4<f32> {
-    let mut s = seed | 1;
-    Array4::from_shape_fn((n, 3, h, w), |_| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-    })
-}
-
 fn photo_batch() -> Array4<f32> {
     let names = [
         "cat_baseline.jpg.png",

@@ -10,29 +10,15 @@
 
 mod common;
 
-use ndarray::{Array2, Array4, ArrayD, Axis};
-use resnet_core::backend::{
-    Backend, BackendKind, BackendOptions, Bf16Backend, LayerEvent, LayerObserver, NoObserver,
-};
+use common::Capture;
+
+use ndarray::{Array2, Array4, Axis};
+use resnet_core::backend::{Backend, BackendKind, BackendOptions, Bf16Backend, NoObserver};
 use resnet_core::cpu::Isa;
 use resnet_core::decode::{decode_image_file, DecodeOptions};
 use resnet_core::postprocess::top_k_indices;
 use resnet_core::preprocess::preprocess;
 use resnet_core::weights::synthetic_weights;
-
-#[derive(Default)]
-struct Capture(Vec<(String, ArrayD<f32>)>);
-
-impl LayerObserver for Capture {
-    fn wants_outputs(&self) -> bool {
-        true
-    }
-    fn on_layer(&mut self, e: &LayerEvent<'_>) {
-        let out = e.output.as_ref().expect("output requested").to_owned();
-        assert_eq!(out.shape(), &e.shape[..], "{}: event shape", e.name);
-        self.0.push((e.name.to_string(), out));
-    }
-}
 
 fn photos() -> Array4<f32> {
     let views: Vec<_> = common::good_images()

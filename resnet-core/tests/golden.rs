@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::data;
+use common::{data, Capture};
 use ndarray::{Array4, Axis};
-use resnet_core::backend::{BackendKind, BackendOptions, LayerEvent, LayerObserver};
+use resnet_core::backend::{BackendKind, BackendOptions};
 use resnet_core::postprocess::top_k_indices;
 use resnet_core::preprocess::to_normalized_chw;
 use resnet_core::weights::{sha256_hex, synthetic_weights, StoreDtype};
@@ -39,23 +39,6 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 /// Collects every trace point's output.
-#[derive(Default)]
-struct Capture(Vec<(String, Vec<usize>, Vec<f32>)>);
-
-impl LayerObserver for Capture {
-    fn wants_outputs(&self) -> bool {
-        true
-    }
-    fn on_layer(&mut self, e: &LayerEvent<'_>) {
-        let out = e.output.as_ref().expect("output requested");
-        self.0.push((
-            e.name.to_string(),
-            e.shape.clone(),
-            out.iter().copied().collect(),
-        ));
-    }
-}
-
 #[test]
 fn synthetic_weights_are_the_ones_the_fixtures_used() {
     let g = golden();
@@ -116,11 +99,13 @@ fn reference_backend_matches_pytorch() {
         // Per trace point: the sampled values must agree. Activations grow to ~10 in layer4;
         // tolerance is relative to the layer's range: 1e-4 of max |activation|, plus 1e-5.
         for (point, summary) in case["trace"].as_object().unwrap() {
-            let (_, shape, values) = capture
+            let (_, output) = capture
                 .0
                 .iter()
-                .find(|(n, _, _)| n == point)
+                .find(|(n, _)| n == point)
                 .unwrap_or_else(|| panic!("backend did not report trace point {point}"));
+            let shape = output.shape();
+            let values: Vec<f32> = output.iter().copied().collect();
             let want_shape: Vec<usize> = summary["shape"]
                 .as_array()
                 .unwrap()

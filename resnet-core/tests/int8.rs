@@ -8,10 +8,10 @@
 
 mod common;
 
+use common::Capture;
+
 use ndarray::{Array2, Array3, ArrayView3, Axis};
-use resnet_core::backend::{
-    Backend, BackendKind, BackendOptions, Int8Backend, LayerEvent, LayerObserver, NoObserver,
-};
+use resnet_core::backend::{Backend, BackendKind, BackendOptions, Int8Backend, NoObserver};
 use resnet_core::cpu::Isa;
 use resnet_core::decode::{decode_image_file, DecodeOptions};
 use resnet_core::preprocess::preprocess;
@@ -174,20 +174,6 @@ fn int8_file_round_trip() {
     assert!(err.to_string().contains("resnet quantize"), "{err}");
 }
 
-#[derive(Default)]
-struct Capture(Vec<(String, Vec<f32>)>);
-
-impl LayerObserver for Capture {
-    fn wants_outputs(&self) -> bool {
-        true
-    }
-    fn on_layer(&mut self, e: &LayerEvent<'_>) {
-        let out = e.output.as_ref().expect("output requested");
-        self.0
-            .push((e.name.to_string(), out.iter().copied().collect()));
-    }
-}
-
 /// Per trace point SQNR of INT8 against f32 (where error enters), on a batch of 4 photos. Each
 /// point must stay above 15 dB (8-bit steps on calibrated ranges give 25-40 dB per tensor;
 /// 15 dB leaves room for the accumulation over 20 layers while still catching a wrong scale,
@@ -228,7 +214,9 @@ fn int8_sqnr_per_layer() {
     for (((name, w), (gname, g)), (mname, db_measured)) in want.0.iter().zip(&got.0).zip(measured) {
         assert_eq!(name, gname);
         assert_eq!(name, mname);
-        let db = sqnr_db(w, g);
+        let (w, g): (Vec<f32>, Vec<f32>) =
+            (w.iter().copied().collect(), g.iter().copied().collect());
+        let db = sqnr_db(&w, &g);
         println!("SQNR {name:<10} {db:6.1} dB (measured {db_measured} dB)");
         assert!(
             db > db_measured - 3.0,

@@ -6,37 +6,16 @@
 //! Plan `j` gives every layer its `j`-th candidate (wrapping where a layer has fewer), so each
 //! candidate of each layer runs in some plan, inside a whole network.
 
-use ndarray::{Array4, ArrayD};
+mod common;
+
+use common::{random_batch, Capture};
 use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
-use resnet_core::backend::{BackendKind, BackendOptions, LayerEvent, LayerObserver};
+use resnet_core::backend::{BackendKind, BackendOptions};
 use resnet_core::cpu::Isa;
 use resnet_core::plan::{self, ActivePlan, LayerPlan, Method, Plan, PlanKey};
 use resnet_core::postprocess::top_k_indices;
 use resnet_core::weights::synthetic_weights;
 use std::sync::Arc;
-
-#[derive(Default)]
-struct Capture(Vec<(String, ArrayD<f32>)>);
-
-impl LayerObserver for Capture {
-    fn wants_outputs(&self) -> bool {
-        true
-    }
-    fn on_layer(&mut self, e: &LayerEvent<'_>) {
-        self.0
-            .push((e.name.to_string(), e.output.as_ref().unwrap().to_owned()));
-    }
-}
-
-fn random_batch(n: usize, seed: u64) -> Array4<f32> {
-    let mut s = seed | 1;
-    Array4::from_shape_fn((n, 3, INPUT_SIZE, INPUT_SIZE), |_| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-    })
-}
 
 #[test]
 fn every_plan_candidate_agrees_with_reference_at_every_trace_point() {
@@ -66,7 +45,7 @@ fn every_plan_candidate_agrees_with_reference_at_every_trace_point() {
     );
 
     let weights = synthetic_weights(0);
-    let input = random_batch(batch, 5);
+    let input = random_batch(batch, INPUT_SIZE, INPUT_SIZE, 5);
     let reference = BackendKind::Reference
         .create(&weights, &BackendOptions::default())
         .unwrap();

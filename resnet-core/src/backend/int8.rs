@@ -1,18 +1,17 @@
 //! The INT8 backend: `u8` NHWC activations, per-channel `i8` weights, resnet-kernels'
 //! `u8 x s8` GEMM with the requantisation, residual add and ReLU fused in its epilogue; im2col
 //! and pooling on the 8-bit data, so no layer goes back to f32 until the average pool. The
-//! classifier stays f32 (see [`crate::quantize`]).
-//!
-//! Also here: [`Fp32Probe`], the f32 forward pass that calibration records activations from
-//! (the native backend's kernels, reporting every tensor that gets a quantisation).
+//! classifier stays f32 (see [`crate::quantize`]). It runs a [`QuantizedModel`] and knows
+//! nothing of how one is made: from the quantize module it uses only the leaf
+//! [`crate::quantize::model`].
 
 use super::folded::{nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
-use super::native::{classifier, NativeBackend, PackedLayer};
+use super::native::{classifier, PackedLayer};
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WinogradPolicy, WorkspacePool};
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
-use crate::quantize::{ActQuant, Activation, LayerPrecision, QuantizedConv, QuantizedModel};
-use crate::weights::{FoldedConv, Weights};
+use crate::quantize::model::{ActQuant, Activation, LayerPrecision, QuantizedConv, QuantizedModel};
+use crate::weights::FoldedConv;
 use ndarray::{Array2, ArrayView4};
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
@@ -218,21 +217,6 @@ impl Int8Backend {
         }
     }
 
-    /// Quantises f32 weights with the default calibration (the built-in photos and their
-    /// augmented crops, [`crate::quantize::default_calibration_inputs`]), then prepares them.
-    pub fn from_weights(weights: &Weights, isa: Isa) -> Result<Int8Backend> {
-        let inputs = crate::quantize::default_calibration_inputs()?;
-        let model = crate::quantize::calibrate(
-            weights,
-            &inputs,
-            crate::quantize::DEFAULT_METHOD,
-            crate::quantize::DEFAULT_STEM,
-            isa,
-            &mut |_, _| {},
-        )?;
-        Ok(Int8Backend::new(&model, isa))
-    }
-
     fn forward_in(
         &self,
         batch: ArrayView4<'_, f32>,
@@ -403,27 +387,4 @@ fn grow<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
         buf.resize(len, T::default());
     }
     &mut buf[..len]
-}
-
-/// The f32 network (the native backend, without Winograd) reporting every tensor that gets an
-/// INT8 quantisation, NHWC: `input`, `stem`, `{block}.conv1`, `{block}.downsample`, `{block}`.
-pub(crate) struct Fp32Probe(NativeBackend);
-
-impl Fp32Probe {
-    pub(crate) fn new(weights: &Weights, isa: Isa) -> Fp32Probe {
-        Fp32Probe(NativeBackend::new(weights, isa, WinogradPolicy::Off))
-    }
-
-    /// Runs `batch` and hands each recorded NHWC tensor to `visit(activation, values)`.
-    pub(crate) fn run(
-        &self,
-        batch: ArrayView4<'_, f32>,
-        visit: &mut dyn FnMut(Activation, &[f32]),
-    ) {
-        self.0.probe(batch, &mut |tap, data, _| {
-            if let Some(a) = tap.activation() {
-                visit(a, data);
-            }
-        });
-    }
 }

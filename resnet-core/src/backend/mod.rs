@@ -17,9 +17,9 @@ pub mod tune;
 
 pub use bf16::Bf16Backend;
 pub use gemm::GemmBackend;
-pub(crate) use int8::Fp32Probe;
 pub use int8::Int8Backend;
 pub use native::NativeBackend;
+pub(crate) use native::Tap;
 pub use reference::ReferenceBackend;
 
 pub use crate::arch::TracePoint;
@@ -229,15 +229,16 @@ impl BackendKind {
         if options.isa.is_supported() {
             Ok(())
         } else {
-            Err(Error::Backend {
-                name: self.name().into(),
-                reason: format!("this CPU does not support the {} kernels", options.isa),
+            Err(Error::UnsupportedIsa {
+                backend: self.name(),
+                isa: options.isa,
             })
         }
     }
 
-    /// Builds the backend for these weights. `Int8` quantises them first, calibrating on the
-    /// built-in photos ([`crate::quantize::default_calibration_inputs`]); to use a calibrated
+    /// Builds the backend for these weights. `Int8` quantises them first, which runs a
+    /// calibration on the built-in photos
+    /// ([`crate::quantize::calibrate_on_built_in_images`], logged at info); to use a calibrated
     /// `.int8.safetensors` file, build [`Int8Backend::new`] from
     /// [`crate::quantize::QuantizedModel::load`] instead.
     pub fn create(self, weights: &Weights, options: &BackendOptions) -> Result<Box<dyn Backend>> {
@@ -251,7 +252,10 @@ impl BackendKind {
                 options.winograd,
                 options.plan.clone(),
             )),
-            BackendKind::Int8 => Box::new(Int8Backend::from_weights(weights, options.isa)?),
+            BackendKind::Int8 => Box::new(Int8Backend::new(
+                &crate::quantize::calibrate_on_built_in_images(weights, options.isa)?,
+                options.isa,
+            )),
             BackendKind::Bf16 => Box::new(Bf16Backend::new(weights, options.isa)),
         })
     }
@@ -263,12 +267,9 @@ impl std::str::FromStr for BackendKind {
         BackendKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| Error::Backend {
+            .ok_or_else(|| Error::UnknownBackend {
                 name: s.to_string(),
-                reason: format!(
-                    "unknown backend (available: {})",
-                    BackendKind::ALL.map(|k| k.name()).join(", ")
-                ),
+                available: BackendKind::ALL.map(|k| k.name()).join(", "),
             })
     }
 }
@@ -344,9 +345,8 @@ impl std::str::FromStr for WinogradPolicy {
             "off" => Ok(WinogradPolicy::Off),
             "auto" => Ok(WinogradPolicy::Auto),
             "all" => Ok(WinogradPolicy::All),
-            _ => Err(Error::Backend {
-                name: "native".into(),
-                reason: format!("unknown Winograd policy '{s}' (use off, auto or all)"),
+            _ => Err(Error::UnknownWinogradPolicy {
+                value: s.to_string(),
             }),
         }
     }

@@ -18,7 +18,6 @@ use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
 use crate::arch::{ResNet18Arch, TracePoint};
 use crate::error::Result;
 use crate::plan::{default_choice, ActivePlan, LayerChoice, Method};
-use crate::quantize::Activation;
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
 use resnet_kernels::cpu::Isa;
@@ -145,21 +144,6 @@ pub(crate) enum Tap {
     Downsample(usize),
     /// Block `i`'s output, after the residual add and ReLU.
     Block(usize),
-}
-
-impl Tap {
-    /// The INT8 activation this tensor's range calibrates, if any (all but the max-pool, which
-    /// keeps its input's quantisation).
-    pub(crate) fn activation(self) -> Option<Activation> {
-        Some(match self {
-            Tap::Input => Activation::Input,
-            Tap::Stem => Activation::Stem,
-            Tap::MaxPool => return None,
-            Tap::Conv1(i) => Activation::Conv1(i),
-            Tap::Downsample(i) => Activation::Downsample(i),
-            Tap::Block(i) => Activation::Block(i),
-        })
-    }
 }
 
 struct PackedBlock {

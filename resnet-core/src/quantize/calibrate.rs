@@ -1,9 +1,9 @@
 //! Calibration: run the f32 network on real inputs, record every quantised tensor's values, and
 //! turn them into `u8` ranges by one of three methods.
 
-use super::{ActQuant, Activation, LayerPrecision, QuantizedConv, QuantizedModel};
+use super::model::{ActQuant, Activation, LayerPrecision, QuantizedConv, QuantizedModel};
 use crate::arch::ResNet18Arch;
-use crate::backend::Fp32Probe;
+use crate::backend::{NativeBackend, Tap, WinogradPolicy};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 use ndarray::{Array3, Array4, ArrayView3, Axis};
@@ -140,24 +140,35 @@ pub fn calibrate(
     progress: &mut dyn CalibrationProgress,
 ) -> Result<QuantizedModel> {
     if inputs.is_empty() {
-        return Err(Error::Backend {
-            name: "int8".into(),
-            reason: "calibration needs at least one input".into(),
+        return Err(Error::NoCalibrationInputs);
+    }
+    let expected = inputs[0].shape();
+    if let Some((index, input)) = inputs
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.shape() != expected)
+    {
+        return Err(Error::CalibrationInputShape {
+            index,
+            expected: expected.to_vec(),
+            found: input.shape().to_vec(),
         });
     }
-    let probe = Fp32Probe::new(weights, isa);
+    // The f32 network whose tensors the INT8 backend's quantisations stand for: `native`
+    // without Winograd (whose rounding the INT8 direct convolutions do not share).
+    let probe = NativeBackend::new(weights, isa, WinogradPolicy::Off);
     let mut stats: HashMap<Activation, TensorStats> = HashMap::new();
     let mut done = 0;
     progress.progress(0, inputs.len());
     for chunk in inputs.chunks(8) {
         let views: Vec<ArrayView3<'_, f32>> = chunk.iter().map(|a| a.view()).collect();
-        let batch: Array4<f32> = ndarray::stack(Axis(0), &views).map_err(|e| Error::Backend {
-            name: "int8".into(),
-            reason: format!("calibration inputs differ in shape: {e}"),
-        })?;
+        let batch: Array4<f32> =
+            ndarray::stack(Axis(0), &views).expect("the shapes were checked equal above");
         crate::backend::check_batch_shape(&batch.view())?;
-        probe.run(batch.view(), &mut |a, data| {
-            stats.entry(a).or_default().record(data)
+        probe.probe(batch.view(), &mut |tap, data, _| {
+            if let Some(a) = activation_of(tap) {
+                stats.entry(a).or_default().record(data)
+            }
         });
         done += chunk.len();
         progress.progress(done, inputs.len());
@@ -177,6 +188,48 @@ pub fn calibrate(
         inputs.len(),
         stem,
     ))
+}
+
+/// The INT8 activation whose range a tensor of the f32 pass calibrates, if any: all but the
+/// max-pool, which keeps its input's quantisation.
+fn activation_of(tap: Tap) -> Option<Activation> {
+    Some(match tap {
+        Tap::Input => Activation::Input,
+        Tap::Stem => Activation::Stem,
+        Tap::MaxPool => return None,
+        Tap::Conv1(i) => Activation::Conv1(i),
+        Tap::Downsample(i) => Activation::Downsample(i),
+        Tap::Block(i) => Activation::Block(i),
+    })
+}
+
+/// Quantises f32 `weights` for the INT8 backend when no calibrated model file was given:
+/// **this runs a calibration**, on the built-in set of
+/// [`default_calibration_inputs`](super::default_calibration_inputs) (the three photos of
+/// [`DEFAULT_CALIBRATION_NAMES`](super::DEFAULT_CALIBRATION_NAMES), copied from
+/// `testdata/images` into the library, each with 7 augmented crops: 24 inputs), with
+/// [`DEFAULT_METHOD`](super::DEFAULT_METHOD) and [`DEFAULT_STEM`](super::DEFAULT_STEM), on
+/// `isa`'s kernels. Those photos are not the user's data, so the ranges are generic; a model
+/// calibrated on one's own images ([`calibrate`], `resnet quantize --calib DIR`) is the better
+/// choice. Logged once at info level, since it takes a second or two and changes the numbers.
+pub fn calibrate_on_built_in_images(weights: &Weights, isa: Isa) -> Result<QuantizedModel> {
+    let inputs = super::default_calibration_inputs()?;
+    log::info!(
+        "{}: f32 weights for the int8 backend: quantising them now, calibrated ({}, stem {:?}) on          the {} built-in inputs ({} and their crops), not on your images;          `resnet quantize --calib DIR` calibrates on your own",
+        weights.source(),
+        super::DEFAULT_METHOD,
+        super::DEFAULT_STEM,
+        inputs.len(),
+        super::DEFAULT_CALIBRATION_NAMES.join(", ")
+    );
+    calibrate(
+        weights,
+        &inputs,
+        super::DEFAULT_METHOD,
+        super::DEFAULT_STEM,
+        isa,
+        &mut |_, _| {},
+    )
 }
 
 /// The weight half of quantisation (no calibration needed).

@@ -61,3 +61,37 @@ pub fn expected_isas() -> Vec<resnet_core::cpu::Isa> {
         .filter_map(|name| name.trim().parse().ok())
         .collect()
 }
+
+/// Records what a backend reports at every trace point: `.0` each point's name and NCHW output,
+/// `.1` each point and the shape it announced. Checks, for every backend it watches, that the
+/// output handed over has the announced shape and that the name is the point's.
+#[derive(Default)]
+pub struct Capture(
+    pub Vec<(String, ndarray::ArrayD<f32>)>,
+    pub Vec<(resnet_core::backend::TracePoint, Vec<usize>)>,
+);
+
+impl resnet_core::backend::LayerObserver for Capture {
+    fn wants_outputs(&self) -> bool {
+        true
+    }
+    fn on_layer(&mut self, e: &resnet_core::backend::LayerEvent<'_>) {
+        let out = e.output.as_ref().expect("output requested").to_owned();
+        assert_eq!(out.shape(), &e.shape[..], "{}: event shape", e.name);
+        assert_eq!(e.name, e.point.name());
+        self.0.push((e.name.to_string(), out));
+        self.1.push((e.point, e.shape.clone()));
+    }
+}
+
+/// A seeded batch `[n, 3, h, w]` of values uniform in [-2, 2) (roughly the range of normalised
+/// pixels), from a xorshift64 generator: the same seed gives the same batch on every machine.
+pub fn random_batch(n: usize, h: usize, w: usize, seed: u64) -> ndarray::Array4<f32> {
+    let mut s = seed | 1;
+    ndarray::Array4::from_shape_fn((n, 3, h, w), |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+    })
+}

@@ -137,8 +137,8 @@ fn edge_tile<K: MicroKernel>(
     let c = c.get();
     for i in 0..t.rows {
         for j in 0..t.cols {
-            // SAFETY: (i0+i, j0+j) is inside C and inside this work item's tiles.
             tile[i * K::NR + j] = if t.accumulate {
+                // SAFETY: (i0+i, j0+j) is inside C and inside this work item's tiles.
                 unsafe { *c.add((t.i0 + i) * ldc + t.j0 + j) }
             } else {
                 0.0

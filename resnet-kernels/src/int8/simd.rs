@@ -17,7 +17,9 @@ pub(crate) mod w512 {
 
     #[inline(always)]
     pub unsafe fn zero() -> V {
-        _mm512_setzero_si512()
+        // SAFETY: the caller is a kernel compiled with `avx512f,avx512bw` (the module's
+        // contract), picked only on a CPU that has them; no memory is touched.
+        unsafe { _mm512_setzero_si512() }
     }
     #[inline(always)]
     pub unsafe fn load(p: *const i8) -> V {
@@ -26,11 +28,15 @@ pub(crate) mod w512 {
     }
     #[inline(always)]
     pub unsafe fn splat(x: i32) -> V {
-        _mm512_set1_epi32(x)
+        // SAFETY: the caller is a kernel compiled with `avx512f,avx512bw` (the module's
+        // contract), picked only on a CPU that has them; no memory is touched.
+        unsafe { _mm512_set1_epi32(x) }
     }
     #[inline(always)]
     pub unsafe fn add(a: V, b: V) -> V {
-        _mm512_add_epi32(a, b)
+        // SAFETY: the caller is a kernel compiled with `avx512f,avx512bw` (the module's
+        // contract), picked only on a CPU that has them; no memory is touched.
+        unsafe { _mm512_add_epi32(a, b) }
     }
     #[inline(always)]
     pub unsafe fn load_i32(p: *const i32) -> V {
@@ -45,15 +51,21 @@ pub(crate) mod w512 {
     /// `vpdpbusd`: each lane += 4 `u8 x s8` products, exact.
     #[inline(always)]
     pub unsafe fn dot_vnni(acc: V, a: V, b: V, _: V) -> V {
-        _mm512_dpbusd_epi32(acc, a, b)
+        // SAFETY: the caller is the VNNI kernel, compiled with `avx512f,avx512bw,avx512vnni`,
+        // chosen only on a CPU that has them; no memory is touched.
+        unsafe { _mm512_dpbusd_epi32(acc, a, b) }
     }
     /// The split-weight dot product: `a·h` and `a·l` by `vpmaddubsw` (exact: |h| <= 64,
     /// l in {0, 1}), widened by `vpmaddwd` with 2 and 1, added: `a·(2h + l) = a·w`.
     #[inline(always)]
     pub unsafe fn dot_split(acc: V, a: V, h: V, l: V) -> V {
-        let high = _mm512_madd_epi16(_mm512_maddubs_epi16(a, h), _mm512_set1_epi16(2));
-        let low = _mm512_madd_epi16(_mm512_maddubs_epi16(a, l), _mm512_set1_epi16(1));
-        _mm512_add_epi32(acc, _mm512_add_epi32(high, low))
+        // SAFETY: the caller is a kernel compiled with `avx512f,avx512bw` (the module's
+        // contract), picked only on a CPU that has them; no memory is touched.
+        unsafe {
+            let high = _mm512_madd_epi16(_mm512_maddubs_epi16(a, h), _mm512_set1_epi16(2));
+            let low = _mm512_madd_epi16(_mm512_maddubs_epi16(a, l), _mm512_set1_epi16(1));
+            _mm512_add_epi32(acc, _mm512_add_epi32(high, low))
+        }
     }
     /// The design note's epilogue on 16 columns `j0..j0+16` of row `i`, stored as u8.
     #[inline(always)]
@@ -92,7 +104,9 @@ pub(crate) mod w256 {
 
     #[inline(always)]
     pub unsafe fn zero() -> V {
-        _mm256_setzero_si256()
+        // SAFETY: the caller is a kernel compiled with `avx2` (the module's contract), picked
+        // only on a CPU that has it; no memory is touched.
+        unsafe { _mm256_setzero_si256() }
     }
     #[inline(always)]
     pub unsafe fn load(p: *const i8) -> V {
@@ -101,11 +115,15 @@ pub(crate) mod w256 {
     }
     #[inline(always)]
     pub unsafe fn splat(x: i32) -> V {
-        _mm256_set1_epi32(x)
+        // SAFETY: the caller is a kernel compiled with `avx2` (the module's contract), picked
+        // only on a CPU that has it; no memory is touched.
+        unsafe { _mm256_set1_epi32(x) }
     }
     #[inline(always)]
     pub unsafe fn add(a: V, b: V) -> V {
-        _mm256_add_epi32(a, b)
+        // SAFETY: the caller is a kernel compiled with `avx2` (the module's contract), picked
+        // only on a CPU that has it; no memory is touched.
+        unsafe { _mm256_add_epi32(a, b) }
     }
     #[inline(always)]
     pub unsafe fn load_i32(p: *const i32) -> V {
@@ -120,15 +138,21 @@ pub(crate) mod w256 {
     /// AVX-VNNI `vpdpbusd` (VEX): each lane += 4 `u8 x s8` products, exact.
     #[inline(always)]
     pub unsafe fn dot_vnni(acc: V, a: V, b: V, _: V) -> V {
-        _mm256_dpbusd_avx_epi32(acc, a, b)
+        // SAFETY: the caller is the AVX-VNNI kernel, compiled with `avx2,avxvnni`, chosen only
+        // on a CPU that has them; no memory is touched.
+        unsafe { _mm256_dpbusd_avx_epi32(acc, a, b) }
     }
     /// The split-weight dot product: `a·h` and `a·l` by `vpmaddubsw` (exact: |h| <= 64,
     /// l in {0, 1}), widened by `vpmaddwd` with 2 and 1, added: `a·(2h + l) = a·w`.
     #[inline(always)]
     pub unsafe fn dot_split(acc: V, a: V, h: V, l: V) -> V {
-        let high = _mm256_madd_epi16(_mm256_maddubs_epi16(a, h), _mm256_set1_epi16(2));
-        let low = _mm256_madd_epi16(_mm256_maddubs_epi16(a, l), _mm256_set1_epi16(1));
-        _mm256_add_epi32(acc, _mm256_add_epi32(high, low))
+        // SAFETY: the caller is a kernel compiled with `avx2` (the module's contract), picked
+        // only on a CPU that has it; no memory is touched.
+        unsafe {
+            let high = _mm256_madd_epi16(_mm256_maddubs_epi16(a, h), _mm256_set1_epi16(2));
+            let low = _mm256_madd_epi16(_mm256_maddubs_epi16(a, l), _mm256_set1_epi16(1));
+            _mm256_add_epi32(acc, _mm256_add_epi32(high, low))
+        }
     }
     /// The design note's epilogue on 8 columns `j0..j0+8` of row `i`, stored as u8.
     #[inline(always)]
@@ -200,8 +224,9 @@ macro_rules! int8_kernel {
                 ) {
                     const L: usize = $w::LANES;
                     const NR: usize = 2 * L;
-                    // SAFETY: every intrinsic needs the kernel's features, enabled on this fn.
+                    // SAFETY: `zero` needs the kernel's features, enabled on this fn.
                     let mut acc0: [$w::V; R] = [unsafe { $w::zero() }; R];
+                    // SAFETY: as above.
                     let mut acc1: [$w::V; R] = [unsafe { $w::zero() }; R];
                     for g in 0..kc4 / 4 {
                         // SAFETY: g < kc4/4 and i < R <= MR: a + i*kc4 + 4g + 4 and
