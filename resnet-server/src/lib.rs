@@ -37,6 +37,7 @@ pub mod kserve;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod pages;
 pub mod routes;
 pub mod server;
 pub mod write_deadline;
