@@ -342,7 +342,7 @@ async fn trace_recomputes_a_block_stage_by_stage_and_it_is_the_networks_block() 
             &blocks[0],
             TracePoint::Block(2),
             "downsample",
-            [1, 128, 28, 28],
+            [1usize, 128, 28, 28],
         ),
         (
             &blocks[1],

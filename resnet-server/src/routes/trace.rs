@@ -59,6 +59,8 @@ fn blocks_param(
     let Some(spec) = query.get("block") else {
         return Ok(None);
     };
+    // The query is not percent-decoded: a browser's URLSearchParams sends the comma as %2C.
+    let spec = spec.replace("%2C", ",").replace("%2c", ",");
     let points = if spec == "all" {
         block_points()
     } else {
