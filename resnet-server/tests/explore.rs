@@ -210,6 +210,11 @@ async fn trace_refuses_bad_input_like_the_other_routes() {
         ("top_k=0", "top_k"),
         ("backend=nope", "nope"),
         ("compare=gemm", "gemm"),
+        ("block=layer5.0", "layer5.0"),
+        ("block=stem", "stem"),
+        ("block=", "''"),
+        ("block=layer1.0,,layer1.1", "''"),
+        ("block=layer1.0&stage_maps=17", "stage_maps"),
     ] {
         let r = post_raw(addr, &format!("/v1/trace?{query}"), "image/jpeg", &cat).await;
         r.assert_error(400, "bad_parameter");
@@ -292,16 +297,6 @@ async fn the_explorer_page_is_public_and_self_contained_and_the_trace_needs_the_
     assert_eq!(auth.status, 200);
     assert_eq!(auth.json()["layers"].as_array().unwrap().len(), 12);
     server.shutdown().await;
-}
-
-/// The layer `name` of a `/v1/trace` answer.
-fn layer<'a>(answer: &'a Value, name: &str) -> &'a Value {
-    answer["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["layer"] == name)
-        .unwrap_or_else(|| panic!("no layer {name}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,21 +447,5 @@ async fn trace_recomputes_a_block_stage_by_stage_and_it_is_the_networks_block() 
     // Without ?block= there are no blocks.
     let plain = post_raw(addr, "/v1/trace", "image/jpeg", &cat).await.json();
     assert!(plain.get("blocks").is_none() && plain["timing_ms"].get("branches").is_none());
-    assert!(layer(&plain, "layer3.1")["max"].as_f64().is_some());
-    for (query, needle) in [
-        ("block=layer5.0", "layer5.0"),
-        ("block=stem", "stem"),
-        ("block=", "''"),
-        ("block=layer1.0,,layer1.1", "''"),
-        ("block=layer1.0&stage_maps=17", "stage_maps"),
-    ] {
-        let r = post_raw(addr, &format!("/v1/trace?{query}"), "image/jpeg", &cat).await;
-        r.assert_error(400, "bad_parameter");
-        assert!(
-            r.json()["error"].as_str().unwrap().contains(needle),
-            "{query}: {}",
-            r.json()
-        );
-    }
     server.shutdown().await;
 }
