@@ -421,9 +421,15 @@ pub struct TraceArgs {
     /// with this trace in it, as one self-contained HTML file that opens without a server.
     #[arg(long, value_name = "OUT.html")]
     pub html: Option<PathBuf>,
-    /// Channels per feature map drawn in the --html file (the most active ones).
+    /// Channels per feature map drawn in the --html file (the most active ones; at most 16 per
+    /// stage of a recomputed BasicBlock).
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
     pub maps: u16,
+    /// Also recompute every BasicBlock stage by stage from its input (conv1-bn-relu, conv2-bn,
+    /// identity or downsample, their sum, the ReLU'd output) and print their statistics; JSON
+    /// then prints {"layers": [...], "blocks": [...]}. An --html file always carries them.
+    #[arg(long)]
+    pub branches: bool,
 }
 
 #[derive(Args, Debug)]

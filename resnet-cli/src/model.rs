@@ -113,18 +113,25 @@ pub fn int8_backend(path: &Path, isa: Isa) -> anyhow::Result<Box<dyn Backend>> {
 /// backend keeps only its own prepared copy. Transient: dropped once the caller has what it
 /// needs. An INT8 model file has no f32 `fc.weight`, so no activation maps.
 pub fn weights_identity(path: &Path) -> anyhow::Result<WeightsIdentity> {
+    Ok(weights_identity_and_f32(path)?.0)
+}
+
+/// Like [`weights_identity`], also handing back the f32 weights (`None` for an INT8 model
+/// file), for what needs more of them than `fc.weight` (the explorer's BasicBlock branches).
+pub fn weights_identity_and_f32(path: &Path) -> anyhow::Result<(WeightsIdentity, Option<Weights>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let sha256 = sha256_hex(&bytes);
     let name = path.display().to_string();
     if is_int8_file(&bytes) {
         let model = QuantizedModel::from_safetensors_bytes(&bytes, &name)?;
-        return Ok(WeightsIdentity {
+        let identity = WeightsIdentity {
             source: name,
             sha256: Some(sha256),
             synthetic: model.synthetic,
             fc_weight: None,
-        });
+        };
+        return Ok((identity, None));
     }
     let weights = Weights::from_bytes(&bytes, &name)?;
-    Ok(WeightsIdentity::of(&weights, Some(sha256)))
+    Ok((WeightsIdentity::of(&weights, Some(sha256)), Some(weights)))
 }

@@ -1,8 +1,9 @@
 //! `resnet serve`: the HTTP service of `resnet-server`, with the model the CLI loads.
 
 use crate::args::{ModelArgs, ServeArgs};
-use crate::model::{load_model, weights_identity};
+use crate::model::{load_model, weights_identity_and_f32};
 use anyhow::{bail, Context};
+use resnet_core::trace::branches::BlockWeights;
 use resnet_server::{Config, ServedModel};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,18 +26,17 @@ pub fn run(args: ServeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// The model as `classify` loads it, plus what the server shows about its weights file
-/// (SHA-256, synthetic or not) and the `fc.weight` class activation maps need.
+/// (SHA-256, synthetic or not), the `fc.weight` class activation maps need and, from f32
+/// weights, the folded block weights `/v1/trace?block=` recomputes BasicBlocks with.
 pub fn served_model(args: &ModelArgs, threads: usize) -> anyhow::Result<ServedModel> {
     let model = load_model(args)?;
-    let identity = weights_identity(&model.weights_path)?;
+    let (identity, f32_weights) = weights_identity_and_f32(&model.weights_path)?;
     let isa = resnet_core::cpu::Isa::from_env_or_best()?;
-    Ok(ServedModel::new(
-        model.backend,
-        model.labels,
-        identity,
-        isa,
-        threads,
-    ))
+    let served = ServedModel::new(model.backend, model.labels, identity, isa, threads);
+    Ok(match f32_weights {
+        Some(w) => served.with_block_weights(BlockWeights::new(&w)),
+        None => served,
+    })
 }
 
 /// `--addr`, else `0.0.0.0:$PORT` when PORT is set (container platforms), else 127.0.0.1:8080.

@@ -3,7 +3,7 @@
 //! with this trace in it, as one file that opens without a server.
 
 use crate::args::{Format, TraceArgs};
-use crate::model::{load_model, weights_identity, Model};
+use crate::model::{load_model, weights_identity_and_f32, Model};
 use anyhow::{bail, Context};
 use ndarray::{Array3, Axis};
 use resnet_core::arch::INPUT_SIZE;
@@ -11,11 +11,14 @@ use resnet_core::decode::decode_image_file;
 use resnet_core::input::{is_npy, load_input, write_npy};
 use resnet_core::postprocess::{softmax, top_k, top_k_indices};
 use resnet_core::preprocess::{resize_and_crop, to_normalized_chw};
+use resnet_core::trace::branches::{block_points, BlockWeights};
 use resnet_core::trace::{record, trace_rows, Trace};
 use resnet_server::api::ImageInfo;
 use resnet_server::explore::{
-    layer_reports, png_data_url, static_page, CamImage, TraceResponse, TraceTiming,
+    block_reports, layer_reports, png_data_url, static_page, BlockReport, CamImage, TraceResponse,
+    TraceTiming,
 };
+use resnet_server::WeightsIdentity;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -67,23 +70,60 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let rows = trace_rows(&trace.points, other.as_ref().map(|o| &o.points[..]));
-    if let (Some(out), Some((image, crop, decode, preprocess))) = (&args.html, decoded) {
+    // The weights file again, for the activation maps' fc.weight and the blocks' folded weights.
+    let wants_blocks = args.branches || args.html.is_some();
+    let (identity, f32_weights) = if wants_blocks {
+        let (identity, weights) = weights_identity_and_f32(&model.weights_path)?;
+        (Some(identity), weights)
+    } else {
+        (None, None)
+    };
+    let t = Instant::now();
+    let recomputed = match (&f32_weights, wants_blocks) {
+        (Some(w), true) => BlockWeights::new(w).of_trace(&trace, &block_points())?,
+        (None, true) => {
+            log::warn!(
+                "{}: an INT8 model file has no f32 weights: the BasicBlocks are not recomputed stage by stage",
+                model.weights_path.display()
+            );
+            Vec::new()
+        }
+        _ => Vec::new(),
+    };
+    let branches_time = t.elapsed();
+    drop(f32_weights);
+    if let (Some(out), Some((image, crop, decode, preprocess)), Some(identity)) =
+        (&args.html, decoded, &identity)
+    {
+        let blocks =
+            block_reports(&trace, &recomputed, args.maps as usize).map_err(anyhow::Error::msg)?;
         let report = html_report(
             &args,
             &model,
+            identity,
             &trace,
             other.as_ref(),
             &input,
             image,
             crop,
             (decode, preprocess),
+            (blocks, branches_time),
             started,
         )?;
         let page = static_page(&report).map_err(anyhow::Error::msg)?;
         std::fs::write(out, page).with_context(|| format!("writing {}", out.display()))?;
         log::info!("wrote the explorer page to {}", out.display());
     }
+    let blocks = if args.branches {
+        block_reports(&trace, &recomputed, 0).map_err(anyhow::Error::msg)?
+    } else {
+        Vec::new()
+    };
     match args.format {
+        Format::Json if args.branches => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"layers": rows, "blocks": blocks}))?
+        ),
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Text => {
             println!(
@@ -123,9 +163,44 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             }
             let total: f64 = rows.iter().map(|r| r.ms).sum();
             println!("total {total:.2} ms");
+            if args.branches {
+                print_blocks(&blocks, branches_time);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The recomputed BasicBlocks, one table row per stage.
+fn print_blocks(blocks: &[BlockReport], took: Duration) {
+    println!(
+        "\nBasicBlocks recomputed stage by stage from each block's input (folded f32 weights, \
+         textbook loops, {:.0} ms):",
+        took.as_secs_f64() * 1e3
+    );
+    for b in blocks {
+        println!(
+            "{}: ReLU switched off {:.1}% of the sum; recomputed output vs the backend's: SQNR {:.1} dB, max|err| {:.3e}",
+            b.layer,
+            100.0 * b.relu_off,
+            b.versus_backend.sqnr_db,
+            b.versus_backend.max_abs_error
+        );
+        for s in &b.stages {
+            let shape: Vec<String> = s.shape.iter().map(|d| d.to_string()).collect();
+            println!(
+                "  {:<10} {:<16} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>6.1}%  {}",
+                s.stage.name(),
+                shape.join("x"),
+                s.stats.min,
+                s.stats.max,
+                s.stats.mean,
+                s.stats.std,
+                100.0 * s.stats.zeros,
+                s.op
+            );
+        }
+    }
 }
 
 /// The body `/v1/trace` would answer for this image, plus the activation maps of the top
@@ -134,12 +209,14 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
 fn html_report(
     args: &TraceArgs,
     model: &Model,
+    identity: &WeightsIdentity,
     trace: &Trace,
     other: Option<&Trace>,
     input: &Array3<f32>,
     image: resnet_core::decode::DecodedImage,
     crop: image::RgbImage,
     (decode, preprocess): (Duration, Duration),
+    (blocks, branches): (Vec<BlockReport>, Duration),
     started: Instant,
 ) -> anyhow::Result<TraceResponse> {
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
@@ -148,7 +225,6 @@ fn html_report(
     let layers =
         layer_reports(trace, other, args.maps as usize, (h, w)).map_err(anyhow::Error::msg)?;
     let logits = trace.logits.row(0).to_vec();
-    let identity = weights_identity(&model.weights_path)?;
     let mut cams = Vec::new();
     if let (Some(fc_weight), Some(features)) = (
         &identity.fc_weight,
@@ -199,10 +275,12 @@ fn html_report(
             queue: 0.0,
             trace: ms(trace.elapsed),
             compare: other.map(|o| ms(o.elapsed)),
+            branches: (!blocks.is_empty()).then(|| ms(branches)),
             report,
             total: ms(started.elapsed()),
         },
         layers,
+        blocks,
         cams,
     })
 }

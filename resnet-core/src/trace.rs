@@ -9,6 +9,8 @@
 //! - [`channel_sheet`] draws the `n` most active channels of a feature map as one grey-scale PNG
 //!   sprite sheet ([`ChannelSheet`]), with the channel index of every tile.
 //! - [`point_costs`] sums the layer table of [`crate::arch`] per trace point (parameters, MACs).
+//! - [`branches`] recomputes a BasicBlock step by step (its two branches, their sum), which the
+//!   fast backends fuse away.
 
 use crate::arch::{LayerRow, ResNet18Arch, TracePoint};
 use crate::backend::{Backend, LayerEvent, LayerObserver};
@@ -17,6 +19,8 @@ use image::{GrayImage, Luma};
 use ndarray::{Array2, ArrayD, ArrayView4, ArrayViewD, Axis, Ix4};
 use serde::Serialize;
 use std::time::Duration;
+
+pub mod branches;
 
 /// One trace point as a forward pass reported it.
 #[derive(Clone, Debug)]

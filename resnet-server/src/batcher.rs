@@ -10,12 +10,15 @@
 //!
 //! Class activation maps need one layer's output, so `Cam` jobs run one at a time with an
 //! observer; they share the queue, and its back-pressure, with classifications. So do `Trace`
-//! jobs (`/v1/trace`), which keep every layer's output of one image.
+//! jobs (`/v1/trace`), which keep every layer's output of one image and, when asked, recompute
+//! BasicBlocks stage by stage (the heaviest part of a trace: it stays behind the same queue).
 
 use crate::metrics::Metrics;
 use ndarray::{Array3, Array4, Axis};
+use resnet_core::arch::TracePoint;
 use resnet_core::backend::{Backend, NoObserver};
 use resnet_core::cam::{class_activation_map, ClassActivationMap};
+use resnet_core::trace::branches::{BlockBranches, BlockWeights};
 use resnet_core::trace::{record, Trace};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,7 +45,18 @@ pub enum Work {
         input: Array3<f32>,
         /// The backend to trace, then the one to compare with, if any.
         backends: Vec<Arc<dyn Backend>>,
+        /// BasicBlocks to recompute stage by stage from the first backend's trace (`?block=`).
+        branches: Option<(Arc<BlockWeights>, Vec<TracePoint>)>,
     },
+}
+
+/// BasicBlocks recomputed stage by stage, for [`Work::Trace`].
+#[derive(Debug)]
+pub struct TracedBranches {
+    /// One per block asked for, in the order asked.
+    pub blocks: Vec<BlockBranches>,
+    /// Time it took.
+    pub elapsed: Duration,
 }
 
 /// A finished job.
@@ -54,6 +68,8 @@ pub struct Done {
     pub cam: Option<ClassActivationMap>,
     /// One trace per backend, for [`Work::Trace`].
     pub traces: Vec<Trace>,
+    /// The recomputed blocks, for a [`Work::Trace`] that asked for them.
+    pub branches: Option<TracedBranches>,
     /// Time spent waiting in the queue.
     pub queue: Duration,
     /// Time of the forward pass that computed it.
@@ -242,6 +258,7 @@ impl Worker {
                     logits: logits.row(i).to_vec(),
                     cam: None,
                     traces: Vec::new(),
+                    branches: None,
                     queue: started.saturating_duration_since(job.enqueued),
                     inference,
                     batch_size: n,
@@ -273,6 +290,7 @@ impl Worker {
                 logits: map.logits.clone(),
                 cam: Some(map),
                 traces: Vec::new(),
+                branches: None,
                 queue: started.saturating_duration_since(job.enqueued),
                 inference,
                 batch_size: 1,
@@ -284,27 +302,45 @@ impl Worker {
     }
 
     fn run_trace(&self, job: Job) {
-        let Work::Trace { input, backends } = &job.work else {
+        let Work::Trace {
+            input,
+            backends,
+            branches,
+        } = &job.work
+        else {
             return;
         };
         let started = Instant::now();
         let batch = input.view().insert_axis(Axis(0));
         let result = catch_unwind(AssertUnwindSafe(|| {
-            backends
+            let traces = backends
                 .iter()
                 .map(|b| record(&**b, batch))
-                .collect::<resnet_core::Result<Vec<Trace>>>()
+                .collect::<resnet_core::Result<Vec<Trace>>>()?;
+            let recomputed = match (branches, traces.first()) {
+                (Some((weights, points)), Some(trace)) => {
+                    let t = Instant::now();
+                    let blocks = weights.of_trace(trace, points)?;
+                    Some(TracedBranches {
+                        blocks,
+                        elapsed: t.elapsed(),
+                    })
+                }
+                _ => None,
+            };
+            resnet_core::Result::Ok((traces, recomputed))
         }));
         let inference = started.elapsed();
         self.metrics.observe_batch(1, inference);
         let answer = match result {
-            Ok(Ok(traces)) => Ok(Done {
+            Ok(Ok((traces, branches))) => Ok(Done {
                 logits: traces
                     .first()
                     .map(|t| t.logits.row(0).to_vec())
                     .unwrap_or_default(),
                 cam: None,
                 traces,
+                branches,
                 queue: started.saturating_duration_since(job.enqueued),
                 inference,
                 batch_size: 1,

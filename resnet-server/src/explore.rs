@@ -3,14 +3,16 @@
 //! ([`static_page`]), so the static file and the live page show the same thing.
 
 use crate::api::ImageInfo;
+use crate::pages::EXPLORE_PAGE;
 use base64::Engine;
 use image::RgbImage;
 use resnet_core::postprocess::Prediction;
-use resnet_core::trace::{channel_sheet, point_costs, PointCost, Trace, TraceRow};
+use resnet_core::trace::branches::{BlockBranches, BranchStage};
+use resnet_core::trace::{
+    activation_stats, channel_sheet, compare, point_costs, ActivationStats, ChannelSheet,
+    Comparison, PointCost, Trace, TraceRow,
+};
 use serde::Serialize;
-
-/// The explorer page (served at `/explore`; one file, no external resources).
-pub const EXPLORE_PAGE: &str = include_str!("explore.html");
 
 /// Where [`static_page`] puts the trace: the page reads it from this element when present.
 const DATA_SLOT: &str = r#"<script id="trace-data" type="application/json"></script>"#;
@@ -40,6 +42,9 @@ pub struct TraceResponse {
     pub timing_ms: TraceTiming,
     /// One entry per trace point, in network order.
     pub layers: Vec<LayerReport>,
+    /// BasicBlocks recomputed stage by stage (`?block=`; every block in a `--html` file).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<BlockReport>,
     /// Class activation maps over the crop for the top classes (static files only: the live page
     /// asks `/v1/cam` for any class).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -61,6 +66,9 @@ pub struct TraceTiming {
     /// The compared backend's traced forward pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compare: Option<f64>,
+    /// Recomputing the asked-for BasicBlocks stage by stage (textbook loops: the slow part).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branches: Option<f64>,
     /// Statistics, SQNR and PNG tiles.
     pub report: f64,
     /// From the request's arrival (or the start of `resnet trace`) to the answer.
@@ -105,6 +113,101 @@ pub struct MapSheet {
     pub white: f32,
     /// The 8-bit grey PNG, `columns * tile_width` x `rows * tile_height`.
     pub png: String,
+}
+
+impl From<ChannelSheet> for MapSheet {
+    fn from(s: ChannelSheet) -> MapSheet {
+        MapSheet {
+            png: data_url("image/png", &s.png),
+            channels: s.channels,
+            channel_means: s.channel_means,
+            channel_zeros: s.channel_zeros,
+            tile_width: s.tile_width,
+            tile_height: s.tile_height,
+            columns: s.columns,
+            rows: s.rows,
+            black: s.black,
+            white: s.white,
+        }
+    }
+}
+
+/// Most channels drawn per stage of a recomputed block: a block has five stages and an answer
+/// may carry all eight blocks, so they get fewer tiles than the trace points (keeps
+/// `?block=all&maps=64` under about 4 MB).
+pub const MAX_STAGE_CHANNELS: usize = 16;
+
+/// A BasicBlock recomputed stage by stage from its input.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockReport {
+    /// The block (`layer3.1`).
+    pub layer: String,
+    /// Fraction of the sum's values below zero: what the block's final ReLU switched off.
+    pub relu_off: f64,
+    /// The recomputed output against the traced backend's own output at this trace point (the
+    /// reference): shows the stages are that network's.
+    pub versus_backend: Comparison,
+    /// conv1, conv2, the shortcut (`identity` or `downsample`), sum, output.
+    pub stages: Vec<StageReport>,
+}
+
+/// One stage of a recomputed block.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageReport {
+    /// `conv1`, `conv2`, `identity`, `downsample`, `sum` or `output`.
+    pub stage: BranchStage,
+    /// What it computes, with torchvision's module names.
+    pub op: String,
+    /// Output shape `[N, C, H, W]`.
+    pub shape: Vec<usize>,
+    /// Its statistics, as a trace point's.
+    #[serde(flatten)]
+    pub stats: ActivationStats,
+    /// Its most active channels (at most [`MAX_STAGE_CHANNELS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maps: Option<MapSheet>,
+}
+
+/// The recomputed `blocks` of `trace` with statistics and the `maps` most active channels of
+/// every stage (at most [`MAX_STAGE_CHANNELS`]).
+pub fn block_reports(
+    trace: &Trace,
+    blocks: &[BlockBranches],
+    maps: usize,
+) -> Result<Vec<BlockReport>, String> {
+    blocks
+        .iter()
+        .map(|b| {
+            let traced = trace
+                .point(b.point)
+                .ok_or_else(|| format!("the trace has no point {}", b.point))?;
+            let output = b
+                .stage(BranchStage::Output)
+                .ok_or_else(|| format!("{} was recomputed without its output", b.point))?;
+            let stages = b
+                .stages
+                .iter()
+                .map(|s| {
+                    let view = s.output.view().into_dyn();
+                    Ok(StageReport {
+                        stage: s.stage,
+                        op: s.stage.describe(b.point.name()),
+                        shape: s.output.shape().to_vec(),
+                        stats: activation_stats(view.view()),
+                        maps: channel_sheet(view, maps.min(MAX_STAGE_CHANNELS))
+                            .map_err(|e| e.to_string())?
+                            .map(MapSheet::from),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(BlockReport {
+                layer: b.point.name().into(),
+                relu_off: b.relu_off,
+                versus_backend: compare(traced.output.view(), output.view().into_dyn()),
+                stages,
+            })
+        })
+        .collect()
 }
 
 /// A class activation map over the crop.
@@ -157,18 +260,7 @@ pub fn layer_reports(
                 .ok_or_else(|| format!("no layer-table entry for trace point {}", point.point))?;
             let maps = channel_sheet(point.output.view(), maps)
                 .map_err(|e| e.to_string())?
-                .map(|s| MapSheet {
-                    png: data_url("image/png", &s.png),
-                    channels: s.channels,
-                    channel_means: s.channel_means,
-                    channel_zeros: s.channel_zeros,
-                    tile_width: s.tile_width,
-                    tile_height: s.tile_height,
-                    columns: s.columns,
-                    rows: s.rows,
-                    black: s.black,
-                    white: s.white,
-                });
+                .map(MapSheet::from);
             Ok(LayerReport { row, cost, maps })
         })
         .collect()

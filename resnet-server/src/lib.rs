@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod ops;
+pub mod pages;
 pub mod routes;
 pub mod server;
 pub mod write_deadline;

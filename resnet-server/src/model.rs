@@ -3,6 +3,7 @@
 use resnet_core::backend::{Backend, BackendKind, BackendOptions};
 use resnet_core::cpu::Isa;
 use resnet_core::labels::Labels;
+use resnet_core::trace::branches::BlockWeights;
 use resnet_core::weights::Weights;
 use serde::Serialize;
 use std::sync::Arc;
@@ -71,6 +72,9 @@ pub struct ServedModel {
     /// More backends on the same weights, for `/v1/trace?backend=` and `?compare=` only
     /// (classification always runs [`Self::backend`]).
     pub others: Vec<Arc<dyn Backend>>,
+    /// The BasicBlocks' folded f32 weights, for `/v1/trace?block=` (`None`: no f32 weights,
+    /// e.g. an INT8 model file).
+    pub blocks: Option<Arc<BlockWeights>>,
 }
 
 impl ServedModel {
@@ -100,7 +104,14 @@ impl ServedModel {
             fc_weight: weights.fc_weight.map(Arc::new),
             info,
             others: Vec::new(),
+            blocks: None,
         }
+    }
+
+    /// Lets `/v1/trace?block=` recompute BasicBlocks with these weights (about 43 MB more).
+    pub fn with_block_weights(mut self, blocks: BlockWeights) -> ServedModel {
+        self.blocks = Some(Arc::new(blocks));
+        self
     }
 
     /// Adds a backend `/v1/trace` can run or compare with (one per name: a second of the same
@@ -126,7 +137,8 @@ impl ServedModel {
             .find(|b| b.name() == name)
     }
 
-    /// Builds `kind` for `weights` with the built-in ImageNet labels (tests, examples).
+    /// Builds `kind` for `weights` with the built-in ImageNet labels and the block weights of
+    /// `/v1/trace?block=` (tests, examples).
     pub fn build(
         kind: BackendKind,
         weights: &Weights,
@@ -140,7 +152,8 @@ impl ServedModel {
             WeightsIdentity::of(weights, None),
             options.isa,
             threads,
-        ))
+        )
+        .with_block_weights(BlockWeights::new(weights)))
     }
 
     /// The same model sharing the same backend (the backend is `Sync`): lets tests start many
@@ -152,6 +165,7 @@ impl ServedModel {
             fc_weight: self.fc_weight.clone(),
             info: self.info.clone(),
             others: self.others.clone(),
+            blocks: self.blocks.clone(),
         }
     }
 }

@@ -119,9 +119,11 @@ async fn the_page_classifies_an_uploaded_photo_and_shows_the_map() {
     server.shutdown().await;
 }
 
-/// The explorer page (`/explore`, issue 18) on a server with a second backend: upload a photo,
-/// every trace point appears with its time, `layer3.1` shows its tiles, the top classes are the
-/// API's, the activation map of a chosen class appears. Screenshot: `browser/explore.png`.
+/// The explorer page (`/explore`, issue 18) on a server with two more backends: upload a photo,
+/// every trace point appears with its time, `layer3.1` shows its tiles and its two branches
+/// recomputed as feature maps, the top classes are the API's, the activation map of a chosen
+/// class appears; comparing with `int8` instead of `gemm` fills the SQNR strip with int8's
+/// quantisation noise. Screenshot: `browser/explore.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
     let Some(chromium) = chromium_or_skip() else {
@@ -131,7 +133,12 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
     let gemm = resnet_core::backend::BackendKind::Gemm
         .create(&weights, &Default::default())
         .unwrap();
-    let model = model().with_other_backend(std::sync::Arc::from(gemm));
+    let int8 = resnet_core::backend::BackendKind::Int8
+        .create(&weights, &Default::default())
+        .unwrap();
+    let model = model()
+        .with_other_backend(std::sync::Arc::from(gemm))
+        .with_other_backend(std::sync::Arc::from(int8));
     let server = start(config(), model).await;
     let addr = server.local_addr();
     let photo = image_path("cat_baseline.jpg").canonicalize().unwrap();
@@ -163,8 +170,8 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
         let (_browser, mut cdp) = open(&chromium);
         cdp.call("Page.navigate", json!({"url": url}));
         cdp.wait_for(
-            "document.readyState === 'complete' && document.querySelectorAll('#compare option').length === 3",
-            "the explorer page with the server's two backends",
+            "document.readyState === 'complete' && document.querySelectorAll('#compare option').length === 4",
+            "the explorer page with the server's three backends",
         );
         // With two backends the page compares them by default.
         assert_eq!(cdp.eval("document.getElementById('compare').value"), json!("gemm"));
@@ -212,6 +219,19 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
         .unwrap();
         assert!(captions.iter().all(|c| c.starts_with('#')), "{captions:?}");
         assert!(cdp.eval("document.getElementById('detail').textContent").as_str().unwrap().contains("ReLU"));
+        // Its two branches, their sum and the ReLU'd output as feature maps, recomputed by the
+        // server from the block's input: 16 tiles per stage (the page asks for min(16, maps)).
+        cdp.wait_for(
+            "document.getElementById('branches') && document.getElementById('branches').getAttribute('data-done') === '1' && document.querySelectorAll('#branches .stage-tiles[data-loaded]').length === 5",
+            "the branches of layer3.1",
+        );
+        assert_eq!(
+            cdp.eval("Array.from(document.querySelectorAll('#branches .stage[data-stage]')).map(s => s.dataset.stage)"),
+            json!(["conv1", "identity", "conv2", "sum", "output"])
+        );
+        assert_eq!(cdp.eval("document.querySelectorAll('#branches .stage[data-stage] .tile').length"), json!(5 * 16));
+        let off = cdp.eval("document.getElementById('relu-off').textContent");
+        assert!(off.as_str().unwrap().contains("% of the sum's values were below 0"), "{off}");
         // The top classes are the API's.
         let shown: Vec<String> = serde_json::from_value(cdp.eval(
             "Array.from(document.querySelectorAll('#top li .label')).map(s => s.firstChild.textContent.trim())",
@@ -225,6 +245,27 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
             "the activation map of the second class",
         );
         assert_eq!(cdp.eval("document.getElementById('cam-label').textContent"), json!(expected[1]));
+        // Compare with int8 instead: the page traces again, and the strip shows where int8
+        // departs from native (finite, quantisation-level SQNR; bounds measured in resnet-cli's
+        // tests/explore.rs, here only that it is int8's: finite and under f32-level 60 dB).
+        cdp.eval("const c = document.getElementById('compare'); c.value = 'int8'; c.dispatchEvent(new Event('change'))");
+        cdp.wait_for(
+            "document.getElementById('explorer').getAttribute('data-done') === '1' && document.getElementById('sqnr-caption').textContent.includes('against int8')",
+            "the trace compared with int8",
+        );
+        let sqnr: Vec<String> = serde_json::from_value(cdp.eval(
+            "Array.from(document.querySelectorAll('#sqnr-strip div')).map(d => d.textContent)",
+        ))
+        .unwrap();
+        assert_eq!(sqnr.len(), trace_points.len());
+        for s in &sqnr {
+            let db: f64 = s.parse().unwrap_or_else(|_| panic!("SQNR '{s}' is not a finite number"));
+            assert!(db > 0.0 && db < 60.0, "int8 SQNR {db} dB");
+        }
+        cdp.wait_for(
+            "document.getElementById('branches') && document.getElementById('branches').getAttribute('data-done') === '1'",
+            "the branches of layer3.1 again",
+        );
         let (w, h) = cdp.screenshot(&shot);
         assert!(w >= 300 && h >= 300);
     })

@@ -210,6 +210,11 @@ async fn trace_refuses_bad_input_like_the_other_routes() {
         ("top_k=0", "top_k"),
         ("backend=nope", "nope"),
         ("compare=gemm", "gemm"),
+        ("block=layer5.0", "layer5.0"),
+        ("block=stem", "stem"),
+        ("block=", "''"),
+        ("block=layer1.0,,layer1.1", "''"),
+        ("block=layer1.0&stage_maps=17", "stage_maps"),
     ] {
         let r = post_raw(addr, &format!("/v1/trace?{query}"), "image/jpeg", &cat).await;
         r.assert_error(400, "bad_parameter");
@@ -291,5 +296,156 @@ async fn the_explorer_page_is_public_and_self_contained_and_the_trace_needs_the_
     .await;
     assert_eq!(auth.status, 200);
     assert_eq!(auth.json()["layers"].as_array().unwrap().len(), 12);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_recomputes_a_block_stage_by_stage_and_it_is_the_networks_block() {
+    use resnet_core::arch::TracePoint;
+    use resnet_core::trace::branches::BlockWeights;
+    let model = model();
+    let native = Arc::clone(&model.backend);
+    let server = start(config(), model).await;
+    let addr = server.local_addr();
+    let cat = image_bytes("cat_baseline.jpg");
+    let r = post_raw(
+        addr,
+        "/v1/trace?block=layer2.0,layer3.1&maps=0&stage_maps=9",
+        "image/jpeg",
+        &cat,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert!(v["timing_ms"]["branches"].as_f64().unwrap() > 0.0);
+    let blocks = v["blocks"].as_array().unwrap();
+    let names: Vec<&str> = blocks
+        .iter()
+        .map(|b| b["layer"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["layer2.0", "layer3.1"]);
+
+    // The server's output stage against this process's own native trace of the same image:
+    // the stages really are the network's. Both sum the same folded weights in another order
+    // (f64 textbook loops there, f32 tiles and Winograd in native): f32 reassociation, relative
+    // differences of ~1e-6..1e-5, so 1e-4 of the layer's largest value.
+    let image = decode_image_bytes(&cat, "cat.jpg", &DecodeOptions::default()).unwrap();
+    let input = preprocess(&image.rgb).insert_axis(Axis(0));
+    let local = record(&*native, input.view()).unwrap();
+    for (b, point, shortcut, shape) in [
+        (
+            &blocks[0],
+            TracePoint::Block(2),
+            "downsample",
+            [1usize, 128, 28, 28],
+        ),
+        (
+            &blocks[1],
+            TracePoint::Block(5),
+            "identity",
+            [1, 256, 14, 14],
+        ),
+    ] {
+        let name = point.name();
+        let stages: Vec<&str> = b["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            stages,
+            ["conv1", "conv2", shortcut, "sum", "output"],
+            "{name}"
+        );
+        let stage = |key: &str| {
+            b["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["stage"] == key)
+                .unwrap()
+                .clone()
+        };
+        for s in b["stages"].as_array().unwrap() {
+            let got: Vec<usize> = serde_json::from_value(s["shape"].clone()).unwrap();
+            assert_eq!(got, shape, "{name} {}", s["stage"]);
+            // 9 tiles per stage (stage_maps=9): a 3x3 sheet of the stage's maps.
+            let sheet = png_of(s["maps"]["png"].as_str().unwrap());
+            assert_eq!(
+                (sheet.width() as usize, sheet.height() as usize),
+                (3 * shape[3], 3 * shape[2]),
+                "{name} {}",
+                s["stage"]
+            );
+        }
+        let traced = local.point(point).unwrap().output.view();
+        let want = resnet_core::trace::activation_stats(traced.view());
+        let out = stage("output");
+        let scale = want.max as f64;
+        for (key, value) in [
+            ("min", want.min as f64),
+            ("max", want.max as f64),
+            ("mean", want.mean),
+            ("std", want.std),
+        ] {
+            let found = out[key].as_f64().unwrap();
+            assert!(
+                (found - value).abs() <= 1e-4 * scale,
+                "{name} {key}: recomputed {found}, native {value}"
+            );
+        }
+        let versus = &b["versus_backend"];
+        assert!(
+            versus["max_abs_error"].as_f64().unwrap() <= 1e-4 * scale,
+            "{name}: {versus}"
+        );
+        // The sum is main branch + shortcut: its mean is theirs (f64 means of f32 values).
+        let mean = |key: &str| stage(key)["mean"].as_f64().unwrap();
+        assert!(
+            (mean("sum") - mean("conv2") - mean(shortcut)).abs() <= 1e-5 * scale,
+            "{name}: sum mean"
+        );
+        // conv1 ends in a ReLU, the sum has negative values and the output has none.
+        assert!(stage("conv1")["min"].as_f64().unwrap() >= 0.0);
+        assert!(stage("sum")["min"].as_f64().unwrap() < 0.0);
+        assert_eq!(out["min"].as_f64().unwrap(), 0.0);
+        // What ReLU switched off: the sum's values below 0, all of which are 0 in the output
+        // (which may also hold sums of exactly 0).
+        let off = b["relu_off"].as_f64().unwrap();
+        let zeros = out["zeros"].as_f64().unwrap();
+        assert!(
+            off > 0.0 && off <= zeros && zeros - off < 1e-3,
+            "{name}: {off} vs {zeros}"
+        );
+    }
+    // The same numbers the library computes in this process from its own trace.
+    let weights = resnet_core::weights::synthetic_weights(0);
+    let mine = BlockWeights::new(&weights)
+        .of_trace(&local, &[TracePoint::Block(5)])
+        .unwrap();
+    let conv1 = mine[0].stages[0].output.view().into_dyn();
+    let stats = resnet_core::trace::activation_stats(conv1);
+    let served = &blocks[1]["stages"][0];
+    assert_eq!(served["max"].as_f64().unwrap() as f32, stats.max);
+    assert!((served["mean"].as_f64().unwrap() - stats.mean).abs() <= 1e-12 * stats.mean.abs());
+
+    // Every block, with the most tiles a client can ask for, stays within a few MB.
+    let all = post_raw(addr, "/v1/trace?block=all&maps=64", "image/jpeg", &cat).await;
+    assert_eq!(all.status, 200);
+    assert!(all.body.len() < 4 << 20, "{} bytes", all.body.len());
+    let all = all.json();
+    assert_eq!(all["blocks"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        all["blocks"][0]["stages"][0]["maps"]["channels"]
+            .as_array()
+            .unwrap()
+            .len(),
+        16,
+        "stage tiles are capped at 16"
+    );
+    // Without ?block= there are no blocks.
+    let plain = post_raw(addr, "/v1/trace", "image/jpeg", &cat).await.json();
+    assert!(plain.get("blocks").is_none() && plain["timing_ms"].get("branches").is_none());
     server.shutdown().await;
 }

@@ -1,6 +1,6 @@
 //! ResNet-18 with every BatchNorm folded into its convolution: what the fast backends start from.
 
-use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
+use crate::arch::{BasicBlock, ConvBn, ResNet18Arch, TracePoint};
 use crate::weights::{fold_batch_norm, FoldedConv, Weights};
 
 /// One convolution with its BatchNorm folded in (weights `[OC, C, KH, KW]`, one bias per OC).
@@ -56,6 +56,20 @@ pub(crate) struct FoldedBlock {
     pub downsample: Option<FoldedLayer>,
 }
 
+impl FoldedBlock {
+    pub fn new(weights: &Weights, block: &BasicBlock) -> FoldedBlock {
+        FoldedBlock {
+            point: block.point(),
+            conv1: FoldedLayer::new(weights, &block.conv1),
+            conv2: FoldedLayer::new(weights, &block.conv2),
+            downsample: block
+                .downsample
+                .as_ref()
+                .map(|d| FoldedLayer::new(weights, d)),
+        }
+    }
+}
+
 /// The whole network, folded.
 pub(crate) struct FoldedResNet18 {
     pub stem: FoldedLayer,
@@ -74,12 +88,7 @@ impl FoldedResNet18 {
             blocks: arch
                 .blocks
                 .iter()
-                .map(|b| FoldedBlock {
-                    point: b.point(),
-                    conv1: FoldedLayer::new(weights, &b.conv1),
-                    conv2: FoldedLayer::new(weights, &b.conv2),
-                    downsample: b.downsample.as_ref().map(|d| FoldedLayer::new(weights, d)),
-                })
+                .map(|b| FoldedBlock::new(weights, b))
                 .collect(),
             fc_weight_t: fc_weight_transposed(weights),
             fc_bias: weights.tensor("fc.bias").data.clone(),

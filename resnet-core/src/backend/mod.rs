@@ -8,11 +8,11 @@
 //! backend.
 
 mod bf16;
-mod folded;
+pub(crate) mod folded;
 mod gemm;
 mod int8;
 mod native;
-mod reference;
+pub(crate) mod reference;
 pub mod tune;
 
 pub use bf16::Bf16Backend;

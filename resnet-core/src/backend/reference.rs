@@ -7,6 +7,7 @@
 //! Tensors are `ndarray` arrays in NCHW order: `N` images, `C` channels, `H` rows, `W` columns.
 //! Only the output-channel loop of [`conv2d`] runs in parallel (rayon); everything else is serial.
 
+use super::folded::FoldedLayer;
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, TracePoint};
 use crate::arch::{BasicBlock, ConvBn, ResNet18Arch};
 use crate::error::Result;
@@ -159,6 +160,25 @@ pub fn conv2d(x: &Array4<f32>, w: ArrayView4<'_, f32>, stride: usize, pad: usize
                     *out = *a as f32;
                 }
             });
+    }
+    y
+}
+
+/// A convolution with its BatchNorm folded in ([`crate::weights::fold_batch_norm`]: weights
+/// scaled per output channel, one bias each), the form the fast backends compute:
+///
+/// ```text
+/// y[n, oc, oh, ow] = conv2d(x, w')[n, oc, oh, ow] + b'[oc]
+/// ```
+///
+/// Used to recompute what happens inside a BasicBlock ([`crate::trace::branches`]), which the
+/// fast backends fuse away.
+pub(crate) fn folded_conv(x: &Array4<f32>, layer: &FoldedLayer) -> Array4<f32> {
+    let w = ArrayView4::from_shape(layer.spec.weight_shape(), &layer.conv.weight)
+        .expect("fold_batch_norm keeps the weight's length");
+    let mut y = conv2d(x, w, layer.spec.stride, layer.spec.padding);
+    for (mut plane, &b) in y.axis_iter_mut(Axis(1)).zip(&layer.conv.bias) {
+        plane += b;
     }
     y
 }

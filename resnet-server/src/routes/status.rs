@@ -9,14 +9,11 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use std::sync::atomic::Ordering;
 
-/// The page served at `/`.
-const PAGE: &str = include_str!("../page.html");
-
 pub(super) fn page() -> Response<Full<Bytes>> {
     respond(
         StatusCode::OK,
         "text/html; charset=utf-8",
-        Bytes::from_static(PAGE.as_bytes()),
+        Bytes::from_static(crate::pages::CLASSIFIER_PAGE.as_bytes()),
     )
 }
 

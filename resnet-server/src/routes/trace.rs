@@ -6,13 +6,18 @@ use super::AppState;
 use crate::batcher::Work;
 use crate::body::single_image;
 use crate::error::ApiError;
-use crate::explore::{layer_reports, png_data_url, TraceResponse, TraceTiming, EXPLORE_PAGE};
+use crate::explore::{
+    block_reports, layer_reports, png_data_url, TraceResponse, TraceTiming, MAX_STAGE_CHANNELS,
+};
+use crate::pages::EXPLORE_PAGE;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use resnet_core::arch::TracePoint;
 use resnet_core::backend::Backend;
 use resnet_core::postprocess::top_k;
+use resnet_core::trace::branches::{block_points, BlockWeights};
 use resnet_core::trace::MAX_SHEET_CHANNELS;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +50,44 @@ fn backend_param(
     })
 }
 
+/// `?block=`: the BasicBlocks to recompute stage by stage (`layer3.1`, a comma-separated list,
+/// or `all`), with the weights to do it; `None` when absent.
+fn blocks_param(
+    state: &AppState,
+    query: &super::query::Query,
+) -> Result<Option<(Arc<BlockWeights>, Vec<TracePoint>)>, ApiError> {
+    let Some(spec) = query.get("block") else {
+        return Ok(None);
+    };
+    // The query is not percent-decoded: a browser's URLSearchParams sends the comma as %2C.
+    let spec = spec.replace("%2C", ",").replace("%2c", ",");
+    let points = if spec == "all" {
+        block_points()
+    } else {
+        spec.split(',')
+            .map(|name| {
+                TracePoint::from_name(name)
+                    .filter(|p| matches!(p, TracePoint::Block(_)))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "bad_parameter",
+                            format!(
+                                "block: '{name}' is not a BasicBlock (use layer1.0 ... layer4.1, a comma-separated list of them, or all)"
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let weights = state.model.blocks.clone().ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_parameter",
+            "block: this server has no f32 weights to recompute blocks with (it runs an INT8 model file)",
+        )
+    })?;
+    Ok(Some((weights, points)))
+}
+
 pub(super) async fn trace(
     req: Request<Incoming>,
     state: Arc<AppState>,
@@ -52,17 +95,33 @@ pub(super) async fn trace(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let ReadBody { query, kind, body } = read_body(req, &state, None).await?;
     let maps = query.int("maps", 0, 0, MAX_SHEET_CHANNELS)?;
+    // Tiles per stage of a recomputed block: as many as per layer unless told, at most 16.
+    let stage_maps = query.int(
+        "stage_maps",
+        maps.min(MAX_STAGE_CHANNELS),
+        0,
+        MAX_STAGE_CHANNELS,
+    )?;
     let k = query.int("top_k", 5, 1, 1000)?;
     let main = backend_param(&state, &query, "backend")?
         .unwrap_or_else(|| Arc::clone(&state.model.backend));
     let reference = backend_param(&state, &query, "compare")?;
+    let branches = blocks_param(&state, &query)?;
     let upload = single_image(kind, body).await?;
     let mut prepared = prepare(&state, upload, true).await?;
     let input = std::mem::take(&mut prepared.input);
     let (_, h, w) = input.dim();
     let compared = reference.is_some();
     let backends = std::iter::once(main).chain(reference).collect();
-    let done = infer(&state, Work::Trace { input, backends }).await?;
+    let done = infer(
+        &state,
+        Work::Trace {
+            input,
+            backends,
+            branches,
+        },
+    )
+    .await?;
     let crop = prepared
         .crop
         .take()
@@ -79,6 +138,10 @@ pub(super) async fn trace(
         let other = if compared { traces.next() } else { None };
         let layers =
             layer_reports(&trace, other.as_ref(), maps, (h, w)).map_err(ApiError::internal)?;
+        let blocks = match &done.branches {
+            Some(b) => block_reports(&trace, &b.blocks, stage_maps).map_err(ApiError::internal)?,
+            None => Vec::new(),
+        };
         let crop = png_data_url(&crop).map_err(ApiError::internal)?;
         let report = ms(t.elapsed());
         let logits = trace.logits.row(0).to_vec();
@@ -101,10 +164,12 @@ pub(super) async fn trace(
                 queue: ms(done.queue),
                 trace: ms(trace.elapsed),
                 compare: other.as_ref().map(|o| ms(o.elapsed)),
+                branches: done.branches.as_ref().map(|b| ms(b.elapsed)),
                 report,
                 total: ms(started.elapsed()),
             },
             layers,
+            blocks,
             cams: Vec::new(),
         };
         Ok(json_response(StatusCode::OK, &body))
