@@ -8,6 +8,7 @@ use image::RgbImage;
 use resnet_core::postprocess::Prediction;
 use resnet_core::trace::{channel_sheet, point_costs, PointCost, Trace, TraceRow};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The explorer page (served at `/explore`; one file, no external resources).
 pub const EXPLORE_PAGE: &str = include_str!("explore.html");
@@ -16,7 +17,7 @@ pub const EXPLORE_PAGE: &str = include_str!("explore.html");
 const DATA_SLOT: &str = r#"<script id="trace-data" type="application/json"></script>"#;
 
 /// `POST /v1/trace`, and the data of a `resnet trace --html` file.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct TraceResponse {
     /// The model's name.
     pub model: String,
@@ -47,7 +48,7 @@ pub struct TraceResponse {
 }
 
 /// Milliseconds per stage of one trace.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct TraceTiming {
     /// Decoding the upload.
     pub decode: f64,
@@ -69,7 +70,7 @@ pub struct TraceTiming {
 
 /// One trace point: what `resnet trace --format json` prints for it, what it costs, and its
 /// most active channels.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct LayerReport {
     /// Name, shape, time, statistics and SQNR, exactly as `resnet trace --format json`.
     #[serde(flatten)]
@@ -83,7 +84,7 @@ pub struct LayerReport {
 }
 
 /// A [`resnet_core::trace::ChannelSheet`] with its PNG as a `data:` URL.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct MapSheet {
     /// The channel index of each tile, row-major (most active first).
     pub channels: Vec<usize>,
@@ -108,7 +109,7 @@ pub struct MapSheet {
 }
 
 /// A class activation map over the crop.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct CamImage {
     /// The class.
     pub index: usize,

@@ -1,6 +1,7 @@
 //! `POST /v1/trace`: one image layer by layer (the explorer page's data), and `GET /explore`.
 
 use super::classify::{infer, prepare, read_body, ReadBody};
+use super::query::{TOP_K, TRACE_MAPS};
 use super::respond::{json_response, respond};
 use super::AppState;
 use crate::batcher::Work;
@@ -13,7 +14,6 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use resnet_core::backend::Backend;
 use resnet_core::postprocess::top_k;
-use resnet_core::trace::MAX_SHEET_CHANNELS;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,8 +51,8 @@ pub(super) async fn trace(
     started: Instant,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let ReadBody { query, kind, body } = read_body(req, &state, None).await?;
-    let maps = query.int("maps", 0, 0, MAX_SHEET_CHANNELS)?;
-    let k = query.int("top_k", 5, 1, 1000)?;
+    let maps = query.param_or_default(&TRACE_MAPS)?;
+    let k = query.param_or_default(&TOP_K)?;
     let main = backend_param(&state, &query, "backend")?
         .unwrap_or_else(|| Arc::clone(&state.model.backend));
     let reference = backend_param(&state, &query, "compare")?;
