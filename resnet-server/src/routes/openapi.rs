@@ -126,6 +126,19 @@ struct Spec {
     errors: &'static [StatusCode],
 }
 
+impl Spec {
+    /// A route without parameters, body or failures.
+    fn plain(summary: &'static str, answers: Vec<(StatusCode, ApiResponse)>) -> Spec {
+        Spec {
+            summary,
+            parameters: vec![],
+            body: None,
+            answers,
+            errors: &[],
+        }
+    }
+}
+
 /// The failures of a route that reads one image: bad input (400), no length (411), too large
 /// (413), not an accepted content type or image format (415), too many pixels (422), queue or
 /// memory budget full (503, `Retry-After`), over the deadline (504).
@@ -223,27 +236,18 @@ impl Doc<'_> {
         let ok = StatusCode::OK;
         let max_parts = self.config.max_batch_parts;
         match route {
-            Route::Page => Spec {
-                summary: "The web page: upload, top-5, timings, the activation map, history",
-                parameters: vec![],
-                body: None,
-                answers: vec![(ok, text("the page", "text/html"))],
-                errors: &[],
-            },
-            Route::Explore => Spec {
-                summary: "The layer-by-layer explorer page",
-                parameters: vec![],
-                body: None,
-                answers: vec![(ok, text("the page", "text/html"))],
-                errors: &[],
-            },
-            Route::Healthz => Spec {
-                summary: "Liveness: the process answers",
-                parameters: vec![],
-                body: None,
-                answers: vec![(ok, self.json::<Status>("alive: {\"status\": \"ok\"}"))],
-                errors: &[],
-            },
+            Route::Page => Spec::plain(
+                "The web page: upload, top-5, timings, the activation map, history",
+                vec![(ok, text("the page", "text/html"))],
+            ),
+            Route::Explore => Spec::plain(
+                "The layer-by-layer explorer page",
+                vec![(ok, text("the page", "text/html"))],
+            ),
+            Route::Healthz => Spec::plain(
+                "Liveness: the process answers",
+                vec![(ok, self.json::<Status>("alive: {\"status\": \"ok\"}"))],
+            ),
             Route::Readyz => Spec {
                 summary: "Readiness: the model is warmed up and no shutdown has begun",
                 parameters: vec![],
@@ -251,27 +255,18 @@ impl Doc<'_> {
                 answers: vec![(ok, self.json::<Status>("ready: {\"status\": \"ready\"}"))],
                 errors: &[StatusCode::SERVICE_UNAVAILABLE],
             },
-            Route::Metrics => Spec {
-                summary: "Prometheus metrics (text exposition format 0.0.4)",
-                parameters: vec![],
-                body: None,
-                answers: vec![(ok, text("the metrics", "text/plain"))],
-                errors: &[],
-            },
-            Route::Model => Spec {
-                summary: "The model, its backend, weights and the limits in force",
-                parameters: vec![],
-                body: None,
-                answers: vec![(ok, self.json::<ModelResponse<'static>>("the model"))],
-                errors: &[],
-            },
-            Route::History => Spec {
-                summary: "The last recognitions, newest first, with thumbnails",
-                parameters: vec![],
-                body: None,
-                answers: vec![(ok, self.json::<HistoryResponse>("the history"))],
-                errors: &[],
-            },
+            Route::Metrics => Spec::plain(
+                "Prometheus metrics (text exposition format 0.0.4)",
+                vec![(ok, text("the metrics", "text/plain"))],
+            ),
+            Route::Model => Spec::plain(
+                "The model, its backend, weights and the limits in force",
+                vec![(ok, self.json::<ModelResponse<'static>>("the model"))],
+            ),
+            Route::History => Spec::plain(
+                "The last recognitions, newest first, with thumbnails",
+                vec![(ok, self.json::<HistoryResponse>("the history"))],
+            ),
             Route::OpenApi => Spec {
                 summary: "This document",
                 parameters: vec![],
@@ -448,41 +443,26 @@ impl Doc<'_> {
                 answers: vec![(ok, self.json::<SceneResult>("the scene"))],
                 errors: IMAGE_ERRORS,
             },
-            Route::CustomList => Spec {
-                summary: "CodeProject.AI's list of custom detection models (none)",
-                parameters: vec![],
-                body: None,
-                answers: vec![(ok, self.json::<CustomModels>("the empty list"))],
-                errors: &[],
-            },
-            Route::UpdateAvailable => Spec {
-                summary: "CodeProject.AI's update check (never one: the server does not look)",
-                parameters: vec![],
-                body: None,
-                answers: vec![(ok, self.json::<UpdateStatus>("no update"))],
-                errors: &[],
-            },
-            Route::V2Live => Spec {
-                summary: "KServe v2 liveness",
-                parameters: vec![],
-                body: None,
-                answers: vec![(ok, self.json::<Live>("alive"))],
-                errors: &[],
-            },
-            Route::V2Ready => Spec {
-                summary: "KServe v2 readiness",
-                parameters: vec![],
-                body: None,
-                answers: self.readiness(),
-                errors: &[],
-            },
-            Route::V2Server => Spec {
-                summary: "KServe v2 server metadata",
-                parameters: vec![],
-                body: None,
-                answers: vec![(ok, self.json::<ServerMetadata>("the server"))],
-                errors: &[],
-            },
+            Route::CustomList => Spec::plain(
+                "CodeProject.AI's list of custom detection models (none)",
+                vec![(ok, self.json::<CustomModels>("the empty list"))],
+            ),
+            Route::UpdateAvailable => Spec::plain(
+                "CodeProject.AI's update check (never one: the server does not look)",
+                vec![(ok, self.json::<UpdateStatus>("no update"))],
+            ),
+            Route::V2Live => Spec::plain(
+                "KServe v2 liveness",
+                vec![(ok, self.json::<Live>("alive"))],
+            ),
+            Route::V2Ready => Spec::plain(
+                "KServe v2 readiness",
+                self.readiness(),
+            ),
+            Route::V2Server => Spec::plain(
+                "KServe v2 server metadata",
+                vec![(ok, self.json::<ServerMetadata>("the server"))],
+            ),
             Route::V2Model => Spec {
                 summary: "KServe v2 model metadata (also at /v2/models/{name}/versions/1)",
                 parameters: vec![model_name()],
@@ -506,7 +486,9 @@ impl Doc<'_> {
             },
             Route::V2Infer => Spec {
                 summary: "KServe v2 inference: FP32 [N,3,224,224] tensors or BYTES [N] encoded images",
-                parameters: vec![ParameterBuilder::new()
+                parameters: vec![
+                    model_name(),
+                    ParameterBuilder::new()
                     .name("Inference-Header-Content-Length")
                     .parameter_in(ParameterIn::Header)
                     .required(Required::False)
@@ -514,7 +496,8 @@ impl Doc<'_> {
                         "the binary tensor extension: the length of the JSON header, raw tensors follow it",
                     ))
                     .schema(Some(integer(Some(0), None)))
-                    .build()],
+                    .build(),
+                ],
                 body: Some({
                     let header = self.schema::<InferRequestHeader>();
                     RequestBodyBuilder::new()
@@ -747,6 +730,23 @@ mod tests {
             assert!(op.is_object(), "{route:?}: no {method} operation");
             assert_eq!(op["operationId"], route.metric_label(), "{route:?}");
             assert!(op["responses"]["200"].is_object(), "{route:?}: no 200");
+            // Each `{name}` of the path is a path parameter (schemathesis refuses the
+            // operation otherwise: it found /v2/models/{name}/infer without one).
+            let templated: Vec<&str> = route
+                .path()
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            let declared: Vec<&str> = op["parameters"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter(|p| p["in"] == "path")
+                        .filter_map(|p| p["name"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(templated, declared, "{route:?}: path parameters");
         }
         let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
         assert_eq!(operations, Route::ALL.len(), "operations for no route");
