@@ -53,8 +53,9 @@ fn every_saved_input_passes_its_harness() {
 /// proof that the fuzzer starts from requests the server accepts, not from 4xx noise.
 #[test]
 fn the_http_seeds_get_the_answers_they_were_written_for() {
-    let expected: [(&str, &[u16]); 10] = [
+    let expected: [(&str, &[u16]); 11] = [
         ("get_healthz", &[200]),
+        ("get_openapi", &[200]),
         ("get_model_and_metrics_pipelined", &[200, 200]),
         ("get_history", &[200]),
         ("classify_jpeg_top_k", &[200]),

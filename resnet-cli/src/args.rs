@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// environment has PORT (as container platforms set it), else 127.0.0.1:8080.
     #[arg(long)]
     pub addr: Option<std::net::SocketAddr>,
+    /// Also serve every route on this port of the same address: DeepStack and CodeProject.AI
+    /// clients often assume 5000 or 32168. Same limits, queue, metrics and shutdown.
+    #[arg(long, value_name = "PORT")]
+    pub deepstack_port: Option<u16>,
     /// Most images run through the network together.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_batch: u16,

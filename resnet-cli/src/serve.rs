@@ -94,6 +94,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     let defaults = Config::default();
     let config = Config {
         addr: listen_addr(args.addr, std::env::var("PORT").ok().as_deref())?,
+        deepstack_port: args.deepstack_port,
         log_format: args.log_format,
         cors_origin: args.cors_origin.clone(),
         mqtt: args.mqtt_url.clone(),

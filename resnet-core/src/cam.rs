@@ -213,14 +213,26 @@ pub enum CamView {
     Crop,
 }
 
+impl CamView {
+    /// Every view, the default first.
+    pub const ALL: [CamView; 2] = [CamView::Original, CamView::Crop];
+
+    /// Its name on the command line and in `/v1/cam?view=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CamView::Original => "original",
+            CamView::Crop => "crop",
+        }
+    }
+}
+
 impl std::str::FromStr for CamView {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "original" => Ok(CamView::Original),
-            "crop" => Ok(CamView::Crop),
-            _ => Err(format!("unknown view '{s}' (use original or crop)")),
-        }
+        CamView::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| format!("unknown view '{s}' (use original or crop)"))
     }
 }
 

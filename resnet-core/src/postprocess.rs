@@ -13,6 +13,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 
 /// One ranked class.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Prediction {
     /// 1 for the most probable class.
     pub rank: usize,

@@ -116,6 +116,7 @@ pub fn record(backend: &dyn Backend, input: ArrayView4<'_, f32>) -> Result<Trace
 
 /// Activation statistics of one trace point's output.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActivationStats {
     /// Smallest value.
     pub min: f32,
@@ -156,11 +157,13 @@ pub fn activation_stats(values: ArrayViewD<'_, f32>) -> ActivationStats {
 
 /// How far one backend's output is from another's at the same trace point.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Comparison {
     /// The largest absolute difference.
     pub max_abs_error: f32,
     /// Signal-to-quantisation-noise ratio `10 log10(sum ref^2 / sum (ref - x)^2)` in dB;
     /// infinite (JSON `null`) when the outputs are equal.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub sqnr_db: f64,
 }
 
@@ -184,6 +187,7 @@ pub fn compare(reference: ArrayViewD<'_, f32>, x: ArrayViewD<'_, f32>) -> Compar
 
 /// One trace point as `resnet trace --format json` prints it (and `/v1/trace` answers it).
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TraceRow {
     /// The trace point's name.
     pub layer: String,
@@ -330,6 +334,7 @@ pub fn channel_sheet(output: ArrayViewD<'_, f32>, n: usize) -> Result<Option<Cha
 
 /// What one trace point computes and costs, from the layer table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PointCost {
     /// The trace point (not serialised: [`TraceRow::layer`] names it next to this).
     #[serde(skip_serializing)]

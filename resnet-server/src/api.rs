@@ -5,9 +5,10 @@ use crate::history::Entry;
 use crate::model::ModelInfo;
 use resnet_core::postprocess::Prediction;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Every error: `{"error": message, "code": code}`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody<'a> {
     /// What went wrong and, where possible, how to fix it.
     pub error: &'a str,
@@ -16,14 +17,14 @@ pub struct ErrorBody<'a> {
 }
 
 /// `/healthz` and `/readyz` when they answer 200.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Status {
     /// `ok` (alive) or `ready` (model loaded and warmed up).
     pub status: &'static str,
 }
 
 /// Milliseconds spent in each stage of one image's request.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Timing {
     /// Decoding the upload.
     pub decode: f64,
@@ -38,7 +39,7 @@ pub struct Timing {
 }
 
 /// The uploaded image as decoded.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ImageInfo {
     /// Width in pixels (after EXIF orientation).
     pub width: u32,
@@ -49,7 +50,7 @@ pub struct ImageInfo {
 }
 
 /// `POST /v1/classify`, and each successful part of `/v1/classify/batch`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Classification {
     /// The part's file name (batch route only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,7 +72,7 @@ pub struct Classification {
 }
 
 /// A part of `/v1/classify/batch` that failed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct PartError {
     /// The part's file name.
     pub name: String,
@@ -84,7 +85,7 @@ pub struct PartError {
 }
 
 /// One result of `/v1/classify/batch`, in the order of the parts.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum BatchItem {
     /// The part was classified.
@@ -94,14 +95,14 @@ pub enum BatchItem {
 }
 
 /// `POST /v1/classify/batch`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct BatchResponse {
     /// One item per part.
     pub results: Vec<BatchItem>,
 }
 
 /// One element of `/predict`'s answer (the seed service's format).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct PredictItem {
     /// Class name.
     pub label: String,
@@ -110,7 +111,7 @@ pub struct PredictItem {
 }
 
 /// The limits in force, as `/v1/model` reports them.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Limits {
     /// Images per forward pass at most.
     pub max_batch: usize,
@@ -129,7 +130,7 @@ pub struct Limits {
 }
 
 /// `GET /v1/model`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ModelResponse<'a> {
     /// The model, its backend and weights.
     #[serde(flatten)]
@@ -141,7 +142,7 @@ pub struct ModelResponse<'a> {
 }
 
 /// `GET /v1/history`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct HistoryResponse {
     /// Entries kept at most.
     pub capacity: usize,
@@ -152,7 +153,7 @@ pub struct HistoryResponse {
 }
 
 /// A DeepStack / CodeProject.AI error: `{"success": false, "error": ...}`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct VisionError<'a> {
     /// Always false.
     pub success: bool,
@@ -163,7 +164,7 @@ pub struct VisionError<'a> {
 }
 
 /// `POST /v1/vision/scene` (DeepStack / CodeProject.AI scene recognition).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct SceneResult {
     /// Always true.
     pub success: bool,
@@ -188,7 +189,7 @@ pub struct SceneResult {
 }
 
 /// `POST /v1/vision/custom/list`, as CodeProject.AI answers it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct CustomModels {
     /// Always true.
     pub success: bool,
@@ -199,7 +200,7 @@ pub struct CustomModels {
 }
 
 /// A version, as CodeProject.AI describes it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VersionInfo {
     /// Major.
@@ -221,7 +222,7 @@ pub struct VersionInfo {
 }
 
 /// `GET /v1/status/updateavailable`, as CodeProject.AI answers it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateStatus {
     /// Always true.

@@ -11,6 +11,9 @@ use std::time::Duration;
 pub struct Config {
     /// Where to listen (`127.0.0.1:0` picks a free port).
     pub addr: SocketAddr,
+    /// A second port on the same address serving the same routes (`--deepstack-port`), for
+    /// DeepStack and CodeProject.AI clients that assume port 5000 or 32168. 0 picks a free one.
+    pub deepstack_port: Option<u16>,
     /// Most images run through the network together.
     pub max_batch: usize,
     /// How long the first request of a batch waits for others.
@@ -73,6 +76,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            deepstack_port: None,
             max_batch: 8,
             batch_wait: Duration::from_millis(2),
             queue: 64,
@@ -139,6 +143,12 @@ impl Config {
             if o.is_empty() || hyper::header::HeaderValue::from_str(o).is_err() {
                 return bad("--cors-origin must be '*' or an origin such as https://example.com");
             }
+        }
+        if self
+            .deepstack_port
+            .is_some_and(|p| p != 0 && p == self.addr.port())
+        {
+            return bad("--deepstack-port must differ from the port of --addr");
         }
         if matches!(&self.token, Some(t) if t.is_empty()) {
             return bad("the token must not be empty");

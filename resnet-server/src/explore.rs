@@ -13,12 +13,13 @@ use resnet_core::trace::{
     Comparison, PointCost, Trace, TraceRow,
 };
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Where [`static_page`] puts the trace: the page reads it from this element when present.
 const DATA_SLOT: &str = r#"<script id="trace-data" type="application/json"></script>"#;
 
 /// `POST /v1/trace`, and the data of a `resnet trace --html` file.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct TraceResponse {
     /// The model's name.
     pub model: String,
@@ -52,7 +53,7 @@ pub struct TraceResponse {
 }
 
 /// Milliseconds per stage of one trace.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct TraceTiming {
     /// Decoding the upload.
     pub decode: f64,
@@ -77,7 +78,7 @@ pub struct TraceTiming {
 
 /// One trace point: what `resnet trace --format json` prints for it, what it costs, and its
 /// most active channels.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct LayerReport {
     /// Name, shape, time, statistics and SQNR, exactly as `resnet trace --format json`.
     #[serde(flatten)]
@@ -91,7 +92,7 @@ pub struct LayerReport {
 }
 
 /// A [`resnet_core::trace::ChannelSheet`] with its PNG as a `data:` URL.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct MapSheet {
     /// The channel index of each tile, row-major (most active first).
     pub channels: Vec<usize>,
@@ -211,7 +212,7 @@ pub fn block_reports(
 }
 
 /// A class activation map over the crop.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct CamImage {
     /// The class.
     pub index: usize,

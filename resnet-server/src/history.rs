@@ -8,9 +8,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use utoipa::ToSchema;
 
 /// One recognition.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Entry {
     /// When it was answered, UTC, RFC 3339 (`2026-11-27T23:59:01.123Z`).
     pub time: String,

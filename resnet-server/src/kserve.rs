@@ -16,6 +16,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 /// The name the model is served under.
 pub const MODEL_NAME: &str = "resnet18";
@@ -45,7 +46,7 @@ fn bad<T>(message: impl Into<String>) -> Result<T, WireError> {
 pub type Parameters = BTreeMap<String, Value>;
 
 /// One input of the JSON header.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct InputHeader {
     /// The tensor's name.
     pub name: String,
@@ -55,6 +56,7 @@ pub struct InputHeader {
     pub datatype: String,
     /// `binary_data_size` for the binary extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub parameters: Option<Parameters>,
     /// The data in JSON form (absent when it travels as binary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,23 +64,25 @@ pub struct InputHeader {
 }
 
 /// One requested output.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct OutputHeader {
     /// `logits` or `probabilities`.
     pub name: String,
     /// `binary_data` (bool), `classification` (top-k count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub parameters: Option<Parameters>,
 }
 
 /// The JSON header of `POST /v2/models/{name}/infer`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct InferRequestHeader {
     /// Echoed in the response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// `binary_data_output` (bool) for every output not listed in `outputs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub parameters: Option<Parameters>,
     /// Exactly one input, `input` or `image`.
     pub inputs: Vec<InputHeader>,
@@ -534,7 +538,7 @@ pub fn serialize_bytes_tensor<T: AsRef<[u8]>>(elems: &[T]) -> Vec<u8> {
 }
 
 /// One output tensor of the response header.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct OutputTensor {
     /// `logits` or `probabilities`.
     pub name: String,
@@ -551,7 +555,7 @@ pub struct OutputTensor {
 }
 
 /// The JSON header of an inference response.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct InferResponseHeader {
     /// `resnet18`.
     pub model_name: &'static str,
@@ -648,7 +652,7 @@ pub fn encode_response<'l>(
 }
 
 /// A tensor in the metadata.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct TensorMetadata {
     /// Its name.
     pub name: &'static str,
@@ -659,7 +663,7 @@ pub struct TensorMetadata {
 }
 
 /// `GET /v2/models/resnet18`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ModelMetadata {
     /// `resnet18`.
     pub name: &'static str,
@@ -703,7 +707,7 @@ pub fn model_metadata() -> ModelMetadata {
 }
 
 /// `GET /v2`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ServerMetadata {
     /// `resnet18-rs`.
     pub name: &'static str,
@@ -727,7 +731,7 @@ pub fn server_metadata() -> ServerMetadata {
 }
 
 /// One tensor of Triton's model configuration.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ConfigTensor {
     /// Its name.
     pub name: &'static str,
@@ -741,14 +745,14 @@ pub struct ConfigTensor {
 }
 
 /// Triton's dynamic batching settings, as reported.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct DynamicBatching {
     /// How long the first request waits for others, in microseconds.
     pub max_queue_delay_microseconds: u64,
 }
 
 /// `GET /v2/models/resnet18/config` (Triton's model configuration, which `perf_analyzer` reads).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ModelConfig {
     /// `resnet18`.
     pub name: &'static str,

@@ -7,9 +7,10 @@ use resnet_core::trace::branches::BlockWeights;
 use resnet_core::weights::Weights;
 use serde::Serialize;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 /// What `/v1/model` reports.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ModelInfo {
     /// The architecture (`resnet18`).
     pub name: String,

@@ -27,31 +27,32 @@ use tokio::sync::oneshot;
 /// A running server. Dropping it also shuts the server down.
 pub struct Server {
     addr: SocketAddr,
+    deepstack_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     state: Arc<AppState>,
 }
 
 impl Server {
-    /// Binds `config.addr`, starts the inference thread (which warms the model up) and the
-    /// accept loop. Must be called inside a tokio runtime.
+    /// Binds `config.addr` (and the DeepStack port, when set), starts the inference thread
+    /// (which warms the model up) and the accept loop. Must be called inside a tokio runtime.
     pub async fn start(config: Config, model: ServedModel) -> Result<Server, ServerError> {
-        let listener =
-            TcpListener::bind(config.addr)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.addr,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.addr,
-            source,
-        })?;
+        let (listener, addr) = bind(config.addr).await?;
+        let mut listeners = vec![listener];
+        let deepstack_addr = match config.deepstack_port {
+            None => None,
+            Some(port) => {
+                let (listener, addr) = bind(SocketAddr::new(config.addr.ip(), port)).await?;
+                listeners.push(listener);
+                Some(addr)
+            }
+        };
         let state = AppState::start(config, model)?;
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), stopped));
+        let task = tokio::spawn(accept_loop(listeners, Arc::clone(&state), stopped));
         Ok(Server {
             addr,
+            deepstack_addr,
             stop: Some(stop),
             task,
             state,
@@ -61,6 +62,11 @@ impl Server {
     /// The address it listens on (with the real port when `:0` was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The second listener's address (`--deepstack-port`), when there is one.
+    pub fn deepstack_addr(&self) -> Option<SocketAddr> {
+        self.deepstack_addr
     }
 
     /// True once the model is warmed up.
@@ -91,6 +97,22 @@ impl Server {
 
 /// How long a stopping server waits for the broker to take the queued messages.
 const MQTT_STOP_GRACE: Duration = Duration::from_secs(2);
+/// A listening socket on `addr`, and the address it got (the real port for `:0`).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
+/// The next connection on any of `listeners` (not empty).
+async fn accept_any(
+    listeners: &[TcpListener],
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    // `accept` is cancel-safe: the listeners that lost the race keep their pending connections.
+    let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
+    futures_util::future::select_all(accepts).await.0
+}
 
 impl AppState {
     /// Whether recognitions are recorded anywhere (history or MQTT); callers build the
@@ -165,7 +187,9 @@ impl AppState {
             config.max_inflight_bytes - config.max_inflight_bytes / 2,
             Arc::clone(&metrics),
         );
+        let openapi = crate::routes::openapi::document_json(&config, &model.info);
         Ok(Arc::new(AppState {
+            openapi,
             bodies,
             decodes,
             config,
@@ -253,7 +277,13 @@ async fn trim_memory(state: Arc<AppState>) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: oneshot::Receiver<()>) {
+/// Accepts on every listener (the main one and the DeepStack port) into the same router, limits
+/// and graceful shutdown.
+async fn accept_loop(
+    listeners: Vec<TcpListener>,
+    state: Arc<AppState>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let graceful = GracefulShutdown::new();
     let trimmer = tokio::spawn(trim_memory(Arc::clone(&state)));
     let slots = Arc::new(tokio::sync::Semaphore::new(
@@ -261,7 +291,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: ones
     ));
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept_any(&listeners) => match accepted {
                 Ok((stream, _peer)) => {
                     // At the connection limit the newcomer is closed at once: better than
                     // letting idle clients exhaust memory or file descriptors.
@@ -288,7 +318,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut stop: ones
             _ = &mut stop => break,
         }
     }
-    drop(listener);
+    drop(listeners);
     trimmer.abort();
     state.shutting_down.store(true, Ordering::Release);
     let grace = state.config.shutdown_grace;
@@ -328,6 +358,9 @@ pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), Ser
         let drain = config.drain;
         let server = Server::start(config, model).await?;
         eprintln!("resnet serve: listening on http://{}", server.local_addr());
+        if let Some(addr) = server.deepstack_addr() {
+            eprintln!("resnet serve: also listening on http://{addr} (--deepstack-port)");
+        }
         tokio::select! {
             () = server.wait_ready() => {
                 if log {

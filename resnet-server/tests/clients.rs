@@ -1,7 +1,8 @@
 //! Real client libraries against the protocols other software speaks: `deepstack-python` (what
 //! Home Assistant's scene component uses) and the CodeProject.AI SDK on `/v1/vision/scene`,
-//! `tritonclient[http]` on the KServe v2 surface. The Python side only makes the calls and
-//! prints what it got back (tests/clients/*.py); the assertions are here.
+//! `tritonclient[http]` on the KServe v2 surface, schemathesis on `/openapi.json`. The Python
+//! side only makes the calls and prints what it got back (tests/clients/*.py); the assertions
+//! are here.
 //!
 //! The clients live in the venv `tools/test.sh` builds from tools/test-requirements.txt; it
 //! exports `RESNET_TEST_PYTHON`. Without it the tests fail saying so, unless
@@ -354,5 +355,112 @@ async fn tritonclient_speaks_kserve_v2_with_bytes_fp32_binary_json_and_classific
             .contains("image[0]"),
         "{out}"
     );
+    perf_analyzer_if_installed(addr).await;
+    server.shutdown().await;
+}
+
+/// Triton's `perf_analyzer` against the server, when a real binary is on PATH: it reads the
+/// model configuration and sends random FP32 `input` tensors at concurrency 1 for a few short
+/// windows. PyPI's `perf-analyzer` is a placeholder without the binary (Triton ships it in its
+/// SDK container), so most machines have none: the test says so in its output and goes on.
+async fn perf_analyzer_if_installed(addr: std::net::SocketAddr) {
+    let Some(binary) = which("perf_analyzer") else {
+        println!(
+            "NOTE: perf_analyzer was not run: no perf_analyzer binary on PATH (PyPI's \
+             perf-analyzer is a placeholder without it; Triton's SDK container has it)"
+        );
+        return;
+    };
+    let url = format!("127.0.0.1:{}", addr.port());
+    let (status, text) = tokio::task::spawn_blocking(move || {
+        // Output to a file, not a pipe that could fill while the child is polled.
+        let log = tempfile::tempfile().unwrap();
+        let mut child = Command::new(&binary)
+            .args(["-m", "resnet18", "-u", &url, "-i", "http"])
+            .args([
+                "--concurrency-range",
+                "1",
+                "--measurement-interval",
+                "1000",
+                "--max-trials",
+                "3",
+            ])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log.try_clone().unwrap()))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        let mut log = log;
+        log.seek(std::io::SeekFrom::Start(0)).unwrap();
+        log.read_to_string(&mut text).unwrap();
+        (status, text)
+    })
+    .await
+    .unwrap();
+    println!("perf_analyzer:\n{text}");
+    let status = status.unwrap_or_else(|| panic!("perf_analyzer ran over 60 s:\n{text}"));
+    assert!(status.success(), "perf_analyzer failed ({status}):\n{text}");
+    assert!(text.contains("Throughput"), "{text}");
+}
+
+/// schemathesis (the OpenAPI fuzzer) against a server with a token, from the document the server
+/// serves at `/openapi.json`: generated requests for every operation, and no answer may be a 5xx,
+/// an undocumented status, content type or body. Then real uploads to the image routes, whose
+/// success answers schemathesis cannot reach (it makes no valid images), checked against the same
+/// document. Bounded: at most 6 examples per operation, a 35 s budget, the script killed at 120 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_every_answer_documented_by_openapi_json() {
+    if python().is_none() {
+        return;
+    }
+    let server = start(
+        resnet_server::Config {
+            token: Some(TOKEN.into()),
+            ..config()
+        },
+        model(),
+    )
+    .await;
+    let addr = server.local_addr();
+    let reports = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("schemathesis");
+    let _ = std::fs::remove_dir_all(&reports);
+    let out = script(
+        "schemathesis_run.py",
+        vec![
+            addr.port().to_string(),
+            TOKEN.into(),
+            reports.display().to_string(),
+            path_arg("cat_baseline.jpg"),
+        ],
+    )
+    .await;
+    let output = out["output"].as_str().unwrap_or("");
+    assert_eq!(out["failures"], serde_json::json!([]), "{output}");
+    assert_eq!(out["exit"], 0, "schemathesis failed:\n{output}");
+    // Every route was exercised: one operation per route.
+    let tested = out["operations"].as_array().unwrap();
+    assert_eq!(
+        tested.len(),
+        resnet_server::routes::Route::ALL.len(),
+        "{tested:?}\n{output}"
+    );
+    for (call, result) in out["real"].as_object().unwrap() {
+        assert_eq!(result["status"], 200, "{call}: {result}");
+        assert_eq!(result["problem"], Value::Null, "{call}: {result}");
+    }
+    assert_eq!(out["real"].as_object().unwrap().len(), 6);
     server.shutdown().await;
 }

@@ -111,3 +111,47 @@ async fn cors_origin_answers_preflights_and_marks_responses() {
     .validate()
     .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deepstack_port_serves_the_same_routes_metrics_and_shutdown() {
+    let server = start(
+        Config {
+            deepstack_port: Some(0),
+            ..config()
+        },
+        model(),
+    )
+    .await;
+    let main = server.local_addr();
+    let second = server.deepstack_addr().expect("a second listener");
+    assert_ne!(main.port(), second.port());
+    assert_eq!(main.ip(), second.ip());
+    let jpeg = image_bytes("cat_baseline.jpg");
+    let body = multipart(&[("image", "cat.jpg", &jpeg)]);
+    let ct = multipart_type();
+    let scene = request("POST", "/v1/vision/scene", &[("Content-Type", &ct)], &body);
+    let a = send_raw(main, &scene).await;
+    let b = send_raw(second, &scene).await;
+    assert_eq!((a.status, b.status), (200, 200));
+    // One model behind both: the same class (the probability may differ in the last bits when
+    // the two ran in batches of different sizes).
+    assert_eq!(a.json()["index"], b.json()["index"]);
+    assert_eq!(a.json()["label"], b.json()["label"]);
+    // One set of metrics counts both, whichever port is asked.
+    let metrics = String::from_utf8(get(second, "/metrics").await.body).unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "resnet_http_requests_total{route=\"vision_scene\",status=\"200\"}"
+        ),
+        2.0
+    );
+    server.shutdown().await;
+    // Both listeners close with the server.
+    for addr in [main, second] {
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "{addr} still accepts"
+        );
+    }
+}

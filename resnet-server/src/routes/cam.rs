@@ -1,6 +1,7 @@
 //! `POST /v1/cam`: the class activation map as a PNG over the crop the network saw.
 
 use super::classify::{infer, prepare, read_body, ReadBody};
+use super::query::CAM_CLASS;
 use super::respond::respond;
 use super::AppState;
 use crate::batcher::Work;
@@ -20,10 +21,7 @@ pub(super) async fn cam(
     state: Arc<AppState>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let ReadBody { query, kind, body } = read_body(req, &state, None).await?;
-    let class = match query.get("class") {
-        None => None,
-        Some(_) => Some(query.int("class", 0, 0, 999)?),
-    };
+    let class = query.param(&CAM_CLASS)?;
     let view: CamView = match query.get("view") {
         None => CamView::default(),
         Some(v) => v

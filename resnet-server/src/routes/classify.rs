@@ -1,7 +1,7 @@
 //! Classification: `/v1/classify`, `/v1/classify/batch`, `/predict`, and the steps they share
 //! (decode and preprocess on the blocking pool, the inference queue, the history record).
 
-use super::query::Query;
+use super::query::{Query, TOP_K};
 use super::respond::json_response;
 use super::AppState;
 use crate::api::{
@@ -63,7 +63,7 @@ pub(super) async fn classify(
     started: Instant,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let ReadBody { query, kind, body } = read_body(req, &state, None).await?;
-    let k = query.int("top_k", 5, 1, 1000)?;
+    let k = query.param_or_default(&TOP_K)?;
     let upload = single_image(kind, body).await?;
     let result = classify_one(&state, upload, "classify", started).await?;
     Ok(json_response(
@@ -102,7 +102,7 @@ pub(super) async fn classify_batch(
     started: Instant,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let ReadBody { query, kind, body } = read_body(req, &state, None).await?;
-    let k = query.int("top_k", 5, 1, 1000)?;
+    let k = query.param_or_default(&TOP_K)?;
     let BodyKind::Multipart(boundary) = kind else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

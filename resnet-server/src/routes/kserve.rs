@@ -19,6 +19,7 @@ use ndarray::Array3;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
+use utoipa::ToSchema;
 
 /// What a `/v2/models/{name}[/versions/{v}]...` path asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,13 +101,17 @@ fn check_model(path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct Live {
+/// `/v2/health/live`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Live {
+    /// Always true.
     live: bool,
 }
 
-#[derive(Serialize)]
-struct Ready {
+/// `/v2/health/ready` and `/v2/models/{name}/ready`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Ready {
+    /// Warmed up and not shutting down.
     ready: bool,
 }
 

@@ -9,6 +9,7 @@ mod auth;
 mod cam;
 mod classify;
 mod kserve;
+pub mod openapi;
 mod query;
 pub mod respond;
 mod status;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub mqtt: Option<Arc<crate::mqtt::Publisher>>,
     /// Set when shutdown begins (`/readyz` then says 503).
     pub shutting_down: AtomicBool,
+    /// `/openapi.json`, made once at start (it describes this configuration and model).
+    pub openapi: Bytes,
     /// Request bodies held at once.
     pub bodies: Arc<BodyBudget>,
     /// Concurrent decodes and decoded pixels in flight.
@@ -102,11 +105,22 @@ pub enum Route {
     Explore,
     /// `POST /v1/trace`: one image layer by layer (statistics, times, feature maps, SQNR).
     Trace,
+    /// `GET /openapi.json`: the OpenAPI document of every route.
+    OpenApi,
+}
+
+/// The body shape of a route's errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error": message, "code": code}`.
+    Standard,
+    /// DeepStack's `{"success": false, "error": message, "code": code}`.
+    Vision,
 }
 
 impl Route {
     /// Every route, in the order the docs list them.
-    pub const ALL: [Route; 22] = [
+    pub const ALL: [Route; 23] = [
         Route::Page,
         Route::Healthz,
         Route::Readyz,
@@ -129,6 +143,7 @@ impl Route {
         Route::V2Infer,
         Route::Explore,
         Route::Trace,
+        Route::OpenApi,
     ];
 
     /// The route a request path names, if any (the query string is not part of `path`).
@@ -146,6 +161,7 @@ impl Route {
             "/predict" => Route::Predict,
             "/explore" => Route::Explore,
             "/v1/trace" => Route::Trace,
+            "/openapi.json" => Route::OpenApi,
             "/v1/vision/scene" => Route::Scene,
             "/v1/vision/custom/list" => Route::CustomList,
             "/v1/status/updateavailable" => Route::UpdateAvailable,
@@ -186,6 +202,7 @@ impl Route {
             Route::V2Infer => "/v2/models/{name}/infer",
             Route::Explore => "/explore",
             Route::Trace => "/v1/trace",
+            Route::OpenApi => "/openapi.json",
         }
     }
 
@@ -205,7 +222,8 @@ impl Route {
             | Route::V2Model
             | Route::V2ModelReady
             | Route::V2ModelConfig
-            | Route::Explore => Method::GET,
+            | Route::Explore
+            | Route::OpenApi => Method::GET,
             Route::Classify
             | Route::ClassifyBatch
             | Route::Cam
@@ -234,12 +252,19 @@ impl Route {
         )
     }
 
-    /// Renders a failure in the body shape this route's clients expect: DeepStack's
-    /// `{"success": false, "error"}` for its routes, `{"error", "code"}` everywhere else.
-    pub fn error_response(self, e: &ApiError) -> Response<Full<Bytes>> {
+    /// The body shape this route's clients expect of a failure: DeepStack's for its routes.
+    pub fn error_shape(self) -> ErrorShape {
         match self {
-            Route::Scene | Route::CustomList | Route::UpdateAvailable => vision::error_response(e),
-            _ => error_response(e),
+            Route::Scene | Route::CustomList | Route::UpdateAvailable => ErrorShape::Vision,
+            _ => ErrorShape::Standard,
+        }
+    }
+
+    /// Renders a failure in the body shape of [`Route::error_shape`].
+    pub fn error_response(self, e: &ApiError) -> Response<Full<Bytes>> {
+        match self.error_shape() {
+            ErrorShape::Vision => vision::error_response(e),
+            ErrorShape::Standard => error_response(e),
         }
     }
 
@@ -268,6 +293,7 @@ impl Route {
             Route::V2Infer => "v2_infer",
             Route::Explore => "explore",
             Route::Trace => "trace",
+            Route::OpenApi => "openapi",
         }
     }
 }
@@ -393,6 +419,7 @@ async fn dispatch(
         Route::V2Infer => kserve::infer_route(req, state, started).await,
         Route::Explore => Ok(trace::page()),
         Route::Trace => trace::trace(req, state, started).await,
+        Route::OpenApi => Ok(openapi::serve(&state)),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `POST /v1/trace`: one image layer by layer (the explorer page's data), and `GET /explore`.
 
 use super::classify::{infer, prepare, read_body, ReadBody};
+use super::query::{STAGE_MAPS, TOP_K, TRACE_MAPS};
 use super::respond::{json_response, respond};
 use super::AppState;
 use crate::batcher::Work;
@@ -18,7 +19,6 @@ use resnet_core::arch::TracePoint;
 use resnet_core::backend::Backend;
 use resnet_core::postprocess::top_k;
 use resnet_core::trace::branches::{block_points, BlockWeights};
-use resnet_core::trace::MAX_SHEET_CHANNELS;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,15 +94,12 @@ pub(super) async fn trace(
     started: Instant,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let ReadBody { query, kind, body } = read_body(req, &state, None).await?;
-    let maps = query.int("maps", 0, 0, MAX_SHEET_CHANNELS)?;
+    let maps = query.param_or_default(&TRACE_MAPS)?;
     // Tiles per stage of a recomputed block: as many as per layer unless told, at most 16.
-    let stage_maps = query.int(
-        "stage_maps",
-        maps.min(MAX_STAGE_CHANNELS),
-        0,
-        MAX_STAGE_CHANNELS,
-    )?;
-    let k = query.int("top_k", 5, 1, 1000)?;
+    let stage_maps = query
+        .param(&STAGE_MAPS)?
+        .unwrap_or(maps.min(MAX_STAGE_CHANNELS));
+    let k = query.param_or_default(&TOP_K)?;
     let main = backend_param(&state, &query, "backend")?
         .unwrap_or_else(|| Arc::clone(&state.model.backend));
     let reference = backend_param(&state, &query, "compare")?;
