@@ -103,9 +103,14 @@ fn write_kernel_registry(out: &mut impl Write, isa: Isa) -> std::io::Result<()> 
                 k.features
             },
             match (k.is_runnable(), selected) {
-                (true, true) => "runs, selected",
-                (true, false) => "runs",
-                (false, _) => "cannot run",
+                (true, true) => "runs, selected".to_string(),
+                (true, false) => "runs".to_string(),
+                (false, _) => format!(
+                    "not runnable here: {}",
+                    k.isa
+                        .why_unsupported()
+                        .unwrap_or_else(|| format!("the CPU lacks one of {}", k.features))
+                ),
             }
         )?;
     }

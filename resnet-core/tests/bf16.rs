@@ -176,3 +176,31 @@ fn bf16_backend_is_deterministic_and_checks_shapes() {
     let small = Array4::<f32>::zeros((1, 3, 16, 16));
     assert!(backend.forward(small.view(), &mut NoObserver).is_err());
 }
+
+/// The AMX-BF16 kernel, run on the software model of `tdpbf16ps` (no AMX on this repository's
+/// machines), gives the network of the registry's bf16 kernel for this CPU within bf16
+/// rounding: products are exact in f32 and only the summation order differs (the SDM's even
+/// and odd partial sums per instruction), but a layer output near a rounding boundary can round
+/// to the neighbouring bf16 value and that spreads: the bound of `bf16_backend_agrees_across_isas`,
+/// 1e-2 of the logits' magnitude. One 64 x 64 crop: the model is far slower than the CPU.
+#[test]
+fn bf16_backend_amx_model_agrees() {
+    let weights = synthetic_weights(0);
+    let x = photos()
+        .slice_move(ndarray::s![..1, .., 80..144, 80..144])
+        .as_standard_layout()
+        .to_owned();
+    let isa = Isa::best_supported();
+    let want = Bf16Backend::new(&weights, isa)
+        .forward(x.view(), &mut NoObserver)
+        .unwrap();
+    let amx = Bf16Backend::with_kernel(weights, isa, &resnet_kernels::bf16::AMX_MODEL_KERNEL);
+    assert!(amx.describe().contains("amxmodel_bf16_f32_32x32"));
+    let got = amx.forward(x.view(), &mut NoObserver).unwrap();
+    let errors = Errors(logit_errors(&got, &want));
+    println!(
+        "amx model vs {}: {errors}",
+        resnet_kernels::bf16::kernel_name(isa)
+    );
+    assert!(errors.0.iter().all(|&e| e <= 1e-2), "{errors}");
+}

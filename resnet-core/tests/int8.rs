@@ -246,3 +246,35 @@ fn int8_methods_report() {
         }
     }
 }
+
+/// The AMX-INT8 kernel, run on the software model of the tile instructions (this repository's
+/// machines have no AMX), computes the same codes as the kernel the registry picks for this CPU
+/// (`avx512vnni_i32_12x32` here) at every trace point, bit for bit; the classifier, the same f32
+/// kernel on the same features, too. One 64 x 64 crop: the model is far slower than the CPU.
+#[test]
+fn int8_backend_amx_model_is_bit_exact() {
+    let f = fixture();
+    let model = quantized(DEFAULT_METHOD, DEFAULT_STEM);
+    let x = f.eval[0]
+        .slice(ndarray::s![.., 80..144, 80..144])
+        .to_owned()
+        .insert_axis(Axis(0));
+    let isa = Isa::best_supported();
+    let mut want = Capture::default();
+    Int8Backend::new(&model, isa)
+        .forward(x.view(), &mut want)
+        .unwrap();
+    let mut got = Capture::default();
+    let amx = Int8Backend::with_kernel(&model, isa, &resnet_kernels::int8::AMX_MODEL_KERNEL);
+    assert!(amx.describe().contains("amxmodel_int8_i32_32x32"));
+    amx.forward(x.view(), &mut got).unwrap();
+    assert_eq!(want.0.len(), got.0.len());
+    assert!(want.0.len() > 10, "every block reports");
+    for ((name, w), (_, g)) in want.0.iter().zip(&got.0) {
+        assert!(
+            w == g,
+            "AMX model differs from {} at {name}",
+            resnet_kernels::int8::kernel_name(isa)
+        );
+    }
+}

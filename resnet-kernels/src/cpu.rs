@@ -100,6 +100,22 @@ impl Isa {
         }
     }
 
+    /// Why this CPU (or OS) cannot run kernels of this level, for `inspect`; `None` when it can.
+    pub fn why_unsupported(self) -> Option<String> {
+        if self.is_supported() {
+            return None;
+        }
+        let f = CpuFeatures::get();
+        Some(match self {
+            Isa::Amx if f.amx != AmxState::Granted => f.amx.to_string(),
+            Isa::Amx if !(f.amx_int8 && f.amx_bf16) => {
+                "CPUID reports AMX-TILE without both AMX-INT8 and AMX-BF16".to_string()
+            }
+            Isa::Amx => return Isa::Avx512Bf16.why_unsupported(),
+            other => format!("the CPU lacks the '{other}' level's features"),
+        })
+    }
+
     /// Every level this CPU supports, most portable first.
     pub fn supported() -> Vec<Isa> {
         Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()

@@ -14,11 +14,14 @@
 //! - [`library_gemm`]: `matrixmultiply` behind a safe interface, and NCHW im2col (the baseline).
 //! - [`gemm`]: packed SGEMM with per-ISA micro-kernels and a fused epilogue; implicit im2col.
 //! - [`winograd`]: F(4x4, 3x3) convolution for 3x3 stride-1 layers, on top of [`gemm`].
+//! - [`amx`]: the AMX tile kernels (AMX-INT8, AMX-BF16) on a tile-operations interface, with
+//!   the real instructions (`asm!`) and a software model of them.
 //! - [`int8`]: `u8 x s8 -> i32` GEMM (AVX-512 VNNI, AVX-VNNI, AVX2, portable) with a fused
 //!   requantising epilogue, and the INT8 design note.
 #![deny(missing_docs)]
 
 pub mod alloc_counter;
+pub mod amx;
 pub mod bf16;
 pub mod cpu;
 pub mod gemm;

@@ -19,8 +19,8 @@ use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
 use resnet_kernels::bf16::{
-    avg_pool_bf16_nhwc, f32_to_bf16, gemm_bf16, kernel_name, ASourceBf16, Bf16, EpilogueBf16,
-    OutputBf16, PackedBBf16,
+    avg_pool_bf16_nhwc, f32_to_bf16, gemm_bf16, kernel_for, ASourceBf16, Bf16, Bf16Kernel,
+    EpilogueBf16, OutputBf16, PackedBBf16,
 };
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
@@ -34,18 +34,18 @@ struct Bf16Layer {
 }
 
 impl Bf16Layer {
-    fn new(layer: FoldedLayer, isa: Isa) -> Bf16Layer {
+    fn new(layer: FoldedLayer, kernel: &'static Bf16Kernel) -> Bf16Layer {
         let s = layer.spec.clone();
         let b = layer.weights_khwc_by_oc();
         let mut rounded = vec![Bf16::ZERO; b.len()];
         f32_to_bf16(&b, &mut rounded);
         drop(b);
         Bf16Layer {
-            weights: PackedBBf16::new(
+            weights: PackedBBf16::with_kernel(
                 &rounded,
                 s.in_channels * s.kernel * s.kernel,
                 s.out_channels,
-                isa,
+                kernel,
             ),
             spec: s,
             bias: layer.conv.bias,
@@ -98,7 +98,7 @@ struct Workspace {
 
 /// bf16 weights and activations, f32 accumulation, fused epilogues, NHWC.
 pub struct Bf16Backend {
-    isa: Isa,
+    kernel: &'static Bf16Kernel,
     stem: Bf16Layer,
     blocks: Vec<Bf16Block>,
     fc: PackedB,
@@ -116,7 +116,17 @@ impl Bf16Backend {
 
     /// Folds, rounds and packs one block at a time (its convolutions in parallel), freeing each
     /// block's f32 tensors as soon as they are packed.
-    pub fn from_weights(mut weights: Weights, isa: Isa) -> Bf16Backend {
+    pub fn from_weights(weights: Weights, isa: Isa) -> Bf16Backend {
+        Bf16Backend::with_kernel(weights, isa, kernel_for(isa))
+    }
+
+    /// As [`Bf16Backend::from_weights`] with a given bf16 kernel line (`isa` still chooses the
+    /// classifier's f32 kernel). For tests that name a line outside the registry's selection,
+    /// e.g. [`resnet_kernels::bf16::AMX_MODEL_KERNEL`].
+    ///
+    /// # Panics
+    /// If this CPU cannot run `kernel` (as `PackedBBf16::with_kernel`).
+    pub fn with_kernel(mut weights: Weights, isa: Isa, kernel: &'static Bf16Kernel) -> Bf16Backend {
         let arch = ResNet18Arch::new();
         let fc_bias = weights.tensor("fc.bias").data.clone();
         let fc_t = fc_weight_transposed(&weights);
@@ -126,7 +136,7 @@ impl Bf16Backend {
         let mut pack_and_release = |specs: &[&ConvBn]| -> Vec<Bf16Layer> {
             let packed: Vec<Bf16Layer> = specs
                 .par_iter()
-                .map(|spec| Bf16Layer::new(FoldedLayer::new(&weights, spec), isa))
+                .map(|spec| Bf16Layer::new(FoldedLayer::new(&weights, spec), kernel))
                 .collect();
             for spec in specs {
                 weights.release_conv_bn(&spec.conv, &spec.bn);
@@ -158,7 +168,7 @@ impl Bf16Backend {
             .map(|l| l.weights.bytes())
             .sum();
         Bf16Backend {
-            isa,
+            kernel,
             stem,
             blocks,
             fc,
@@ -238,7 +248,7 @@ impl Backend for Bf16Backend {
     fn describe(&self) -> String {
         format!(
             "bf16 kernel {}, NHWC bf16 activations, bf16 weights after BN folding ({:.1} MB packed), f32 accumulation, fused bias+residual+ReLU rounding to bf16; fc f32",
-            kernel_name(self.isa),
+            self.kernel.info.name,
             self.weight_bytes as f64 / 1e6
         )
     }

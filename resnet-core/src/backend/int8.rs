@@ -16,8 +16,8 @@ use ndarray::{Array2, ArrayView4};
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
 use resnet_kernels::int8::{
-    avg_pool_u8_nhwc, gemm_u8s8, quantize_nchw_to_nhwc_u8, round_half_even_i32, ASource8, Output8,
-    PackedB8, Requant, Residual8,
+    avg_pool_u8_nhwc, blocking, gemm_u8s8, quantize_nchw_to_nhwc_u8, round_half_even_i32, ASource8,
+    Int8Kernel, Output8, PackedB8, Requant, Residual8,
 };
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
 use resnet_kernels::winograd::WinogradScratch;
@@ -34,12 +34,17 @@ struct Int8Layer {
 }
 
 impl Int8Layer {
-    fn new(conv: &QuantizedConv, input: ActQuant, output: ActQuant, isa: Isa) -> Int8Layer {
+    fn new(
+        conv: &QuantizedConv,
+        input: ActQuant,
+        output: ActQuant,
+        kernel: &'static Int8Kernel,
+    ) -> Int8Layer {
         let s = &conv.spec;
         let codes = conv.khwc_by_oc(&conv.weight);
         let weight_scale = &conv.weight_scale;
         let k = s.in_channels * s.kernel * s.kernel;
-        let weights = PackedB8::new(&codes, k, s.out_channels, isa);
+        let weights = PackedB8::with_kernel(&codes, k, s.out_channels, kernel, blocking::DEFAULT);
         let (sx, zx) = (input.scale as f64, input.zero_point as i32);
         let bias = conv
             .bias
@@ -137,6 +142,7 @@ struct Workspace {
 /// INT8 ResNet-18: `u8 x s8` kernels with fused requantisation, NHWC `u8` activations.
 pub struct Int8Backend {
     isa: Isa,
+    kernel: &'static Int8Kernel,
     input: ActQuant,
     stem: Stem,
     blocks: Vec<Int8Block>,
@@ -150,6 +156,20 @@ pub struct Int8Backend {
 impl Int8Backend {
     /// Prepares a quantised model for `isa`'s INT8 kernel.
     pub fn new(model: &QuantizedModel, isa: Isa) -> Int8Backend {
+        Int8Backend::with_kernel(model, isa, resnet_kernels::int8::kernel_for(isa))
+    }
+
+    /// Prepares a quantised model for a given INT8 kernel line (`isa` still chooses the f32
+    /// kernels of the stem, when it is f32, and of the classifier). For tests that name a line
+    /// outside the registry's selection, e.g. [`resnet_kernels::int8::AMX_MODEL_KERNEL`].
+    ///
+    /// # Panics
+    /// If this CPU cannot run `kernel` (as `PackedB8::with_kernel`).
+    pub fn with_kernel(
+        model: &QuantizedModel,
+        isa: Isa,
+        kernel: &'static Int8Kernel,
+    ) -> Int8Backend {
         let arch = ResNet18Arch::new();
         let input = model.act(Activation::Input);
         let stem_conv = model.conv("conv1");
@@ -158,7 +178,7 @@ impl Int8Backend {
                 stem_conv,
                 input,
                 model.act(Activation::Stem),
-                isa,
+                kernel,
             )),
             LayerPrecision::F32 => Stem::F32 {
                 layer: PackedLayer::new(
@@ -182,11 +202,11 @@ impl Int8Backend {
             let out = model.act(Activation::Block(i));
             blocks.push(Int8Block {
                 point: b.point(),
-                conv1: Int8Layer::new(model.conv(&b.conv1.conv), current, t, isa),
-                conv2: Int8Layer::new(model.conv(&b.conv2.conv), t, out, isa),
+                conv1: Int8Layer::new(model.conv(&b.conv1.conv), current, t, kernel),
+                conv2: Int8Layer::new(model.conv(&b.conv2.conv), t, out, kernel),
                 downsample: b.downsample.as_ref().map(|d| {
                     let q = model.act(Activation::Downsample(i));
-                    Int8Layer::new(model.conv(&d.conv), current, q, isa)
+                    Int8Layer::new(model.conv(&d.conv), current, q, kernel)
                 }),
             });
             current = out;
@@ -201,11 +221,12 @@ impl Int8Backend {
         }
         log::debug!(
             "int8 backend built: INT8 kernel {}, f32 kernel {} for the classifier (ISA {isa})",
-            resnet_kernels::int8::kernel_name(isa),
+            kernel.info.name,
             resnet_kernels::gemm::kernel_name(isa)
         );
         Int8Backend {
             isa,
+            kernel,
             input,
             stem,
             blocks,
@@ -360,7 +381,7 @@ impl Backend for Int8Backend {
     fn describe(&self) -> String {
         format!(
             "INT8 kernel {}, NHWC u8 activations, per-channel int8 weights, stem {}, fc f32; calibration {}",
-            resnet_kernels::int8::kernel_name(self.isa),
+            self.kernel.info.name,
             match self.stem {
                 Stem::Int8(_) => "int8",
                 Stem::F32 { .. } => "f32",

@@ -31,7 +31,8 @@
 //!
 //! | ISA (`RESNET_ISA`) | kernel | tile MR x NR | instruction per 2 k | B packing | A packing |
 //! |---|---|---|---|---|---|
-//! | `avx512bf16`, `amx` | `avx512bf16_f32_12x32` | 12 x 32 (24 zmm accumulators) | `vdpbf16ps zmm` | k-pairs: per pair, 32 columns x 2 bf16 (128 B) | rows of `kc` bf16, broadcast 2 at a time |
+//! | `avx512bf16` | `avx512bf16_f32_12x32` | 12 x 32 (24 zmm accumulators) | `vdpbf16ps zmm` | k-pairs: per pair, 32 columns x 2 bf16 (128 B) | rows of `kc` bf16, broadcast 2 at a time |
+//! | `amx` (AMX-BF16) | `amx_bf16_f32_32x32` | 32 x 32 (2 x 2 tiles of 16 x 16 f32) | `tdpbf16ps` per 32 k | the same 32-column panels: a B tile row is one 64-byte half of a 128-byte pair row | tiles of 16 rows x 32 bf16 of the packed rows |
 //! | below `avx512bf16` | `portable_bf16_4x16` | 4 x 16 | scalar f32 multiply-add: the twin | k-pairs: per pair, 16 columns x 2 bf16 | same |
 //!
 //! The AMX-BF16 kernel ([`crate::amx`]) reads the same 32-column k-pair panels (a 64-byte half
@@ -39,9 +40,9 @@
 
 mod loops;
 mod pack;
-mod scalar;
+pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
-mod simd;
+pub(crate) mod simd;
 
 pub use loops::ASourceBf16;
 pub use pack::im2col_nhwc_bf16;
@@ -214,10 +215,23 @@ pub static KERNELS: [Bf16Kernel; BF16_KERNEL_COUNT] = [
     line::<simd::Avx512Bf16Kernel>(Isa::Avx512Bf16, "avx512f,avx512bw,avx512bf16", || {
         Isa::Avx512Bf16.is_supported()
     }),
+    // Runnable only with the tile state granted (`AmxState::Granted`, part of `Isa::Amx`).
+    #[cfg(target_arch = "x86_64")]
+    line::<crate::amx::AmxKernelBf16<crate::amx::AmxHardware>>(
+        Isa::Amx,
+        "amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16",
+        || Isa::Amx.is_supported(),
+    ),
 ];
 
+/// The AMX-BF16 kernel of [`KERNELS`] running on the software model of the tile instructions
+/// ([`crate::amx::AmxModel`]): for tests where the CPU has no AMX. Not a line of [`KERNELS`],
+/// so no ISA or selection can choose it; only code that names it runs it.
+pub static AMX_MODEL_KERNEL: Bf16Kernel =
+    line::<crate::amx::AmxKernelBf16<crate::amx::AmxModel>>(Isa::Amx, "", || true);
+
 #[cfg(target_arch = "x86_64")]
-const BF16_KERNEL_COUNT: usize = 2;
+const BF16_KERNEL_COUNT: usize = 3;
 #[cfg(not(target_arch = "x86_64"))]
 const BF16_KERNEL_COUNT: usize = 1;
 
@@ -415,4 +429,4 @@ pub(crate) struct TileOut {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -76,42 +76,65 @@ unsafe fn tile<const R: usize>(
     for i in 0..R {
         // SAFETY: row i < R = rows of the tile: the partial sums, the NR biases, the residual
         // row and the output row are inside their buffers (caller contract).
-        unsafe {
-            let (mut v0, mut v1) = (acc0[i], acc1[i]);
-            if accumulate {
-                let m = acc_mem.add(i * ld_acc);
-                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(m));
-                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(m.add(LANES)));
-            }
-            let Some(t) = out else {
-                let m = acc_mem.add(i * ld_acc);
-                _mm512_storeu_ps(m, v0);
-                _mm512_storeu_ps(m.add(LANES), v1);
-                continue;
-            };
-            if !t.bias.is_null() {
-                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(t.bias));
-                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(t.bias.add(LANES)));
-            }
-            if !t.residual.is_null() {
-                let r = t.residual.add(i * t.ldr);
-                v0 = _mm512_add_ps(v0, load_bf16_as_f32(r));
-                v1 = _mm512_add_ps(v1, load_bf16_as_f32(r.add(LANES)));
-            }
-            if t.relu {
-                // maxps returns its second operand for NaN and for two zeros: +0.
-                v0 = _mm512_max_ps(v0, _mm512_setzero_ps());
-                v1 = _mm512_max_ps(v1, _mm512_setzero_ps());
-            }
-            if t.c_bf16.is_null() {
-                let c = t.c_f32.add(i * t.ldc);
-                _mm512_storeu_ps(c, v0);
-                _mm512_storeu_ps(c.add(LANES), v1);
-            } else {
-                let c = t.c_bf16.add(i * t.ldc);
-                store_f32_as_bf16(c, v0);
-                store_f32_as_bf16(c.add(LANES), v1);
-            }
+        unsafe { epilogue_row(acc0[i], acc1[i], i, acc_mem, ld_acc, accumulate, out) };
+    }
+}
+
+/// The epilogue of row `i` of a tile, whose 32 sums are `v0` (columns 0..16) and `v1`
+/// (16..32): add the earlier K blocks' partial sums, then either store them to `acc_mem` (`out`
+/// is `None`) or apply bias, residual and ReLU and store f32 or bf16. Shared with the AMX-BF16
+/// kernel, which runs it on its stored C block.
+///
+/// # Safety
+/// AVX512-BF16 (and F/BW) are enabled in the caller; row `i` is inside the tile: the partial
+/// sums at `acc_mem` (stride `ld_acc`, when read or written), the NR biases, the residual row
+/// and the output row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn epilogue_row(
+    mut v0: __m512,
+    mut v1: __m512,
+    i: usize,
+    acc_mem: *mut f32,
+    ld_acc: usize,
+    accumulate: bool,
+    out: Option<&TileOut>,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if accumulate {
+            let m = acc_mem.add(i * ld_acc);
+            v0 = _mm512_add_ps(v0, _mm512_loadu_ps(m));
+            v1 = _mm512_add_ps(v1, _mm512_loadu_ps(m.add(LANES)));
+        }
+        let Some(t) = out else {
+            let m = acc_mem.add(i * ld_acc);
+            _mm512_storeu_ps(m, v0);
+            _mm512_storeu_ps(m.add(LANES), v1);
+            return;
+        };
+        if !t.bias.is_null() {
+            v0 = _mm512_add_ps(v0, _mm512_loadu_ps(t.bias));
+            v1 = _mm512_add_ps(v1, _mm512_loadu_ps(t.bias.add(LANES)));
+        }
+        if !t.residual.is_null() {
+            let r = t.residual.add(i * t.ldr);
+            v0 = _mm512_add_ps(v0, load_bf16_as_f32(r));
+            v1 = _mm512_add_ps(v1, load_bf16_as_f32(r.add(LANES)));
+        }
+        if t.relu {
+            // maxps returns its second operand for NaN and for two zeros: +0.
+            v0 = _mm512_max_ps(v0, _mm512_setzero_ps());
+            v1 = _mm512_max_ps(v1, _mm512_setzero_ps());
+        }
+        if t.c_bf16.is_null() {
+            let c = t.c_f32.add(i * t.ldc);
+            _mm512_storeu_ps(c, v0);
+            _mm512_storeu_ps(c.add(LANES), v1);
+        } else {
+            let c = t.c_bf16.add(i * t.ldc);
+            store_f32_as_bf16(c, v0);
+            store_f32_as_bf16(c.add(LANES), v1);
         }
     }
 }

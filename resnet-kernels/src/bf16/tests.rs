@@ -112,11 +112,19 @@ impl Problem {
     }
 }
 
-/// The runner for `isa`'s kernel through [`gemm_bf16`].
-fn isa_runner(
-    isa: Isa,
+/// The runner for one kernel line through [`gemm_bf16`].
+fn line_runner(
+    line: &'static Bf16Kernel,
 ) -> impl Fn(&ASourceBf16<'_>, &[Bf16], (usize, usize), OutputBf16<'_>, &EpilogueBf16<'_>) {
-    move |a, b, (k, n), out, epi| gemm_bf16(a, &PackedBBf16::new(b, k, n, isa), out, epi)
+    move |a, b, (k, n), out, epi| gemm_bf16(a, &PackedBBf16::with_kernel(b, k, n, line), out, epi)
+}
+
+/// Every line of the bf16 table this machine can run, plus the AMX-BF16 kernel on the model of
+/// the tile instructions (on every machine): what the battery exercises.
+pub(crate) fn battery_kernels() -> Vec<&'static Bf16Kernel> {
+    let mut lines = crate::registry::runnable(&KERNELS);
+    lines.push(&AMX_MODEL_KERNEL);
+    lines
 }
 
 /// Whether `RESNET_EXPECT_ISA` (set by tools/test.sh from /proc/cpuinfo, outside the code
@@ -135,8 +143,8 @@ proptest! {
         bias: bool, residual: bool, relu: bool, bf16_out: bool, seed in 0u64..1000,
     ) {
         let p = Problem { m, n, k, bias, residual, relu, bf16_out, seed };
-        for isa in Isa::supported() {
-            p.check(kernel_name(isa), &isa_runner(isa));
+        for line in battery_kernels() {
+            p.check(line.info.name, &line_runner(line));
         }
     }
 }
@@ -151,7 +159,7 @@ fn bf16_resnet_shapes_match_naive() {
         (13, 32, 385),
     ] {
         for bf16_out in [false, true] {
-            for isa in Isa::supported() {
+            for line in battery_kernels() {
                 Problem {
                     m,
                     n,
@@ -162,7 +170,7 @@ fn bf16_resnet_shapes_match_naive() {
                     bf16_out,
                     seed: 7,
                 }
-                .check(kernel_name(isa), &isa_runner(isa));
+                .check(line.info.name, &line_runner(line));
             }
         }
     }
@@ -195,8 +203,8 @@ fn bf16_implicit_im2col_matches_explicit() {
         let n = 64;
         let b = values(g.k() * n, 12);
         let explicit = im2col_nhwc_bf16(&input, &g);
-        for isa in Isa::supported() {
-            let packed = PackedBBf16::new(&b, g.k(), n, isa);
+        for line in battery_kernels() {
+            let packed = PackedBBf16::with_kernel(&b, g.k(), n, line);
             let mut via_matrix = vec![Bf16::ZERO; g.m() * n];
             let mut via_conv = vec![Bf16::ZERO; g.m() * n];
             let epi = EpilogueBf16::default();
@@ -227,7 +235,7 @@ fn bf16_implicit_im2col_matches_explicit() {
                 },
                 &epi,
             );
-            assert_eq!(via_matrix, via_conv, "{isa} {g:?}");
+            assert_eq!(via_matrix, via_conv, "{} {g:?}", line.info.name);
         }
     }
 }
@@ -317,12 +325,18 @@ fn bf16_max_pool_order() {
 /// among those the battery ran: no silently skipped path.
 #[test]
 fn bf16_no_expected_kernel_is_skipped() {
-    let names: Vec<_> = Isa::supported().into_iter().map(kernel_name).collect();
+    let names: Vec<_> = battery_kernels().iter().map(|k| k.info.name).collect();
     assert!(names.contains(&"portable_bf16_4x16"));
-    if expected("avx512bf16") {
-        assert!(
-            names.contains(&"avx512bf16_f32_12x32"),
-            "RESNET_EXPECT_ISA names avx512bf16 but the battery ran only {names:?}"
-        );
+    assert!(names.contains(&"amxmodel_bf16_f32_32x32"));
+    for (flag, kernel) in [
+        ("avx512bf16", "avx512bf16_f32_12x32"),
+        ("amxbf16", "amx_bf16_f32_32x32"),
+    ] {
+        if expected(flag) {
+            assert!(
+                names.contains(&kernel),
+                "RESNET_EXPECT_ISA names {flag} but the battery ran only {names:?}"
+            );
+        }
     }
 }

@@ -36,6 +36,7 @@
 //!
 //! | ISA (`RESNET_ISA`) | kernel | tile MR x NR | instruction per 4 k | B packing | A packing |
 //! |---|---|---|---|---|---|
+//! | `amx` (AMX-INT8) | `amx_int8_i32_32x32` | 32 x 32 (2 x 2 tiles of 16 x 16 `i32`) | `tdpbusd` per 64 k | the `vnni` panels: a B tile row is one 64-byte half of a 128-byte group row | tiles of 16 rows x 64 bytes of the packed rows; a K remainder < 64 copied zero-padded |
 //! | `vnni` (AVX-512 VNNI) | `avx512vnni_i32_12x32` | 12 x 32 (24 zmm accumulators) | `vpdpbusd zmm` | k-groups of 4 x 32 columns x 4 bytes | rows of `kc` bytes, broadcast 4 at a time |
 //! | `avx512` (AVX-512 BW) | `avx512bw_i32_12x32` | 12 x 32 | 2 x (`vpmaddubsw` + `vpmaddwd`) + 2 `vpaddd` | same, each group twice: high and low weight parts | same |
 //! | `avxvnni` (AVX-VNNI) | `avxvnni_i32_6x16` | 6 x 16 (12 ymm) | `vpdpbusd ymm` (VEX) | k-groups of 4 x 16 columns x 4 bytes | same |
@@ -94,15 +95,17 @@
 //! chosen once, when B is packed, as the last runnable line at or below the requested [`Isa`].
 //! `vnni` needs AVX-512 F/BW/VNNI, `avxvnni` AVX2 + AVX-VNNI; `avx512` on a CPU without
 //! AVX-512BW (Knights Landing) thus falls back to the AVX2 kernel. [`measure_peak_gops`] runs the
-//! line's throughput probe like `crate::peak` does for FMAs. AMX-INT8 (tile registers, the
-//! `arch_prctl` permission) is not implemented here.
+//! line's throughput probe like `crate::peak` does for FMAs. AMX-INT8 (`amx_int8_i32_32x32`,
+//! [`crate::amx`]) is the `amx` line: 32 x 32 blocks of 2 x 2 tiles reading these same 32-column
+//! panels; it runs only where `cpu::AmxState` is `Granted`. [`AMX_MODEL_KERNEL`] is the same
+//! kernel on the software model of the tile instructions, outside the table (tests only).
 
 mod loops;
 mod ops;
 mod pack;
-mod scalar;
+pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
-mod simd;
+pub(crate) mod simd;
 
 pub use ops::{
     avg_pool_u8_nhwc, quantize_nchw_to_nhwc_u8, quantize_u8, requantize_scalar, round_half_even_i32,
@@ -213,10 +216,30 @@ pub static KERNELS: [Int8Kernel; INT8_KERNEL_COUNT] = [
         || Isa::Vnni.is_supported(),
         simd::peak_vnni512,
     ),
+    // Runnable only with the tile state granted (`AmxState::Granted`, part of `Isa::Amx`).
+    #[cfg(target_arch = "x86_64")]
+    line::<crate::amx::AmxKernel8<crate::amx::AmxHardware>>(
+        Isa::Amx,
+        "amx-tile,amx-int8,avx512f,avx512bw",
+        || Isa::Amx.is_supported(),
+        crate::amx::peak_int8_hardware,
+    ),
 ];
 
+/// The AMX-INT8 kernel of [`KERNELS`] running on the software model of the tile instructions
+/// ([`crate::amx::AmxModel`]) instead of the CPU: for tests on machines without AMX (and to
+/// compare the real kernel with, bit for bit, on machines with it). It is not a line of
+/// [`KERNELS`], so no ISA, plan or selection can ever choose it; only code that names it runs
+/// it (`PackedB8::with_kernel`).
+pub static AMX_MODEL_KERNEL: Int8Kernel = line::<crate::amx::AmxKernel8<crate::amx::AmxModel>>(
+    Isa::Amx,
+    "",
+    || true,
+    crate::amx::peak_int8_model,
+);
+
 #[cfg(target_arch = "x86_64")]
-const INT8_KERNEL_COUNT: usize = 5;
+const INT8_KERNEL_COUNT: usize = 6;
 #[cfg(not(target_arch = "x86_64"))]
 const INT8_KERNEL_COUNT: usize = 1;
 

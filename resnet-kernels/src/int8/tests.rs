@@ -10,9 +10,12 @@ use super::*;
 use crate::gemm::ConvGeometry;
 use proptest::prelude::*;
 
-/// Every line of the INT8 table this machine can run: what the battery exercises.
+/// Every line of the INT8 table this machine can run, plus the AMX-INT8 kernel on the model of
+/// the tile instructions (on every machine): what the battery exercises.
 pub(crate) fn runnable_kernels() -> Vec<&'static Int8Kernel> {
-    crate::registry::runnable(&KERNELS)
+    let mut lines = crate::registry::runnable(&KERNELS);
+    lines.push(&AMX_MODEL_KERNEL);
+    lines
 }
 
 /// Blockings a plan may pick, beside the default: small ones make every loop take many trips
@@ -461,4 +464,23 @@ fn int8_isa_names_parse() {
     assert_eq!("avxvnni".parse::<Isa>().unwrap(), Isa::AvxVnni);
     assert_eq!(Isa::Vnni.f32_level(), Isa::Avx512);
     assert_eq!(Isa::AvxVnni.f32_level(), Isa::Avx2);
+}
+
+/// Where the CPU reports AMX-INT8 (`RESNET_EXPECT_ISA` names `amxint8`, which tools/test.sh
+/// reads from /proc/cpuinfo, outside the code under test), the real `tdpbusd` kernel must be
+/// among those the battery ran; the model-backed one runs everywhere.
+#[test]
+fn int8_no_expected_amx_kernel_is_skipped() {
+    let names: Vec<_> = runnable_kernels().iter().map(|k| k.info.name).collect();
+    assert!(names.contains(&"amxmodel_int8_i32_32x32"));
+    let expected = std::env::var("RESNET_EXPECT_ISA")
+        .map(|v| v.split(',').any(|n| n.trim() == "amxint8"))
+        .unwrap_or(false);
+    if expected {
+        assert!(
+            names.contains(&"amx_int8_i32_32x32"),
+            "RESNET_EXPECT_ISA names amxint8 but the battery ran only {names:?} (AMX: {})",
+            crate::cpu::CpuFeatures::get().amx
+        );
+    }
 }

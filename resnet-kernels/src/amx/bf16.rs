@@ -1,0 +1,99 @@
+//! The AMX-BF16 micro-kernel (`tdpbf16ps`): 32 x 32 f32 per call in 2 x 2 tiles, B read from
+//! the AVX512-BF16 kernel's 32-column panels of k-pairs (VNNI-2), then the bf16 family's
+//! epilogue on the stored block. K blocks are padded to 32 (one tile row of bf16) when B is
+//! packed, so there is never a tail step.
+
+use super::{Block2x2, CBlock, Dot, TileExec, K_STEP_BYTES, PANEL_ROW_BYTES};
+use crate::bf16::{Bf16, MicroKernelBf16, TileOut};
+use std::marker::PhantomData;
+
+/// The AMX-BF16 kernel on the tile unit `T` ([`super::AmxHardware`] or [`super::AmxModel`]).
+pub(crate) struct AmxKernelBf16<T>(PhantomData<T>);
+
+const MR: usize = 32;
+const NR: usize = 32;
+
+impl<T: TileExec> MicroKernelBf16 for AmxKernelBf16<T> {
+    const MR: usize = MR;
+    const NR: usize = NR;
+    const NAME: &'static str = T::BF16_NAME;
+
+    unsafe fn run(
+        rows: usize,
+        kc2: usize,
+        a: *const Bf16,
+        b: *const Bf16,
+        acc: *mut f32,
+        ld_acc: usize,
+        accumulate: bool,
+        out: Option<&TileOut>,
+    ) {
+        let row_bytes = 2 * kc2;
+        assert!(
+            row_bytes.is_multiple_of(K_STEP_BYTES),
+            "bf16 K blocks are padded to 32 when B is packed"
+        );
+        let mut c = CBlock([0; 32 * PANEL_ROW_BYTES]);
+        let job = Block2x2 {
+            a: a.cast(),
+            lda: row_bytes,
+            b: b.cast(),
+            steps: row_bytes / K_STEP_BYTES,
+            tail_a: std::ptr::null(),
+            tail_b: std::ptr::null(),
+            c: c.0.as_mut_ptr(),
+        };
+        // SAFETY: the line is runnable (checked when B was packed), so for the hardware AMX is
+        // granted; the caller guarantees 32 A rows of kc2 values and kc2 / 2 B pair-rows of 32
+        // columns (128 bytes each); `c` is the 32 x 32 block.
+        unsafe { T::with_thread_tiles(|tiles| tiles.block_2x2(Dot::Bf16ps, &job)) };
+        let sums = c.0.as_ptr().cast::<f32>();
+        // SAFETY: `sums` is the 32 x 32 block (64-byte aligned); the caller guarantees `rows`
+        // rows of NR partial sums at acc (stride ld_acc) when read or written and the
+        // epilogue's pointers for rows x NR outputs.
+        unsafe {
+            #[cfg(target_arch = "x86_64")]
+            if T::HARDWARE {
+                return epilogue_avx512(sums, rows, acc, ld_acc, accumulate, out);
+            }
+            for i in 0..rows {
+                for j in 0..NR {
+                    let mut v = *sums.add(i * NR + j);
+                    if accumulate {
+                        v += *acc.add(i * ld_acc + j);
+                    }
+                    match out {
+                        None => *acc.add(i * ld_acc + j) = v,
+                        Some(t) => crate::bf16::scalar::store_tile_element(v, t, i, j),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The AVX512-BF16 kernel's epilogue on the block, one row (2 x 16 columns) at a time.
+///
+/// # Safety
+/// As [`MicroKernelBf16::run`]'s `acc` and `out`; `sums` holds 32 x 32 f32; the CPU has
+/// AVX512-BF16 (every AMX-BF16 CPU has).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn epilogue_avx512(
+    sums: *const f32,
+    rows: usize,
+    acc: *mut f32,
+    ld_acc: usize,
+    accumulate: bool,
+    out: Option<&TileOut>,
+) {
+    use std::arch::x86_64::_mm512_loadu_ps;
+    for i in 0..rows {
+        // SAFETY: row i is inside the block and the tile (caller contract).
+        unsafe {
+            let v0 = _mm512_loadu_ps(sums.add(i * NR));
+            let v1 = _mm512_loadu_ps(sums.add(i * NR + 16));
+            crate::bf16::simd::epilogue_row(v0, v1, i, acc, ld_acc, accumulate, out);
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The real AMX kernels against the model, bit for bit: single instructions under odd
+//! configurations, the 2 x 2 micro-kernel with and without a tail, and whole GEMMs of both
+//! families. They need a CPU with AMX granted to this process; elsewhere they check only that
+//! nothing expected them to run (`RESNET_EXPECT_ISA`, derived by tools/test.sh from
+//! /proc/cpuinfo's `amx_int8` / `amx_bf16` flags, outside the code under test).
+//!
+//! (The model-backed kernels run the families' full batteries on every machine:
+//! `int8::tests` and `bf16::tests` include [`crate::int8::AMX_MODEL_KERNEL`] and
+//! [`crate::bf16::AMX_MODEL_KERNEL`].)
+
+use super::*;
+use crate::bf16::{self, Bf16};
+use crate::cpu::{CpuFeatures, Isa};
+use crate::int8;
+
+/// Whether `RESNET_EXPECT_ISA` names `name`.
+fn expected(name: &str) -> bool {
+    std::env::var("RESNET_EXPECT_ISA")
+        .map(|v| v.split(',').any(|n| n.trim() == name))
+        .unwrap_or(false)
+}
+
+/// The hardware tile unit, or `None` after checking that no AMX run was expected here.
+#[cfg(target_arch = "x86_64")]
+fn hardware_or_nothing_expected(test: &str) -> Option<AmxHardware> {
+    let hw = AmxHardware::new();
+    if hw.is_none() {
+        for name in ["amxint8", "amxbf16", "amx"] {
+            assert!(
+                !expected(name),
+                "RESNET_EXPECT_ISA names {name} but AMX is not usable here ({}), so {test} \
+                 could not run the real AMX kernels",
+                CpuFeatures::get().amx
+            );
+        }
+        eprintln!(
+            "{test}: no AMX here ({}): the real kernels did not run",
+            CpuFeatures::get().amx
+        );
+    }
+    hw
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn hardware_or_nothing_expected(_test: &str) -> Option<std::convert::Infallible> {
+    None
+}
+
+/// Seeded bytes (xorshift). For bf16 use, pairs are made finite and not NaN by the caller.
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 32) as u8
+        })
+        .collect()
+}
+
+/// Seeded bf16 values in [-1, 1] (no NaN: the model's NaN payloads are Rust's), as bytes.
+fn bf16_bytes(count: usize, seed: u64) -> Vec<u8> {
+    bf16::tests::values(count, seed)
+        .iter()
+        .flat_map(|v| v.0.to_le_bytes())
+        .collect()
+}
+
+/// Each single instruction, under a configuration that is not the kernels' (odd rows and bytes
+/// per row, unused tiles), on the hardware and on the model: the stored tiles must be equal.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn amx_instructions_match_model() {
+    let Some(mut hw) = hardware_or_nothing_expected("amx_instructions_match_model") else {
+        return;
+    };
+    let cfg = TileConfig::palette1([
+        (7, 20),
+        (7, 36),
+        (9, 20),
+        (5, 64),
+        (0, 0),
+        (0, 0),
+        (16, 4),
+        (3, 12),
+    ]);
+    let mut model = AmxModel::new();
+    for (dot, seed) in [(Dot::Busd, 1), (Dot::Bf16ps, 2)] {
+        let c = bytes(16 * 64, seed);
+        let a = if dot == Dot::Busd {
+            bytes(16 * 64, seed + 1)
+        } else {
+            bf16_bytes(16 * 32, seed + 1)
+        };
+        let b = if dot == Dot::Busd {
+            bytes(16 * 64, seed + 2)
+        } else {
+            bf16_bytes(16 * 32, seed + 2)
+        };
+        // For bf16, C holds f32: the values widened (exactly).
+        let c = match dot {
+            Dot::Busd => c,
+            Dot::Bf16ps => bf16::tests::values(16 * 16, seed)
+                .iter()
+                .flat_map(|v| v.to_f32().to_le_bytes())
+                .collect(),
+        };
+        let mut outs = Vec::new();
+        for ops in [&mut hw as &mut dyn DynOps, &mut model] {
+            let mut out = vec![0xA5u8; 2000];
+            // SAFETY: AMX is granted (hw is Some) or this is the model; every load reads at most
+            // 16 rows x 64 bytes at stride 64 of the 1024-byte inputs; the stores write 9 rows
+            // x 36 bytes at stride 100 of `out`.
+            unsafe {
+                ops.ldtilecfg(&cfg);
+                ops.tileloadd(Tmm::new(0), c.as_ptr(), 64);
+                ops.tileloadd(Tmm::new(1), a.as_ptr(), 64);
+                // tsrc1 (tmm1) has 36 bytes per row = 9 groups: tmm2 has 9 rows of 20 bytes.
+                ops.tileloadd(Tmm::new(2), b.as_ptr(), 64);
+                ops.dot(dot, Tmm::new(0), Tmm::new(1), Tmm::new(2));
+                ops.tilestored(Tmm::new(0), out.as_mut_ptr(), 100);
+                ops.tilezero(Tmm::new(2));
+                ops.tilestored(Tmm::new(2), out.as_mut_ptr().add(800), 100);
+                ops.tilerelease();
+            }
+            outs.push(out);
+        }
+        assert!(outs[0] == outs[1], "{dot:?}: hardware and model differ");
+    }
+}
+
+/// The object-safe view of [`TileOps`] the test above iterates over.
+#[cfg(target_arch = "x86_64")]
+trait DynOps {
+    unsafe fn ldtilecfg(&mut self, cfg: &TileConfig);
+    unsafe fn tilerelease(&mut self);
+    unsafe fn tilezero(&mut self, t: Tmm);
+    unsafe fn tileloadd(&mut self, t: Tmm, p: *const u8, s: usize);
+    unsafe fn tilestored(&mut self, t: Tmm, p: *mut u8, s: usize);
+    unsafe fn dot(&mut self, d: Dot, c: Tmm, a: Tmm, b: Tmm);
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<T: TileOps> DynOps for T {
+    unsafe fn ldtilecfg(&mut self, cfg: &TileConfig) {
+        // SAFETY: forwarded.
+        unsafe { TileOps::ldtilecfg(self, cfg) }
+    }
+    unsafe fn tilerelease(&mut self) {
+        // SAFETY: forwarded.
+        unsafe { TileOps::tilerelease(self) }
+    }
+    unsafe fn tilezero(&mut self, t: Tmm) {
+        // SAFETY: forwarded.
+        unsafe { TileOps::tilezero(self, t) }
+    }
+    unsafe fn tileloadd(&mut self, t: Tmm, p: *const u8, s: usize) {
+        // SAFETY: forwarded.
+        unsafe { TileOps::tileloadd(self, t, p, s) }
+    }
+    unsafe fn tilestored(&mut self, t: Tmm, p: *mut u8, s: usize) {
+        // SAFETY: forwarded.
+        unsafe { TileOps::tilestored(self, t, p, s) }
+    }
+    unsafe fn dot(&mut self, d: Dot, c: Tmm, a: Tmm, b: Tmm) {
+        // SAFETY: forwarded.
+        unsafe {
+            match d {
+                Dot::Busd => TileOps::tdpbusd(self, c, a, b),
+                Dot::Bf16ps => TileOps::tdpbf16ps(self, c, a, b),
+            }
+        }
+    }
+}
+
+/// The micro-kernel's one `asm!` block against the model's composition of single
+/// instructions, for 0..=5 K steps, with and without a tail, both dot products.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn amx_block_matches_model() {
+    if hardware_or_nothing_expected("amx_block_matches_model").is_none() {
+        return;
+    }
+    for dot in [Dot::Busd, Dot::Bf16ps] {
+        for steps in 0..=5 {
+            for with_tail in [false, true] {
+                let lda = steps * 64 + 64;
+                let seed = (steps * 2 + with_tail as usize) as u64;
+                let (a, b, tail_a, tail_b) = match dot {
+                    Dot::Busd => (
+                        bytes(32 * lda, seed),
+                        bytes((steps * 16 + 1) * 128, seed + 1),
+                        bytes(32 * 64, seed + 2),
+                        bytes(16 * 128, seed + 3),
+                    ),
+                    Dot::Bf16ps => (
+                        bf16_bytes(16 * lda, seed),
+                        bf16_bytes((steps * 16 + 1) * 64, seed + 1),
+                        bf16_bytes(16 * 64, seed + 2),
+                        bf16_bytes(8 * 128, seed + 3),
+                    ),
+                };
+                let mut outs = Vec::new();
+                for hardware in [true, false] {
+                    let mut c = CBlock([0x5A; 32 * PANEL_ROW_BYTES]);
+                    let job = Block2x2 {
+                        a: a.as_ptr(),
+                        lda,
+                        b: b.as_ptr(),
+                        steps,
+                        tail_a: if with_tail {
+                            tail_a.as_ptr()
+                        } else {
+                            std::ptr::null()
+                        },
+                        tail_b: tail_b.as_ptr(),
+                        c: c.0.as_mut_ptr(),
+                    };
+                    // SAFETY: AMX is granted (checked above); the buffers hold what `job` says.
+                    unsafe {
+                        if hardware {
+                            AmxHardware::with_thread_tiles(|t| t.block_2x2(dot, &job));
+                        } else {
+                            AmxModel::with_thread_tiles(|t| t.block_2x2(dot, &job));
+                        }
+                    }
+                    outs.push(c.0.to_vec());
+                }
+                assert!(
+                    outs[0] == outs[1],
+                    "{dot:?}, {steps} steps, tail {with_tail}: hardware and model differ"
+                );
+            }
+        }
+    }
+}
+
+/// Whole GEMMs of both families through the registered lines: the real AMX line and the model
+/// line give the same bits (int8: `i32` and requantised `u8`; bf16: f32 and bf16 outputs), on
+/// shapes with row, column and K tails, several K blocks, and ResNet-18's stem depth.
+#[test]
+fn amx_kernels_match_model_kernels() {
+    if hardware_or_nothing_expected("amx_kernels_match_model_kernels").is_none() {
+        return;
+    }
+    let int8_hw = int8::kernel_for(Isa::Amx);
+    let bf16_hw = bf16::kernel_for(Isa::Amx);
+    assert_eq!(int8_hw.info.name, "amx_int8_i32_32x32");
+    assert_eq!(bf16_hw.info.name, "amx_bf16_f32_32x32");
+    for (m, n, k) in [
+        (1, 1, 1),
+        (33, 40, 147),
+        (49, 512, 1152),
+        (64, 64, 576),
+        (70, 96, 1701),
+    ] {
+        let a = bytes(m * k, (m + k) as u64);
+        let w: Vec<i8> = bytes(k * n, n as u64)
+            .into_iter()
+            .map(|v| v as i8)
+            .collect();
+        let source = int8::ASource8::Matrix {
+            data: &a,
+            rows: m,
+            lda: k,
+        };
+        let mut outs = Vec::new();
+        for line in [int8_hw, &int8::AMX_MODEL_KERNEL] {
+            let packed = int8::PackedB8::with_kernel(&w, k, n, line, int8::blocking::DEFAULT);
+            let mut c = vec![0i32; m * n];
+            int8::gemm_u8s8(&source, &packed, int8::Output8::I32 { c: &mut c, ldc: n });
+            outs.push(c);
+        }
+        assert!(
+            outs[0] == outs[1],
+            "int8 {m}x{n}x{k}: hardware and model differ"
+        );
+
+        let a = bf16::tests::values(m * k, k as u64);
+        let w = bf16::tests::values(k * n, n as u64);
+        let source = bf16::ASourceBf16::Matrix {
+            data: &a,
+            rows: m,
+            lda: k,
+        };
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+        let epi = bf16::EpilogueBf16 {
+            bias: Some(&bias),
+            residual: None,
+            relu: true,
+        };
+        let mut outs = Vec::new();
+        for line in [bf16_hw, &bf16::AMX_MODEL_KERNEL] {
+            let packed = bf16::PackedBBf16::with_kernel(&w, k, n, line);
+            let mut c = vec![0f32; m * n];
+            bf16::gemm_bf16(
+                &source,
+                &packed,
+                bf16::OutputBf16::F32 { c: &mut c, ldc: n },
+                &epi,
+            );
+            let mut c16 = vec![Bf16::ZERO; m * n];
+            bf16::gemm_bf16(
+                &source,
+                &packed,
+                bf16::OutputBf16::Bf16 {
+                    c: &mut c16,
+                    ldc: n,
+                },
+                &epi,
+            );
+            outs.push((c.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), c16));
+        }
+        assert!(
+            outs[0] == outs[1],
+            "bf16 {m}x{n}x{k}: hardware and model differ"
+        );
+    }
+}
+
+/// The configuration the kernels load: palette 1, 8 tiles of 16 x 64 bytes, in the SDM's byte
+/// layout.
+#[test]
+fn kernel_config_layout() {
+    let b = KERNEL_CONFIG.bytes();
+    assert_eq!(b[0], 1);
+    assert!(b[1..16].iter().all(|&x| x == 0));
+    for t in 0..8 {
+        assert_eq!(u16::from_le_bytes([b[16 + 2 * t], b[17 + 2 * t]]), 64);
+        assert_eq!(b[48 + t], 16);
+    }
+    assert!(b[32..48].iter().chain(&b[56..]).all(|&x| x == 0));
+}
