@@ -65,6 +65,8 @@ pub struct Config {
     /// (so load balancers and Kubernetes stop sending) before the listener closes and the
     /// in-flight requests drain.
     pub drain: Duration,
+    /// `--watch`: sources the server classifies itself (history, `/metrics`, `/v1/events`).
+    pub watch: Option<crate::watch::WatchConfig>,
 }
 
 impl Default for Config {
@@ -94,6 +96,7 @@ impl Default for Config {
             log_format: crate::ops::LogFormat::Text,
             cors_origin: None,
             drain: Duration::ZERO,
+            watch: None,
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod model;
 pub mod ops;
 pub mod routes;
 pub mod server;
+pub mod watch;
 pub mod write_deadline;
 
 pub use config::Config;
