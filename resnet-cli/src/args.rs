@@ -194,6 +194,16 @@ pub struct ServeArgs {
     /// extra slot.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_decodes: Option<u32>,
+    /// Classify these sources inside the server, as `resnet watch` does (same SOURCE syntax,
+    /// NAME=SOURCE names one): their frames go through the server's inference queue, into
+    /// /v1/history and /metrics, and stream from GET /v1/events. Repeatable.
+    #[arg(long = "watch", value_name = "SOURCE", num_args = 1..)]
+    pub watch: Vec<String>,
+    #[command(flatten, next_help_heading = "Watch sources (with --watch)")]
+    pub watch_sources: crate::watch::SourceArgs,
+    /// --watch: HTTP connect and read timeout in seconds (a silent stream is reconnected).
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub watch_timeout_s: f64,
 }
 
 #[derive(Args, Debug)]

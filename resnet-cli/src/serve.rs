@@ -8,11 +8,34 @@ use resnet_server::{Config, ServedModel};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Classes per `--watch` event (the web page's panel shows them).
+const WATCH_TOP_K: usize = 5;
+
 pub fn run(args: ServeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut config = config(&args)?;
     config.log_requests = !quiet;
     let threads = rayon::current_num_threads();
+    let specs = crate::watch::parse_sources(&args.watch)?;
     let mut model = served_model(&args.model, threads)?;
+    if !specs.is_empty() {
+        let (options, filter) = args.watch_sources.settings(crate::watch::SettingsFor {
+            decode: resnet_core::decode::DecodeOptions {
+                max_pixels: config.max_pixels,
+                exif: config.exif,
+            },
+            labels: &model.labels,
+            top_k: WATCH_TOP_K,
+            logits: false,
+            keep_images: true,
+            http_timeout_s: args.watch_timeout_s,
+            http_timeout_flag: "--watch-timeout-s",
+        })?;
+        config.watch = Some(resnet_server::watch::WatchConfig {
+            sources: specs,
+            options,
+            filter,
+        });
+    }
     for name in &args.trace_backend {
         let mut other = args.model.clone();
         other.backend = *name;

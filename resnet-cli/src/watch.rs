@@ -44,6 +44,42 @@ pub struct WatchArgs {
     /// events.
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<String>,
+    #[command(flatten)]
+    pub gating: SourceArgs,
+    /// POST each reported frame's event as JSON to this URL (in the background, with retries).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Save each reported frame as a JPEG in this folder (the event says where).
+    #[arg(long, value_name = "DIR")]
+    pub save_dir: Option<PathBuf>,
+    /// Publish each reported event as JSON to this MQTT broker and topic:
+    /// mqtt://[user:password@]host[:1883]/TOPIC (QoS 1, in the background; a broker that is
+    /// down never holds the watcher up).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RESNET_MQTT_URL",
+        hide_env_values = true
+    )]
+    pub mqtt_url: Option<resnet_server::mqtt::MqttConfig>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: WatchFormat,
+    /// How many classes per event.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top_k: u16,
+    /// Include the 1000 raw logits in JSON events.
+    #[arg(long)]
+    pub logits: bool,
+    /// HTTP connect and read timeout in seconds (a silent stream is reconnected after it).
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub timeout_s: f64,
+}
+
+/// How sources are sampled, gated and read: the flags `resnet watch` and `resnet serve --watch`
+/// share, turned into the watch crate's settings in one place ([`SourceArgs::settings`]).
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
     /// Most frames classified per second per stream (0: every frame). Folders are not sampled:
     /// every file is classified.
     #[arg(long, default_value_t = 2.0, value_name = "N")]
@@ -62,31 +98,6 @@ pub struct WatchArgs {
     /// Report a frame only when its top-1 class differs from the previous frame's (per source).
     #[arg(long)]
     pub on_change: bool,
-    /// POST each reported frame's event as JSON to this URL (in the background, with retries).
-    #[arg(long, value_name = "URL")]
-    pub webhook: Option<String>,
-    /// Publish each reported event as JSON to this MQTT broker and topic:
-    /// mqtt://[user:password@]host[:1883]/TOPIC (QoS 1, in the background; a broker that is
-    /// down never holds the watcher up).
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "RESNET_MQTT_URL",
-        hide_env_values = true
-    )]
-    pub mqtt_url: Option<resnet_server::mqtt::MqttConfig>,
-    /// Save each reported frame as a JPEG in this folder (the event says where).
-    #[arg(long, value_name = "DIR")]
-    pub save_dir: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "jsonl")]
-    pub format: WatchFormat,
-    /// How many classes per event.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub top_k: u16,
-    /// Include the 1000 raw logits in JSON events.
-    #[arg(long)]
-    pub logits: bool,
     /// Folders: also classify the files already there (default: only new or replaced ones).
     #[arg(long)]
     pub existing: bool,
@@ -99,12 +110,74 @@ pub struct WatchArgs {
     /// Longest pause between reconnection attempts to a stream, in seconds.
     #[arg(long, default_value_t = 30.0, value_name = "S")]
     pub reconnect_max_s: f64,
-    /// HTTP connect and read timeout in seconds (a silent stream is reconnected after it).
-    #[arg(long, default_value_t = 10.0, value_name = "S")]
-    pub timeout_s: f64,
     /// Largest MJPEG frame or snapshot accepted, in MiB.
     #[arg(long, default_value_t = 16.0, value_name = "MB")]
     pub max_frame_mb: f64,
+}
+
+/// What [`SourceArgs::settings`] needs besides the flags.
+pub struct SettingsFor<'a> {
+    pub decode: resnet_core::decode::DecodeOptions,
+    pub labels: &'a resnet_core::labels::Labels,
+    pub top_k: usize,
+    pub logits: bool,
+    pub keep_images: bool,
+    /// HTTP connect and read timeout, seconds, and the flag that gave it.
+    pub http_timeout_s: f64,
+    pub http_timeout_flag: &'static str,
+}
+
+impl SourceArgs {
+    /// The watcher's options (with the `--alert` rule resolved against the model's labels) and
+    /// which events to report, validated.
+    pub fn settings(&self, with: SettingsFor<'_>) -> anyhow::Result<(WatchOptions, EventFilter)> {
+        let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
+            anyhow::ensure!(
+                v > 0.0 && v.is_finite(),
+                "{name} must be a positive number of seconds, got {v}"
+            );
+            Ok(Duration::from_secs_f64(v))
+        };
+        anyhow::ensure!(
+            self.max_frame_mb > 0.0 && self.max_frame_mb.is_finite(),
+            "--max-frame-mb must be a positive number, got {}",
+            self.max_frame_mb
+        );
+        let alert = if self.alert.is_empty() {
+            None
+        } else {
+            Some(AlertRule::parse(&self.alert, with.labels, self.min_prob)?)
+        };
+        let filter = EventFilter {
+            on_change: self.on_change,
+            alerts_only: alert.is_some(),
+        };
+        let options = WatchOptions {
+            decode: with.decode,
+            fps: self.fps,
+            motion: self.motion,
+            top_k: with.top_k,
+            logits: with.logits,
+            keep_images: with.keep_images,
+            alert,
+            max_frame_bytes: (self.max_frame_mb * 1024.0 * 1024.0) as usize,
+            settle: Duration::from_millis(self.settle_ms),
+            poll: self.poll_ms.map(|ms| Duration::from_millis(ms.max(10))),
+            existing: self.existing,
+            reconnect_max: secs("--reconnect-max-s", self.reconnect_max_s)?,
+            http_timeout: secs(with.http_timeout_flag, with.http_timeout_s)?,
+            max_batch: 8,
+        };
+        Ok((options, filter))
+    }
+}
+
+/// Parses each `SOURCE` or `NAME=SOURCE` argument.
+pub fn parse_sources(args: &[String]) -> anyhow::Result<Vec<SourceSpec>> {
+    Ok(args
+        .iter()
+        .map(|s| SourceSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Per webhook attempt, connect to answer.
@@ -113,53 +186,9 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long queued webhook posts may take at exit.
 const WEBHOOK_GRACE: Duration = Duration::from_secs(3);
 
-fn options(
-    args: &WatchArgs,
-    alert: Option<AlertRule>,
-    keep_images: bool,
-) -> anyhow::Result<WatchOptions> {
-    let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
-        anyhow::ensure!(
-            v > 0.0 && v.is_finite(),
-            "{name} must be a positive number of seconds, got {v}"
-        );
-        Ok(Duration::from_secs_f64(v))
-    };
-    anyhow::ensure!(
-        args.max_frame_mb > 0.0 && args.max_frame_mb.is_finite(),
-        "--max-frame-mb must be a positive number, got {}",
-        args.max_frame_mb
-    );
-    Ok(WatchOptions {
-        decode: args.decode.options()?,
-        fps: args.fps,
-        motion: args.motion,
-        top_k: args.top_k as usize,
-        logits: args.logits,
-        keep_images,
-        alert,
-        max_frame_bytes: (args.max_frame_mb * 1024.0 * 1024.0) as usize,
-        settle: Duration::from_millis(args.settle_ms),
-        poll: args.poll_ms.map(|ms| Duration::from_millis(ms.max(10))),
-        existing: args.existing,
-        reconnect_max: secs("--reconnect-max-s", args.reconnect_max_s)?,
-        http_timeout: secs("--timeout-s", args.timeout_s)?,
-        max_batch: 8,
-    })
-}
-
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let specs = args
-        .sources
-        .iter()
-        .map(|s| SourceSpec::parse(s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let specs = parse_sources(&args.sources)?;
     let model = crate::model::load_model(&args.model)?;
-    let alert = if args.alert.is_empty() {
-        None
-    } else {
-        Some(AlertRule::parse(&args.alert, &model.labels, args.min_prob)?)
-    };
     let webhook = args
         .webhook
         .as_deref()
@@ -172,11 +201,15 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         .map(|c| Publisher::start(c, "watch"))
         .transpose()
         .context("starting the MQTT publisher")?;
-    let filter = EventFilter {
-        on_change: args.on_change,
-        alerts_only: alert.is_some(),
-    };
-    let opts = options(&args, alert, actions.needs_images())?;
+    let (opts, filter) = args.gating.settings(SettingsFor {
+        decode: args.decode.options()?,
+        labels: &model.labels,
+        top_k: args.top_k as usize,
+        logits: args.logits,
+        keep_images: actions.needs_images(),
+        http_timeout_s: args.timeout_s,
+        http_timeout_flag: "--timeout-s",
+    })?;
     let watcher = Watcher::new(specs, opts)?;
     stop_on_signals(watcher.stopper())?;
     log::info!(

@@ -125,6 +125,122 @@ fn serve_answers_then_stops_gracefully_on_sigterm() {
     assert!(log.contains("resnet serve: stopped"), "{log}");
 }
 
+/// Kills the server if the test fails before it stopped it (a leaked server would hold the
+/// test's pipes open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `resnet serve --watch` (issue 17): the CLI's watch flags reach the server's watcher, a
+/// photo already in the folder (`--existing`) is classified into the history with its source,
+/// an unknown `--alert` class is refused like `resnet watch` refuses it, and SIGTERM stops the
+/// watcher and the server cleanly (its counters logged).
+#[test]
+fn serve_watches_a_folder_and_stops_its_watcher_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cam = dir.path().join("cam");
+    std::fs::create_dir(&cam).unwrap();
+    std::fs::copy(
+        repo().join("testdata/images/cat_baseline.jpg"),
+        cam.join("a.jpg"),
+    )
+    .unwrap();
+    let refused = resnet()
+        .arg("serve")
+        .arg("--weights")
+        .arg(synth())
+        .args(["--addr", "127.0.0.1:0", "--alert", "unicorn", "--watch"])
+        .arg(&cam)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unicorn"));
+
+    let mut child = KillOnDrop(
+        resnet()
+            .arg("serve")
+            .arg("--weights")
+            .arg(synth())
+            .args([
+                "--addr",
+                "127.0.0.1:0",
+                "--existing",
+                "--drain-s",
+                "0.5",
+                "--watch",
+            ])
+            .arg(format!("front={}", cam.display()))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let addr: SocketAddr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no 'listening' line");
+        log.push(line.clone());
+        if let Some(a) = line.strip_prefix("resnet serve: listening on http://") {
+            break a.parse().unwrap();
+        }
+    };
+    let started = Instant::now();
+    let entry = loop {
+        let (status, out) = http(
+            addr,
+            "GET /v1/history HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        if let Some(e) = v["entries"].as_array().unwrap().first() {
+            break e.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing classified"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(entry["source"], "watch:front", "{entry}");
+    assert_eq!(entry["route"], "watch");
+    assert_eq!(
+        (entry["width"].as_u64(), entry["height"].as_u64()),
+        (Some(451), Some(300))
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.0.wait().unwrap();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        log.push(line);
+    }
+    let log = log.join("\n");
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(
+        log.contains("resnet serve: watch front: 1 received, 1 classified"),
+        "{log}"
+    );
+    assert!(log.contains("resnet serve: stopped"), "{log}");
+}
+
 #[test]
 fn serve_refuses_bad_settings_with_exit_2() {
     for args in [

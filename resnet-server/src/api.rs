@@ -139,6 +139,8 @@ pub struct ModelResponse<'a> {
     pub limits: Limits,
     /// Entries `/v1/history` keeps.
     pub history: usize,
+    /// The names of the `--watch` sources (their events: `/v1/events`).
+    pub watch: Vec<String>,
 }
 
 /// `GET /v1/history`.

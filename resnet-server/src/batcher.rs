@@ -145,6 +145,11 @@ impl Batcher {
 
     /// Queues `work`, or says the queue is full. Also refuses after [`Self::close`].
     pub fn submit(&self, work: Work) -> Result<Reply, QueueFull> {
+        self.try_submit(work).map_err(|(full, _)| full)
+    }
+
+    /// [`Self::submit`], giving the work back when it is refused (for a caller that retries).
+    pub fn try_submit(&self, work: Work) -> Result<Reply, (QueueFull, Work)> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             work,
@@ -153,14 +158,14 @@ impl Batcher {
         };
         let guard = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         let Some(sender) = guard.as_ref() else {
-            return Err(QueueFull);
+            return Err((QueueFull, job.work));
         };
         self.metrics.queue_depth_add(1);
         match sender.try_send(job) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
                 self.metrics.queue_depth_add(-1);
-                Err(QueueFull)
+                Err((QueueFull, job.work))
             }
         }
     }

@@ -70,6 +70,8 @@ pub struct Config {
     pub drain: Duration,
     /// Publish each recognition to this MQTT broker and topic (`--mqtt-url`).
     pub mqtt: Option<crate::mqtt::MqttConfig>,
+    /// `--watch`: sources the server classifies itself (history, `/metrics`, `/v1/events`).
+    pub watch: Option<crate::watch::WatchConfig>,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             cors_origin: None,
             drain: Duration::ZERO,
             mqtt: None,
+            watch: None,
         }
     }
 }

@@ -97,6 +97,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// A `--watch` source or option is unusable (ffmpeg missing, bad range).
+    #[error(transparent)]
+    Watch(#[from] resnet_watch::WatchError),
     /// A setting is out of range.
     #[error("invalid server setting: {0}")]
     Config(String),

@@ -15,8 +15,12 @@ use utoipa::ToSchema;
 pub struct Entry {
     /// When it was answered, UTC, RFC 3339 (`2026-11-27T23:59:01.123Z`).
     pub time: String,
-    /// Which route answered it.
+    /// Which route answered it (`watch` for a watcher's frame).
     pub route: String,
+    /// Where a recognition that answered no request came from: `watch:NAME` for the frames of
+    /// `resnet serve --watch NAME=...`; absent for HTTP requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Image width in pixels (after EXIF rotation).
     pub width: u32,
     /// Image height in pixels.
@@ -263,6 +267,7 @@ mod tests {
         Entry {
             time: rfc3339(i as i64, 0),
             route: "classify".into(),
+            source: None,
             width: 10,
             height: 20,
             index: i,

@@ -43,6 +43,7 @@ pub mod ops;
 pub mod pages;
 pub mod routes;
 pub mod server;
+pub mod watch;
 pub mod write_deadline;
 
 pub use config::Config;

@@ -1,10 +1,11 @@
 //! Prometheus metrics, written by hand in the text exposition format (version 0.0.4).
 
 use crate::mqtt::MqttStats;
+use resnet_watch::SourceStats;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Request latency buckets, seconds.
@@ -84,6 +85,10 @@ pub struct Metrics {
     decode_bytes: AtomicI64,
     decodes_cancelled: AtomicU64,
     memory_released: AtomicBool,
+    /// The `--watch` sources' own counters (set once at start).
+    watch_sources: OnceLock<Vec<(String, Arc<SourceStats>)>>,
+    watch_event_clients: AtomicI64,
+    watch_events_lagged: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -107,6 +112,9 @@ impl Default for Metrics {
             decode_bytes: AtomicI64::new(0),
             decodes_cancelled: AtomicU64::new(0),
             memory_released: AtomicBool::new(false),
+            watch_sources: OnceLock::new(),
+            watch_event_clients: AtomicI64::new(0),
+            watch_events_lagged: AtomicU64::new(0),
         }
     }
 }
@@ -205,6 +213,21 @@ impl Metrics {
     /// Counts a decode skipped or stopped because its request was over (client gone, deadline).
     pub fn decode_cancelled(&self) {
         self.decodes_cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `--watch` sources whose counters `/metrics` shows (once, at start).
+    pub fn set_watch_sources(&self, sources: Vec<(String, Arc<SourceStats>)>) {
+        let _ = self.watch_sources.set(sources);
+    }
+
+    /// Moves the gauge of connected `/v1/events` clients.
+    pub fn watch_event_clients_add(&self, delta: i64) {
+        self.watch_event_clients.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Counts events a slow `/v1/events` client skipped because it fell too far behind.
+    pub fn watch_events_lagged(&self, n: u64) {
+        self.watch_events_lagged.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Moves the queue-depth gauge.
@@ -355,8 +378,98 @@ impl Metrics {
             "Lines of the history file skipped at start: torn by a crash or not records.",
             self.history_lines_skipped.load(Ordering::Relaxed),
         );
+        if let Some(sources) = self.watch_sources.get() {
+            single(
+                "resnet_watch_event_clients",
+                "gauge",
+                "Clients connected to /v1/events.",
+                self.watch_event_clients.load(Ordering::Relaxed).max(0) as u64,
+            );
+            single(
+                "resnet_watch_events_lagged_total",
+                "counter",
+                "Events /v1/events clients skipped because they read too slowly (the watchers never wait for them).",
+                self.watch_events_lagged.load(Ordering::Relaxed),
+            );
+            render_watch(&mut out, sources);
+        }
         out
     }
+}
+
+/// The per-source counters of `--watch`. For a source whose frames are all accounted for
+/// (a folder after its files are classified), received = classified + gated (both gates) +
+/// dropped + frame errors; `errors` also counts problems with the source itself (frame 0).
+fn render_watch(out: &mut String, sources: &[(String, Arc<SourceStats>)]) {
+    let snaps: Vec<(String, resnet_watch::StatsSnapshot)> = sources
+        .iter()
+        .map(|(name, s)| (label_value(name), s.snapshot()))
+        .collect();
+    type Pick = fn(&resnet_watch::StatsSnapshot) -> u64;
+    let counters: [(&str, &str, Pick); 5] = [
+        (
+            "resnet_watch_frames_received_total",
+            "Frames (or files) a watch source delivered.",
+            |s| s.received,
+        ),
+        (
+            "resnet_watch_frames_classified_total",
+            "Frames of a watch source that went through the network.",
+            |s| s.classified,
+        ),
+        (
+            "resnet_watch_frames_dropped_total",
+            "Frames of a live watch source dropped because its previous frame still waited for the model.",
+            |s| s.dropped,
+        ),
+        (
+            "resnet_watch_errors_total",
+            "Error events of a watch source (bad frames, failed reads).",
+            |s| s.errors,
+        ),
+        (
+            "resnet_watch_reconnects_total",
+            "Times a watch source came back after an outage.",
+            |s| s.reconnects,
+        ),
+    ];
+    for (name, help, pick) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (source, s) in &snaps {
+            let _ = writeln!(out, "{name}{{source=\"{source}\"}} {}", pick(s));
+        }
+    }
+    let name = "resnet_watch_frames_gated_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Frames of a watch source not classified: over --fps (gate=\"fps\") or too like the last classified one (gate=\"motion\").\n# TYPE {name} counter"
+    );
+    for (source, s) in &snaps {
+        let _ = writeln!(
+            out,
+            "{name}{{source=\"{source}\",gate=\"fps\"}} {}",
+            s.skipped
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{source=\"{source}\",gate=\"motion\"}} {}",
+            s.gated
+        );
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -385,5 +498,38 @@ mod tests {
             "resnet_http_request_duration_seconds_bucket{route=\"classify\",le=\"0.025\"} 2\n"
         ));
         assert!(text.contains("resnet_http_request_duration_seconds_count{route=\"classify\"} 2\n"));
+        assert!(
+            !text.contains("resnet_watch_"),
+            "no watch metrics without sources"
+        );
+    }
+
+    #[test]
+    fn watch_sources_are_labelled_with_escaped_names() {
+        let m = Metrics::default();
+        let odd = Arc::new(SourceStats::default());
+        odd.received.store(3, Ordering::Relaxed);
+        odd.skipped.store(2, Ordering::Relaxed);
+        m.set_watch_sources(vec![
+            ("a\"b\\c\nd".into(), odd),
+            ("cam".into(), Arc::default()),
+        ]);
+        let text = m.render();
+        assert!(
+            text.contains("resnet_watch_frames_received_total{source=\"a\\\"b\\\\c\\nd\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "resnet_watch_frames_gated_total{source=\"a\\\"b\\\\c\\nd\",gate=\"fps\"} 2\n"
+        ));
+        assert!(text.contains("resnet_watch_reconnects_total{source=\"cam\"} 0\n"));
+        // Every sample line has a value after its labels: nothing the escaping could break.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                line.rsplit_once(' ')
+                    .is_some_and(|(_, v)| v.parse::<f64>().is_ok()),
+                "{line}"
+            );
+        }
     }
 }

@@ -125,7 +125,7 @@ const CORS_ALLOW_HEADERS: &str =
 const CORS_EXPOSE_HEADERS: &str = "X-Request-Id, Inference-Header-Content-Length, Retry-After";
 
 /// Adds `Access-Control-Allow-Origin` (and what goes with it) for `origin`.
-pub fn add_cors(resp: &mut Response<Full<Bytes>>, origin: &str) {
+pub fn add_cors<B>(resp: &mut Response<B>, origin: &str) {
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(origin) {
         h.insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, v);

@@ -48,6 +48,7 @@ impl Server {
             }
         };
         let state = AppState::start(config, model)?;
+        crate::watch::start(&state)?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(accept_loop(listeners, Arc::clone(&state), stopped));
         Ok(Server {
@@ -156,6 +157,14 @@ impl AppState {
         // to the system when freed (glibc would otherwise keep them in its heaps).
         resnet_kernels::memory::map_large_allocations(1 << 20);
         let metrics = Arc::new(Metrics::default());
+        let watch = config
+            .watch
+            .as_ref()
+            .map(crate::watch::WatchHub::new)
+            .transpose()?;
+        if let Some(hub) = &watch {
+            metrics.set_watch_sources(hub.stats());
+        }
         let history = History::open(config.history, config.history_file.as_deref())?;
         metrics.history_lines_skipped(history.skipped_lines());
         let batcher = Batcher::start(
@@ -199,6 +208,8 @@ impl AppState {
             history,
             mqtt,
             shutting_down: AtomicBool::new(false),
+            watch,
+            closing: tokio::sync::watch::channel(false).0,
         }))
     }
 }
@@ -320,7 +331,7 @@ async fn accept_loop(
     }
     drop(listeners);
     trimmer.abort();
-    state.shutting_down.store(true, Ordering::Release);
+    state.begin_shutdown();
     let grace = state.config.shutdown_grace;
     tokio::select! {
         () = graceful.shutdown() => {}
@@ -329,7 +340,14 @@ async fn accept_loop(
         }
     }
     let st = Arc::clone(&state);
-    let _ = tokio::task::spawn_blocking(move || st.batcher.close()).await;
+    // The watchers may wait for answers of the inference thread: they stop first.
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(hub) = &st.watch {
+            hub.join();
+        }
+        st.batcher.close()
+    })
+    .await;
 }
 
 /// Threads of the blocking pool `run` builds: the decode budget's slots and its small lane,
@@ -374,7 +392,7 @@ pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), Ser
         }
         // Readiness says 503 from now on; the listener stays open for the drain period so
         // load balancers see it and stop sending before connections are refused.
-        server.state.shutting_down.store(true, Ordering::Release);
+        server.state.begin_shutdown();
         if !drain.is_zero() {
             eprintln!(
                 "resnet serve: SIGTERM: not ready; draining for {:.1} s before closing the listener",

@@ -274,3 +274,145 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
     eprintln!("explorer screenshot: {}", screenshot.display());
     server.shutdown().await;
 }
+
+/// The live panel of `resnet serve --watch` (issue 17): a server watching a folder, the page
+/// open; a photo dropped into the folder appears in the source's panel with the top-1 label
+/// `/v1/classify` gives the same photo, and a photo whose top-1 is the `--alert` class lights
+/// the panel up. Screenshot: `browser/watch.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_a_live_panel_per_watch_source_with_alerts() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    // What the API says about the photos, from a server without sources.
+    let plain = start(config(), model()).await;
+    let classify = |name: &'static str| {
+        let addr = plain.local_addr();
+        async move {
+            post_raw(
+                addr,
+                "/v1/classify?top_k=1000",
+                "image/jpeg",
+                &image_bytes(name),
+            )
+            .await
+            .json()
+        }
+    };
+    let cat = classify("cat_baseline.jpg").await;
+    let cat_label = cat["predictions"][0]["label"].as_str().unwrap().to_string();
+    let prob_of = |v: &serde_json::Value, class: u64| {
+        v["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["index"].as_u64() == Some(class))
+            .map_or(0.0, |p| p["probability"].as_f64().unwrap() as f32)
+    };
+    // The alert class: one of the cat's top 5 that a second photo has clearly less of (the
+    // synthetic weights may give every photo the same top-1, so the top-1 alone cannot tell
+    // them apart). The threshold sits 0.1% under the cat's probability of it: the watcher's
+    // softmax of the same logits may differ in the last bit, never by 0.1%; the other photo
+    // is at least 1% under.
+    let mut chosen = None;
+    'photos: for name in [
+        "coffee_progressive.jpg",
+        "hopper_cmyk.jpg",
+        "fig_lossy.webp",
+        "astronaut_rgb.png",
+    ] {
+        let v = classify(name).await;
+        for p in cat["predictions"].as_array().unwrap().iter().take(5) {
+            let class = p["index"].as_u64().unwrap();
+            let p_cat = p["probability"].as_f64().unwrap() as f32;
+            if prob_of(&v, class) < p_cat * 0.99 {
+                let label = v["predictions"][0]["label"].as_str().unwrap().to_string();
+                chosen = Some((name, label, class as usize, p_cat * 0.999));
+                break 'photos;
+            }
+        }
+    }
+    let (other_photo, other_label, alert_class, min_prob) =
+        chosen.expect("a test photo with clearly less of one of the cat's top 5 classes");
+    plain.shutdown().await;
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("yard");
+    std::fs::create_dir(&dir).unwrap();
+    let config = resnet_server::Config {
+        watch: Some(resnet_server::watch::WatchConfig {
+            sources: vec![
+                resnet_watch::SourceSpec::parse(&format!("yard={}", dir.display())).unwrap(),
+            ],
+            options: resnet_watch::WatchOptions {
+                alert: Some(resnet_watch::AlertRule {
+                    classes: vec![alert_class],
+                    min_prob,
+                }),
+                ..resnet_watch::WatchOptions::default()
+            },
+            // Every frame reported (the panel shows non-alerts too).
+            filter: resnet_watch::EventFilter::default(),
+        }),
+        ..config()
+    };
+    let server = start(config, model()).await;
+    let addr = server.local_addr();
+    let screenshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&screenshot_dir).unwrap();
+    let screenshot = screenshot_dir.join("watch.png");
+    let shot = screenshot.clone();
+    let url = format!("http://{addr}/");
+    let drop_in = move |photo: &str, name: &str| {
+        let staging = root.path().join(name);
+        std::fs::copy(image_path(photo), &staging).unwrap();
+        std::fs::rename(&staging, dir.join(name)).unwrap();
+    };
+    tokio::task::spawn_blocking(move || {
+        let (_browser, mut cdp) = open(&chromium);
+        cdp.call("Page.navigate", json!({"url": url}));
+        cdp.wait_for(
+            "!document.getElementById('watch').hidden && document.getElementById('watch-status').textContent === 'Live.' && document.querySelector('.source[data-source=\"yard\"]') !== null",
+            "the live panel of source yard",
+        );
+        let panel = "document.querySelector('.source[data-source=\"yard\"]')";
+        drop_in(other_photo, "first.jpg");
+        cdp.wait_for(
+            &format!("{panel}.dataset.what === 'first.jpg'"),
+            "the first photo in the panel",
+        );
+        assert_eq!(cdp.eval(&format!("{panel}.dataset.top1")), json!(other_label));
+        assert_eq!(cdp.eval(&format!("{panel}.classList.contains('alert')")), json!(false));
+        drop_in("cat_baseline.jpg", "second.jpg");
+        cdp.wait_for(
+            &format!("{panel}.dataset.what === 'second.jpg'"),
+            "the cat in the panel",
+        );
+        assert_eq!(cdp.eval(&format!("{panel}.dataset.top1")), json!(cat_label));
+        assert_eq!(cdp.eval(&format!("{panel}.classList.contains('alert')")), json!(true));
+        assert_eq!(
+            cdp.eval(&format!("getComputedStyle({panel}.querySelector('.badge')).display")),
+            json!("inline"),
+            "the ALERT badge shows"
+        );
+        assert_eq!(
+            cdp.eval(&format!("{panel}.querySelector('.name').textContent")),
+            json!("yard")
+        );
+        cdp.wait_for(
+            &format!("{panel}.querySelector('img').naturalWidth > 0"),
+            "the frame's thumbnail",
+        );
+        // The history lists the watcher's frames with their source.
+        cdp.wait_for(
+            "Array.from(document.querySelectorAll('#history .when')).filter(w => w.textContent.includes('watch:yard')).length === 2",
+            "the watched frames in the history",
+        );
+        let (w, h) = cdp.screenshot(&shot);
+        assert!(w >= 300 && h >= 300);
+    })
+    .await
+    .unwrap();
+    eprintln!("browser test screenshot: {}", screenshot.display());
+    server.shutdown().await;
+}

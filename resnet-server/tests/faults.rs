@@ -448,6 +448,7 @@ async fn a_history_line_torn_inside_a_utf8_character_does_not_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("history.jsonl");
     let record = |i: usize| resnet_server::history::Entry {
+        source: None,
         time: resnet_server::history::rfc3339(1_795_823_999 + i as i64, 0),
         route: "classify".into(),
         width: 10,

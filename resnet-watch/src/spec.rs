@@ -40,7 +40,7 @@ impl SourceSpec {
             {
                 (n.to_string(), t)
             }
-            _ => (arg.to_string(), arg),
+            _ => (without_password(arg), arg),
         };
         let bad = |reason: String| WatchError::BadSource {
             name: arg.to_string(),
@@ -93,9 +93,41 @@ impl SourceSpec {
     }
 }
 
+/// A URL with the password of its `user:password@` part replaced by `***`: a source's name
+/// goes into events, logs, the server's history and `/metrics`, its password should not.
+fn without_password(arg: &str) -> String {
+    let Some((scheme, rest)) = arg.split_once("://") else {
+        return arg.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => arg.to_string(),
+        },
+        None => arg.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_default_name_hides_the_password() {
+        let name = |a: &str| SourceSpec::parse(a).unwrap().name;
+        assert_eq!(
+            name("rtsp://viewer:s3cret@cam.local:554/stream1?x=a@b"),
+            "rtsp://viewer:***@cam.local:554/stream1?x=a@b"
+        );
+        assert_eq!(
+            name("http://cam.local/video.mjpg"),
+            "http://cam.local/video.mjpg"
+        );
+        assert_eq!(name("rtsp://viewer@cam/live"), "rtsp://viewer@cam/live");
+        assert_eq!(name("front=rtsp://u:p@cam/live"), "front");
+    }
 
     #[test]
     fn kinds_from_arguments() {

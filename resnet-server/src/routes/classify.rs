@@ -204,7 +204,7 @@ pub(super) async fn prepare(
         let crop = resize_and_crop(&image.rgb);
         let input = to_normalized_chw(&crop);
         let preprocess = t.elapsed();
-        let thumbnail = thumbnail.then(|| thumbnail_data_url(&image.rgb));
+        let thumbnail = thumbnail.then(|| thumbnail_data_url(&image.rgb, HISTORY_THUMBNAIL_SIDE));
         Ok(Prepared {
             input,
             width: image.rgb.width(),
@@ -221,10 +221,13 @@ pub(super) async fn prepare(
     .map_err(blocking_failed)?
 }
 
-/// A JPEG at most 64 pixels on its long side, as a `data:` URL.
-fn thumbnail_data_url(rgb: &RgbImage) -> String {
+/// The long side of history thumbnails, in pixels.
+pub(crate) const HISTORY_THUMBNAIL_SIDE: u32 = 64;
+
+/// A JPEG at most `side` pixels on its long side, as a `data:` URL.
+pub(crate) fn thumbnail_data_url(rgb: &RgbImage, side: u32) -> String {
     let (w, h) = (rgb.width() as f64, rgb.height() as f64);
-    let scale = (64.0 / w.max(h)).min(1.0);
+    let scale = (side as f64 / w.max(h)).min(1.0);
     let side = |v: f64| ((v * scale).round() as u32).max(1);
     let small = image::imageops::thumbnail(rgb, side(w), side(h));
     let mut jpeg = Vec::new();
@@ -313,6 +316,7 @@ pub(super) async fn classify_one(
             state.record_recognition(Entry {
                 time: now_rfc3339(),
                 route: route.into(),
+                source: None,
                 width: prepared.width,
                 height: prepared.height,
                 index: top1.index,

@@ -8,6 +8,7 @@
 mod auth;
 mod cam;
 mod classify;
+mod events;
 mod kserve;
 pub mod openapi;
 mod query;
@@ -24,7 +25,7 @@ use crate::history::History;
 use crate::metrics::Metrics;
 use crate::model::ServedModel;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Method, Request, Response, StatusCode};
@@ -32,6 +33,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub(crate) use classify::{thumbnail_data_url, HISTORY_THUMBNAIL_SIDE};
+pub use events::{EventStream, ResponseBody, KEEP_ALIVE};
 pub use respond::error_response;
 
 /// Everything a request handler needs.
@@ -56,6 +59,24 @@ pub struct AppState {
     pub bodies: Arc<BodyBudget>,
     /// Concurrent decodes and decoded pixels in flight.
     pub decodes: DecodeBudget,
+    /// The `--watch` sources, their events and counters (`None`: no sources).
+    pub watch: Option<crate::watch::WatchHub>,
+    /// Turns true when shutdown begins: event streams end, so they do not hold the drain up.
+    pub closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl AppState {
+    /// Shutdown begins (SIGTERM, or [`crate::Server::shutdown`]): readiness turns 503, the
+    /// event streams end and the watchers are told to stop (they finish the frame in hand; the
+    /// shutdown waits for them before it stops the inference thread). Idempotent.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.closing.send_replace(true);
+        if let Some(hub) = &self.watch {
+            hub.stop();
+        }
+    }
 }
 
 /// Every route the server answers. A path that is not one of these is a 404.
@@ -107,6 +128,8 @@ pub enum Route {
     Trace,
     /// `GET /openapi.json`: the OpenAPI document of every route.
     OpenApi,
+    /// `GET /v1/events`: the `--watch` sources' events as Server-Sent Events.
+    Events,
 }
 
 /// The body shape of a route's errors.
@@ -120,13 +143,14 @@ pub enum ErrorShape {
 
 impl Route {
     /// Every route, in the order the docs list them.
-    pub const ALL: [Route; 23] = [
+    pub const ALL: [Route; 24] = [
         Route::Page,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
         Route::Model,
         Route::History,
+        Route::Events,
         Route::Classify,
         Route::ClassifyBatch,
         Route::Cam,
@@ -155,6 +179,7 @@ impl Route {
             "/metrics" => Route::Metrics,
             "/v1/model" => Route::Model,
             "/v1/history" => Route::History,
+            "/v1/events" => Route::Events,
             "/v1/classify" => Route::Classify,
             "/v1/classify/batch" => Route::ClassifyBatch,
             "/v1/cam" => Route::Cam,
@@ -186,6 +211,7 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::Model => "/v1/model",
             Route::History => "/v1/history",
+            Route::Events => "/v1/events",
             Route::Classify => "/v1/classify",
             Route::ClassifyBatch => "/v1/classify/batch",
             Route::Cam => "/v1/cam",
@@ -215,6 +241,7 @@ impl Route {
             | Route::Metrics
             | Route::Model
             | Route::History
+            | Route::Events
             | Route::UpdateAvailable
             | Route::V2Live
             | Route::V2Ready
@@ -277,6 +304,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Model => "model",
             Route::History => "history",
+            Route::Events => "events",
             Route::Classify => "classify",
             Route::ClassifyBatch => "classify_batch",
             Route::Cam => "cam",
@@ -299,7 +327,7 @@ impl Route {
 }
 
 /// Answers one request. Never fails; records metrics and logs one line.
-pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Full<Bytes>> {
+pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<ResponseBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -312,21 +340,25 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Response<Fu
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no route {path}"),
-        )),
+        ))
+        .map(Either::Left),
         Some(r) if method == Method::OPTIONS && cors.is_some() => {
-            crate::ops::preflight(&r.method())
+            crate::ops::preflight(&r.method()).map(Either::Left)
         }
         // HEAD is GET without the body (hyper sends the head only, Content-Length included).
         Some(r)
             if r.method() != method && !(method == Method::HEAD && r.method() == Method::GET) =>
         {
-            method_not_allowed(r)
+            method_not_allowed(r).map(Either::Left)
         }
         Some(r) => match auth::authorize(&state.config, r, &req) {
-            Err(e) => r.error_response(&e),
+            Err(e) => r.error_response(&e).map(Either::Left),
+            Ok(()) if r == Route::Events => events::events(&state),
             Ok(()) => {
                 let run = with_deadline(r, req, Arc::clone(&state), started);
-                crate::ops::with_request_id(request_id.clone(), run).await
+                crate::ops::with_request_id(request_id.clone(), run)
+                    .await
+                    .map(Either::Left)
             }
         },
     };
@@ -420,6 +452,8 @@ async fn dispatch(
         Route::Explore => Ok(trace::page()),
         Route::Trace => trace::trace(req, state, started).await,
         Route::OpenApi => Ok(openapi::serve(&state)),
+        // A stream has no whole body and no deadline: `handle` answers it before dispatching.
+        Route::Events => Err(ApiError::internal("/v1/events is served as a stream")),
     }
 }
 

@@ -267,6 +267,20 @@ impl Doc<'_> {
                 "The last recognitions, newest first, with thumbnails",
                 vec![(ok, self.json::<HistoryResponse>("the history"))],
             ),
+            Route::Events => Spec {
+                summary: "The --watch sources' events as Server-Sent Events (a stream that stays open)",
+                parameters: vec![],
+                body: None,
+                answers: vec![(
+                    ok,
+                    text(
+                        "`event: watch` or `event: alert`, `data:` the event's JSON",
+                        "text/event-stream",
+                    ),
+                )],
+                // 404 no_watch_sources: the server was started without --watch.
+                errors: &[StatusCode::NOT_FOUND],
+            },
             Route::OpenApi => Spec {
                 summary: "This document",
                 parameters: vec![],

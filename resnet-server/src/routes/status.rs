@@ -73,6 +73,10 @@ pub(super) fn model(state: &AppState) -> Response<Full<Bytes>> {
             max_batch_parts: c.max_batch_parts,
         },
         history: state.history.capacity(),
+        watch: state
+            .watch
+            .as_ref()
+            .map_or_else(Vec::new, |hub| hub.source_names()),
     };
     json_response(StatusCode::OK, &body)
 }
