@@ -187,6 +187,32 @@ pub enum Error {
         /// The trace point.
         point: crate::arch::TracePoint,
     },
+    /// A [`crate::backend::Backend`] implemented outside this crate could not run a forward
+    /// pass (for example the server's queue-backed backend of its watchers, when the queue is
+    /// full or the server stops).
+    #[error("backend '{backend}' failed: {reason}")]
+    BackendFailed {
+        /// The backend's name.
+        backend: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A trace point asked to be recomputed as a BasicBlock that is not one.
+    #[error("{point} is not a BasicBlock (layer1.0 ... layer4.1)")]
+    NotABlock {
+        /// The trace point given.
+        point: crate::arch::TracePoint,
+    },
+    /// A BasicBlock's input does not have the shape the block takes.
+    #[error("{point} takes a [N, {channels}, H, W] feature map, its input has shape {found:?}")]
+    BlockInputShape {
+        /// The block.
+        point: crate::arch::TracePoint,
+        /// The input channels the block's first convolution takes.
+        channels: usize,
+        /// The shape given.
+        found: Vec<usize>,
+    },
     /// An 8-bit image made by this crate could not be encoded as PNG.
     #[error("cannot encode {what} as PNG: {reason}")]
     PngEncode {

@@ -46,9 +46,12 @@ pub enum Work {
         /// The backend to trace, then the one to compare with, if any.
         backends: Vec<Arc<dyn Backend>>,
         /// BasicBlocks to recompute stage by stage from the first backend's trace (`?block=`).
-        branches: Option<(Arc<BlockWeights>, Vec<TracePoint>)>,
+        branches: Option<BlockRequest>,
     },
 }
+
+/// The BasicBlocks to recompute (`?block=`) and the folded weights to do it with.
+pub type BlockRequest = (Arc<BlockWeights>, Vec<TracePoint>);
 
 /// BasicBlocks recomputed stage by stage, for [`Work::Trace`].
 #[derive(Debug)]
@@ -149,7 +152,7 @@ impl Batcher {
     }
 
     /// [`Self::submit`], giving the work back when it is refused (for a caller that retries).
-    pub fn try_submit(&self, work: Work) -> Result<Reply, (QueueFull, Work)> {
+    pub fn try_submit(&self, work: Work) -> Result<Reply, (QueueFull, Box<Work>)> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             work,
@@ -158,14 +161,14 @@ impl Batcher {
         };
         let guard = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         let Some(sender) = guard.as_ref() else {
-            return Err((QueueFull, job.work));
+            return Err((QueueFull, Box::new(job.work)));
         };
         self.metrics.queue_depth_add(1);
         match sender.try_send(job) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
                 self.metrics.queue_depth_add(-1);
-                Err((QueueFull, job.work))
+                Err((QueueFull, Box::new(job.work)))
             }
         }
     }
@@ -333,7 +336,7 @@ impl Worker {
                 }
                 _ => None,
             };
-            resnet_core::Result::Ok((traces, recomputed))
+            Ok::<_, resnet_core::Error>((traces, recomputed))
         }));
         let inference = started.elapsed();
         self.metrics.observe_batch(1, inference);

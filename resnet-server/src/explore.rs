@@ -139,7 +139,7 @@ impl From<ChannelSheet> for MapSheet {
 pub const MAX_STAGE_CHANNELS: usize = 16;
 
 /// A BasicBlock recomputed stage by stage from its input.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct BlockReport {
     /// The block (`layer3.1`).
     pub layer: String,
@@ -153,9 +153,10 @@ pub struct BlockReport {
 }
 
 /// One stage of a recomputed block.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct StageReport {
     /// `conv1`, `conv2`, `identity`, `downsample`, `sum` or `output`.
+    #[schema(value_type = String)]
     pub stage: BranchStage,
     /// What it computes, with torchvision's module names.
     pub op: String,

@@ -236,8 +236,8 @@ struct QueuedBackend {
 
 impl QueuedBackend {
     fn failed(&self, reason: impl Into<String>) -> resnet_core::Error {
-        resnet_core::Error::Backend {
-            name: self.state.model.backend.name().to_string(),
+        resnet_core::Error::BackendFailed {
+            backend: self.state.model.backend.name().to_string(),
             reason: reason.into(),
         }
     }
@@ -258,7 +258,7 @@ impl QueuedBackend {
                             QUEUE_PATIENCE.as_secs()
                         )));
                     }
-                    work = back;
+                    work = *back;
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }

@@ -141,7 +141,6 @@ struct Workspace {
 
 /// INT8 ResNet-18: `u8 x s8` kernels with fused requantisation, NHWC `u8` activations.
 pub struct Int8Backend {
-    isa: Isa,
     kernel: &'static Int8Kernel,
     input: ActQuant,
     stem: Stem,
@@ -225,7 +224,6 @@ impl Int8Backend {
             resnet_kernels::gemm::kernel_name(isa)
         );
         Int8Backend {
-            isa,
             kernel,
             input,
             stem,

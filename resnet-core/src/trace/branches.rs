@@ -139,18 +139,13 @@ impl BlockWeights {
             .blocks
             .iter()
             .find(|b| b.point == point)
-            .ok_or_else(|| Error::Backend {
-                name: "trace".into(),
-                reason: format!("{point} is not a BasicBlock (layer1.0 ... layer4.1)"),
-            })?;
-        let expected = block.conv1.spec.in_channels;
-        if input.dim().1 != expected {
-            return Err(Error::Backend {
-                name: "trace".into(),
-                reason: format!(
-                    "{point} takes {expected} channels, its input has shape {:?}",
-                    input.shape()
-                ),
+            .ok_or(Error::NotABlock { point })?;
+        let channels = block.conv1.spec.in_channels;
+        if input.dim().1 != channels {
+            return Err(Error::BlockInputShape {
+                point,
+                channels,
+                found: input.shape().to_vec(),
             });
         }
         let x = input.to_owned();
@@ -199,14 +194,19 @@ impl BlockWeights {
         points
             .iter()
             .map(|&point| {
-                let input = input_of(&trace.points, point)?;
+                let input = input_of(&trace.points, point, trace.backend)?;
                 let input = input
                     .output
                     .view()
                     .into_dimensionality::<Ix4>()
-                    .map_err(|e| Error::Backend {
-                        name: trace.backend.into(),
-                        reason: format!("the input of {point} is not a feature map: {e}"),
+                    .map_err(|_| Error::BlockInputShape {
+                        point,
+                        channels: self
+                            .blocks
+                            .iter()
+                            .find(|b| b.point == point)
+                            .map_or(0, |b| b.conv1.spec.in_channels),
+                        found: input.output.shape().to_vec(),
                     })?;
                 self.branches(point, input)
             })
@@ -215,13 +215,17 @@ impl BlockWeights {
 }
 
 /// The recorded point just before `point` (a block's input).
-fn input_of(points: &[RecordedPoint], point: TracePoint) -> Result<&RecordedPoint> {
+fn input_of<'a>(
+    points: &'a [RecordedPoint],
+    point: TracePoint,
+    backend: &str,
+) -> Result<&'a RecordedPoint> {
     let at = points.iter().position(|p| p.point == point);
     at.and_then(|i| i.checked_sub(1))
         .and_then(|i| points.get(i))
-        .ok_or_else(|| Error::Backend {
-            name: "trace".into(),
-            reason: format!("the trace has no point before {point}"),
+        .ok_or_else(|| Error::MissingTraceOutput {
+            backend: backend.into(),
+            point,
         })
 }
 

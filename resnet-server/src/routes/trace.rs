@@ -18,7 +18,7 @@ use hyper::{Request, Response, StatusCode};
 use resnet_core::arch::TracePoint;
 use resnet_core::backend::Backend;
 use resnet_core::postprocess::top_k;
-use resnet_core::trace::branches::{block_points, BlockWeights};
+use resnet_core::trace::branches::block_points;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,7 @@ fn backend_param(
 fn blocks_param(
     state: &AppState,
     query: &super::query::Query,
-) -> Result<Option<(Arc<BlockWeights>, Vec<TracePoint>)>, ApiError> {
+) -> Result<Option<crate::batcher::BlockRequest>, ApiError> {
     let Some(spec) = query.get("block") else {
         return Ok(None);
     };
