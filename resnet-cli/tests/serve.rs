@@ -29,6 +29,30 @@ fn http(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
     (status, out[end + 4..].to_vec())
 }
 
+/// Reads a starting server's stderr on a thread until its "listening" line: the address, the
+/// rest of its lines as they come, and the lines read so far.
+fn listening(
+    stderr: std::process::ChildStderr,
+) -> (SocketAddr, mpsc::Receiver<String>, Vec<String>) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no 'listening' line");
+        log.push(line.clone());
+        if let Some(a) = line.strip_prefix("resnet serve: listening on http://") {
+            break a.parse().unwrap();
+        }
+    };
+    (addr, rx, log)
+}
+
 #[test]
 fn serve_answers_then_stops_gracefully_on_sigterm() {
     // Served from a copy that is replaced and then deleted while the server runs (issue 8's
@@ -44,23 +68,8 @@ fn serve_answers_then_stops_gracefully_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
     let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let addr: SocketAddr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("no 'listening' line");
-        log.push(line.clone());
-        if let Some(a) = line.strip_prefix("resnet serve: listening on http://") {
-            break a.parse().unwrap();
-        }
-    };
+    let (addr, rx, mut log) = listening(stderr);
     let started = Instant::now();
     loop {
         let (status, _) = http(
@@ -181,23 +190,8 @@ fn serve_watches_a_folder_and_stops_its_watcher_on_sigterm() {
             .spawn()
             .unwrap(),
     );
-    let (tx, rx) = mpsc::channel();
     let stderr = child.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let addr: SocketAddr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("no 'listening' line");
-        log.push(line.clone());
-        if let Some(a) = line.strip_prefix("resnet serve: listening on http://") {
-            break a.parse().unwrap();
-        }
-    };
+    let (addr, rx, mut log) = listening(stderr);
     let started = Instant::now();
     let entry = loop {
         let (status, out) = http(
