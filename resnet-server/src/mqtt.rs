@@ -310,9 +310,11 @@ impl Publisher {
     /// (blocking: call it off async threads). Messages published after it are dropped.
     pub fn finish(&self, grace: Duration) {
         self.counters.stopping.store(true, Ordering::Relaxed);
+        // QoS 0 like `online`, so that the acknowledgements counted stay the events' own; it
+        // is queued before the disconnect, and the connection writes requests in order.
         let _ =
             self.client
-                .try_publish(self.availability.clone(), QoS::AtLeastOnce, true, "offline");
+                .try_publish(self.availability.clone(), QoS::AtMostOnce, true, "offline");
         let _ = self.client.try_disconnect();
         let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
         if ended.recv_timeout(grace).is_err() {
