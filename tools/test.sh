@@ -3,8 +3,14 @@
 # (Debian packages from tools/test-packages.txt, a Python venv from tools/test-requirements.txt),
 # then runs the workspace tests. Extra arguments go to `cargo test` (e.g. `-p resnet-server`).
 # .ci/run calls this same script, so a newcomer and CI take one path.
+# `tools/test.sh --setup-only` does the set-up and stops (.ci/run runs it while it compiles).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+setup_only=false
+if [[ ${1:-} == --setup-only ]]; then
+  setup_only=true
+  shift
+fi
 
 if ! command -v cargo >/dev/null; then
   echo "cargo is required (rustup: https://rustup.rs)" >&2
@@ -38,6 +44,11 @@ if grep -qv '^\s*\(#\|$\)' tools/test-requirements.txt; then
   fi
   RESNET_TEST_PYTHON="$(pwd)/$venv/bin/python"
   export RESNET_TEST_PYTHON
+fi
+
+if $setup_only; then
+  echo "== set-up done"
+  exit 0
 fi
 
 # The ISAs this CPU offers, read from /proc/cpuinfo here, outside the code under test: the
