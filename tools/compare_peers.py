@@ -7,7 +7,7 @@ Optional, never run by CI. Needs: pip install onnx onnxruntime openvino nncf saf
 the PyTorch rows are left out). Usage (after `cargo build --release -p resnet-cli`):
 
     python3 tools/compare_peers.py [--threads 2] [--iters 20] [--rounds 3] [--batch 1,8]
-        [--int8] [--plan off,auto] [--winograd auto]
+        [--int8] [--bf16] [--isa vnni,amx] [--plan off,auto] [--winograd auto]
 
 RESNET_BIN=path/to/resnet picks another build of the binary.
 
@@ -140,6 +140,11 @@ def main():
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--winograd", default="auto", help="native Winograd policy")
     ap.add_argument("--plan", default="off,auto", help="native --plan choices to time")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time resnet's bf16 backend (OpenVINO's default row is bf16 on AMX CPUs)")
+    ap.add_argument("--isa", default="",
+                    help="comma-separated ISA levels to time resnet's int8/bf16 rows at "
+                         "(e.g. vnni,amx; default: the best this CPU has)")
     ap.add_argument("--int8", action="store_true",
                     help="also ORT QDQ int8, OpenVINO+NNCF int8 and `resnet quantize` + int8")
     args = ap.parse_args()
@@ -234,8 +239,16 @@ def main():
                     results.setdefault((name, b), []).append(
                         median_ms(lambda: fn(x), args.iters))
             rows = resnet_rows("native", wfile, ["--winograd", args.winograd, "--plan", args.plan])
-            if args.int8:
-                rows += resnet_rows("int8", q_file, [])
+            isas = [i for i in args.isa.split(",") if i] or [None]
+            for isa in isas:
+                extra = ["--isa", isa] if isa else []
+                tag = f" @{isa}" if isa else ""
+                if args.int8:
+                    rows += [dict(r, backend=r["backend"] + tag)
+                             for r in resnet_rows("int8", q_file, extra)]
+                if args.bf16:
+                    rows += [dict(r, backend=r["backend"] + tag)
+                             for r in resnet_rows("bf16", wfile, extra)]
             for row in rows:
                 name = "resnet " + row["backend"]
                 if name == "resnet native" and "," not in args.plan:

@@ -36,6 +36,9 @@ struct Report {
     /// Measured INT8 peak (GOP/s) of the int8 kernel's instruction; int8 rows' % peak uses it.
     #[serde(skip_serializing_if = "Option::is_none")]
     int8_peak_gops: Option<f64>,
+    /// Measured bf16 peak (GFLOP/s) of the bf16 kernel's instruction; bf16 rows' % peak uses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bf16_peak_gflops: Option<f64>,
     rows: Vec<Row>,
 }
 
@@ -93,6 +96,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let int8_peak = kinds
         .contains(&BackendKind::Int8)
         .then(|| resnet_core::quantize::measure_int8_peak_gops(isa));
+    let bf16_peak = kinds
+        .contains(&BackendKind::Bf16)
+        .then(|| resnet_core::bf16_peak_gflops(isa));
     let macs: usize = ResNet18Arch::new()
         .layer_table(INPUT_SIZE, INPUT_SIZE)
         .iter()
@@ -190,9 +196,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 images_per_s: batch as f64 / (median / 1e3),
                 gflops,
                 percent_of_peak: 100.0 * gflops
-                    / int8_peak
-                        .filter(|_| *kind == BackendKind::Int8)
-                        .unwrap_or(peak),
+                    / match kind {
+                        BackendKind::Int8 => int8_peak,
+                        BackendKind::Bf16 => bf16_peak,
+                        _ => None,
+                    }
+                    .unwrap_or(peak),
             });
         }
     }
@@ -205,6 +214,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         peak_method:
             "independent FMA chains on every thread at once, best of 3 (resnet_kernels::peak)",
         int8_peak_gops: int8_peak,
+        bf16_peak_gflops: bf16_peak,
         rows,
     };
     match args.format {
@@ -219,6 +229,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 println!(
                     "measured INT8 peak {p:.0} GOP/s ({}): the int8 rows' % peak",
                     resnet_core::quantize::int8_kernel_name(isa)
+                );
+            }
+            if let Some(p) = bf16_peak {
+                println!(
+                    "measured bf16 peak {p:.0} GFLOP/s ({}): the bf16 rows' % peak",
+                    resnet_core::bf16_kernel_name(isa)
                 );
             }
             println!(

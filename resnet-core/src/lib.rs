@@ -51,3 +51,14 @@ pub use resnet_kernels::registry;
 pub fn kernels_peak_gflops(isa: cpu::Isa) -> f64 {
     resnet_kernels::peak::measure_peak_gflops(isa)
 }
+
+/// The measured bf16 peak (GFLOP/s, all threads of the current pool) of the bf16 kernel `isa`
+/// selects: `tdpbf16ps` on AMX, `vdpbf16ps` with AVX512-BF16, else the scalar twin.
+pub fn bf16_peak_gflops(isa: cpu::Isa) -> f64 {
+    resnet_kernels::bf16::measure_peak_gflops(isa)
+}
+
+/// The name of the bf16 kernel `isa` selects.
+pub fn bf16_kernel_name(isa: cpu::Isa) -> &'static str {
+    resnet_kernels::bf16::kernel_name(isa)
+}

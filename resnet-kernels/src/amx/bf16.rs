@@ -97,3 +97,32 @@ unsafe fn epilogue_avx512(
         }
     }
 }
+
+/// The hardware line's throughput probe: 4 independent `tdpbf16ps` per round. Returns the
+/// multiply-adds done.
+///
+/// # Safety
+/// AMX is granted to this process.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn peak_hardware(iters: usize) -> f64 {
+    // SAFETY: the caller's contract.
+    unsafe { super::hardware::peak(Dot::Bf16ps, iters) }
+}
+
+/// The model line's throughput probe: `iters` rounds of one model `tdpbf16ps` (at most 64: the
+/// model is slow and only tests run it). Returns the multiply-adds done.
+///
+/// # Safety
+/// None needed (software); `unsafe` for the probe signature.
+pub(crate) unsafe fn peak_model(iters: usize) -> f64 {
+    let rounds = iters.clamp(1, 64);
+    // SAFETY: the model needs no CPU support; tiles are configured by with_thread_tiles.
+    unsafe {
+        super::AmxModel::with_thread_tiles(|m| {
+            for _ in 0..rounds {
+                super::TileOps::tdpbf16ps(m, super::Tmm(0), super::Tmm(4), super::Tmm(6));
+            }
+        })
+    };
+    rounds as f64 * 16.0 * 16.0 * 32.0
+}

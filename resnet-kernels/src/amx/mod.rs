@@ -41,7 +41,9 @@ mod tests;
 pub use hardware::AmxHardware;
 pub use model::AmxModel;
 
-pub(crate) use bf16::AmxKernelBf16;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use bf16::peak_hardware as peak_bf16_hardware;
+pub(crate) use bf16::{peak_model as peak_bf16_model, AmxKernelBf16};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use int8::peak_hardware as peak_int8_hardware;
 pub(crate) use int8::{peak_model as peak_int8_model, AmxKernel8};

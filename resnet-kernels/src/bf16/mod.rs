@@ -177,6 +177,9 @@ pub mod blocking {
 pub struct Bf16Entry {
     /// The loop nest around this kernel.
     gemm: fn(&ASourceBf16<'_>, &PackedBBf16, OutputBf16<'_>, &EpilogueBf16<'_>),
+    /// Independent chains of the kernel's bf16 dot product for `iters` rounds; returns the
+    /// multiply-adds done. Unsafe: the CPU must run the kernel.
+    peak: unsafe fn(usize) -> f64,
 }
 
 /// A bf16 kernel line.
@@ -190,6 +193,7 @@ const fn line<K: MicroKernelBf16>(
     isa: Isa,
     features: &'static str,
     runnable: fn() -> bool,
+    peak: unsafe fn(usize) -> f64,
 ) -> Bf16Kernel {
     Kernel {
         info: KernelInfo {
@@ -204,31 +208,40 @@ const fn line<K: MicroKernelBf16>(
         },
         entry: Bf16Entry {
             gemm: loops::gemm::<K>,
+            peak,
         },
     }
 }
 
 /// The bf16 kernels, portable first (see [`crate::registry`]). One line per kernel.
 pub static KERNELS: [Bf16Kernel; BF16_KERNEL_COUNT] = [
-    line::<scalar::ScalarKernelBf16>(Isa::Portable, "", || true),
+    line::<scalar::ScalarKernelBf16>(Isa::Portable, "", || true, scalar::peak_portable),
     #[cfg(target_arch = "x86_64")]
-    line::<simd::Avx512Bf16Kernel>(Isa::Avx512Bf16, "avx512f,avx512bw,avx512bf16", || {
-        Isa::Avx512Bf16.is_supported()
-    }),
+    line::<simd::Avx512Bf16Kernel>(
+        Isa::Avx512Bf16,
+        "avx512f,avx512bw,avx512bf16",
+        || Isa::Avx512Bf16.is_supported(),
+        simd::peak_avx512bf16,
+    ),
     // Runnable only with the tile state granted (`AmxState::Granted`, part of `Isa::Amx`).
     #[cfg(target_arch = "x86_64")]
     line::<crate::amx::AmxKernelBf16<crate::amx::AmxHardware>>(
         Isa::Amx,
         "amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16",
         || Isa::Amx.is_supported(),
+        crate::amx::peak_bf16_hardware,
     ),
 ];
 
 /// The AMX-BF16 kernel of [`KERNELS`] running on the software model of the tile instructions
 /// ([`crate::amx::AmxModel`]): for tests where the CPU has no AMX. Not a line of [`KERNELS`],
 /// so no ISA or selection can choose it; only code that names it runs it.
-pub static AMX_MODEL_KERNEL: Bf16Kernel =
-    line::<crate::amx::AmxKernelBf16<crate::amx::AmxModel>>(Isa::Amx, "", || true);
+pub static AMX_MODEL_KERNEL: Bf16Kernel = line::<crate::amx::AmxKernelBf16<crate::amx::AmxModel>>(
+    Isa::Amx,
+    "",
+    || true,
+    crate::amx::peak_bf16_model,
+);
 
 #[cfg(target_arch = "x86_64")]
 const BF16_KERNEL_COUNT: usize = 3;
@@ -243,6 +256,35 @@ pub fn kernel_for(isa: Isa) -> &'static Bf16Kernel {
 /// The bf16 kernel chosen for an ISA, as `<isa>_<acc>_<MR>x<NR>`.
 pub fn kernel_name(isa: Isa) -> &'static str {
     kernel_for(isa).info.name
+}
+
+impl Bf16Kernel {
+    /// Runs the kernel's throughput probe for `iters` rounds; returns the multiply-adds done,
+    /// or `None` when this CPU cannot run the kernel.
+    pub fn run_peak_probe(&self, iters: usize) -> Option<f64> {
+        // SAFETY: the probe needs the kernel's features, which `is_runnable` just confirmed.
+        self.info
+            .is_runnable()
+            .then(|| unsafe { (self.entry.peak)(iters) })
+    }
+}
+
+/// The bf16 peak in GFLOP/s (2 per multiply-add) of the kernel `isa` selects (its line's probe:
+/// `tdpbf16ps`, `vdpbf16ps` or the scalar twin), on every thread of the current rayon pool at
+/// once, best of 3 per thread, summed. What `bench` reports the bf16 backend's "% peak" of.
+pub fn measure_peak_gflops(isa: Isa) -> f64 {
+    let kernel = kernel_for(isa);
+    let rates = rayon::broadcast(|_| {
+        kernel.run_peak_probe(20_000);
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let macs = kernel.run_peak_probe(200_000).unwrap_or(0.0);
+                2.0 * macs / t.elapsed().as_secs_f64() / 1e9
+            })
+            .fold(0.0, f64::max)
+    });
+    rates.iter().sum()
 }
 
 /// The B operand (`K x N` bf16, the weights) packed for one ISA's bf16 micro-kernel: K cut into

@@ -62,6 +62,24 @@ pub(crate) fn dot_pair(acc: f32, a: [Bf16; 2], b: [Bf16; 2]) -> f32 {
     acc + a[0].to_f32_daz() * b[0].to_f32_daz()
 }
 
+/// The portable line's throughput probe: 12 chains of [`dot_pair`]. Returns the multiply-adds
+/// done.
+///
+/// # Safety
+/// None needed (plain Rust); `unsafe` only for the probe signature of the SIMD lines.
+pub(crate) unsafe fn peak_portable(iters: usize) -> f64 {
+    let one = std::hint::black_box([Bf16::from_f32(1.0); 2]);
+    let step = std::hint::black_box([Bf16::from_f32(1e-7); 2]);
+    let mut acc = [0.0f32; 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = dot_pair(*a, one, step);
+        }
+    }
+    std::hint::black_box(acc);
+    (iters * 12 * 2) as f64
+}
+
 impl MicroKernelBf16 for ScalarKernelBf16 {
     const MR: usize = MR;
     const NR: usize = NR;

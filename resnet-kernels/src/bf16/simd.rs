@@ -185,3 +185,30 @@ pub(crate) unsafe fn f32_to_bf16_avx512bf16(src: &[f32], dst: &mut [Bf16]) {
         *d = Bf16::from_f32(s);
     }
 }
+
+/// The throughput probe of `avx512bf16_f32_12x32`: 12 independent chains of `vdpbf16ps zmm`
+/// (32 bf16 multiply-adds each), as the kernel issues them. Returns the multiply-adds done.
+///
+/// # Safety
+/// The CPU supports AVX-512F/BW and AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(crate) unsafe fn peak_avx512bf16(iters: usize) -> f64 {
+    // bf16 pairs of 1.0 and a tiny step: the sums stay finite for any number of rounds. The
+    // operands come through black_box so that LLVM cannot fold the dot products.
+    let ones: __m512bh = std::hint::black_box(_mm512_cvtne2ps_pbh(
+        _mm512_set1_ps(1.0),
+        _mm512_set1_ps(1.0),
+    ));
+    let step: __m512bh = std::hint::black_box(_mm512_cvtne2ps_pbh(
+        _mm512_set1_ps(1e-7),
+        _mm512_set1_ps(1e-7),
+    ));
+    let mut acc = [_mm512_setzero_ps(); 12];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_dpbf16_ps(*v, ones, step);
+        }
+    }
+    std::hint::black_box(acc);
+    (iters * 12 * 32) as f64
+}

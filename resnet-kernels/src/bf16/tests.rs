@@ -340,3 +340,17 @@ fn bf16_no_expected_kernel_is_skipped() {
         }
     }
 }
+
+/// Every line the battery runs has a throughput probe that runs on this CPU (a probe needing
+/// an instruction its line does not would kill the process with SIGILL here) and does work.
+#[test]
+fn bf16_peak_probes_run_on_every_runnable_line() {
+    for kernel in battery_kernels() {
+        let macs = kernel.run_peak_probe(1_000);
+        assert!(
+            macs.is_some_and(|m| m > 0.0),
+            "{}: {macs:?}",
+            kernel.info.name
+        );
+    }
+}
