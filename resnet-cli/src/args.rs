@@ -239,7 +239,8 @@ pub struct ModelArgs {
     #[command(flatten)]
     pub download: DownloadArgs,
     /// Backend that computes the network: native (fastest f32), int8 (calibrated INT8: give
-    /// a `resnet quantize` file, or f32 weights to quantise on the fly), gemm (library
+    /// a `resnet quantize` file, or f32 weights to quantise on the fly), bf16 (bf16 weights and
+    /// activations, f32 sums; AMX-BF16 or AVX512-BF16 where the CPU has them), gemm (library
     /// baseline) or reference (textbook loops, slow).
     #[arg(long, default_value = "native", value_name = "NAME")]
     pub backend: BackendKind,
@@ -555,7 +556,8 @@ pub struct BenchArgs {
     /// Timed runs per backend and batch (after 2 warm-up runs; the reference backend does 3).
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
-    /// Kernel ISA for `native` (default: $RESNET_ISA, else the best this CPU supports).
+    /// Kernel ISA level for every backend timed (default: $RESNET_ISA, else the best this CPU
+    /// supports); a family without a kernel of that level runs its best one below it.
     #[arg(long)]
     pub isa: Option<Isa>,
     /// Winograd policies to time `native` with, comma-separated: off, auto (layer1-3), all.

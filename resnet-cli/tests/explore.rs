@@ -307,20 +307,24 @@ fn trace_branches_prints_every_block_stage_by_stage() {
 }
 
 /// The lowest SQNR (dB) of native against int8 on synthetic weights and cat_baseline.jpg at each
-/// trace point, a few dB under what this machine measured (2026-12-02, Xeon lscpu model 207).
+/// trace point: 3 dB under what was measured (2026-12-02, Intel Xeon lscpu model 167: stem 39.9,
+/// maxpool 41.0, layer1.0 39.2, layer1.1 37.3, layer2.0 36.2, layer2.1 34.2, layer3.0 32.0,
+/// layer3.1 32.2, layer4.0 30.6, layer4.1 30.5, avgpool 36.7, fc 36.9). The int8 side is
+/// bit-identical on every ISA and native's f32 differs between ISAs by ~1e-6 relative, far below
+/// 3 dB; a broken requantisation or a wrong layer loses tens of dB.
 const INT8_SQNR_FLOOR: [(&str, f64); 12] = [
-    ("stem", 0.0),
-    ("maxpool", 0.0),
-    ("layer1.0", 0.0),
-    ("layer1.1", 0.0),
-    ("layer2.0", 0.0),
-    ("layer2.1", 0.0),
-    ("layer3.0", 0.0),
-    ("layer3.1", 0.0),
-    ("layer4.0", 0.0),
-    ("layer4.1", 0.0),
-    ("avgpool", 0.0),
-    ("fc", 0.0),
+    ("stem", 36.9),
+    ("maxpool", 38.0),
+    ("layer1.0", 36.2),
+    ("layer1.1", 34.3),
+    ("layer2.0", 33.2),
+    ("layer2.1", 31.2),
+    ("layer3.0", 29.0),
+    ("layer3.1", 29.2),
+    ("layer4.0", 27.6),
+    ("layer4.1", 27.5),
+    ("avgpool", 33.7),
+    ("fc", 33.9),
 ];
 
 #[test]

@@ -394,9 +394,14 @@ impl Backend for Int8Backend {
         observer: &mut dyn LayerObserver,
     ) -> Result<Array2<f32>> {
         check_batch_shape(&batch)?;
-        Ok(self
+        let logits = self
             .workspaces
-            .with(|ws| self.forward_in(batch, ws, observer)))
+            .with(|ws| self.forward_in(batch, ws, observer));
+        // The tile configuration lives for one forward pass (see `release_thread_tiles`).
+        if self.kernel.info.isa == Isa::Amx {
+            resnet_kernels::amx::release_thread_tiles();
+        }
+        Ok(logits)
     }
 }
 

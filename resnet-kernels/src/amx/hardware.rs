@@ -234,6 +234,30 @@ impl TileExec for AmxHardware {
     }
 }
 
+/// Whether this thread's tiles hold the kernels' configuration (an AMX kernel ran here since
+/// the last [`release_thread_tiles`]).
+pub fn thread_tiles_configured() -> bool {
+    KERNEL_CONFIGURED.with(Cell::get)
+}
+
+/// `tilerelease` on every thread of the current rayon pool, and on the calling thread, where an
+/// AMX kernel left the tiles configured; a no-op elsewhere. The `int8` and `bf16` backends call
+/// it at the end of each forward pass that ran an AMX kernel, so the tile configuration lives
+/// for one pass (it is loaded again, once per thread, by the next pass's first kernel): a thread
+/// with tile data in use makes the kernel save and restore 8 KiB more state on every context
+/// switch, and keeps the core in its AMX power state.
+pub fn release_thread_tiles() {
+    fn release_here() {
+        if KERNEL_CONFIGURED.with(Cell::get) {
+            // SAFETY: the flag is set only by `ldtilecfg` of an `AmxHardware`, which exists only
+            // where AMX is granted to this process, so `tilerelease` is a valid instruction here.
+            unsafe { AmxHardware(()).tilerelease() }
+        }
+    }
+    release_here();
+    rayon::broadcast(|_| release_here());
+}
+
 /// `iters` rounds of 4 independent `tdpbusd` (or `tdpbf16ps`) on 16 x 64-byte tiles, for the
 /// peak probe. Returns the multiply-accumulates done.
 ///

@@ -38,7 +38,11 @@ mod model;
 mod tests;
 
 #[cfg(target_arch = "x86_64")]
-pub use hardware::AmxHardware;
+pub use hardware::{release_thread_tiles, thread_tiles_configured, AmxHardware};
+
+/// Without x86-64 there are no tiles to release.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn release_thread_tiles() {}
 pub use model::AmxModel;
 
 #[cfg(target_arch = "x86_64")]

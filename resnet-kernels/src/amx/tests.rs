@@ -332,3 +332,57 @@ fn kernel_config_layout() {
     }
     assert!(b[32..48].iter().chain(&b[56..]).all(|&x| x == 0));
 }
+
+/// After `release_thread_tiles` no thread holds the tile configuration, and the next GEMM
+/// configures the tiles again and gives the same bits as before the release.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn released_tiles_are_configured_again_by_the_next_kernel() {
+    if hardware_or_nothing_expected("released_tiles_are_configured_again_by_the_next_kernel")
+        .is_none()
+    {
+        return;
+    }
+    let (m, n, k) = (64, 96, 576);
+    let a = bytes(m * k, 7);
+    let w: Vec<i8> = bytes(k * n, 8).into_iter().map(|v| v as i8).collect();
+    let source = int8::ASource8::Matrix {
+        data: &a,
+        rows: m,
+        lda: k,
+    };
+    let packed = int8::PackedB8::with_kernel(
+        &w,
+        k,
+        n,
+        int8::kernel_for(Isa::Amx),
+        int8::blocking::DEFAULT,
+    );
+    let run = || {
+        let mut c = vec![0i32; m * n];
+        int8::gemm_u8s8(&source, &packed, int8::Output8::I32 { c: &mut c, ldc: n });
+        c
+    };
+    let configured = || {
+        let mut on: Vec<bool> = rayon::broadcast(|_| thread_tiles_configured());
+        on.push(thread_tiles_configured());
+        on
+    };
+    // A pool of its own: the other tests' GEMMs on the global pool configure its threads' tiles
+    // at any moment.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let first = run();
+        assert!(
+            configured().contains(&true),
+            "a kernel ran: some thread holds the tiles"
+        );
+        release_thread_tiles();
+        assert!(!configured().contains(&true), "{:?}", configured());
+        assert!(run() == first, "the GEMM after the release differs");
+        release_thread_tiles();
+    });
+}
