@@ -2,7 +2,7 @@
 //! and the inference loop that turns frames into events.
 
 use crate::event::{AlertRule, Event, Timings};
-use crate::gate::{FpsGate, MotionGate};
+use crate::gate::{FpsGate, MotionGate, PacedGate};
 use crate::spec::{SourceKind, SourceSpec};
 use crate::WatchError;
 use image::RgbImage;
@@ -253,6 +253,7 @@ impl Watcher {
                 name: spec.name.clone(),
                 live: spec.is_live(),
                 fps: FpsGate::new(self.opts.fps),
+                paced: PacedGate::new(self.opts.fps),
                 motion: MotionGate::new(self.opts.motion),
                 opts: self.opts.clone(),
                 frames: 0,
@@ -415,6 +416,7 @@ pub(crate) struct Feed {
     pub(crate) name: String,
     live: bool,
     fps: FpsGate,
+    paced: PacedGate,
     motion: MotionGate,
     pub(crate) opts: Arc<WatchOptions>,
     frames: u64,
@@ -454,19 +456,55 @@ impl Feed {
     }
 
     /// A frame arrived: its number, and whether it is worth decoding. `paced`: the source already
-    /// samples at `--fps` itself (ffmpeg's fps filter).
+    /// samples at `--fps` itself (ffmpeg's fps filter): its frames pass the wall-clock
+    /// [`PacedGate`] instead of the [`FpsGate`], and one that finds the previous frame still
+    /// waiting for the model waits up to one `--fps` period for it (ffmpeg hands frames over in
+    /// bursts; dropping the second of a pair classified 1.3 of 2 frames/s) before it is dropped.
     pub(crate) fn arrive(&mut self, paced: bool) -> (u64, bool) {
         self.frames += 1;
         bump(&self.stats().received);
-        if !paced && self.live && !self.fps.admit(Instant::now()) {
-            bump(&self.stats().skipped);
-            return (self.frames, false);
+        if self.live {
+            let now = Instant::now();
+            let admitted = if paced {
+                self.paced.admit(now)
+            } else {
+                self.fps.admit(now)
+            };
+            if !admitted {
+                bump(&self.stats().skipped);
+                return (self.frames, false);
+            }
         }
-        if self.live && self.shared.lock().slots[self.index].is_some() {
+        if self.live && !self.slot_free_within(paced) {
             bump(&self.stats().dropped);
             return (self.frames, false);
         }
         (self.frames, true)
+    }
+
+    /// Whether this source's slot is empty now or, for a paced source, becomes empty within one
+    /// `--fps` period.
+    fn slot_free_within(&self, paced: bool) -> bool {
+        let deadline = Instant::now()
+            + if paced && self.opts.fps > 0.0 {
+                Duration::from_secs_f64(1.0 / self.opts.fps)
+            } else {
+                Duration::ZERO
+            };
+        let mut st = self.shared.lock();
+        while st.slots[self.index].is_some() {
+            let now = Instant::now();
+            if now >= deadline || self.stopped() {
+                return false;
+            }
+            st = self
+                .shared
+                .wake
+                .wait_timeout(st, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
     }
 
     /// A problem with frame `frame` (0: with the source itself).

@@ -40,6 +40,53 @@ impl FpsGate {
     }
 }
 
+/// The wall-clock bound for a source that already samples at `--fps` on its own clock (ffmpeg's
+/// `fps` filter samples on the stream's timestamps): a token bucket of [`PacedGate::BURST`]
+/// frames refilled at `fps`. In steady state the source's frames all pass, including the pairs
+/// its demuxer hands over together; when the source races through buffered stream time (after a
+/// stall, or a file read faster than real time) at most `BURST` frames more than `fps` per
+/// second of wall time pass.
+#[derive(Debug)]
+pub struct PacedGate {
+    fps: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl PacedGate {
+    /// Frames that may pass at once.
+    pub const BURST: f64 = 2.0;
+
+    /// `fps <= 0` admits every frame.
+    pub fn new(fps: f64) -> PacedGate {
+        PacedGate {
+            fps,
+            tokens: Self::BURST,
+            last: None,
+        }
+    }
+
+    /// Whether a frame arriving at `now` is taken.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        if self.fps <= 0.0 {
+            return true;
+        }
+        if let Some(last) = self.last {
+            let refill = now.saturating_duration_since(last).as_secs_f64() * self.fps;
+            self.tokens = (self.tokens + refill).min(Self::BURST);
+        }
+        self.last = Some(now);
+        // The epsilon: refills summed from durations (0.1 ten times is 0.999...) still make a
+        // whole frame.
+        if self.tokens >= 1.0 - 1e-9 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Width of the grey thumbnails motion is measured on (the height keeps the aspect ratio).
 const THUMB_WIDTH: u32 = 32;
 
@@ -147,6 +194,27 @@ mod tests {
         assert!(!g.admit(ms(15_400)));
         assert!(g.admit(ms(15_500)));
         let mut all = FpsGate::new(0.0);
+        assert!((0..5).all(|_| all.admit(t0)));
+    }
+
+    #[test]
+    fn paced_gate_passes_pairs_and_bounds_a_race_through_buffered_time() {
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        // 2 fps handed over in pairs every second (the demuxer's bursts): all 20 frames in 10 s.
+        let mut g = PacedGate::new(2.0);
+        let passed = (0..10u64)
+            .flat_map(|s| [ms(s * 1000), ms(s * 1000 + 1)])
+            .filter(|&t| g.admit(t))
+            .count();
+        assert_eq!(passed, 20);
+        // 60 frames of stream time at once, then 3 s of them at 20 per second: 2 + 2 x 3 pass.
+        let mut g = PacedGate::new(2.0);
+        let burst = (0..60).filter(|_| g.admit(ms(0))).count();
+        assert_eq!(burst, 2);
+        let later = (1..=60u64).filter(|&i| g.admit(ms(i * 50))).count();
+        assert_eq!(later, 6);
+        let mut all = PacedGate::new(0.0);
         assert!((0..5).all(|_| all.admit(t0)));
     }
 
