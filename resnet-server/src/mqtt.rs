@@ -199,6 +199,8 @@ pub struct MqttStats {
 
 #[derive(Default)]
 struct Counters {
+    /// Messages taken into the queue (each then ends as published, or lost with the connection).
+    accepted: AtomicU64,
     published: AtomicU64,
     dropped: AtomicU64,
     connected: AtomicBool,
@@ -279,7 +281,9 @@ impl Publisher {
                 .client
                 .try_publish(self.topic.clone(), EVENT_QOS, false, payload)
                 .is_ok();
-        if !queued {
+        if queued {
+            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        } else {
             waiting.fetch_sub(1, Ordering::Relaxed);
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -309,6 +313,17 @@ impl Publisher {
     /// Publishes `offline`, sends what is queued and disconnects, waiting at most `grace`
     /// (blocking: call it off async threads). Messages published after it are dropped.
     pub fn finish(&self, grace: Duration) {
+        // While connected, the queued events are acknowledged first (QoS 1: the broker's PubAck
+        // is what `published` counts); disconnecting at once would lose the last acks.
+        let deadline = std::time::Instant::now() + grace;
+        let c = &self.counters;
+        while c.connected.load(Ordering::Relaxed)
+            && c.published.load(Ordering::Relaxed) < c.accepted.load(Ordering::Relaxed)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let grace = deadline.saturating_duration_since(std::time::Instant::now());
         self.counters.stopping.store(true, Ordering::Relaxed);
         // QoS 0 like `online`, so that the acknowledgements counted stay the events' own; it
         // is queued before the disconnect, and the connection writes requests in order.
