@@ -204,8 +204,17 @@ async fn a_dropped_in_photo_is_streamed_recorded_and_counted_like_an_upload() {
     );
     assert_eq!(event["predictions"][0]["label"], top1["label"]);
 
-    // The history has both, the watcher's marked with its source.
-    let history = get(addr, "/v1/history").await.json();
+    // The history has both, the watcher's marked with its source. An answer may reach its
+    // client a moment before its history line is written: poll, bounded.
+    let started = std::time::Instant::now();
+    let history = loop {
+        let h = get(addr, "/v1/history").await.json();
+        let n = h["entries"].as_array().map_or(0, Vec::len);
+        if n >= 2 || started.elapsed() > Duration::from_secs(5) {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let entries = history["entries"].as_array().unwrap();
     let watched: Vec<&Value> = entries.iter().filter(|e| e["route"] == "watch").collect();
     assert_eq!(watched.len(), 1, "{history}");
