@@ -157,10 +157,14 @@ impl Cdp {
         r["result"]["value"].clone()
     }
 
-    /// Waits until `expression` is true.
+    /// Waits until `expression` is true. An expression that throws (the page still loading:
+    /// its elements not there yet) counts as not true yet.
     pub fn wait_for(&mut self, expression: &str, what: &str) {
         let started = Instant::now();
-        while self.eval(expression) != json!(true) {
+        let guarded = format!(
+            "(() => {{ try {{ return ({expression}); }} catch (e) {{ return false; }} }})()"
+        );
+        while self.eval(&guarded) != json!(true) {
             if started.elapsed() > Duration::from_secs(60) {
                 let status = self.eval("document.getElementById('status').textContent");
                 panic!("timed out waiting for {what} (page status: {status})");
