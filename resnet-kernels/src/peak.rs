@@ -14,6 +14,24 @@ pub fn measure_peak_gflops(isa: Isa) -> f64 {
     rates.iter().sum()
 }
 
+/// The rate of a throughput probe on every thread of the current pool at once, summed: each
+/// thread warms up with `iters / 10` rounds (clock ramp, AVX-512 or AMX licence), then keeps the
+/// best of 3 timed runs of `iters`. `probe(iters)` returns the multiply-adds done, or `None` when
+/// the CPU cannot run it. Returns G multiply-adds per second x 2, i.e. GFLOP/s (or GOP/s).
+pub(crate) fn pool_rate_g2(probe: impl Fn(usize) -> Option<f64> + Sync, iters: usize) -> f64 {
+    let rates = rayon::broadcast(|_| {
+        probe(iters / 10);
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let macs = probe(iters).unwrap_or(0.0);
+                2.0 * macs / t.elapsed().as_secs_f64() / 1e9
+            })
+            .fold(0.0, f64::max)
+    });
+    rates.iter().sum()
+}
+
 fn single_thread_gflops(kernel: &crate::gemm::F32Kernel) -> f64 {
     // Each f32 kernel's tile is two vectors wide, so NR/2 is its vector width: about 20 M
     // rounds' worth of 1-lane FMAs at every width (the portable line counts as 8 lanes: its probe

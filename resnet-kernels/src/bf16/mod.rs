@@ -274,17 +274,7 @@ impl Bf16Kernel {
 /// once, best of 3 per thread, summed. What `bench` reports the bf16 backend's "% peak" of.
 pub fn measure_peak_gflops(isa: Isa) -> f64 {
     let kernel = kernel_for(isa);
-    let rates = rayon::broadcast(|_| {
-        kernel.run_peak_probe(20_000);
-        (0..3)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                let macs = kernel.run_peak_probe(200_000).unwrap_or(0.0);
-                2.0 * macs / t.elapsed().as_secs_f64() / 1e9
-            })
-            .fold(0.0, f64::max)
-    });
-    rates.iter().sum()
+    crate::peak::pool_rate_g2(|iters| kernel.run_peak_probe(iters), 200_000)
 }
 
 /// The B operand (`K x N` bf16, the weights) packed for one ISA's bf16 micro-kernel: K cut into

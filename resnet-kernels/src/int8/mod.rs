@@ -509,15 +509,5 @@ mod tests;
 /// summed.
 pub fn measure_peak_gops(isa: Isa) -> f64 {
     let kernel = kernel_for(isa);
-    let rates = rayon::broadcast(|_| {
-        kernel.run_peak_probe(200_000);
-        (0..3)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                let macs = kernel.run_peak_probe(2_000_000).unwrap_or(0.0);
-                2.0 * macs / t.elapsed().as_secs_f64() / 1e9
-            })
-            .fold(0.0, f64::max)
-    });
-    rates.iter().sum()
+    crate::peak::pool_rate_g2(|iters| kernel.run_peak_probe(iters), 2_000_000)
 }
