@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{resnet, synth};
+use common::{resnet, synth, KillOnDrop};
 
 #[path = "../../resnet-server/tests/util/chromium.rs"]
 mod chromium;
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -37,13 +37,10 @@ fn ok(out: Output) -> Output {
 }
 
 /// `resnet serve` on a free port; killed when dropped.
-struct Serve(Child, SocketAddr);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+struct Serve {
+    addr: SocketAddr,
+    /// Held only to be killed when the test ends.
+    _process: KillOnDrop,
 }
 
 fn serve(extra: &[&str]) -> Serve {
@@ -71,7 +68,10 @@ fn serve(extra: &[&str]) -> Serve {
             break a.parse().unwrap();
         }
     };
-    let server = Serve(child, addr);
+    let server = Serve {
+        addr,
+        _process: KillOnDrop(child),
+    };
     let started = Instant::now();
     while http(addr, "GET", "/readyz", b"").0 != 200 {
         assert!(started.elapsed() < Duration::from_secs(120), "never ready");
@@ -104,7 +104,7 @@ const STAT_KEYS: [&str; 7] = ["layer", "shape", "min", "max", "mean", "std", "ze
 fn the_trace_route_answers_what_resnet_trace_prints() {
     let server = serve(&["--trace-backend", "gemm"]);
     let (status, body) = http(
-        server.1,
+        server.addr,
         "POST",
         "/v1/trace?compare=gemm",
         &std::fs::read(cat()).unwrap(),
@@ -331,7 +331,7 @@ const INT8_SQNR_FLOOR: [(&str, f64); 12] = [
 fn serve_with_an_int8_trace_backend_compares_every_layer() {
     let server = serve(&["--trace-backend", "int8"]);
     let (status, body) = http(
-        server.1,
+        server.addr,
         "POST",
         "/v1/trace?compare=int8",
         &std::fs::read(cat()).unwrap(),
@@ -359,6 +359,7 @@ fn serve_with_an_int8_trace_backend_compares_every_layer() {
         assert!(sqnr < 60.0, "{name}: {sqnr} dB is f32-level, not int8");
     }
     eprintln!("native vs int8 SQNR (dB): {}", measured.join(", "));
-    let model: Value = serde_json::from_slice(&http(server.1, "GET", "/v1/model", b"").1).unwrap();
+    let model: Value =
+        serde_json::from_slice(&http(server.addr, "GET", "/v1/model", b"").1).unwrap();
     assert_eq!(model["backends"], json!(["native", "int8"]));
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{resnet, synth};
+use common::{resnet, synth, KillOnDrop};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -60,14 +60,16 @@ fn serve_answers_then_stops_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("w.safetensors");
     std::fs::copy(synth(), &weights).unwrap();
-    let mut child = resnet()
-        .arg("serve")
-        .arg("--weights")
-        .arg(&weights)
-        .args(["--addr", "127.0.0.1:0", "--max-batch", "4"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        resnet()
+            .arg("serve")
+            .arg("--weights")
+            .arg(&weights)
+            .args(["--addr", "127.0.0.1:0", "--max-batch", "4"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let (addr, rx, mut log) = listening(stderr);
     let started = Instant::now();
@@ -132,19 +134,6 @@ fn serve_answers_then_stops_gracefully_on_sigterm() {
     assert!(status.success(), "exit {status:?}\n{log}");
     assert!(log.contains("POST /predict 200"), "{log}");
     assert!(log.contains("resnet serve: stopped"), "{log}");
-}
-
-/// Kills the server if the test fails before it stopped it (a leaked server would hold the
-/// test's pipes open).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// `resnet serve --watch` (issue 17): the CLI's watch flags reach the server's watcher, a

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{resnet, synth};
+use common::{resnet, synth, KillOnDrop};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -45,15 +45,17 @@ fn free_port() -> u16 {
 #[test]
 fn port_from_the_environment_json_logs_and_not_ready_before_the_listener_closes() {
     let port = free_port();
-    let mut child = resnet()
-        .arg("serve")
-        .arg("--weights")
-        .arg(synth())
-        .args(["--log-format", "json", "--drain-s", "4"])
-        .env("PORT", port.to_string())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        resnet()
+            .arg("serve")
+            .arg("--weights")
+            .arg(synth())
+            .args(["--log-format", "json", "--drain-s", "4"])
+            .env("PORT", port.to_string())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {

@@ -4,13 +4,13 @@
 mod common;
 
 use common::resnet as resnet_cmd;
-use common::synth;
+use common::{synth, KillOnDrop};
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
@@ -63,7 +63,8 @@ fn logits(event: &Value) -> Vec<f64> {
 
 /// A running `resnet watch`: its events (stdout lines) and stderr lines as they come.
 struct Watch {
-    child: Child,
+    /// Killed when the test ends, however it ends.
+    child: KillOnDrop,
     events: Receiver<Value>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -103,7 +104,7 @@ fn watch_with(mut cmd: Command, args: &[&str]) -> Watch {
         }
     });
     Watch {
-        child,
+        child: KillOnDrop(child),
         events,
         stderr,
     }
@@ -183,13 +184,6 @@ impl Watch {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -771,15 +765,6 @@ fn mjpeg_served_by_ffmpeg_and_an_mpegts_stream_read_by_ffmpeg() {
         skipped > classified,
         "10 frames/s sampled at 2: {received} {classified} {skipped}"
     );
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

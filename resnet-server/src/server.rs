@@ -374,21 +374,23 @@ pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), Ser
     runtime.block_on(async move {
         let log = config.log_requests;
         let drain = config.drain;
+        // Listening for the signals starts before the server does, and the one listener lives
+        // until the end: see `Termination`.
+        let mut termination = Termination::listen()?;
         let server = Server::start(config, model).await?;
         eprintln!("resnet serve: listening on http://{}", server.local_addr());
         if let Some(addr) = server.deepstack_addr() {
             eprintln!("resnet serve: also listening on http://{addr} (--deepstack-port)");
         }
-        tokio::select! {
-            () = server.wait_ready() => {
-                if log {
-                    eprintln!("resnet serve: model warmed up, ready");
-                }
+        let stopped_early = tokio::select! {
+            () = server.wait_ready() => false,
+            () = termination.recv() => true,
+        };
+        if !stopped_early {
+            if log {
+                eprintln!("resnet serve: model warmed up, ready");
             }
-            () = termination() => {}
-        }
-        if server.is_ready() {
-            termination().await;
+            termination.recv().await;
         }
         // Readiness says 503 from now on; the listener stays open for the drain period so
         // load balancers see it and stop sending before connections are refused.
@@ -407,24 +409,46 @@ pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), Ser
     })
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn termination() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT (Ctrl-C) and SIGTERM, listened to from the moment `listen` returns until the value is
+/// dropped. The server makes one and keeps it: a signal that tokio receives while no listener
+/// exists wakes no one and is lost (its handler, once installed, stays installed, so the signal no
+/// longer stops the process either). Two listeners made one after the other, one for the warm-up
+/// and one after it, once lost a SIGTERM sent right after readiness: the server kept running.
+struct Termination {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    /// Registers the listeners now (inside the runtime), not at the first poll.
+    #[cfg(unix)]
+    fn listen() -> Result<Self, ServerError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let start = |source| ServerError::Start {
+            what: "signal handlers",
+            source,
+        };
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).map_err(start)?,
+            terminate: signal(SignalKind::terminate()).map_err(start)?,
+        })
+    }
+
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    fn listen() -> Result<Self, ServerError> {
+        Ok(Self {})
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM (or at once for one that came since the last call).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::OnceLock;
 
 /// The repository root.
@@ -48,6 +49,33 @@ pub fn resnet() -> Command {
     cmd.env("RESNET_CACHE", cache.path())
         .env("RESNET_OFFLINE", "1");
     cmd
+}
+
+/// A child process that is killed (and reaped) when the test ends, however it ends. A test that
+/// fails while a server or watcher it started is running must not leave it behind: the process
+/// would hold the test's stdout, and with it a `cargo test | tee` pipeline (CI's), open forever.
+pub struct KillOnDrop(pub Child);
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Runs [`resnet`] with `args` to completion.
