@@ -410,7 +410,7 @@ pub fn run(config: Config, model: ServedModel, threads: usize) -> Result<(), Ser
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, listened to from the moment `listen` returns until the value is
-/// dropped. The server makes one and keeps it: a signal that tokio receives while no listener
+/// dropped (elsewhere than on Unix: Ctrl-C only, from the first `recv`). The server makes one and keeps it: a signal that tokio receives while no listener
 /// exists wakes no one and is lost (its handler, once installed, stays installed, so the signal no
 /// longer stops the process either). Two listeners made one after the other, one for the warm-up
 /// and one after it, once lost a SIGTERM sent right after readiness: the server kept running.
