@@ -1,7 +1,11 @@
 //! Per-trace-point time of each backend, and of `native` under each Winograd policy, side by
 //! side in one run (median of 20 runs each), to see where time goes.
 //!
-//! `cargo run --release -p resnet-benches --example layer_profile [BATCH]`
+//! `cargo run --release -p resnet-benches --example layer_profile [BATCH] [CONFIG...]`
+//!
+//! `PROFILE_MIN=1` prints each point's fastest run instead of its median.
+//! CONFIGs (default: all of them): gemm, native/wino-off, native/wino-auto, native/wino-all,
+//! int8, bf16. The kernels are the best this CPU runs (`RESNET_ISA` chooses another level).
 use resnet_core::backend::{
     BackendKind, BackendOptions, LayerEvent, LayerObserver, WinogradPolicy,
 };
@@ -24,7 +28,7 @@ fn main() {
         .unwrap_or(1);
     let weights = synthetic_weights(0);
     let input = ndarray::Array4::<f32>::from_elem((batch, 3, 224, 224), 0.3);
-    let configs = [
+    let all = [
         ("gemm", BackendKind::Gemm, WinogradPolicy::Off),
         ("native/wino-off", BackendKind::Native, WinogradPolicy::Off),
         (
@@ -34,9 +38,19 @@ fn main() {
         ),
         ("native/wino-all", BackendKind::Native, WinogradPolicy::All),
         ("int8", BackendKind::Int8, WinogradPolicy::Off),
+        ("bf16", BackendKind::Bf16, WinogradPolicy::Off),
     ];
+    // PROFILE_MIN=1: the fastest run of each point instead of the median (steadier for an A/B
+    // comparison of two builds on a shared machine).
+    let use_min = std::env::var_os("PROFILE_MIN").is_some();
+    let wanted: Vec<String> = std::env::args().skip(2).collect();
+    let configs: Vec<_> = all
+        .into_iter()
+        .filter(|(label, _, _)| wanted.is_empty() || wanted.iter().any(|w| w == label))
+        .collect();
+    assert!(!configs.is_empty(), "no such configuration: {wanted:?}");
     let mut columns: Vec<Vec<(String, f64)>> = Vec::new();
-    for (_, kind, winograd) in configs {
+    for &(_, kind, winograd) in &configs {
         let options = BackendOptions {
             winograd,
             ..BackendOptions::default()
@@ -61,14 +75,15 @@ fn main() {
                 .into_values()
                 .map(|(name, mut v)| {
                     v.sort_by(f64::total_cmp);
-                    (name, v[v.len() / 2])
+                    (name, if use_min { v[0] } else { v[v.len() / 2] })
                 })
                 .collect(),
         );
     }
-    println!("batch {batch}: median ms per trace point (20 runs each)");
+    let stat = if use_min { "fastest" } else { "median" };
+    println!("batch {batch}: {stat} ms per trace point (20 runs each)");
     print!("  {:<10}", "");
-    for (label, _, _) in configs {
+    for (label, _, _) in &configs {
         print!(" {label:>17}");
     }
     println!();

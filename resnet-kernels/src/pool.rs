@@ -1,8 +1,10 @@
 //! Pooling, in both layouts: NHWC (channels innermost, for the native backend) and NCHW.
 
+use rayon::prelude::*;
+
 /// A value max-pooling works on: `f32` activations, or `u8` INT8 codes (quantisation is
 /// monotonic, so the max of the codes is the code of the max).
-pub trait PoolValue: Copy {
+pub trait PoolValue: Copy + Send + Sync {
     /// Lower than or equal to every value: a window starts from it, so padding never wins.
     const LOWEST: Self;
     /// The larger of two values (a branch-free max, which the compiler vectorises).
@@ -45,10 +47,17 @@ pub fn max_pool_3x3_s2_p1_nhwc<T: PoolValue>(
     let (oh_n, ow_n) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
     assert_eq!(input.len(), batch * h * w * c);
     assert_eq!(out.len(), batch * oh_n * ow_n * c);
-    for n in 0..batch {
-        for oh in 0..oh_n {
+    if out.is_empty() {
+        return;
+    }
+    // One output row per task, in parallel: the stem's pool reads 3.2 MB of bf16 (0.8 MB of
+    // u8) at batch 1, which on one core cost as much as a convolution of the layers after it.
+    out.par_chunks_mut(ow_n * c)
+        .enumerate()
+        .for_each(|(row, out_row)| {
+            let (n, oh) = (row / oh_n, row % oh_n);
             for ow in 0..ow_n {
-                let dst = &mut out[((n * oh_n + oh) * ow_n + ow) * c..][..c];
+                let dst = &mut out_row[ow * c..][..c];
                 dst.fill(T::LOWEST);
                 for ih in (2 * oh).saturating_sub(1)..(2 * oh + 2).min(h) {
                     for iw in (2 * ow).saturating_sub(1)..(2 * ow + 2).min(w) {
@@ -59,8 +68,7 @@ pub fn max_pool_3x3_s2_p1_nhwc<T: PoolValue>(
                     }
                 }
             }
-        }
-    }
+        });
 }
 
 /// Global average pool, NHWC: `[N, H, W, C] -> [N, C]`.

@@ -16,7 +16,7 @@ use ndarray::{Array2, ArrayView4};
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
 use resnet_kernels::int8::{
-    avg_pool_u8_nhwc, blocking, gemm_u8s8, quantize_nchw_to_nhwc_u8, round_half_even_i32, ASource8,
+    avg_pool_u8_nhwc, gemm_u8s8, quantize_nchw_to_nhwc_u8, round_half_even_i32, ASource8,
     Int8Kernel, Output8, PackedB8, Requant, Residual8,
 };
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
@@ -44,7 +44,8 @@ impl Int8Layer {
         let codes = conv.khwc_by_oc(&conv.weight);
         let weight_scale = &conv.weight_scale;
         let k = s.in_channels * s.kernel * s.kernel;
-        let weights = PackedB8::with_kernel(&codes, k, s.out_channels, kernel, blocking::DEFAULT);
+        let weights =
+            PackedB8::with_kernel(&codes, k, s.out_channels, kernel, kernel.default_blocking());
         let (sx, zx) = (input.scale as f64, input.zero_point as i32);
         let bias = conv
             .bias

@@ -3,9 +3,10 @@
 //! epilogue on the stored block. K blocks are padded to 32 (one tile row of bf16) when B is
 //! packed, so there is never a tail step.
 
-use super::{Block2x2, CBlock, Dot, TileExec, K_STEP_BYTES, PANEL_ROW_BYTES};
+use super::{Block2x2, CBlock, Dot, TileExec, K_STEP_BYTES};
 use crate::bf16::{Bf16, MicroKernelBf16, TileOut};
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 /// The AMX-BF16 kernel on the tile unit `T` ([`super::AmxHardware`] or [`super::AmxModel`]).
 pub(crate) struct AmxKernelBf16<T>(PhantomData<T>);
@@ -17,6 +18,7 @@ impl<T: TileExec> MicroKernelBf16 for AmxKernelBf16<T> {
     const MR: usize = MR;
     const NR: usize = NR;
     const NAME: &'static str = T::BF16_NAME;
+    const KC: usize = crate::bf16::blocking::AMX_KC;
 
     unsafe fn run(
         rows: usize,
@@ -33,21 +35,20 @@ impl<T: TileExec> MicroKernelBf16 for AmxKernelBf16<T> {
             row_bytes.is_multiple_of(K_STEP_BYTES),
             "bf16 K blocks are padded to 32 when B is packed"
         );
-        let mut c = CBlock([0; 32 * PANEL_ROW_BYTES]);
+        // Written whole by the 4 `tilestored` before any byte is read: not initialised first.
+        let mut c = MaybeUninit::<CBlock>::uninit();
         let job = Block2x2 {
             a: a.cast(),
             lda: row_bytes,
             b: b.cast(),
             steps: row_bytes / K_STEP_BYTES,
-            tail_a: std::ptr::null(),
-            tail_b: std::ptr::null(),
-            c: c.0.as_mut_ptr(),
+            c: c.as_mut_ptr().cast(),
         };
         // SAFETY: the line is runnable (checked when B was packed), so for the hardware AMX is
         // granted; the caller guarantees 32 A rows of kc2 values and kc2 / 2 B pair-rows of 32
         // columns (128 bytes each); `c` is the 32 x 32 block.
         unsafe { T::with_thread_tiles(|tiles| tiles.block_2x2(Dot::Bf16ps, &job)) };
-        let sums = c.0.as_ptr().cast::<f32>();
+        let sums = c.as_ptr().cast::<f32>();
         // SAFETY: `sums` is the 32 x 32 block (64-byte aligned); the caller guarantees `rows`
         // rows of NR partial sums at acc (stride ld_acc) when read or written and the
         // epilogue's pointers for rows x NR outputs.

@@ -120,13 +120,16 @@ macro_rules! block_asm {
             "tilezero tmm3",
             "test {steps}, {steps}",
             "jz 3f",
+            // Each load sits just before its first use, so that the next step's loads of
+            // tmm4/tmm6 can start while this step's last dot products still run (a tile load
+            // waits for the dot products that read the register before: tiles are not renamed).
             "2:",
             "tileloadd tmm4, [{a} + {lda}*1]",
-            "tileloadd tmm5, [{a_bot} + {lda}*1]",
             "tileloadd tmm6, [{b} + {s128}*1]",
-            "tileloadd tmm7, [{b} + {s128}*1 + 64]",
             concat!($dot, " tmm0, tmm4, tmm6"),
+            "tileloadd tmm7, [{b} + {s128}*1 + 64]",
             concat!($dot, " tmm1, tmm4, tmm7"),
+            "tileloadd tmm5, [{a_bot} + {lda}*1]",
             concat!($dot, " tmm2, tmm5, tmm6"),
             concat!($dot, " tmm3, tmm5, tmm7"),
             "add {a}, 64",
@@ -135,17 +138,6 @@ macro_rules! block_asm {
             "dec {steps}",
             "jnz 2b",
             "3:",
-            "test {tail_a}, {tail_a}",
-            "jz 4f",
-            "tileloadd tmm4, [{tail_a} + {s64}*1]",
-            "tileloadd tmm5, [{tail_a} + {s64}*1 + 1024]",
-            "tileloadd tmm6, [{tail_b} + {s128}*1]",
-            "tileloadd tmm7, [{tail_b} + {s128}*1 + 64]",
-            concat!($dot, " tmm0, tmm4, tmm6"),
-            concat!($dot, " tmm1, tmm4, tmm7"),
-            concat!($dot, " tmm2, tmm5, tmm6"),
-            concat!($dot, " tmm3, tmm5, tmm7"),
-            "4:",
             "tilestored [{c} + {s128}*1], tmm0",
             "tilestored [{c} + {s128}*1 + 64], tmm1",
             "tilestored [{c} + {s128}*1 + 2048], tmm2",
@@ -155,9 +147,6 @@ macro_rules! block_asm {
             lda = in(reg) job.lda,
             b = inout(reg) job.b => _,
             steps = inout(reg) job.steps => _,
-            tail_a = in(reg) job.tail_a,
-            tail_b = in(reg) job.tail_b,
-            s64 = in(reg) 64usize,
             s128 = in(reg) 128usize,
             c = in(reg) job.c,
             options(nostack),
@@ -209,8 +198,8 @@ impl TileOps for AmxHardware {
 
     unsafe fn block_2x2(&mut self, dot: Dot, job: &Block2x2) {
         // SAFETY: the caller guarantees KERNEL_CONFIG is loaded and that `job` addresses 32 A
-        // rows of `steps` x 64 bytes (stride lda), `steps` x 16 B rows of 128 bytes, the tail
-        // copies when tail_a is not null, and 32 x 128 writable bytes at c.
+        // rows of `steps` x 64 bytes (stride lda), `steps` x 16 B rows of 128 bytes, and
+        // 32 x 128 writable bytes at c.
         unsafe {
             match dot {
                 Dot::Busd => block_asm!("tdpbusd", job),

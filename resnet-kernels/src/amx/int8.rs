@@ -1,10 +1,12 @@
 //! The AMX-INT8 micro-kernel (`tdpbusd`): 32 x 32 `i32` per call in 2 x 2 tiles, B read from
 //! the VNNI kernels' 32-column panels of 4-k groups (VNNI-4), then the INT8 family's epilogue
-//! on the stored block.
+//! on the stored block. K blocks are padded to whole 64-byte steps when B is packed
+//! (`K_ALIGN`), so there is never a tail step (the stem's 147 becomes 192).
 
-use super::{Block2x2, CBlock, Dot, Tail, TileExec, K_STEP_BYTES, PANEL_ROW_BYTES};
+use super::{Block2x2, CBlock, Dot, TileExec, K_STEP_BYTES};
 use crate::int8::{MicroKernel8, TileRequant};
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 /// The AMX-INT8 kernel on the tile unit `T` ([`super::AmxHardware`] or [`super::AmxModel`]).
 pub(crate) struct AmxKernel8<T>(PhantomData<T>);
@@ -12,43 +14,13 @@ pub(crate) struct AmxKernel8<T>(PhantomData<T>);
 const MR: usize = 32;
 const NR: usize = 32;
 
-/// Fills `tail` with the K remainder (`rem` bytes per row, a multiple of 4, < 64) starting at
-/// byte `k0` of the 32 A rows (stride `kc4`) and at group `k0 / 4` of B, zero-padded to a step.
-///
-/// # Safety
-/// `a` holds 32 rows of `kc4 >= k0 + rem` bytes; `b` holds `kc4 / 4` groups of 128 bytes.
-pub(super) unsafe fn fill_tail(
-    tail: &mut Tail,
-    a: *const u8,
-    kc4: usize,
-    b: *const u8,
-    k0: usize,
-    rem: usize,
-    bytes_per_k: usize,
-) {
-    tail.a.fill(0);
-    tail.b.fill(0);
-    // SAFETY: the caller's contract: row r's bytes k0..k0+rem are inside A; B's rows from
-    // group k0/bytes_per_k on, rem/bytes_per_k of them, are inside B.
-    unsafe {
-        for r in 0..MR {
-            let src = std::slice::from_raw_parts(a.add(r * kc4 + k0), rem);
-            tail.a[r * K_STEP_BYTES..][..rem].copy_from_slice(src);
-        }
-        let groups = rem / bytes_per_k;
-        let src = std::slice::from_raw_parts(
-            b.add(k0 / bytes_per_k * PANEL_ROW_BYTES),
-            groups * PANEL_ROW_BYTES,
-        );
-        tail.b[..groups * PANEL_ROW_BYTES].copy_from_slice(src);
-    }
-}
-
 impl<T: TileExec> MicroKernel8 for AmxKernel8<T> {
     const MR: usize = MR;
     const NR: usize = NR;
     const NAME: &'static str = T::INT8_NAME;
     const B_PARTS: usize = 1;
+    const K_ALIGN: usize = K_STEP_BYTES;
+    const BLOCKING: crate::int8::Blocking = crate::int8::blocking::AMX;
 
     unsafe fn run(
         rows: usize,
@@ -60,34 +32,25 @@ impl<T: TileExec> MicroKernel8 for AmxKernel8<T> {
         accumulate: bool,
         out: Option<&TileRequant>,
     ) {
-        let steps = kc4 / K_STEP_BYTES;
-        let rem = kc4 % K_STEP_BYTES;
-        let mut tail = Tail {
-            a: [0; 32 * K_STEP_BYTES],
-            b: [0; 16 * PANEL_ROW_BYTES],
-        };
-        if rem > 0 {
-            // SAFETY: the caller guarantees 32 A rows of kc4 bytes and kc4/4 B groups of 128.
-            unsafe { fill_tail(&mut tail, a, kc4, b.cast(), steps * K_STEP_BYTES, rem, 4) };
-        }
-        let mut c = CBlock([0; 32 * PANEL_ROW_BYTES]);
+        assert!(
+            kc4.is_multiple_of(K_STEP_BYTES),
+            "AMX-INT8 K blocks are padded to whole 64-byte steps when B is packed"
+        );
+        // Every byte of the block is written by the 4 `tilestored` before any is read, so it is
+        // not initialised first (4 KiB of stores per call, a third of a 576-deep block's tile
+        // work).
+        let mut c = MaybeUninit::<CBlock>::uninit();
         let job = Block2x2 {
             a,
             lda: kc4,
             b: b.cast(),
-            steps,
-            tail_a: if rem > 0 {
-                tail.a.as_ptr()
-            } else {
-                std::ptr::null()
-            },
-            tail_b: tail.b.as_ptr(),
-            c: c.0.as_mut_ptr(),
+            steps: kc4 / K_STEP_BYTES,
+            c: c.as_mut_ptr().cast(),
         };
         // SAFETY: the line is runnable (checked when B was packed), so for the hardware AMX is
-        // granted; `job` addresses the panels (caller contract), the tail copies and `c`.
+        // granted; `job` addresses the panels (caller contract) and `c`.
         unsafe { T::with_thread_tiles(|tiles| tiles.block_2x2(Dot::Busd, &job)) };
-        let sums = c.0.as_ptr().cast::<i32>();
+        let sums = c.as_ptr().cast::<i32>();
         // SAFETY: `sums` is the 32 x 32 block (64-byte aligned); the caller guarantees `rows`
         // rows of NR sums at acc (stride ld_acc) when read or written and the epilogue's
         // pointers for rows x NR outputs.

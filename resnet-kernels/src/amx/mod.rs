@@ -158,7 +158,7 @@ pub enum Dot {
 }
 
 /// One micro-kernel call: `C (32 x 32, 4-byte elements) = A (32 rows) · B (32 columns)` over
-/// `steps` K steps, plus an optional last step from zero-padded copies.
+/// `steps` K steps.
 #[derive(Clone, Copy, Debug)]
 pub struct Block2x2 {
     /// A's first row; rows 16..32 start at `a + 16 * lda`. Each step reads 64 bytes per row.
@@ -168,13 +168,8 @@ pub struct Block2x2 {
     /// B's first k-group row (128 bytes: left tile bytes 0..64, right tile 64..128); each step
     /// reads 16 rows, stride [`PANEL_ROW_BYTES`].
     pub b: *const u8,
-    /// Full K steps.
+    /// K steps (the kernels pad K to whole steps when B is packed).
     pub steps: usize,
-    /// A last step, or null: A rows at `tail_a` (32 rows x 64 bytes, stride 64) and B rows at
-    /// `tail_b` (16 rows x 128 bytes), zero-padded copies of a K remainder shorter than a step.
-    pub tail_a: *const u8,
-    /// See `tail_a`.
-    pub tail_b: *const u8,
     /// The 32 x 32 result, row stride [`PANEL_ROW_BYTES`] (overwritten, not accumulated).
     pub c: *mut u8,
 }
@@ -222,7 +217,8 @@ pub trait TileOps {
     unsafe fn tdpbf16ps(&mut self, c: Tmm, a: Tmm, b: Tmm);
 
     /// The micro-kernel under [`KERNEL_CONFIG`]: zero the 4 C tiles, then per K step load 2 A
-    /// and 2 B tiles and issue 4 dot products, then the tail step, then store C. This default
+    /// and 2 B tiles and issue 4 dot products (each load just before its first use), then
+    /// store C. This default
     /// composes the instructions above (the model runs it); the hardware replaces it by one
     /// `asm!` block of the same instructions in the same order.
     ///
@@ -235,22 +231,21 @@ pub trait TileOps {
             for c in C_TILES {
                 self.tilezero(c);
             }
+            let dot_product = |ops: &mut Self, c, a, b| match dot {
+                Dot::Busd => ops.tdpbusd(c, a, b),
+                Dot::Bf16ps => ops.tdpbf16ps(c, a, b),
+            };
+            // Each load just before its first use (the hardware's order, where it lets the next
+            // step's first loads overlap this step's last dot products).
             let step = |ops: &mut Self, a_top: *const u8, a_bot: *const u8, lda, b: *const u8| {
                 ops.tileloadd(A_TILES[0], a_top, lda);
-                ops.tileloadd(A_TILES[1], a_bot, lda);
                 ops.tileloadd(B_TILES[0], b, PANEL_ROW_BYTES);
+                dot_product(ops, C_TILES[0], A_TILES[0], B_TILES[0]);
                 ops.tileloadd(B_TILES[1], b.add(64), PANEL_ROW_BYTES);
-                for (c, (a, b)) in C_TILES.into_iter().zip([
-                    (A_TILES[0], B_TILES[0]),
-                    (A_TILES[0], B_TILES[1]),
-                    (A_TILES[1], B_TILES[0]),
-                    (A_TILES[1], B_TILES[1]),
-                ]) {
-                    match dot {
-                        Dot::Busd => ops.tdpbusd(c, a, b),
-                        Dot::Bf16ps => ops.tdpbf16ps(c, a, b),
-                    }
-                }
+                dot_product(ops, C_TILES[1], A_TILES[0], B_TILES[1]);
+                ops.tileloadd(A_TILES[1], a_bot, lda);
+                dot_product(ops, C_TILES[2], A_TILES[1], B_TILES[0]);
+                dot_product(ops, C_TILES[3], A_TILES[1], B_TILES[1]);
             };
             for s in 0..job.steps {
                 let a = job.a.add(s * K_STEP_BYTES);
@@ -260,15 +255,6 @@ pub trait TileOps {
                     a.add(16 * job.lda),
                     job.lda,
                     job.b.add(s * 16 * PANEL_ROW_BYTES),
-                );
-            }
-            if !job.tail_a.is_null() {
-                step(
-                    self,
-                    job.tail_a,
-                    job.tail_a.add(16 * K_STEP_BYTES),
-                    K_STEP_BYTES,
-                    job.tail_b,
                 );
             }
             for (t, offset) in C_TILES.into_iter().zip([0, 64, 2048, 2048 + 64]) {
@@ -299,11 +285,3 @@ pub(crate) trait TileExec: TileOps + Sync + 'static {
 /// A 32 x 32 block of 4-byte results, 64-byte aligned (one C block of a micro-kernel call).
 #[repr(C, align(64))]
 pub(crate) struct CBlock(pub [u8; 32 * PANEL_ROW_BYTES]);
-
-/// Zero-padded copies of a K remainder shorter than one step: 32 A rows x 64 bytes and 16 B
-/// rows x 128 bytes.
-#[repr(C, align(64))]
-pub(crate) struct Tail {
-    pub a: [u8; 32 * K_STEP_BYTES],
-    pub b: [u8; 16 * PANEL_ROW_BYTES],
-}

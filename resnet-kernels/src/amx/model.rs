@@ -207,10 +207,11 @@ impl TileOps for AmxModel {
     unsafe fn tilestored(&mut self, src: Tmm, base: *mut u8, stride: usize) {
         let (rows, colsb) = self.shape(src, "tilestored");
         for r in 0..rows {
+            let row = &self.tiles[src.index()][r * MAX_COLSB..][..colsb];
             // SAFETY: the caller guarantees `rows` rows of `colsb` writable bytes at
-            // base + r * stride, not overlapping the model.
-            let dst = unsafe { std::slice::from_raw_parts_mut(base.add(r * stride), colsb) };
-            dst.copy_from_slice(&self.tiles[src.index()][r * MAX_COLSB..][..colsb]);
+            // base + r * stride, not overlapping the model. A raw copy, not a slice: the
+            // destination may be uninitialised (the kernels' C blocks are).
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), base.add(r * stride), colsb) };
         }
     }
 

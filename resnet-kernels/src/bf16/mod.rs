@@ -165,6 +165,11 @@ pub mod blocking {
     /// depth): a 32-column B micro-panel is then at most 384 x 32 x 2 B = 24 KiB, in L1 beside
     /// A's rows. ResNet-18's K of 576 takes 2 blocks, 1152 3, 2304 6, 4608 12.
     pub const KC: usize = 384;
+    /// Loop 4 for the AMX-BF16 kernel, whose A and B tiles stream from L2 anyway (a step's 4
+    /// tile loads are 4 KiB): a longer K block saves the C block's store, the epilogue pass and
+    /// the f32 scratch round trip of each extra block (measured on a Sapphire Rapids:
+    /// docs/bf16-amx.md).
+    pub const AMX_KC: usize = 1152;
     /// Loop 3: rows of A packed at once (96 x 384 x 2 B = 72 KiB, in L2). A multiple of every
     /// kernel's MR (12, 4 and the AMX kernels' 32).
     pub const MC: usize = 96;
@@ -177,6 +182,8 @@ pub mod blocking {
 pub struct Bf16Entry {
     /// The loop nest around this kernel.
     gemm: fn(&ASourceBf16<'_>, &PackedBBf16, OutputBf16<'_>, &EpilogueBf16<'_>),
+    /// Loop 4's K block for this kernel (values of bf16).
+    kc: usize,
     /// Independent chains of the kernel's bf16 dot product for `iters` rounds; returns the
     /// multiply-adds done. Unsafe: the CPU must run the kernel.
     peak: unsafe fn(usize) -> f64,
@@ -208,6 +215,7 @@ const fn line<K: MicroKernelBf16>(
         },
         entry: Bf16Entry {
             gemm: loops::gemm::<K>,
+            kc: K::KC,
             peak,
         },
     }
@@ -278,7 +286,7 @@ pub fn measure_peak_gflops(isa: Isa) -> f64 {
 }
 
 /// The B operand (`K x N` bf16, the weights) packed for one ISA's bf16 micro-kernel: K cut into
-/// blocks of at most [`blocking::KC`], each block cut into NR-wide micro-panels of k-pairs,
+/// blocks of at most the kernel's KC ([`blocking::KC`], or [`blocking::AMX_KC`]), each block cut into NR-wide micro-panels of k-pairs,
 /// zero-padded to an even K and a multiple of NR columns.
 #[derive(Clone, Debug)]
 pub struct PackedBBf16 {
@@ -311,7 +319,7 @@ impl PackedBBf16 {
             "kernel {} cannot run on this CPU",
             kernel.info.name
         );
-        let (blocks, data) = pack::pack_b_pairs(b, k, n, kernel.info.nr, blocking::KC);
+        let (blocks, data) = pack::pack_b_pairs(b, k, n, kernel.info.nr, kernel.entry.kc);
         PackedBBf16 {
             kernel,
             k,
@@ -421,6 +429,8 @@ pub(crate) trait MicroKernelBf16: Sync {
     const NR: usize;
     /// `<isa>_f32_<MR>x<NR>`.
     const NAME: &'static str;
+    /// Loop 4's K block (a multiple of 32), see [`blocking::KC`].
+    const KC: usize = blocking::KC;
 
     /// `acc = A_panel · B_panel (+ acc_mem if accumulate)`, then either stored as f32 to
     /// `acc_mem` (`out` is `None`) or put through the epilogue and stored by `out`.

@@ -89,7 +89,7 @@ impl ConvGeometry {
                 let kw_inside = (kernel - kw).min(self.in_w - iw as usize);
                 let len = (kw_inside * c_n - c0).min(end - k);
                 let at = ((n * self.in_h + ih as usize) * self.in_w + iw as usize) * c_n + c0;
-                dst[k - k0..k - k0 + len].copy_from_slice(&input[at..at + len]);
+                copy_run(&mut dst[k - k0..], &input[at..], len);
                 (len, kw_inside)
             } else {
                 let len = (c_n - c0).min(end - k);
@@ -104,6 +104,34 @@ impl ConvGeometry {
                 (kh, kw) = (kh + 1, 0);
             }
         }
+    }
+}
+
+/// Copies `src[..len]` to `dst[..len]` in whole 64-byte chunks, the last one overlapping the one
+/// before, and, where both slices reach a chunk past `len`, the short run too as one chunk (the
+/// bytes past `len` are garbage that the next run or the row's padding overwrites: runs are
+/// written in increasing order). Constant-length copies compile to vector moves; a
+/// `copy_from_slice` of a run's length is a `memmove` call, which for the stem's 21-byte and
+/// layer1's 192-byte runs cost more than the bytes it moves.
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T], len: usize) {
+    let chunk = (64 / std::mem::size_of::<T>()).max(1);
+    if len < chunk {
+        if dst.len() >= chunk && src.len() >= chunk {
+            dst[..chunk].copy_from_slice(&src[..chunk]);
+        } else {
+            dst[..len].copy_from_slice(&src[..len]);
+        }
+        return;
+    }
+    let mut i = 0;
+    while i + chunk <= len {
+        dst[i..i + chunk].copy_from_slice(&src[i..i + chunk]);
+        i += chunk;
+    }
+    if i < len {
+        let last = len - chunk;
+        dst[last..len].copy_from_slice(&src[last..len]);
     }
 }
 

@@ -101,7 +101,7 @@ fn gemm_dst<K: MicroKernel8>(a: &ASource8<'_>, b: &PackedB8, m: usize, n: usize,
                 // Loop 4: K blocks. The first overwrites the sums, the others add to them, the
                 // last applies the epilogue.
                 for (bi, &(k0, kc, offset)) in b.blocks.iter().enumerate() {
-                    let kc4 = kc.div_ceil(4) * 4;
+                    let kc4 = kc.div_ceil(K::K_ALIGN) * K::K_ALIGN;
                     let accumulate = bi > 0;
                     let last = bi + 1 == b.blocks.len();
                     a.pack(m0, rows_in_block, k0, kc, kc4, K::MR, &mut a_pack);

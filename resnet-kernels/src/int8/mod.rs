@@ -138,6 +138,16 @@ pub mod blocking {
         mc: MC,
         nc: NC,
     };
+
+    /// The AMX-INT8 kernel's blocking: its A and B tiles stream from L2 anyway (a step's 4 tile
+    /// loads are 4 KiB), so a longer K block only saves work: the C block's store, the epilogue
+    /// pass and the `i32` scratch round trip of each extra block (measured on a Sapphire
+    /// Rapids: docs/bf16-amx.md). MC a multiple of its 32 rows.
+    pub const AMX: super::Blocking = super::Blocking {
+        kc: 2304,
+        mc: 128,
+        nc: NC,
+    };
 }
 
 /// The entry points of an INT8 kernel line.
@@ -147,6 +157,10 @@ pub struct Int8Entry {
     gemm: fn(&ASource8<'_>, &PackedB8, Output8<'_>),
     /// Copies of each 4-k group of B in a panel: 1, or 2 for the split weights `(h, l)`.
     b_parts: usize,
+    /// The kernel's `K_ALIGN`: K blocks are padded to a multiple of it.
+    k_align: usize,
+    /// The kernel's `BLOCKING`, what [`Int8Kernel::default_blocking`] gives.
+    blocking: Blocking,
     /// 12 independent chains of the kernel's 4-byte dot product for `iters` rounds; returns the
     /// multiply-accumulates done. Unsafe: the CPU must run the kernel.
     peak: unsafe fn(usize) -> f64,
@@ -180,6 +194,8 @@ const fn line<K: MicroKernel8>(
         entry: Int8Entry {
             gemm: loops::gemm::<K>,
             b_parts: K::B_PARTS,
+            k_align: K::K_ALIGN,
+            blocking: K::BLOCKING,
             peak,
         },
     }
@@ -254,6 +270,12 @@ pub fn kernel_name(isa: Isa) -> &'static str {
 }
 
 impl Int8Kernel {
+    /// The blocking this line packs with when no plan chooses one ([`blocking::DEFAULT`], or
+    /// [`blocking::AMX`]).
+    pub fn default_blocking(&self) -> Blocking {
+        self.entry.blocking
+    }
+
     /// Runs the kernel's throughput probe for `iters` rounds; returns the multiply-accumulates
     /// done, or `None` when this CPU cannot run the kernel.
     pub fn run_peak_probe(&self, iters: usize) -> Option<f64> {
@@ -266,14 +288,16 @@ impl Int8Kernel {
 
 /// The B operand (`K x N` signed bytes, the weights) packed for one ISA's INT8 micro-kernel:
 /// K cut into blocks of at most [`blocking::KC`], each block cut into NR-wide micro-panels of
-/// 4-k groups, zero-padded to a multiple of 4 in K and of NR in N.
+/// 4-k groups, zero-padded to a multiple of the kernel's K alignment (4, or 64 for AMX) in K and
+/// of NR in N.
 #[derive(Clone, Debug)]
 pub struct PackedB8 {
     kernel: &'static Int8Kernel,
     blocking: Blocking,
     k: usize,
     n: usize,
-    /// `(k0, kc, offset)` of each K block; `kc` is a multiple of 4 except possibly the last.
+    /// `(k0, kc, offset)` of each K block; `kc` is a multiple of the K alignment except
+    /// possibly the last.
     blocks: Vec<(usize, usize, usize)>,
     data: Vec<i8>,
     column_sums: Vec<i32>,
@@ -286,11 +310,12 @@ impl PackedB8 {
     /// If `b.len() != k * n`, or if `isa` is not supported by this CPU.
     pub fn new(b: &[i8], k: usize, n: usize, isa: Isa) -> PackedB8 {
         assert!(isa.is_supported(), "ISA {isa} is not supported by this CPU");
-        PackedB8::with_kernel(b, k, n, kernel_for(isa), blocking::DEFAULT)
+        let kernel = kernel_for(isa);
+        PackedB8::with_kernel(b, k, n, kernel, kernel.default_blocking())
     }
 
     /// Packs `b` for a given kernel line and blocking (a plan's choice; `blocking.kc` is rounded
-    /// down to a multiple of 4).
+    /// down to a multiple of the kernel's K alignment, 4 or 64 for AMX, and is at least one).
     ///
     /// # Panics
     /// If `b.len() != k * n`, if this CPU cannot run `kernel`, or if a blocking size is too small.
@@ -307,16 +332,17 @@ impl PackedB8 {
             "kernel {} cannot run on this CPU",
             kernel.info.name
         );
+        let align = kernel.entry.k_align;
         let blocking = Blocking {
-            kc: blocking.kc / 4 * 4,
+            kc: (blocking.kc / align * align).max(align),
             ..blocking
         };
         assert!(
-            blocking.kc >= 4 && blocking.mc > 0 && blocking.nc > 0,
+            blocking.mc > 0 && blocking.nc > 0,
             "blocking sizes too small: {blocking:?}"
         );
         let split = kernel.entry.b_parts == 2;
-        let (blocks, data) = pack::pack_b8(b, k, n, kernel.info.nr, blocking.kc, split);
+        let (blocks, data) = pack::pack_b8(b, k, n, kernel.info.nr, blocking.kc, split, align);
         let mut column_sums = vec![0i32; n];
         for row in b.chunks_exact(n.max(1)).take(k) {
             for (s, &w) in column_sums.iter_mut().zip(row) {
@@ -458,14 +484,20 @@ pub(crate) trait MicroKernel8: Sync {
     const NAME: &'static str;
     /// Copies of each 4-k group of B in a panel: 1, or 2 for the split weights `(h, l)`.
     const B_PARTS: usize;
+    /// K blocks are zero-padded to a multiple of this (bytes, a multiple of 4) when B is packed,
+    /// and A's packed rows are as wide: 4 for the vector kernels (one `vpdpbusd` group), 64 for
+    /// AMX (one tile row), which thus never meets a K remainder.
+    const K_ALIGN: usize = 4;
+    /// The line's blocking when no plan chooses one.
+    const BLOCKING: Blocking = blocking::DEFAULT;
 
     /// `acc = A_panel · B_panel (+ acc_mem if accumulate)`, then either stored as `i32` to
     /// `acc_mem` (`out` is `None`) or requantised and stored as `u8` by `out`.
     ///
     /// # Safety
     /// - the CPU supports the kernel's ISA;
-    /// - `a` holds MR rows of `kc4` bytes (row stride `kc4`, a multiple of 4), `b` holds
-    ///   `kc4 * NR * B_PARTS` bytes in 4-k groups;
+    /// - `a` holds MR rows of `kc4` bytes (row stride `kc4`, a multiple of `K_ALIGN`), `b`
+    ///   holds `kc4 * NR * B_PARTS` bytes in 4-k groups;
     /// - `acc` addresses `rows` rows of NR `i32` with stride `ld_acc` (readable if `accumulate`,
     ///   writable if `out` is `None`; unused otherwise and may then be null);
     /// - `out`'s pointers address `rows` rows of NR elements (NR biases and scales).

@@ -6,8 +6,8 @@ use crate::gemm::ConvGeometry;
 /// for each group of 4 consecutive k: NR columns x 4 bytes (`[g][j][t]`, k = 4g + t), so that
 /// one vector load gives each `i32` lane the 4 weights of its column. With `split`, each group
 /// is stored twice: first `h = w >> 1`, then `l = w & 1` (`w = 2h + l`, for the `vpmaddubsw`
-/// kernels). Zero-padded to a multiple of 4 in K and of NR in N. Returns `(k0, kc, offset)` per
-/// block and the data.
+/// kernels). Each K block zero-padded to a multiple of `k_align` (a multiple of 4: the kernel's
+/// `K_ALIGN`), N to a multiple of NR. Returns `(k0, kc, offset)` per block and the data.
 pub(crate) fn pack_b8(
     b: &[i8],
     k: usize,
@@ -15,6 +15,7 @@ pub(crate) fn pack_b8(
     nr: usize,
     kc_max: usize,
     split: bool,
+    k_align: usize,
 ) -> (Vec<(usize, usize, usize)>, Vec<i8>) {
     let panels = n.div_ceil(nr);
     let parts: &[fn(i8) -> i8] = if split {
@@ -22,12 +23,12 @@ pub(crate) fn pack_b8(
     } else {
         &[|w| w]
     };
-    let mut data = Vec::with_capacity(k.div_ceil(4) * 4 * panels * nr * parts.len());
+    let mut data = Vec::with_capacity(k.div_ceil(k_align) * k_align * panels * nr * parts.len());
     let mut blocks = Vec::new();
-    for (k0, kc) in crate::tiling::k_blocks(k, kc_max, 4) {
+    for (k0, kc) in crate::tiling::k_blocks(k, kc_max, k_align) {
         blocks.push((k0, kc, data.len()));
         for p in 0..panels {
-            for g in 0..kc.div_ceil(4) {
+            for g in 0..kc.div_ceil(k_align) * k_align / 4 {
                 for part in parts {
                     for j in p * nr..(p + 1) * nr {
                         for t in 0..4 {
