@@ -6,6 +6,7 @@
 //! what a tile's epilogue is (f32 bias/residual/ReLU in place vs. `i32` partial sums in a scratch
 //! buffer and a `u8` requantising store), which reads better as two loops than as one generic one.
 
+use crate::gemm::pack::Im2colCursor;
 use crate::gemm::ConvGeometry;
 use rayon::prelude::*;
 
@@ -77,19 +78,28 @@ impl<T: Copy + Default> ASource<'_, T> {
         // are zeroed (a memset of the whole block first would double the stores of packing).
         out.resize(rows.div_ceil(mr) * mr * stride, T::default());
         out[rows * stride..].fill(T::default());
+        let mut cursor = match self {
+            ASource::Conv { geometry, .. } => Some(Im2colCursor::new(geometry, m0, k0)),
+            ASource::Matrix { .. } => None,
+        };
         for (r, row) in out.chunks_exact_mut(stride).take(rows).enumerate() {
-            let (dst, tail) = row.split_at_mut(kc);
-            tail.fill(T::default());
             match self {
                 ASource::Matrix { data, lda, .. } => {
-                    dst.copy_from_slice(&data[(m0 + r) * lda + k0..][..kc])
+                    row[..kc].copy_from_slice(&data[(m0 + r) * lda + k0..][..kc])
                 }
+                // The whole row as destination: short runs may spill into the padding as whole
+                // chunks, which is zeroed next.
                 ASource::Conv {
                     input,
                     geometry,
                     pad,
-                } => geometry.im2col_row_segment_padded(input, m0 + r, k0, dst, *pad),
+                } => {
+                    let at = cursor.as_mut().expect("a convolution has a cursor");
+                    geometry.im2col_segment_at(input, at, kc, row, *pad);
+                    at.next_row();
+                }
             }
+            row[kc..].fill(T::default());
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::pack::padded_k;
 use super::{blocking, Bf16, EpilogueBf16, MicroKernelBf16, OutputBf16, PackedBBf16, TileOut};
+use crate::gemm::pack::Im2colCursor;
 use crate::gemm::ConvGeometry;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -58,17 +59,24 @@ impl ASourceBf16<'_> {
         }
         out.truncate(total);
         out[rows * kcp..].fill(Bf16::ZERO);
+        let mut cursor = match self {
+            ASourceBf16::Conv { geometry, .. } => Some(Im2colCursor::new(geometry, m0, k0)),
+            ASourceBf16::Matrix { .. } => None,
+        };
         for (r, row) in out.chunks_exact_mut(kcp).take(rows).enumerate() {
-            let (dst, tail) = row.split_at_mut(kc);
-            tail.fill(Bf16::ZERO);
             match self {
                 ASourceBf16::Matrix { data, lda, .. } => {
-                    dst.copy_from_slice(&data[(m0 + r) * lda + k0..][..kc])
+                    row[..kc].copy_from_slice(&data[(m0 + r) * lda + k0..][..kc])
                 }
+                // The whole row as destination: short runs may spill into the padding as whole
+                // chunks, which is zeroed next.
                 ASourceBf16::Conv { input, geometry } => {
-                    geometry.im2col_row_segment_padded(input, m0 + r, k0, dst, Bf16::ZERO)
+                    let at = cursor.as_mut().expect("a convolution has a cursor");
+                    geometry.im2col_segment_at(input, at, kc, row, Bf16::ZERO);
+                    at.next_row();
                 }
             }
+            row[kc..].fill(Bf16::ZERO);
         }
     }
 

@@ -74,7 +74,7 @@ pub fn im2col_nhwc_bf16(input: &[Bf16], g: &ConvGeometry) -> Vec<Bf16> {
     let k = g.k();
     let mut out = vec![Bf16::ZERO; g.m() * k];
     for (row, dst) in out.chunks_exact_mut(k).enumerate() {
-        g.im2col_row_segment_padded(input, row, 0, dst, Bf16::ZERO);
+        g.im2col_row_segment_padded(input, row, 0, k, dst, Bf16::ZERO);
     }
     out
 }

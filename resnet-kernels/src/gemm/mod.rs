@@ -17,7 +17,7 @@
 //! the [`Epilogue`] (bias per column, residual add, ReLU) on the last K block, before the store.
 
 mod loops;
-mod pack;
+pub(crate) mod pack;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod simd;

@@ -54,7 +54,7 @@ pub fn im2col_nhwc_u8(input: &[u8], g: &ConvGeometry, pad: u8) -> Vec<u8> {
     let k = g.k();
     let mut out = vec![0; g.m() * k];
     for (row, dst) in out.chunks_exact_mut(k).enumerate() {
-        g.im2col_row_segment_padded(input, row, 0, dst, pad);
+        g.im2col_row_segment_padded(input, row, 0, k, dst, pad);
     }
     out
 }
