@@ -36,7 +36,7 @@
 //!
 //! | ISA (`RESNET_ISA`) | kernel | tile MR x NR | instruction per 4 k | B packing | A packing |
 //! |---|---|---|---|---|---|
-//! | `amx` (AMX-INT8) | `amx_int8_i32_32x32` | 32 x 32 (2 x 2 tiles of 16 x 16 `i32`) | `tdpbusd` per 64 k | the `vnni` panels: a B tile row is one 64-byte half of a 128-byte group row | tiles of 16 rows x 64 bytes of the packed rows; a K remainder < 64 copied zero-padded |
+//! | `amx` (AMX-INT8) | `amx_int8_i32_32x32` | 32 x 32 (2 x 2 tiles of 16 x 16 `i32`) | `tdpbusd` per 64 k | the `vnni` panels: a B tile row is one 64-byte half of a 128-byte group row | tiles of 16 rows x 64 bytes of the packed rows (K blocks padded to 64) |
 //! | `vnni` (AVX-512 VNNI) | `avx512vnni_i32_12x32` | 12 x 32 (24 zmm accumulators) | `vpdpbusd zmm` | k-groups of 4 x 32 columns x 4 bytes | rows of `kc` bytes, broadcast 4 at a time |
 //! | `avx512` (AVX-512 BW) | `avx512bw_i32_12x32` | 12 x 32 | 2 x (`vpmaddubsw` + `vpmaddwd`) + 2 `vpaddd` | same, each group twice: high and low weight parts | same |
 //! | `avxvnni` (AVX-VNNI) | `avxvnni_i32_6x16` | 6 x 16 (12 ymm) | `vpdpbusd ymm` (VEX) | k-groups of 4 x 16 columns x 4 bytes | same |
@@ -76,7 +76,8 @@
 //! ## Loops
 //!
 //! As in [`crate::gemm`]: loop 5 (NC columns) x loop 3 (MC rows) are the parallel work items;
-//! loop 4 cuts K into blocks of [`blocking::KC`] (a multiple of 4); loops 2 and 1 walk NR-wide B
+//! loop 4 cuts K into blocks of the line's KC ([`blocking::KC`], a multiple of 4; the AMX line's
+//! [`blocking::AMX`], a multiple of 64); loops 2 and 1 walk NR-wide B
 //! micro-panels and MR-row A micro-panels. When K has several blocks, the `i32` partial sums of a
 //! work item live in a per-thread scratch buffer and the epilogue runs on the last block.
 //!
@@ -287,7 +288,8 @@ impl Int8Kernel {
 }
 
 /// The B operand (`K x N` signed bytes, the weights) packed for one ISA's INT8 micro-kernel:
-/// K cut into blocks of at most [`blocking::KC`], each block cut into NR-wide micro-panels of
+/// K cut into blocks of at most the line's KC ([`Int8Kernel::default_blocking`] or a plan's),
+/// each block cut into NR-wide micro-panels of
 /// 4-k groups, zero-padded to a multiple of the kernel's K alignment (4, or 64 for AMX) in K and
 /// of NR in N.
 #[derive(Clone, Debug)]
