@@ -13,8 +13,8 @@
 //! calibrate first, which is not start-up work).
 
 use resnet_core::backend::{Backend, BackendKind, BackendOptions, Int8Backend, NoObserver};
-use resnet_core::quantize::QuantizedModel;
 use resnet_core::cpu::Isa;
+use resnet_core::quantize::QuantizedModel;
 use resnet_core::weights::Weights;
 use std::time::Instant;
 
