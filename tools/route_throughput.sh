@@ -72,6 +72,14 @@ bytes_req = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
                          "data": [base64.b64encode(img).decode()]}],
              "outputs": [{"name": "probabilities", "parameters": {"classification": 5}}]}
 json.dump(bytes_req, open(f"{work}/bytes.json", "w"))
+# The binary tensor extension, as tritonclient sends it by default: the JSON header, then the
+# BYTES element (4-byte little-endian length + the file); the header's length in a request header.
+header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                 "parameters": {"binary_data_size": 4 + len(img)}}],
+                     "outputs": [{"name": "probabilities",
+                                  "parameters": {"classification": 5}}]}).encode()
+open(f"{work}/bytes.binary", "wb").write(header + struct.pack("<I", len(img)) + img)
+open(f"{work}/bytes.binary.header", "w").write(f"Inference-Header-Content-Length: {len(header)}")
 PY
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -85,16 +93,28 @@ for _ in $(seq 1 600); do
 done
 
 mp="multipart/form-data; boundary=$boundary"
-# name | method | path | body file | content type
+binary_header=$(cat "$work/bytes.binary.header")
+# name | method | path | body file | content type | extra header
 routes=(
-  "classify|POST|/v1/classify|file.multipart|$mp"
-  "classify_batch_4|POST|/v1/classify/batch|batch4.multipart|$mp"
-  "predict|POST|/predict|file.multipart|$mp"
-  "vision_scene|POST|/v1/vision/scene|image.multipart|$mp"
-  "kserve_infer_fp32_json|POST|/v2/models/resnet18/infer|fp32.json|application/json"
-  "kserve_infer_bytes_json|POST|/v2/models/resnet18/infer|bytes.json|application/json"
-  "trace|POST|/v1/trace|file.multipart|$mp"
-  "healthz|GET|/healthz||"
+  "classify|POST|/v1/classify|file.multipart|$mp|"
+  "classify_batch_4|POST|/v1/classify/batch|batch4.multipart|$mp|"
+  "predict|POST|/predict|file.multipart|$mp|"
+  "vision_scene|POST|/v1/vision/scene|image.multipart|$mp|"
+  "cam|POST|/v1/cam|file.multipart|$mp|"
+  "kserve_infer_fp32_json|POST|/v2/models/resnet18/infer|fp32.json|application/json|"
+  "kserve_infer_bytes_json|POST|/v2/models/resnet18/infer|bytes.json|application/json|"
+  "kserve_infer_bytes_binary|POST|/v2/models/resnet18/infer|bytes.binary|application/octet-stream|$binary_header"
+  "trace|POST|/v1/trace|file.multipart|$mp|"
+  "healthz|GET|/healthz|||"
+  "readyz|GET|/readyz|||"
+  "metrics|GET|/metrics|||"
+  "model|GET|/v1/model|||"
+  "history|GET|/v1/history|||"
+  "openapi|GET|/openapi.json|||"
+  "page|GET|/|||"
+  "explore|GET|/explore|||"
+  "kserve_metadata|GET|/v2/models/resnet18|||"
+  "kserve_ready|GET|/v2/health/ready|||"
 )
 {
   echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) tools/route_throughput.sh --connections $connections --seconds $seconds -- ${server_args[*]:-}"
@@ -103,8 +123,8 @@ routes=(
 } | tee "$out/summary.txt"
 printf '%-26s %10s %9s %9s %9s %8s\n' route "req/s" "p50 ms" "p99 ms" requests errors | tee -a "$out/summary.txt"
 for r in "${routes[@]}"; do
-  IFS='|' read -r name method path body ctype <<<"$r"
-  export WRK_METHOD=$method WRK_CONTENT_TYPE=$ctype WRK_BODY=${body:+$work/$body}
+  IFS='|' read -r name method path body ctype header <<<"$r"
+  export WRK_METHOD=$method WRK_CONTENT_TYPE=$ctype WRK_BODY=${body:+$work/$body} WRK_HEADER=$header
   url="http://127.0.0.1:$port$path"
   wrk -t2 -c"$connections" -d2s --timeout 30s -s tools/wrk/request.lua "$url" >/dev/null  # warm-up
   # The warm-up's unfinished requests are still queued in the server: let them drain first.

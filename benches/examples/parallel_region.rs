@@ -4,6 +4,9 @@
 //!
 //! `cargo run --release -p resnet-benches --example parallel_region [THREADS]`
 //!
+//! The same regions on `resnet_kernels::team` (what the kernels use since 2026-12-07) are timed
+//! after rayon's.
+//!
 //! A batch-1 forward pass of `native` (Winograd auto) opens about 40 regions: 20 convolutions,
 //! of which the 10 Winograd ones open 3 each (input transform, the 36 GEMMs, output transform).
 use rayon::prelude::*;
@@ -99,6 +102,23 @@ fn main() {
                 format!("wake after {gap_us} us gap")
             );
         }
+        // The same empty region on the worker team the kernels use (resnet_kernels::team): its
+        // helpers spin for team::SPIN after a region before they park.
+        for gap_us in [0u64, 20, 200, 2000] {
+            let (med, p90) = time_us(
+                2000.min(200_000 / (gap_us + 1) as usize + 200),
+                Duration::from_micros(gap_us),
+                || {
+                    resnet_kernels::team::for_each(threads, |i| {
+                        black_box(i);
+                    })
+                },
+            );
+            println!(
+                "{:<34} {med:>8.1} {p90:>8.1}",
+                format!("team, {gap_us} us of serial work")
+            );
+        }
         // A region whose items take 100 us each: what is lost to wake-up and join beyond them.
         let work = Duration::from_micros(100);
         let (med, _) = time_us(1000, Duration::from_micros(20), || {
@@ -115,5 +135,21 @@ fn main() {
             med,
             med - 100.0
         );
+        for gap_us in [20u64, 200] {
+            let (med, _) = time_us(1000, Duration::from_micros(gap_us), || {
+                resnet_kernels::team::for_each(threads, |_| {
+                    let until = Instant::now() + work;
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                })
+            });
+            println!(
+                "{:<34} {:>8.1} (overhead {:.1} us over the 100 us item)",
+                format!("team, items of 100 us, {gap_us} us gap"),
+                med,
+                med - 100.0
+            );
+        }
     });
 }

@@ -27,7 +27,8 @@ pub struct Cli {
 
     /// More messages on stderr. The default shows warnings and notes; -v adds debug lines (the
     /// backend and the kernels it chose, the per-layer plan in use, how the inputs are
-    /// batched); -vv adds trace lines, which only libraries write (the weights download).
+    /// batched); -vv adds trace lines (each batch's inference time, and what libraries trace,
+    /// such as the weights download).
     /// RUST_LOG overrides all of it, e.g. RUST_LOG=debug.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

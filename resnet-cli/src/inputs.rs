@@ -168,12 +168,17 @@ pub fn run_batches(
             } else {
                 let batch: Array4<f32> =
                     ndarray::concatenate(Axis(0), &good).expect("inputs are all 3x224x224");
-                Some(
-                    model
-                        .backend
-                        .forward(batch.view(), &mut NoObserver)
-                        .map_err(|e| e.to_string()),
-                )
+                let started = std::time::Instant::now();
+                let logits = model
+                    .backend
+                    .forward(batch.view(), &mut NoObserver)
+                    .map_err(|e| e.to_string());
+                log::trace!(
+                    "batch of {} images: inference {:.2} ms",
+                    good.len(),
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+                Some(logits)
             };
             let mut row = 0;
             for (path, loaded) in decoded {

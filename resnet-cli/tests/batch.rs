@@ -48,6 +48,7 @@ fn the_shards_of_a_list_add_up_to_the_whole_list_once() {
     let list = paths.join("\n") + "\n";
     let mut seen: Vec<String> = Vec::new();
     let mut sizes = Vec::new();
+    let mut shards: Vec<Vec<String>> = Vec::new();
     for i in 1..=3 {
         let mut child = resnet()
             .arg("classify")
@@ -80,6 +81,7 @@ fn the_shards_of_a_list_add_up_to_the_whole_list_once() {
         );
         let got = jsonl_paths(&String::from_utf8(out.stdout).unwrap());
         sizes.push(got.len());
+        shards.push(got.clone());
         seen.extend(got);
     }
     assert_eq!(seen.len(), paths.len(), "shard sizes {sizes:?}");
@@ -98,6 +100,26 @@ fn the_shards_of_a_list_add_up_to_the_whole_list_once() {
     assert_eq!(
         jsonl_paths(&String::from_utf8(again.stdout).unwrap()).len(),
         sizes[1]
+    );
+    // The list read from a file instead of stdin: the same share, in the same order.
+    let list_file = _dir.path().join("list.txt");
+    std::fs::write(&list_file, &list).unwrap();
+    let from_file = resnet()
+        .arg("classify")
+        .arg("--weights")
+        .arg(synth())
+        .args(["--format", "jsonl", "--shard", "2/3", "--files-from"])
+        .arg(&list_file)
+        .output()
+        .unwrap();
+    assert!(
+        from_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_file.stderr)
+    );
+    assert_eq!(
+        jsonl_paths(&String::from_utf8(from_file.stdout).unwrap()),
+        shards[1]
     );
     // A bad shard is a usage error naming the flag.
     let bad = resnet()

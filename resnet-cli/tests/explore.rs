@@ -170,7 +170,12 @@ fn the_html_file_opens_offline_and_shows_the_same_layers() {
         8,
         "every block's branches"
     );
-    let screenshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    // A test artifact, kept in target/test-artifacts/browser/ and listed by .ci/run.
+    let screenshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is target/tmp")
+        .join("test-artifacts")
+        .join("browser");
     std::fs::create_dir_all(&screenshot_dir).unwrap();
     let screenshot = screenshot_dir.join("trace_html.png");
     let (_browser, mut cdp) = chromium::open(&chromium);

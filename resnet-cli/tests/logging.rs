@@ -87,12 +87,16 @@ fn quiet_default_verbose_and_very_verbose_print_what_help_says() {
         "{verbose:?}"
     );
 
-    // -vv: everything -v shows (the binary writes no trace lines of its own).
+    // -vv: everything -v shows, plus trace lines: each batch's inference time (one batch
+    // here), which -v does not show.
+    let batch_time = |l: &str| l.starts_with("trace: batch of 1 images: inference ");
+    assert_eq!(count(&verbose, batch_time), 0, "{verbose:?}");
     let (code, very) = classify_stderr(&["-vv"], "native");
     assert_eq!(code, Some(0), "{very:?}");
     for line in verbose.iter().filter(|l| debug(l)) {
         assert!(very.contains(line), "-vv lacks {line:?}: {very:?}");
     }
+    assert_eq!(count(&very, batch_time), 1, "{very:?}");
 
     // -q and -v contradict each other: a usage error.
     let (code, both) = classify_stderr(&["-q", "-v"], "native");

@@ -7,6 +7,7 @@
 //! - [`registry`]: the kernel registry, one table per kernel family: which micro-kernels exist,
 //!   what each needs from the CPU, which one runs for an ISA level.
 //! - [`tiling`]: what the f32 and INT8 loop nests share (A sources, blocking, work split).
+//! - [`team`]: the persistent worker team the parallel regions of a forward pass run on.
 //! - [`cpu`]: CPU feature detection (once per process) and the [`cpu::Isa`] levels, with the
 //!   `RESNET_ISA` override.
 //! - [`peak`]: the measured FMA peak, for "percent of peak" figures.
@@ -31,5 +32,8 @@ pub mod memory;
 pub mod peak;
 pub mod pool;
 pub mod registry;
+pub mod team;
+#[cfg(test)]
+mod test_rng;
 pub mod tiling;
 pub mod winograd;

@@ -1,7 +1,5 @@
 //! Pooling, in both layouts: NHWC (channels innermost, for the native backend) and NCHW.
 
-use rayon::prelude::*;
-
 /// A value max-pooling works on: `f32` activations, or `u8` INT8 codes (quantisation is
 /// monotonic, so the max of the codes is the code of the max).
 pub trait PoolValue: Copy + Send + Sync {
@@ -52,23 +50,21 @@ pub fn max_pool_3x3_s2_p1_nhwc<T: PoolValue>(
     }
     // One output row per task, in parallel: the stem's pool reads 3.2 MB of bf16 (0.8 MB of
     // u8) at batch 1, which on one core cost as much as a convolution of the layers after it.
-    out.par_chunks_mut(ow_n * c)
-        .enumerate()
-        .for_each(|(row, out_row)| {
-            let (n, oh) = (row / oh_n, row % oh_n);
-            for ow in 0..ow_n {
-                let dst = &mut out_row[ow * c..][..c];
-                dst.fill(T::LOWEST);
-                for ih in (2 * oh).saturating_sub(1)..(2 * oh + 2).min(h) {
-                    for iw in (2 * ow).saturating_sub(1)..(2 * ow + 2).min(w) {
-                        let src = &input[((n * h + ih) * w + iw) * c..][..c];
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = d.max_of(s);
-                        }
+    crate::team::for_each_chunk_mut(out, ow_n * c, |row, out_row| {
+        let (n, oh) = (row / oh_n, row % oh_n);
+        for ow in 0..ow_n {
+            let dst = &mut out_row[ow * c..][..c];
+            dst.fill(T::LOWEST);
+            for ih in (2 * oh).saturating_sub(1)..(2 * oh + 2).min(h) {
+                for iw in (2 * ow).saturating_sub(1)..(2 * ow + 2).min(w) {
+                    let src = &input[((n * h + ih) * w + iw) * c..][..c];
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = d.max_of(s);
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// Global average pool, NHWC: `[N, H, W, C] -> [N, C]`.

@@ -8,7 +8,6 @@
 
 use crate::gemm::pack::Im2colCursor;
 use crate::gemm::ConvGeometry;
-use rayon::prelude::*;
 
 /// Where the rows of A (`M x K`) come from, for elements of type `T` (`f32`, `u8`, ...).
 #[derive(Clone, Copy, Debug)]
@@ -189,11 +188,10 @@ impl WorkSplit {
         }
     }
 
-    /// Runs `f` on every work item, in parallel on the current rayon pool.
+    /// Runs `f` on every work item, in parallel on the [`crate::team`] (with the current rayon
+    /// pool's thread count).
     pub fn for_each(&self, f: impl Fn(WorkItem) + Sync + Send) {
-        (0..self.items())
-            .into_par_iter()
-            .for_each(|i| f(self.item(i)));
+        crate::team::for_each(self.items(), |i| f(self.item(i)));
     }
 }
 

@@ -205,52 +205,39 @@ pub fn conv3x3_winograd(
 
     // 1. Input transform: V laid out [tile][p][c], so each tile owns a contiguous chunk.
     scratch.v.resize(tiles * T * T * c_n, 0.0);
-    scratch
-        .v
-        .par_chunks_mut(T * T * c_n)
-        .enumerate()
-        .for_each(|(t, v)| {
-            with_tile_scratch(2 * T * T * c_n, |buf| {
-                let n = t / (tiles_h * tiles_w);
-                let (ty, tx) = ((t / tiles_w) % tiles_h, t % tiles_w);
-                let (d, tmp) = buf.split_at_mut(T * T * c_n);
-                gather_input_tile(input, (n, h, w, c_n), (ty * M, tx * M), d);
-                // SAFETY: the line comes from a PackedB, which is only built for kernels this CPU
-                // runs, so the target features the transform is compiled for are present.
-                unsafe { input_transform(d, tmp, v, c_n) };
-            })
-        });
+    crate::team::for_each_chunk_mut(&mut scratch.v, T * T * c_n, |t, v| {
+        with_tile_scratch(2 * T * T * c_n, |buf| {
+            let n = t / (tiles_h * tiles_w);
+            let (ty, tx) = ((t / tiles_w) % tiles_h, t % tiles_w);
+            let (d, tmp) = buf.split_at_mut(T * T * c_n);
+            gather_input_tile(input, (n, h, w, c_n), (ty * M, tx * M), d);
+            // SAFETY: the line comes from a PackedB, which is only built for kernels this CPU
+            // runs, so the target features the transform is compiled for are present.
+            unsafe { input_transform(d, tmp, v, c_n) };
+        })
+    });
 
     // 2. The 36 GEMMs, M laid out [p][tile][k]: M[p] = V[·][p][·] · U[p]. They run in
-    //    parallel with each other (and each splits further when it is large): at batch 1 a
-    //    single GEMM is too small to keep two cores busy.
+    //    parallel with each other, each on one thread (a region inside a team region runs on its
+    //    thread): at batch 1 a single GEMM is too small to keep two cores busy.
     scratch.m.resize(tiles * T * T * k_n, 0.0);
     let v = &scratch.v;
-    scratch
-        .m
-        .par_chunks_mut(tiles * k_n)
-        .zip(weights.packed.par_iter())
-        .enumerate()
-        .for_each(|(p, (mp, u))| {
-            let a = ASource::Matrix {
-                data: &v[p * c_n..],
-                rows: tiles,
-                lda: T * T * c_n,
-            };
-            sgemm_packed(&a, u, mp, k_n, &Epilogue::default());
-        });
+    crate::team::for_each_chunk_mut(&mut scratch.m, tiles * k_n, |p, mp| {
+        let u = &weights.packed[p];
+        let a = ASource::Matrix {
+            data: &v[p * c_n..],
+            rows: tiles,
+            lda: T * T * c_n,
+        };
+        sgemm_packed(&a, u, mp, k_n, &Epilogue::default());
+    });
 
     // 3. Output transform with the epilogue, one band of 4 output rows of one image per task.
     let m = &scratch.m;
-    out.par_chunks_mut(h * w * k_n)
-        .enumerate()
-        .flat_map(|(n, image)| {
-            image
-                .par_chunks_mut(M * w * k_n)
-                .enumerate()
-                .map(move |(ty, band)| (n, ty, band))
-        })
-        .for_each(|(n, ty, band)| {
+    // Per image, then per band (at batch 1 the outer region has one item and runs on the caller,
+    // so the bands get the team).
+    crate::team::for_each_chunk_mut(out, h * w * k_n, |n, image| {
+        crate::team::for_each_chunk_mut(image, M * w * k_n, |ty, band| {
             with_tile_scratch((T * M + M * M) * k_n, |buf| {
                 for tx in 0..tiles_w {
                     let t = (n * tiles_h + ty) * tiles_w + tx;
@@ -261,6 +248,7 @@ pub fn conv3x3_winograd(
                 }
             })
         });
+    });
 }
 
 /// Copies the 6x6 input tile whose top-left output is `(y0, x0)` (input rows from `y0 - 1`),

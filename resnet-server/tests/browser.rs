@@ -1,7 +1,8 @@
 //! The page in a real browser: headless Chromium (Debian's `chromium`, which `.ci/run` installs)
 //! driven over the DevTools protocol loads `/`, uploads a real photo through the file input, and
 //! must show the same labels as the API, the synthetic-weights banner, the class activation map
-//! overlay and the history. A screenshot is saved under `CARGO_TARGET_TMPDIR/browser/`.
+//! overlay and the history. The screenshots are test artifacts, kept in
+//! `target/test-artifacts/browser/` (`.ci/run` lists them at the end) to be looked at.
 //!
 //! Chromium is looked up as `$RESNET_CHROMIUM`, then `chromium`, `chromium-browser`,
 //! `google-chrome` on the PATH. Without one the test fails with the command that installs it;
@@ -13,6 +14,16 @@ use serde_json::json;
 use std::path::PathBuf;
 use util::chromium::*;
 use util::*;
+
+/// Where the screenshots go: `target/test-artifacts/browser/` (beside cargo's `target/tmp`),
+/// which survives the test run and is listed by `.ci/run`.
+fn artifact_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is target/tmp")
+        .join("test-artifacts")
+        .join("browser")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_classifies_an_uploaded_photo_and_shows_the_map() {
@@ -45,7 +56,7 @@ async fn the_page_classifies_an_uploaded_photo_and_shows_the_map() {
         .map(|p| p["label"].as_str().unwrap().to_string())
         .collect();
 
-    let screenshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    let screenshot_dir = artifact_dir();
     std::fs::create_dir_all(&screenshot_dir).unwrap();
     let screenshot = screenshot_dir.join("page.png");
     let page_url = format!("http://{addr}/");
@@ -123,7 +134,7 @@ async fn the_page_classifies_an_uploaded_photo_and_shows_the_map() {
 /// every trace point appears with its time, `layer3.1` shows its tiles and its two branches
 /// recomputed as feature maps, the top classes are the API's, the activation map of a chosen
 /// class appears; comparing with `int8` instead of `gemm` fills the SQNR strip with int8's
-/// quantisation noise. Screenshot: `browser/explore.png`.
+/// quantisation noise. Screenshot: `target/test-artifacts/browser/explore.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
     let Some(chromium) = chromium_or_skip() else {
@@ -161,7 +172,7 @@ async fn the_explorer_traces_an_uploaded_photo_layer_by_layer() {
     let page = String::from_utf8(get(addr, "/").await.body).unwrap();
     assert!(page.contains(r#"href="/explore""#));
 
-    let screenshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    let screenshot_dir = artifact_dir();
     std::fs::create_dir_all(&screenshot_dir).unwrap();
     let screenshot = screenshot_dir.join("explore.png");
     let shot = screenshot.clone();
@@ -358,7 +369,7 @@ async fn the_page_shows_a_live_panel_per_watch_source_with_alerts() {
     };
     let server = start(config, model()).await;
     let addr = server.local_addr();
-    let screenshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    let screenshot_dir = artifact_dir();
     std::fs::create_dir_all(&screenshot_dir).unwrap();
     let screenshot = screenshot_dir.join("watch.png");
     let shot = screenshot.clone();

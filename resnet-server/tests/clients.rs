@@ -365,10 +365,18 @@ async fn tritonclient_speaks_kserve_v2_with_bytes_fp32_binary_json_and_classific
 /// SDK container), so most machines have none: the test says so in its output and goes on.
 async fn perf_analyzer_if_installed(addr: std::net::SocketAddr) {
     let Some(binary) = which("perf_analyzer") else {
-        println!(
-            "NOTE: perf_analyzer was not run: no perf_analyzer binary on PATH (PyPI's \
-             perf-analyzer is a placeholder without it; Triton's SDK container has it)"
-        );
+        let note = "NOTE: perf_analyzer was not run: no perf_analyzer binary on PATH (PyPI's \
+                    perf-analyzer is a placeholder without it; Triton's SDK container has it)";
+        println!("{note}");
+        // Also a test artifact, which `.ci/run` prints: cargo shows a passing test's output to
+        // no one.
+        let notes = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("CARGO_TARGET_TMPDIR is target/tmp")
+            .join("test-artifacts")
+            .join("notes");
+        std::fs::create_dir_all(&notes).unwrap();
+        std::fs::write(notes.join("perf_analyzer.txt"), format!("{note}\n")).unwrap();
         return;
     };
     let url = format!("127.0.0.1:{}", addr.port());

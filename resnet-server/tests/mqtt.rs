@@ -271,3 +271,56 @@ async fn a_wrong_password_is_an_outage_not_a_failure() {
     assert_eq!(metric(&m, "resnet_mqtt_published_total"), 0.0, "{m}");
     server.shutdown().await;
 }
+
+/// `serve --watch` with `--mqtt-url`: a photo dropped into the watched folder is published like
+/// an upload, marked with its source, and agrees with the upload of the same photo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_of_the_server_are_published_too() {
+    if !mosquitto::available() {
+        return;
+    }
+    let broker = Broker::start_new();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cam");
+    std::fs::create_dir(&dir).unwrap();
+    let config = Config {
+        mqtt: mqtt_config(&broker, 16).mqtt,
+        ..watching(&dir, "porch")
+    };
+    let server = start(config, model()).await;
+    let addr = server.local_addr();
+    wait_connected(addr, 1.0, &broker).await;
+    let mut sub = tokio::task::block_in_place(|| Subscriber::ready(&broker, TOPIC));
+    let (status, answer, _) = classify(addr, "/v1/classify", "cat_baseline.jpg", "upload").await;
+    assert_eq!(status, 200, "{answer}");
+    drop_in(&dir, "cat_baseline.jpg", "snap.jpg");
+    let mut watched = Vec::new();
+    let messages = tokio::task::block_in_place(|| {
+        sub.collect(WAIT, |m| {
+            if m.topic == TOPIC {
+                let v: Value = serde_json::from_str(&m.payload)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {}", m.payload));
+                if v["source"] == "watch:porch" {
+                    watched.push(v);
+                }
+            }
+            !watched.is_empty()
+        })
+    });
+    assert_eq!(
+        watched.len(),
+        1,
+        "no message for the watched photo: {messages:#?}"
+    );
+    let m = &watched[0];
+    assert_eq!(m["route"], "watch", "{m}");
+    assert_eq!(
+        m["index"], answer["predictions"][0]["index"],
+        "{m} vs {answer}"
+    );
+    assert_eq!(m["label"], answer["predictions"][0]["label"]);
+    assert!(
+        m.get("thumbnail").is_none(),
+        "no thumbnail in messages: {m}"
+    );
+}

@@ -38,7 +38,18 @@ async fn request_ids_are_echoed_or_made_up_and_recorded_in_the_history() {
     // Errors carry it too, and the history has the classified request's.
     let missing = get(addr, "/nope").await;
     assert!(missing.header("x-request-id").is_some());
-    let history = get(addr, "/v1/history").await.json();
+    // An answer can reach its client a moment before its history line is written (on a blocking
+    // task after the answer): poll, bounded.
+    let started = std::time::Instant::now();
+    let history = loop {
+        let h = get(addr, "/v1/history").await.json();
+        if h["entries"].as_array().is_some_and(|e| !e.is_empty())
+            || started.elapsed() > std::time::Duration::from_secs(5)
+        {
+            break h;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(history["entries"][0]["request_id"], "trace-42", "{history}");
     // No CORS unless configured: OPTIONS is just another wrong method.
     let options = send_raw(

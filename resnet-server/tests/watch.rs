@@ -3,40 +3,13 @@
 
 mod util;
 
-use resnet_server::watch::WatchConfig;
 use resnet_server::Config;
-use resnet_watch::{EventFilter, SourceSpec, WatchOptions};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use util::*;
-
-/// A server config watching `dir` as source `name`.
-fn watching(dir: &Path, name: &str) -> Config {
-    Config {
-        watch: Some(WatchConfig {
-            sources: vec![SourceSpec::parse(&format!("{name}={}", dir.display())).unwrap()],
-            options: WatchOptions {
-                settle: Duration::from_millis(300),
-                ..WatchOptions::default()
-            },
-            filter: EventFilter::default(),
-        }),
-        ..config()
-    }
-}
-
-/// Copies a test photo into the watched folder whole: written beside it, then renamed in (a
-/// rename is taken at once; the folder source's handling of slow writers is tested in
-/// `resnet-cli/tests/watch.rs`).
-fn drop_in(dir: &Path, photo: &str, name: &str) {
-    let staging = dir.parent().unwrap().join(format!(".{name}.part"));
-    std::fs::copy(image_path(photo), &staging).unwrap();
-    std::fs::rename(&staging, dir.join(name)).unwrap();
-}
 
 /// A `/v1/events` subscriber on its own connection: the raw bytes as they come.
 struct EventClient {

@@ -234,17 +234,20 @@ pub fn thread_tiles_configured() -> bool {
 /// it at the end of each forward pass that ran an AMX kernel, so the tile configuration lives
 /// for one pass (it is loaded again, once per thread, by the next pass's first kernel): a thread
 /// with tile data in use makes the kernel save and restore 8 KiB more state on every context
-/// switch, and keeps the core in its AMX power state.
+/// switch, and keeps the core in its AMX power state. The [`crate::team`]'s helpers release
+/// their own tiles when they park, [`crate::team::SPIN`] after their last region.
 pub fn release_thread_tiles() {
-    fn release_here() {
-        if KERNEL_CONFIGURED.with(Cell::get) {
-            // SAFETY: the flag is set only by `ldtilecfg` of an `AmxHardware`, which exists only
-            // where AMX is granted to this process, so `tilerelease` is a valid instruction here.
-            unsafe { AmxHardware(()).tilerelease() }
-        }
+    release_this_thread_tiles();
+    rayon::broadcast(|_| release_this_thread_tiles());
+}
+
+/// `tilerelease` on the calling thread if an AMX kernel left its tiles configured.
+pub(crate) fn release_this_thread_tiles() {
+    if KERNEL_CONFIGURED.with(Cell::get) {
+        // SAFETY: the flag is set only by `ldtilecfg` of an `AmxHardware`, which exists only
+        // where AMX is granted to this process, so `tilerelease` is a valid instruction here.
+        unsafe { AmxHardware(()).tilerelease() }
     }
-    release_here();
-    rayon::broadcast(|_| release_here());
 }
 
 /// `iters` rounds of 4 independent `tdpbusd` (or `tdpbf16ps`) on 16 x 64-byte tiles, for the

@@ -38,11 +38,16 @@ mod model;
 mod tests;
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use hardware::release_this_thread_tiles;
+#[cfg(target_arch = "x86_64")]
 pub use hardware::{release_thread_tiles, thread_tiles_configured, AmxHardware};
 
 /// Without x86-64 there are no tiles to release.
 #[cfg(not(target_arch = "x86_64"))]
 pub fn release_thread_tiles() {}
+/// Without x86-64 there are no tiles to release.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn release_this_thread_tiles() {}
 pub use model::AmxModel;
 
 #[cfg(target_arch = "x86_64")]

@@ -46,17 +46,9 @@ fn hardware_or_nothing_expected(_test: &str) -> Option<std::convert::Infallible>
     None
 }
 
-/// Seeded bytes (xorshift). For bf16 use, pairs are made finite and not NaN by the caller.
+/// Seeded bytes. For bf16 use, pairs are made finite and not NaN by the caller.
 fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 32) as u8
-        })
-        .collect()
+    crate::test_rng::Rng::new(seed).bytes(len)
 }
 
 /// Seeded bf16 values in [-1, 1] (no NaN: the model's NaN payloads are Rust's), as bytes.

@@ -5,7 +5,6 @@ use super::pack::padded_k;
 use super::{blocking, Bf16, EpilogueBf16, MicroKernelBf16, OutputBf16, PackedBBf16, TileOut};
 use crate::gemm::pack::Im2colCursor;
 use crate::gemm::ConvGeometry;
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Where the rows of A (bf16) come from.
@@ -204,7 +203,7 @@ pub(crate) fn gemm<K: MicroKernelBf16>(
     let nc = blocking::NC.div_ceil(K::NR) * K::NR;
     let n_chunks = n.div_ceil(nc);
     let multi = b.blocks.len() > 1;
-    (0..m_blocks * n_chunks).into_par_iter().for_each(|item| {
+    crate::team::for_each(m_blocks * n_chunks, |item| {
         let (mb, nb) = (item / n_chunks, item % n_chunks);
         let m0 = mb * mc;
         let rows_in_block = mc.min(m - m0);

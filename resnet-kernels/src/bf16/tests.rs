@@ -6,16 +6,12 @@
 use super::*;
 use proptest::prelude::*;
 
-/// Values in [-1, 1] from a seeded generator (xorshift), rounded to bf16, so failures reproduce.
+/// Values in [-1, 1] from the seeded generator, rounded to bf16, so failures reproduce.
 pub(crate) fn values(len: usize, seed: u64) -> Vec<Bf16> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            Bf16::from_f32((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-        })
+    crate::test_rng::Rng::new(seed)
+        .signed_units(len)
+        .into_iter()
+        .map(Bf16::from_f32)
         .collect()
 }
 

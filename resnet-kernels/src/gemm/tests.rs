@@ -26,17 +26,9 @@ const BLOCKINGS: [Blocking; 3] = [
     },
 ];
 
-/// Values in [-1, 1] from a seeded generator (xorshift), so failures reproduce.
+/// Values in [-1, 1] from the seeded generator, so failures reproduce.
 fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    crate::test_rng::Rng::new(seed).signed_units(len)
 }
 
 /// Worst-case bound of recursive f32 summation: |error| <= (K + 3) · eps · Σ|terms|.

@@ -34,29 +34,7 @@ const BLOCKINGS: [Blocking; 3] = [
     },
 ];
 
-/// Seeded xorshift stream, so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| (self.next() >> 32) as u8).collect()
-    }
-    /// Weights over the whole `i8` range (every kernel is exact for all of them).
-    fn weights(&mut self, len: usize) -> Vec<i8> {
-        (0..len).map(|_| (self.next() >> 32) as u8 as i8).collect()
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
+use crate::test_rng::Rng;
 
 #[derive(Debug, Clone, Copy)]
 struct Problem {

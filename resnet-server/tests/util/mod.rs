@@ -8,9 +8,11 @@ pub mod mosquitto;
 use ndarray::{Array2, ArrayView4};
 use resnet_core::backend::{Backend, BackendKind, BackendOptions, LayerObserver};
 use resnet_core::cpu::Isa;
+use resnet_server::watch::WatchConfig;
 use resnet_server::{Config, ServedModel, Server};
+use resnet_watch::{EventFilter, SourceSpec, WatchOptions};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -260,4 +262,28 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// A server config watching `dir` as source `name`.
+pub fn watching(dir: &Path, name: &str) -> Config {
+    Config {
+        watch: Some(WatchConfig {
+            sources: vec![SourceSpec::parse(&format!("{name}={}", dir.display())).unwrap()],
+            options: WatchOptions {
+                settle: Duration::from_millis(300),
+                ..WatchOptions::default()
+            },
+            filter: EventFilter::default(),
+        }),
+        ..config()
+    }
+}
+
+/// Copies a test photo into the watched folder whole: written beside it, then renamed in (a
+/// rename is taken at once; the folder source's handling of slow writers is tested in
+/// `resnet-cli/tests/watch.rs`).
+pub fn drop_in(dir: &Path, photo: &str, name: &str) {
+    let staging = dir.parent().unwrap().join(format!(".{name}.part"));
+    std::fs::copy(image_path(photo), &staging).unwrap();
+    std::fs::rename(&staging, dir.join(name)).unwrap();
 }
