@@ -10,6 +10,7 @@
 use super::{Block2x2, Dot, TileConfig, TileExec, TileOps, Tmm, KERNEL_CONFIG};
 use std::arch::asm;
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 thread_local! {
     /// Whether this thread's tiles are under [`KERNEL_CONFIG`] (set and cleared only by
@@ -162,13 +163,13 @@ impl TileOps for AmxHardware {
             asm!("ldtilecfg [{cfg}]", cfg = in(reg) cfg.bytes().as_ptr(),
                 options(nostack, preserves_flags, readonly))
         }
-        KERNEL_CONFIGURED.with(|k| k.set(*cfg == KERNEL_CONFIG));
+        set_configured(*cfg == KERNEL_CONFIG);
     }
 
     unsafe fn tilerelease(&mut self) {
         // SAFETY: AMX is granted (`AmxHardware::new` checked it); touches no memory.
         unsafe { asm!("tilerelease", options(nostack, preserves_flags)) }
-        KERNEL_CONFIGURED.with(|k| k.set(false));
+        set_configured(false);
     }
 
     unsafe fn tilezero(&mut self, dst: Tmm) {
@@ -223,6 +224,24 @@ impl TileExec for AmxHardware {
     }
 }
 
+/// Rayon worker threads whose tiles hold the kernels' configuration: [`release_thread_tiles`]
+/// wakes the pool only when there is one (AMX kernels usually run on the caller and the
+/// [`crate::team`]'s helpers; a broadcast to sleeping workers, while a helper spins on the other
+/// core, cost about a millisecond per forward pass on a 2-core machine).
+static RAYON_WORKERS_CONFIGURED: AtomicUsize = AtomicUsize::new(0);
+
+/// Records this thread's tile state, counting rayon workers in [`RAYON_WORKERS_CONFIGURED`].
+fn set_configured(configured: bool) {
+    let was = KERNEL_CONFIGURED.with(|k| k.replace(configured));
+    if was != configured && rayon::current_thread_index().is_some() {
+        if configured {
+            RAYON_WORKERS_CONFIGURED.fetch_add(1, Ordering::AcqRel);
+        } else {
+            RAYON_WORKERS_CONFIGURED.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Whether this thread's tiles hold the kernels' configuration (an AMX kernel ran here since
 /// the last [`release_thread_tiles`]).
 pub fn thread_tiles_configured() -> bool {
@@ -238,7 +257,9 @@ pub fn thread_tiles_configured() -> bool {
 /// their own tiles when they park, [`crate::team::SPIN`] after their last region.
 pub fn release_thread_tiles() {
     release_this_thread_tiles();
-    rayon::broadcast(|_| release_this_thread_tiles());
+    if RAYON_WORKERS_CONFIGURED.load(Ordering::Acquire) > 0 {
+        rayon::broadcast(|_| release_this_thread_tiles());
+    }
 }
 
 /// `tilerelease` on the calling thread if an AMX kernel left its tiles configured.
