@@ -6,15 +6,11 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[test]
-fn regions_run_on_the_helpers_and_idle_helpers_park() {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .expect("pool");
+/// 20 regions of 64 items of 50 µs each (long enough that the helper, spinning or woken, takes
+/// some of them) in `pool`; the names of the threads that ran items.
+fn busy_regions(pool: &rayon::ThreadPool) -> HashSet<String> {
     let names = Mutex::new(HashSet::new());
     pool.install(|| {
-        // Items long enough that the helper, spinning or woken, takes some of them.
         for _ in 0..20 {
             for_each(64, |_| {
                 let until = Instant::now() + Duration::from_micros(50);
@@ -26,9 +22,22 @@ fn regions_run_on_the_helpers_and_idle_helpers_park() {
             });
         }
     });
-    let names = names.into_inner().unwrap();
+    names.into_inner().unwrap()
+}
+
+fn on_a_helper(names: &HashSet<String>) -> bool {
+    names.iter().any(|n| n.starts_with("resnet-team-"))
+}
+
+#[test]
+fn regions_run_on_the_helpers_and_idle_helpers_park() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("pool");
+    let names = busy_regions(&pool);
     assert!(
-        names.iter().any(|n| n.starts_with("resnet-team-")),
+        on_a_helper(&names),
         "no item ran on a team helper: {names:?}"
     );
     let (started, _) = helpers_and_sleepers();
@@ -48,26 +57,10 @@ fn regions_run_on_the_helpers_and_idle_helpers_park() {
     }
     // And a parked helper is woken by the next region.
     let before = Instant::now();
-    let on_helper = Mutex::new(false);
-    pool.install(|| {
-        for _ in 0..20 {
-            for_each(64, |_| {
-                let until = Instant::now() + Duration::from_micros(50);
-                while Instant::now() < until {
-                    std::hint::spin_loop();
-                }
-                if std::thread::current()
-                    .name()
-                    .is_some_and(|n| n.starts_with("resnet-team-"))
-                {
-                    *on_helper.lock().unwrap() = true;
-                }
-            });
-        }
-    });
+    let names = busy_regions(&pool);
     assert!(
-        *on_helper.lock().unwrap(),
-        "the parked helper was not woken"
+        on_a_helper(&names),
+        "the parked helper was not woken: {names:?}"
     );
     assert!(before.elapsed() < Duration::from_secs(5));
 }
