@@ -209,7 +209,7 @@ impl Team {
 pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
     let threads = rayon::current_num_threads();
     if n <= 1 || threads <= 1 || IN_JOB.with(Cell::get) {
-        (0..n).for_each(f);
+        without_team(n, &f, false);
         return;
     }
     assert!(n <= u32::MAX as usize, "too many items for one region: {n}");
@@ -218,12 +218,12 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
         Ok(guard) => guard,
         Err(TryLockError::Poisoned(e)) => e.into_inner(),
         Err(TryLockError::WouldBlock) => {
-            (0..n).into_par_iter().for_each(&f);
+            without_team(n, &f, true);
             return;
         }
     };
     if !team.ensure_helpers(threads - 1) {
-        (0..n).into_par_iter().for_each(&f);
+        without_team(n, &f, true);
         return;
     }
     let job: Job<'_> = &f;
@@ -259,6 +259,29 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
     }
     if team.panicked.load(Ordering::Acquire) {
         panic!("a parallel item panicked on a team helper thread");
+    }
+}
+
+/// A region without the team: on rayon (`parallel`) or on the calling thread, with the team's
+/// contract all the same: every item runs, and a panic is raised again once all are done
+/// (rayon alone would skip the items left after a panic).
+fn without_team(n: usize, f: &(impl Fn(usize) + Sync), parallel: bool) {
+    let first_panic: Mutex<Option<Box<dyn Any + Send>>> = Mutex::new(None);
+    let run = |i: usize| {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i))) {
+            first_panic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(p);
+        }
+    };
+    if parallel {
+        (0..n).into_par_iter().for_each(run);
+    } else {
+        (0..n).for_each(run);
+    }
+    if let Some(p) = first_panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        resume_unwind(p);
     }
 }
 
@@ -377,9 +400,18 @@ mod tests {
     }
 
     /// A panic in an item reaches the caller after every other item ran, and the team still
-    /// works afterwards.
+    /// works afterwards; three callers at once, so regions also run without the team (on
+    /// rayon), which must keep the same contract.
     #[test]
     fn a_panic_reaches_the_caller_and_the_team_survives() {
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(panics_reach_the_caller);
+            }
+        });
+    }
+
+    fn panics_reach_the_caller() {
         pool(2).install(|| {
             for _ in 0..20 {
                 let ran = AtomicU32::new(0);
