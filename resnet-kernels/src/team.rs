@@ -7,7 +7,7 @@
 //! rayon's idle workers yield a few times and then go to sleep on a futex, so the next region
 //! starts with a wake-up: measured with `benches/examples/parallel_region.rs`, a region that
 //! follows 200 µs of serial work costs 14 to 31 µs more than back-to-back ones (Intel Xeon model
-//! 167 and 207, AMD EPYC, all under KVM) — a tenth of an `int8` pass on an AMX machine.
+//! 167 under KVM, 2026-12-07; 1 to 28 µs on the model 207, docs/performance.md) — a tenth of an `int8` pass on an AMX machine.
 //!
 //! Here the helpers **spin** for [`SPIN`] after each region, waiting for the next one, and only
 //! then park (so an idle server does not burn a core: at most [`SPIN`] of spinning per helper
