@@ -4,25 +4,28 @@
 mod common;
 
 use common::resnet as resnet_cmd;
-use common::{synth, KillOnDrop};
+use common::{image, synth, KillOnDrop};
+
+#[path = "../../resnet-server/tests/util/mjpeg_camera.rs"]
+mod mjpeg_camera;
+use mjpeg_camera::{mjpeg_camera, read_request, Visit, MJPEG_FILES};
+
+/// The camera's pace in these tests: 10 frames/s.
+const CAMERA_INTERVAL: Duration = Duration::from_millis(100);
+
+fn mjpeg_server(visits: Vec<Visit>) -> (String, Arc<AtomicUsize>) {
+    mjpeg_camera(visits, CAMERA_INTERVAL)
+}
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn image(name: &str) -> PathBuf {
-    repo().join("testdata/images").join(name)
-}
 
 /// `resnet classify --logits` of each file: path -> logits.
 fn classify_logits(files: &[PathBuf]) -> Vec<Vec<f64>> {
@@ -61,12 +64,16 @@ fn logits(event: &Value) -> Vec<f64> {
         .collect()
 }
 
-/// A running `resnet watch`: its events (stdout lines) and stderr lines as they come.
+/// A running `resnet watch`: its stdout lines (events) and stderr lines as they come.
 struct Watch {
     /// Killed when the test ends, however it ends.
     child: KillOnDrop,
-    events: Receiver<Value>,
+    lines: Receiver<String>,
     stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn json_event(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
 }
 
 fn watch(args: &[&str]) -> Watch {
@@ -83,29 +90,26 @@ fn watch_with(mut cmd: Command, args: &[&str]) -> Watch {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, events) = mpsc::channel();
+    let (tx, lines) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-            if tx.send(v).is_err() {
+            if tx.send(line.unwrap()).is_err() {
                 return;
             }
         }
     });
     let stderr = Arc::new(Mutex::new(Vec::new()));
-    let lines = stderr.clone();
+    let err_lines = stderr.clone();
     let err = child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
-            lines.lock().unwrap().push(line);
+            err_lines.lock().unwrap().push(line);
         }
     });
     Watch {
         child: KillOnDrop(child),
-        events,
+        lines,
         stderr,
     }
 }
@@ -134,11 +138,16 @@ impl Watch {
         self.stderr().iter().filter(|l| l.contains(text)).count()
     }
 
-    /// The next event, within `within`.
-    fn next(&self, within: Duration) -> Value {
-        self.events
+    /// The next stdout line, within `within`.
+    fn next_line(&self, within: Duration) -> String {
+        self.lines
             .recv_timeout(within)
             .unwrap_or_else(|_| panic!("no event within {within:?}; stderr: {:#?}", self.stderr()))
+    }
+
+    /// The next JSON event, within `within`.
+    fn next(&self, within: Duration) -> Value {
+        json_event(&self.next_line(within))
     }
 
     /// Events that arrive within `within`, without failing when none do.
@@ -146,8 +155,8 @@ impl Watch {
         let end = Instant::now() + within;
         let mut out = Vec::new();
         while let Some(left) = end.checked_duration_since(Instant::now()) {
-            match self.events.recv_timeout(left) {
-                Ok(v) => out.push(v),
+            match self.lines.recv_timeout(left) {
+                Ok(line) => out.push(json_event(&line)),
                 Err(_) => break,
             }
         }
@@ -163,7 +172,7 @@ impl Watch {
             .unwrap();
         assert!(ok.success());
         let code = self.wait_exit(Duration::from_secs(20));
-        let rest: Vec<Value> = self.events.iter().collect();
+        let rest: Vec<Value> = self.lines.iter().map(|l| json_event(&l)).collect();
         // The stderr reader ends with the process.
         std::thread::sleep(Duration::from_millis(100));
         (code, rest, self.stderr())
@@ -305,117 +314,6 @@ fn folder_by_polling_waits_for_files_to_settle() {
     assert_eq!(code, 0);
 }
 
-/// Frames the MJPEG server streams, in this order, over and over.
-const MJPEG_FILES: [&str; 4] = [
-    "cat_baseline.jpg",
-    "coffee_progressive.jpg",
-    "cameraman_gray.jpg",
-    "tiny_7x5.jpg",
-];
-
-/// What the MJPEG test server does on each connection, in order.
-#[derive(Clone, Copy)]
-enum Visit {
-    /// `n` frames, then half of the next one, then the connection is closed.
-    FramesThenCut(usize),
-    /// `503 Service Unavailable`.
-    Refuse,
-    /// One garbage part, then frames until the client goes away.
-    GarbageThenFrames,
-}
-
-/// Streams MJPEG at 10 frames/s; the `k`-th whole part sent overall (from 0) is
-/// `MJPEG_FILES[k % 4]`, with and without Content-Length alternately.
-fn mjpeg_server(visits: Vec<Visit>) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/video.mjpg", listener.local_addr().unwrap());
-    let frames: Vec<Vec<u8>> = MJPEG_FILES
-        .iter()
-        .map(|f| std::fs::read(image(f)).unwrap())
-        .collect();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let counter = sent.clone();
-    std::thread::spawn(move || {
-        let mut visits = visits.into_iter();
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { return };
-            let Some(visit) = visits.next() else { return };
-            read_request(&mut s);
-            let _ = serve_visit(&mut s, visit, &frames, &counter);
-        }
-    });
-    (url, sent)
-}
-
-fn read_request(s: &mut TcpStream) -> Vec<u8> {
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).unwrap_or(0) == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    head
-}
-
-fn part(body: &[u8], with_length: bool) -> Vec<u8> {
-    let mut p = b"--camframe\r\nContent-Type: image/jpeg\r\n".to_vec();
-    if with_length {
-        p.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-    }
-    p.extend_from_slice(b"\r\n");
-    p.extend_from_slice(body);
-    p.extend_from_slice(b"\r\n");
-    p
-}
-
-fn serve_visit(
-    s: &mut TcpStream,
-    visit: Visit,
-    frames: &[Vec<u8>],
-    sent: &AtomicUsize,
-) -> std::io::Result<()> {
-    if let Visit::Refuse = visit {
-        return s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
-    }
-    s.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=camframe\r\nCache-Control: no-cache\r\n\r\n",
-    )?;
-    let frame = |s: &mut TcpStream| -> std::io::Result<()> {
-        let k = sent.load(Ordering::SeqCst);
-        // The delimiter after a part without length ends it: send it with the part.
-        s.write_all(&part(&frames[k % frames.len()], k.is_multiple_of(2)))?;
-        s.write_all(b"--camframe\r\n")?;
-        sent.fetch_add(1, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(100));
-        Ok(())
-    };
-    match visit {
-        Visit::FramesThenCut(n) => {
-            for _ in 0..n {
-                frame(s)?;
-            }
-            // Headers and half a body of a next part; its delimiter was sent already.
-            let next = &frames[sent.load(Ordering::SeqCst) % frames.len()];
-            s.write_all(b"Content-Type: image/jpeg\r\n\r\n")?;
-            s.write_all(&next[..next.len() / 2])?;
-            s.flush()?;
-            std::thread::sleep(Duration::from_millis(200));
-            s.shutdown(std::net::Shutdown::Both)
-        }
-        Visit::GarbageThenFrames => {
-            s.write_all(
-                b"--camframe\r\nContent-Type: image/jpeg\r\nContent-Length: 9\r\n\r\nnot jpeg!\r\n",
-            )?;
-            loop {
-                frame(s)?;
-            }
-        }
-        Visit::Refuse => unreachable!(),
-    }
-}
-
 #[test]
 fn mjpeg_stream_sampled_at_fps_cut_mid_part_and_reconnected() {
     let (url, _sent) = mjpeg_server(vec![
@@ -506,6 +404,44 @@ fn mjpeg_events_are_the_frames_sent_whole_once_and_in_order() {
         last = n;
         assert_eq!(logits(e), want[(n as usize - 1) % 4], "frame {n}");
     }
+}
+
+/// A camera faster than the model: the reference backend takes seconds a frame while the camera
+/// sends 10 frames/s at `--fps 0`. Frames that find the model busy and the one-frame hand-off
+/// full are dropped and counted, never queued: after the stream ends, only the frame that waited
+/// in the hand-off is still classified.
+#[test]
+fn frames_faster_than_the_model_are_dropped_and_counted_not_queued() {
+    let (url, sent) = mjpeg_server(vec![Visit::FramesThenCut(20)]);
+    let source = format!("cam={url}");
+    let w = watch(&["--fps", "0", "--backend", "reference", &source]);
+    w.wait_stderr("cam: lost:", LONG);
+    // The first frame, which the model took at once, and the second, which waited in the
+    // one-frame hand-off meanwhile; then nothing more.
+    let mut events = vec![w.next(LONG), w.next(LONG)];
+    events.extend(w.drain(Duration::from_secs(1)));
+    let (_, rest, stderr) = w.stop("INT");
+    events.extend(rest);
+    let [received, classified, skipped, gated, dropped, errors, _] = final_stats(&stderr, "cam");
+    assert_eq!(
+        received as usize,
+        sent.load(Ordering::SeqCst),
+        "{stderr:#?}"
+    );
+    assert_eq!((skipped, gated, errors), (0, 0, 0), "{stderr:#?}");
+    assert_eq!(received, classified + dropped, "{stderr:#?}");
+    assert_eq!(events.len() as u64, classified, "{events:#?}");
+    // 20 frames in 2 s against seconds per forward pass: two classified, frame 1 and the next
+    // one after the model took it (frame 2, or a little later on a loaded machine: frames come
+    // every 100 ms); the 18 that found the hand-off full were dropped before decoding.
+    let frames: Vec<u64> = events
+        .iter()
+        .map(|e| e["frame"].as_u64().unwrap())
+        .collect();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0], 1, "{events:#?}");
+    assert!((2..=5).contains(&frames[1]), "{frames:?}");
+    assert_eq!(dropped, 18);
 }
 
 #[test]
@@ -621,7 +557,7 @@ fn video_file_frames_at_fps_equal_classify_on_the_same_frames() {
 
     let mut w = watch(&["--fps", "2", "--logits", clip_s]);
     let code = w.wait_exit(LONG);
-    let events: Vec<Value> = w.events.iter().collect();
+    let events: Vec<Value> = w.lines.iter().map(|l| json_event(&l)).collect();
     assert_eq!(code, 0, "{:#?}", w.stderr());
     assert_eq!(
         events.len(),
@@ -658,7 +594,7 @@ fn motion_gating_on_a_still_then_changing_clip() {
     ]);
     let mut w = watch(&["--fps", "0", "--motion", "0.02", clip.to_str().unwrap()]);
     let code = w.wait_exit(LONG);
-    let events: Vec<Value> = w.events.iter().collect();
+    let events: Vec<Value> = w.lines.iter().map(|l| json_event(&l)).collect();
     let stderr = w.stderr();
     assert_eq!(code, 0, "{stderr:#?}");
     let [received, classified, skipped, gated, dropped, ..] =
@@ -720,6 +656,8 @@ fn mjpeg_served_by_ffmpeg_and_an_mpegts_stream_read_by_ffmpeg() {
             })
             .arg(&url)
             .stdout(Stdio::null())
+            // Killed at the end of the test: its complaints about the lost client are noise.
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         (KillOnDrop(child), url)
@@ -765,6 +703,67 @@ fn mjpeg_served_by_ffmpeg_and_an_mpegts_stream_read_by_ffmpeg() {
         skipped > classified,
         "10 frames/s sampled at 2: {received} {classified} {skipped}"
     );
+}
+
+/// An ffmpeg source whose stream ends (the camera's ffmpeg stops after 3 s, so the watcher's
+/// ffmpeg exits) is restarted with backoff while the camera is away (connection refused), with
+/// one outage line and one recovery line, and its frames come again once the camera is back.
+#[test]
+fn an_ffmpeg_source_that_exits_is_restarted_with_one_outage_and_one_recovery_line() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/live");
+    let camera = |secs: &str| {
+        let child = Command::new("ffmpeg")
+            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-re"])
+            .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=10"])
+            .args(["-t", secs, "-c:v", "mpeg2video", "-f", "mpegts"])
+            .args(["-listen", "1", &url])
+            .stdout(Stdio::null())
+            // Killed at the end of the test: its complaints about the lost client are noise.
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    };
+    let first = camera("3");
+    // ffmpeg listens within a few ms of starting; a probe connection would be its one client.
+    std::thread::sleep(Duration::from_millis(500));
+    let source = format!("cam=ffmpeg:{url}");
+    let w = watch(&["--fps", "2", "--reconnect-max-s", "1", &source]);
+    let before = w.next(LONG);
+    w.wait_stderr("cam: lost: ffmpeg", LONG);
+    drop(first);
+    let lost_at = Instant::now();
+    // Away for 2 s: the restarts fail (nothing listens), each without a log line of its own.
+    std::thread::sleep(Duration::from_secs(2));
+    let _second = camera("60");
+    w.wait_stderr("cam: back after", LONG);
+    let away = lost_at.elapsed();
+    // Frames after the recovery, numbered on from the first run's.
+    let mut after = w.next(LONG);
+    let end = Instant::now() + LONG;
+    while after["frame"].as_u64() <= before["frame"].as_u64() {
+        assert!(Instant::now() < end);
+        after = w.next(LONG);
+    }
+    assert!(after.get("error").is_none(), "{after}");
+    let (code, _, stderr) = w.stop("TERM");
+    assert_eq!(
+        code, 0,
+        "a stream that ends is an outage, not an error: {stderr:#?}"
+    );
+    assert_eq!(
+        w_count(&stderr, "cam: lost:"),
+        1,
+        "one line per outage: {stderr:#?}"
+    );
+    assert_eq!(w_count(&stderr, "cam: back after"), 1, "{stderr:#?}");
+    let [.., errors, reconnects] = final_stats(&stderr, "cam");
+    assert_eq!((errors, reconnects), (0, 1), "{stderr:#?}");
+    assert!(away >= Duration::from_secs(2));
 }
 
 #[test]
@@ -849,6 +848,174 @@ fn webhook_receiver_failing_then_slow_then_up_never_blocks_the_watcher() {
         let orig = image_size(&PathBuf::from(e["path"].as_str().unwrap()));
         assert_eq!(img, orig);
     }
+}
+
+/// `resnet classify --format jsonl --top-k 1` of `file`: its top-1 class (index, label).
+fn top1(file: &Path) -> (u64, String) {
+    let out = resnet_cmd()
+        .args(["classify", "--format", "jsonl", "--top-k", "1", "--weights"])
+        .arg(synth())
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &v["predictions"][0];
+    (
+        p["index"].as_u64().unwrap(),
+        p["label"].as_str().unwrap().to_string(),
+    )
+}
+
+fn softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|x| x / sum).collect()
+}
+
+/// `--alert` through the binary: of two photos dropped in, only the one whose probability for
+/// the alert class reaches `--min-prob` is reported (as text, `--format text`), saved under
+/// `--save-dir` and posted to the webhook; the receiver answers 500, so the post is tried
+/// exactly four times, given up, and the exit summary says so.
+#[test]
+fn alerts_reported_as_text_saved_and_posted_with_bounded_retries() {
+    // The alert class: the cat photo's top-1 under the synthetic weights. Of the two photos,
+    // the one more probable in that class alerts, the other stays quiet.
+    let photos = [image("cat_baseline.jpg"), image("coffee_progressive.jpg")];
+    let (class, label) = top1(&photos[0]);
+    let probs = softmax_rows(&photos);
+    let (hi, lo) = if probs[0][class as usize] > probs[1][class as usize] {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let (alerting, quiet) = (photos[hi].clone(), photos[lo].clone());
+    let (p_alert, p_quiet) = (probs[hi][class as usize], probs[lo][class as usize]);
+    // The threshold halfway between: far from both in f32 (the watcher's probabilities).
+    assert!(
+        p_alert > p_quiet * 1.01,
+        "class {class} must tell the photos apart: {p_alert} vs {p_quiet}"
+    );
+    let min_prob = format!("{}", (p_alert + p_quiet) / 2.0);
+    // A label with a comma cannot be one item of the comma-separated list: use its index.
+    let alert = if label.contains(',') {
+        class.to_string()
+    } else {
+        label.clone()
+    };
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let requests = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let got = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let head = String::from_utf8_lossy(&read_request(&mut s)).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).unwrap();
+            got.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap());
+            let _ = s.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    let saved_dir = saved.path().to_str().unwrap();
+    let w = watch(&[
+        "--format",
+        "text",
+        "--alert",
+        &alert,
+        "--min-prob",
+        &min_prob,
+        "--webhook",
+        &hook,
+        "--save-dir",
+        saved_dir,
+        dir.path().to_str().unwrap(),
+    ]);
+    w.wait_stderr("watching for new files", LONG);
+    // The quiet one first: if it were reported, it would be the first line.
+    std::fs::copy(&quiet, dir.path().join("1.jpg")).unwrap();
+    std::fs::copy(&alerting, dir.path().join("2.jpg")).unwrap();
+    let line = w.next_line(LONG);
+    // All four attempts of the one post (250 + 500 + 1000 ms apart), then none more.
+    let end = Instant::now() + LONG;
+    while requests.lock().unwrap().len() < 4 {
+        assert!(Instant::now() < end, "{:#?}", w.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // Nothing else is reported: the quiet photo did not reach the threshold.
+    assert!(w.lines.try_recv().is_err(), "one line only");
+    let (code, _, stderr) = w.stop("TERM");
+    assert_eq!(code, 0, "{stderr:#?}");
+
+    // `TIME SOURCE PATH  label p%, ...  ALERT label  saved FILE`
+    assert!(
+        line.contains("2.jpg"),
+        "the alerting photo was copied in second: {line}"
+    );
+    assert!(line.contains(&format!("ALERT {label}")), "{line}");
+    let saved_file = line
+        .split("  saved ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no saved file in: {line}"));
+    assert!(Path::new(saved_file).starts_with(saved.path()), "{line}");
+    assert_eq!(image_size(Path::new(saved_file)), image_size(&alerting));
+    assert_eq!(
+        std::fs::read_dir(saved.path()).unwrap().count(),
+        1,
+        "only the alerting frame is saved"
+    );
+
+    let posted = requests.lock().unwrap().clone();
+    assert_eq!(posted.len(), 4, "four attempts, then given up: {posted:#?}");
+    for p in &posted {
+        assert_eq!(p, &posted[0], "every attempt posts the same event");
+    }
+    assert_eq!(
+        posted[0]["alert"][0]["index"].as_u64(),
+        Some(class),
+        "{}",
+        posted[0]
+    );
+    assert_eq!(posted[0]["saved"].as_str(), Some(saved_file));
+    assert_eq!(
+        w_count(&stderr, &format!("webhook {hook}: lost: HTTP 500")),
+        1
+    );
+    assert_eq!(
+        w_count(
+            &stderr,
+            "webhook: 0 event(s) delivered, 1 given up after 4 attempts, 0 dropped"
+        ),
+        1,
+        "{stderr:#?}"
+    );
+}
+
+/// Softmax of `classify --logits` for each file, in f64.
+fn softmax_rows(files: &[PathBuf]) -> Vec<Vec<f64>> {
+    classify_logits(files).iter().map(|l| softmax(l)).collect()
 }
 
 fn image_size(path: &Path) -> (u32, u32) {

@@ -88,7 +88,8 @@ impl Webhook {
         }
     }
 
-    /// Stops queuing and gives the queued events up to `grace` to be delivered.
+    /// Stops queuing, gives the queued events up to `grace` to be delivered, and logs what
+    /// became of the events.
     pub fn finish(mut self, grace: Duration) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
@@ -104,6 +105,13 @@ impl Webhook {
                 );
             }
         }
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        log::info!(
+            "webhook: {} event(s) delivered, {} given up after {ATTEMPTS} attempts, {} dropped (queue full)",
+            count(&self.stats.delivered),
+            count(&self.stats.failed),
+            count(&self.stats.dropped)
+        );
     }
 }
 
@@ -143,5 +151,92 @@ fn deliver(agent: ureq::Agent, url: &str, rx: Receiver<String>, stats: &WebhookS
             &stats.failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A port nothing listens on: bound, then closed.
+    fn refused_url() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", l.local_addr().unwrap())
+    }
+
+    fn waits_for(stats: &WebhookStats, done: impl Fn(&WebhookStats) -> bool) {
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while !done(stats) {
+            assert!(std::time::Instant::now() < end, "{stats:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_is_tried_attempts_times_then_given_up() {
+        let mut hook = Webhook::start(&refused_url(), Duration::from_secs(2)).unwrap();
+        let stats = hook.stats.clone();
+        let started = std::time::Instant::now();
+        assert!(hook.post("{}".into()));
+        waits_for(&stats, |s| s.failed.load(Ordering::Relaxed) == 1);
+        // The pauses between the attempts: 250 + 500 + 1000 ms.
+        assert!(started.elapsed() >= Duration::from_millis(1750));
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 0);
+        hook.finish(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_receiver_answering_500_gets_exactly_attempts_requests_per_event() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(
+                    b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        let mut hook = Webhook::start(&url, Duration::from_secs(2)).unwrap();
+        let stats = hook.stats.clone();
+        assert!(hook.post("{\"n\":1}".into()));
+        assert!(hook.post("{\"n\":2}".into()));
+        waits_for(&stats, |s| s.failed.load(Ordering::Relaxed) == 2);
+        assert_eq!(requests.load(Ordering::SeqCst), 2 * ATTEMPTS as usize);
+        hook.finish(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_receiver_that_never_answers_fills_the_queue_and_new_events_are_dropped() {
+        // Accepts connections (the backlog does) and never answers: the first post waits out
+        // its timeout while the queue fills.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let mut hook = Webhook::start(&url, Duration::from_secs(30)).unwrap();
+        let stats = hook.stats.clone();
+        let accepted = (0..QUEUE + 10).filter(|_| hook.post("{}".into())).count();
+        // One may already be taken off the queue by the sender thread.
+        assert!(
+            (QUEUE..=QUEUE + 1).contains(&accepted),
+            "{accepted} queued of {}",
+            QUEUE + 10
+        );
+        assert_eq!(
+            stats.dropped.load(Ordering::Relaxed) as usize,
+            QUEUE + 10 - accepted
+        );
+        // finish() does not wait past its grace for a receiver that never answers.
+        let t = std::time::Instant::now();
+        hook.finish(Duration::from_millis(200));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        drop(listener);
     }
 }

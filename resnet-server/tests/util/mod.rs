@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod mjpeg_camera;
 pub mod mosquitto;
 
 use ndarray::{Array2, ArrayView4};
