@@ -104,8 +104,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|r| r.macs)
         .sum();
-    // Native runs once per --winograd policy x --plan choice; the others once. A plan is keyed
-    // by batch size, so a planned native backend is built per batch.
+    // Native runs once per --winograd policy x --plan choice, int8 once per --plan choice, the
+    // others once. A plan is keyed by batch size, so a planned backend is built per batch.
     let policies: Vec<WinogradPolicy> = args.winograd.clone();
     let plans: Vec<PlanChoice> = args.plan.clone();
     let mut configs: Vec<(BackendKind, WinogradPolicy, PlanChoice, String)> = Vec::new();
@@ -123,6 +123,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     configs.push((*kind, p, plan.clone(), label));
                 }
             }
+        } else if *kind == BackendKind::Int8 {
+            for plan in &plans {
+                let mut label = "int8".to_string();
+                if plans.len() > 1 {
+                    label += &format!("/plan-{plan}");
+                }
+                configs.push((*kind, WinogradPolicy::Off, plan.clone(), label));
+            }
         } else {
             configs.push((
                 *kind,
@@ -135,22 +143,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for (kind, winograd, plan_choice, label) in &configs {
         let build = |batch: usize| -> anyhow::Result<Box<dyn resnet_core::backend::Backend>> {
-            let plan = match kind {
-                BackendKind::Native => crate::tune::resolve_plan(plan_choice, batch)?,
-                _ => None,
-            };
+            let plan = crate::tune::resolve_plan(plan_choice, *kind, batch)?;
             let options = BackendOptions {
                 isa,
                 winograd: *winograd,
-                plan,
+                plan: plan.clone(),
             };
             Ok(match (kind, int8_file) {
-                (BackendKind::Int8, Some(path)) => crate::model::int8_backend(path, isa)?,
+                (BackendKind::Int8, Some(path)) => crate::model::int8_backend(path, isa, plan)?,
                 // With f32 weights, `create` calibrates on the built-in photos and says so.
                 _ => kind.create(&weights, &options)?,
             })
         };
-        let planned = *kind == BackendKind::Native && *plan_choice != PlanChoice::Off;
+        let planned = kind.plan_backend().is_some() && *plan_choice != PlanChoice::Off;
         let shared = if planned { None } else { Some(build(1)?) };
         for &batch in &args.batch {
             let own;

@@ -117,7 +117,8 @@ fn write_kernel_registry(out: &mut impl Write, isa: Isa) -> std::io::Result<()> 
     Ok(())
 }
 
-/// Which per-layer plan `native` would run with (`RESNET_PLAN`, else auto) and the cached plans.
+/// Which per-layer plan `native` and `int8` would run with (`RESNET_PLAN`, else auto) and the
+/// cached plans.
 fn write_plans(out: &mut impl Write) -> anyhow::Result<()> {
     let choice: resnet_core::plan::PlanChoice = std::env::var("RESNET_PLAN")
         .ok()
@@ -126,18 +127,23 @@ fn write_plans(out: &mut impl Write) -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or_default();
     let threads = rayon::current_num_threads();
-    match crate::tune::resolve_plan(&choice, 1) {
-        Ok(Some(p)) => writeln!(
-            out,
-            "plan ({choice}, batch 1, {threads} threads): {} (tuned {})",
-            p.path.display(),
-            p.plan.created
-        )?,
-        Ok(None) => writeln!(
-            out,
-            "plan ({choice}, batch 1, {threads} threads): none, built-in heuristic (`resnet tune` makes one)"
-        )?,
-        Err(e) => writeln!(out, "plan ({choice}): error: {e}")?,
+    for kind in [
+        resnet_core::backend::BackendKind::Native,
+        resnet_core::backend::BackendKind::Int8,
+    ] {
+        match crate::tune::resolve_plan(&choice, kind, 1) {
+            Ok(Some(p)) => writeln!(
+                out,
+                "{kind} plan ({choice}, batch 1, {threads} threads): {} (tuned {})",
+                p.path.display(),
+                p.plan.created
+            )?,
+            Ok(None) => writeln!(
+                out,
+                "{kind} plan ({choice}, batch 1, {threads} threads): none, built-in heuristic (`resnet tune --backend {kind}` makes one)"
+            )?,
+            Err(e) => writeln!(out, "{kind} plan ({choice}): error: {e}")?,
+        }
     }
     if let Ok(dir) = crate::tune::plans_dir() {
         let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -151,8 +157,9 @@ fn write_plans(out: &mut impl Write) -> anyhow::Result<()> {
             match resnet_core::plan::Plan::load(f) {
                 Ok(p) => writeln!(
                     out,
-                    "  cached {}: batch {}, {} threads, {}",
+                    "  cached {}: {}, batch {}, {} threads, {}",
                     f.display(),
+                    p.backend,
                     p.key.batch,
                     p.key.threads,
                     p.key.cpu

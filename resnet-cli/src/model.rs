@@ -27,15 +27,16 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
     let labels = load_labels(args.labels.as_deref())?;
     let isa = Isa::from_env_or_best()?;
     let backend = match args.backend {
-        BackendKind::Int8 => int8_backend(&path, isa)?,
+        // One image per forward pass is the common case (classify, cam, trace): the batch-1
+        // plan; the server's batches may be larger.
+        BackendKind::Int8 => int8_backend(
+            &path,
+            isa,
+            crate::tune::resolve_plan(&args.plan, BackendKind::Int8, 1)?,
+        )?,
         kind => {
             let weights = load_f32_weights(&path)?;
-            // One image per forward pass is the common case (classify, cam, trace): the
-            // batch-1 plan; the server's batches may be larger.
-            let plan = match kind {
-                BackendKind::Native => crate::tune::resolve_plan(&args.plan, 1)?,
-                _ => None,
-            };
+            let plan = crate::tune::resolve_plan(&args.plan, kind, 1)?;
             let options = BackendOptions {
                 isa,
                 winograd: args.winograd,
@@ -90,7 +91,11 @@ pub fn warn_synthetic(name: &str) {
 
 /// The `int8` backend for `path`: a quantised model file as is, or f32 weights quantised with
 /// the default calibration ([`calibrate_on_built_in_images`], which says so).
-pub fn int8_backend(path: &Path, isa: Isa) -> anyhow::Result<Box<dyn Backend>> {
+pub fn int8_backend(
+    path: &Path,
+    isa: Isa,
+    plan: Option<resnet_core::plan::ActivePlan>,
+) -> anyhow::Result<Box<dyn Backend>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let name = path.display().to_string();
     if is_int8_file(&bytes) {
@@ -98,7 +103,7 @@ pub fn int8_backend(path: &Path, isa: Isa) -> anyhow::Result<Box<dyn Backend>> {
         if model.synthetic {
             warn_synthetic(&name);
         }
-        return Ok(Box::new(Int8Backend::new(&model, isa)));
+        return Ok(Box::new(Int8Backend::planned(&model, isa, plan)));
     }
     let weights = Weights::from_bytes(&bytes, &name)?;
     if weights.is_synthetic() {
@@ -106,7 +111,7 @@ pub fn int8_backend(path: &Path, isa: Isa) -> anyhow::Result<Box<dyn Backend>> {
     }
     // Calibrates on the library's built-in photos, and logs that it does (once, at info).
     let model = calibrate_on_built_in_images(&weights, isa)?;
-    Ok(Box::new(Int8Backend::new(&model, isa)))
+    Ok(Box::new(Int8Backend::planned(&model, isa, plan)))
 }
 
 /// Reads the weights file `load_model` used again, for its digest and its `fc.weight`: the

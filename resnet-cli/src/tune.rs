@@ -3,10 +3,10 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use resnet_core::backend::tune::{tune_native, TuneEvent};
+use resnet_core::backend::tune::{tune_int8, tune_native, TuneEvent};
 use resnet_core::backend::{BackendKind, WinogradPolicy};
 use resnet_core::cpu::Isa;
-use resnet_core::plan::{ActivePlan, Plan, PlanChoice};
+use resnet_core::plan::{ActivePlan, LayerChoice, Plan, PlanBackend, PlanChoice};
 use resnet_core::weights::{synthetic_weights, Weights};
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,7 +19,8 @@ pub struct TuneArgs {
     /// timings do not depend on the values).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// The backend to tune (plans exist for `native`).
+    /// The backend to tune: `native` or `int8` (for `int8`, the weights may be a model made by
+    /// `resnet quantize`; f32 weights are calibrated on the built-in photos first).
     #[arg(long, default_value = "native", value_name = "NAME")]
     pub backend: BackendKind,
     /// Batch sizes to tune for, comma-separated: one plan each.
@@ -42,18 +43,31 @@ pub fn plans_dir() -> anyhow::Result<PathBuf> {
     Ok(crate::weights_store::cache_dir()?.join("plans"))
 }
 
-/// The plan a command runs `native` with at `batch` on the current thread pool: notes (a plan for
-/// another CPU or thread count) go to the log; an unreadable or invalid plan file is an error.
-pub fn resolve_plan(choice: &PlanChoice, batch: usize) -> anyhow::Result<Option<ActivePlan>> {
+/// The plan a command runs `backend` with at `batch` on the current thread pool (`None` for a
+/// backend without plans): notes (a plan for another CPU or thread count) go to the log; an
+/// unreadable or invalid plan file, or one for another backend, is an error.
+pub fn resolve_plan(
+    choice: &PlanChoice,
+    backend: BackendKind,
+    batch: usize,
+) -> anyhow::Result<Option<ActivePlan>> {
+    let Some(backend) = backend.plan_backend() else {
+        return Ok(None);
+    };
     let dir = plans_dir().ok();
     let threads = rayon::current_num_threads();
-    let plan = resnet_core::plan::resolve(choice, dir.as_deref(), threads, batch, &mut |note| {
-        log::warn!("{note}")
-    })?;
+    let plan = resnet_core::plan::resolve(
+        choice,
+        backend,
+        dir.as_deref(),
+        threads,
+        batch,
+        &mut |note| log::warn!("{note}"),
+    )?;
     match (&plan, choice) {
         (Some(p), _) => log::debug!("plan {} in use", p.path.display()),
         (None, PlanChoice::Auto) => log::debug!(
-            "no cached plan for this CPU, {threads} threads, batch {batch}: built-in heuristic (run `resnet tune`)"
+            "no cached {backend} plan for this CPU, {threads} threads, batch {batch}: built-in heuristic (run `resnet tune --backend {backend}`)"
         ),
         (None, _) => {}
     }
@@ -61,12 +75,12 @@ pub fn resolve_plan(choice: &PlanChoice, batch: usize) -> anyhow::Result<Option<
 }
 
 pub fn run(args: TuneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
-    if args.backend != BackendKind::Native {
+    let Some(backend) = args.backend.plan_backend() else {
         bail!(
-            "--backend {}: per-layer plans exist for the native backend only",
+            "--backend {}: per-layer plans exist for the native and int8 backends",
             args.backend
         );
-    }
+    };
     if args.batch.is_empty() || args.batch.contains(&0) {
         bail!("--batch sizes must be at least 1");
     }
@@ -79,11 +93,11 @@ pub fn run(args: TuneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         None => Isa::from_env_or_best()?,
     };
     let offline = crate::weights_store::FetchOptions::offline_only()?;
-    let weights = match crate::weights_store::resolve(args.weights.as_deref(), &offline) {
-        Ok(p) => Weights::load(&p).with_context(|| format!("loading {}", p.display()))?,
+    let tuned_on = match crate::weights_store::resolve(args.weights.as_deref(), &offline) {
+        Ok(p) => TunedOn::load(&p, backend, isa)?,
         Err(_) if args.weights.is_none() => {
             log::info!("no weights given or cached: tuning on synthetic weights (seed 0); timings do not depend on the values");
-            synthetic_weights(0)
+            TunedOn::from_weights(synthetic_weights(0), backend, isa)?
         }
         Err(e) => return Err(e),
     };
@@ -97,14 +111,8 @@ pub fn run(args: TuneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         let left = budget.saturating_sub(started.elapsed());
         let share = left.div_f64((args.batch.len() - i) as f64);
         let bar = crate::inputs::progress_bar(2, quiet, "candidates");
-        let mut plan = tune_native(
-            &weights,
-            isa,
-            batch,
-            WinogradPolicy::default(),
-            share,
-            &mut |event| {
-                match event {
+        let mut on_event = |event: TuneEvent<'_>| {
+            match event {
                 TuneEvent::Total(n) => bar.set_length(n as u64),
                 TuneEvent::Timed { layer, candidate } => {
                     bar.set_message(format!("batch {batch} {layer}"));
@@ -122,14 +130,24 @@ pub fn run(args: TuneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                     "batch {batch}: budget used up, {layers_left} layers keep the built-in heuristic's choice untimed"
                 ),
             }
-            },
-        );
+        };
+        let mut plan = match &tuned_on {
+            TunedOn::F32(weights) => tune_native(
+                weights,
+                isa,
+                batch,
+                WinogradPolicy::default(),
+                share,
+                &mut on_event,
+            ),
+            TunedOn::Int8(model) => tune_int8(model, isa, batch, share, &mut on_event),
+        };
         bar.finish_and_clear();
         plan.created = now_rfc3339();
         // Validate what we are about to write, as a reader would.
         let json = plan.to_json();
         Plan::parse(json.as_bytes(), "the tuned plan").context("the tuner made an invalid plan")?;
-        let path = dir.join(plan.key.file_name("native"));
+        let path = dir.join(plan.key.file_name(backend.name()));
         write_atomically(&path, &json)?;
         if let Some(out) = &args.out {
             let out = if args.batch.len() == 1 {
@@ -139,7 +157,9 @@ pub fn run(args: TuneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             };
             write_atomically(&out, &json)?;
         }
-        report(&mut stdout, &plan, &path)?;
+        report(&mut stdout, &plan, &path, &|spec| {
+            heuristic(spec, backend, isa)
+        })?;
     }
     writeln!(
         stdout,
@@ -150,8 +170,65 @@ pub fn run(args: TuneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a backend's plan is tuned on: f32 weights, or a quantised model.
+enum TunedOn {
+    F32(Weights),
+    Int8(resnet_core::quantize::QuantizedModel),
+}
+
+impl TunedOn {
+    /// `path` for `backend`: f32 weights for `native`; for `int8` an INT8 model file, or f32
+    /// weights calibrated on the built-in photos (as `--backend int8` does).
+    fn load(path: &std::path::Path, backend: PlanBackend, isa: Isa) -> anyhow::Result<TunedOn> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).with_context(|| format!("reading {name}"))?;
+        if resnet_core::quantize::is_int8_file(&bytes) {
+            if backend != PlanBackend::Int8 {
+                bail!(
+                    "{name}: an INT8 model made by `resnet quantize`: tune it with --backend int8"
+                );
+            }
+            let model =
+                resnet_core::quantize::QuantizedModel::from_safetensors_bytes(&bytes, &name)?;
+            return Ok(TunedOn::Int8(model));
+        }
+        let weights =
+            Weights::from_bytes(&bytes, &name).with_context(|| format!("loading {name}"))?;
+        TunedOn::from_weights(weights, backend, isa)
+    }
+
+    fn from_weights(weights: Weights, backend: PlanBackend, isa: Isa) -> anyhow::Result<TunedOn> {
+        Ok(match backend {
+            PlanBackend::Native => TunedOn::F32(weights),
+            PlanBackend::Int8 => TunedOn::Int8(
+                resnet_core::quantize::calibrate_on_built_in_images(&weights, isa)?,
+            ),
+        })
+    }
+}
+
+/// The built-in heuristic's choice for a convolution (what runs without a plan).
+fn heuristic(conv: &str, backend: PlanBackend, isa: Isa) -> LayerChoice {
+    let arch = resnet_core::arch::ResNet18Arch::new();
+    let spec = arch
+        .convs()
+        .find(|c| c.conv == conv)
+        .expect("a plan names the network's convolutions");
+    match backend {
+        PlanBackend::Native => {
+            resnet_core::plan::default_choice(spec, isa, WinogradPolicy::default().applies(spec))
+        }
+        PlanBackend::Int8 => resnet_core::plan::default_choice_int8(isa),
+    }
+}
+
 /// The plan as a table: each layer's choice, its time, and the heuristic's time beside it.
-fn report(out: &mut impl Write, plan: &Plan, path: &std::path::Path) -> std::io::Result<()> {
+fn report(
+    out: &mut impl Write,
+    plan: &Plan,
+    path: &std::path::Path,
+    heuristic: &dyn Fn(&str) -> LayerChoice,
+) -> std::io::Result<()> {
     writeln!(
         out,
         "plan for batch {}, {} threads on {} -> {}",
@@ -172,14 +249,11 @@ fn report(out: &mut impl Write, plan: &Plan, path: &std::path::Path) -> std::io:
             .iter()
             .find(|c| c.choice == l.choice)
             .and_then(|c| c.median_ms);
-        // The heuristic's candidate is the first direct one, or Winograd where it is on by
-        // default (the table's default blocking either way).
+        let default = heuristic(&l.layer);
         let default_ms = l
             .candidates
             .iter()
-            .find(|c| {
-                c.choice.has_default_blocking() && c.choice.method == default_method(&l.layer)
-            })
+            .find(|c| c.choice == default)
             .and_then(|c| c.median_ms);
         total += ms.unwrap_or(0.0);
         total_default += default_ms.unwrap_or(0.0);
@@ -198,20 +272,6 @@ fn report(out: &mut impl Write, plan: &Plan, path: &std::path::Path) -> std::io:
         out,
         "  sum of the layers: {total:.2} ms with the plan, {total_default:.2} ms with the built-in heuristic"
     )
-}
-
-/// The method the heuristic (Winograd `auto`) gives a layer.
-fn default_method(conv: &str) -> resnet_core::plan::Method {
-    let arch = resnet_core::arch::ResNet18Arch::new();
-    let applies = arch
-        .convs()
-        .find(|c| c.conv == conv)
-        .is_some_and(|c| WinogradPolicy::default().applies(c));
-    if applies {
-        resnet_core::plan::Method::Winograd
-    } else {
-        resnet_core::plan::Method::Direct
-    }
 }
 
 fn with_batch_suffix(path: &std::path::Path, batch: usize) -> PathBuf {

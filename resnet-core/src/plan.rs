@@ -1,12 +1,12 @@
-//! Per-layer plans: which strategy each convolution of the `native` backend runs with on this
-//! CPU, chosen by measurement (`resnet tune`) and stored as JSON in the cache.
+//! Per-layer plans: which strategy each convolution of the `native` or `int8` backend runs with
+//! on this CPU, chosen by measurement (`resnet tune`) and stored as JSON in the cache.
 //!
 //! A plan is keyed by what makes a measurement valid elsewhere: the CPU model string, its
 //! feature set, the thread count and the batch size ([`PlanKey`]). It names, for every
-//! convolution of the layer table, one [`LayerChoice`] (direct packed GEMM or Winograd
-//! F(4x4,3x3), the f32 kernel by its registry name, and the blocking, whose `mc`/`nc` decide
-//! whether threads split a layer over pixels or over output channels), and keeps every timed
-//! candidate, so the file is also a report.
+//! convolution of the layer table, one [`LayerChoice`] (direct packed GEMM or, for `native`,
+//! Winograd F(4x4,3x3); the kernel by its registry name in the backend's family, f32 or INT8;
+//! and the blocking, whose `mc`/`nc` decide whether threads split a layer over pixels or over
+//! output channels), and keeps every timed candidate, so the file is also a report.
 //!
 //! A plan file is untrusted input: [`Plan::parse`] checks it against the layer table (every
 //! convolution exactly once, Winograd only where it applies, known kernels this CPU runs,
@@ -15,6 +15,7 @@
 use crate::arch::{ConvBn, ResNet18Arch};
 use resnet_kernels::cpu::{CpuFeatures, Isa};
 use resnet_kernels::gemm::{self, Blocking};
+use resnet_kernels::int8;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,32 @@ pub const FORMAT: u32 = 1;
 
 /// Largest blocking size a plan may ask for (a bigger one is certainly a hand-edit).
 pub const MAX_BLOCK: usize = 1 << 16;
+
+/// The backends plans exist for: each has its own kernel family and its own cache files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanBackend {
+    /// f32: direct packed GEMM or Winograd, an f32 kernel.
+    Native,
+    /// INT8: direct packed GEMM, an INT8 kernel. Every candidate is bit-exact (integer sums).
+    Int8,
+}
+
+impl PlanBackend {
+    /// The backend's name (`native`, `int8`), as in cache file names and `--backend`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlanBackend::Native => "native",
+            PlanBackend::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for PlanBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// How one convolution is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -40,7 +67,8 @@ pub enum Method {
 pub struct LayerChoice {
     /// Direct or Winograd.
     pub method: Method,
-    /// The f32 kernel's registry name (`avx512_f32_12x32`).
+    /// The kernel's registry name in the backend's family (`avx512_f32_12x32`,
+    /// `amx_int8_i32_32x32`).
     pub kernel: String,
     /// Loop 4: K block.
     pub kc: usize,
@@ -65,9 +93,14 @@ impl LayerChoice {
         self.blocking() == gemm::blocking::DEFAULT
     }
 
-    /// The registry line of the kernel (validated plans only name runnable ones).
+    /// The f32 registry line of the kernel (validated `native` plans only name runnable ones).
     pub fn kernel_line(&self) -> Option<&'static gemm::F32Kernel> {
         resnet_kernels::registry::by_name(&gemm::KERNELS, &self.kernel)
+    }
+
+    /// The INT8 registry line of the kernel (validated `int8` plans only name runnable ones).
+    pub fn int8_kernel_line(&self) -> Option<&'static int8::Int8Kernel> {
+        resnet_kernels::registry::by_name(&int8::KERNELS, &self.kernel)
     }
 
     /// `direct avx512_f32_12x32 kc256 mc144 nc256`.
@@ -182,8 +215,8 @@ impl PlanKey {
 pub struct Plan {
     /// [`FORMAT`].
     pub format: u32,
-    /// The backend it is for (`native`).
-    pub backend: String,
+    /// The backend it is for.
+    pub backend: PlanBackend,
     /// The ISA level it was tuned at.
     pub isa: String,
     /// What it is valid for.
@@ -256,12 +289,6 @@ impl Plan {
                 self.format
             ));
         }
-        if self.backend != "native" {
-            return Err(format!(
-                "backend '{}': plans exist for the native backend only",
-                self.backend
-            ));
-        }
         if self.key.threads == 0 || self.key.batch == 0 {
             return Err("threads and batch must be at least 1".into());
         }
@@ -281,7 +308,8 @@ impl Plan {
                     entry.layer, spec.conv
                 ));
             }
-            check_choice(&entry.choice, spec).map_err(|e| format!("layer {}: {e}", spec.conv))?;
+            check_choice(&entry.choice, spec, self.backend)
+                .map_err(|e| format!("layer {}: {e}", spec.conv))?;
         }
         Ok(())
     }
@@ -308,18 +336,32 @@ pub fn method_applies(method: Method, spec: &ConvBn) -> bool {
     }
 }
 
-fn check_choice(choice: &LayerChoice, spec: &ConvBn) -> Result<(), String> {
+fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Result<(), String> {
     if !method_applies(choice.method, spec) {
         return Err(format!(
             "Winograd F(4x4,3x3) does not apply to a {}x{} stride-{} convolution",
             spec.kernel, spec.kernel, spec.stride
         ));
     }
-    let Some(line) = choice.kernel_line() else {
-        return Err(format!("unknown f32 kernel '{}'", choice.kernel));
+    let runnable = match backend {
+        PlanBackend::Native => choice.kernel_line().map(|l| l.info.is_runnable()),
+        PlanBackend::Int8 => {
+            if choice.method != Method::Direct {
+                return Err("the int8 backend has no Winograd (only direct)".into());
+            }
+            choice.int8_kernel_line().map(|l| l.info.is_runnable())
+        }
     };
-    if !line.info.is_runnable() {
-        return Err(format!("kernel '{}' cannot run on this CPU", choice.kernel));
+    match runnable {
+        None => {
+            let family = match backend {
+                PlanBackend::Native => "f32",
+                PlanBackend::Int8 => "INT8",
+            };
+            return Err(format!("unknown {family} kernel '{}'", choice.kernel));
+        }
+        Some(false) => return Err(format!("kernel '{}' cannot run on this CPU", choice.kernel)),
+        Some(true) => {}
     }
     for (name, v, min) in [
         ("kc", choice.kc, 1),
@@ -413,6 +455,74 @@ pub fn candidates(
     out
 }
 
+/// The heuristic's choice for a layer of the `int8` backend: the INT8 kernel `isa` selects,
+/// with that line's default blocking.
+pub fn default_choice_int8(isa: Isa) -> LayerChoice {
+    let kernel = int8::kernel_for(isa);
+    let b = kernel.default_blocking();
+    LayerChoice {
+        method: Method::Direct,
+        kernel: kernel.info.name.to_string(),
+        kc: b.kc,
+        mc: b.mc,
+        nc: b.nc,
+    }
+}
+
+/// The candidates `resnet tune --backend int8` times for one convolution of M = `rows`: for the
+/// kernel `isa` selects and for the next runnable line below it (so that on an AMX CPU each layer
+/// also tries the AVX-512 VNNI kernel), the line's default blocking, a split over pixels (each
+/// thread all output channels), a split over output channels (each core streams its share of the
+/// filters) and many small items. All are bit-exact: integer sums do not depend on the order.
+pub fn candidates_int8(spec: &ConvBn, isa: Isa, rows: usize, threads: usize) -> Vec<LayerChoice> {
+    let first = int8::kernel_for(isa);
+    let second = Isa::ALL
+        .iter()
+        .rev()
+        .copied()
+        .filter(|i| *i < isa && i.is_supported())
+        .map(int8::kernel_for)
+        .find(|k| k.info.name != first.info.name && k.info.isa != Isa::Portable);
+    let n = spec.out_channels;
+    let threads = threads.max(1);
+    let round = |v: usize, to: usize| v.div_ceil(to) * to;
+    let mut out = Vec::new();
+    for kernel in std::iter::once(first).chain(second) {
+        let (mr, nr) = (kernel.info.mr, kernel.info.nr);
+        let d = kernel.default_blocking();
+        for b in [
+            d,
+            Blocking {
+                mc: round(rows.div_ceil(threads), mr).min(MAX_BLOCK),
+                nc: round(n, nr),
+                ..d
+            },
+            Blocking {
+                mc: round(rows, mr).min(MAX_BLOCK),
+                nc: round(n.div_ceil(threads), nr),
+                ..d
+            },
+            Blocking {
+                mc: round(48, mr),
+                nc: round(128, nr),
+                ..d
+            },
+        ] {
+            let c = LayerChoice {
+                method: Method::Direct,
+                kernel: kernel.info.name.to_string(),
+                kc: b.kc,
+                mc: b.mc,
+                nc: b.nc,
+            };
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
 /// Which plan a command runs with.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum PlanChoice {
@@ -461,6 +571,7 @@ pub struct ActivePlan {
 /// reasons a plan was not used (another CPU, thread count or batch).
 pub fn resolve(
     choice: &PlanChoice,
+    backend: PlanBackend,
     cache: Option<&Path>,
     threads: usize,
     batch: usize,
@@ -472,7 +583,7 @@ pub fn resolve(
         PlanChoice::File(p) => p.clone(),
         PlanChoice::Auto => match cache {
             Some(dir) => {
-                let p = dir.join(current.file_name("native"));
+                let p = dir.join(current.file_name(backend.name()));
                 if !p.exists() {
                     return Ok(None);
                 }
@@ -482,6 +593,12 @@ pub fn resolve(
         },
     };
     let plan = Plan::load(&path)?;
+    if plan.backend != backend {
+        return Err(PlanError::Invalid {
+            path: path.display().to_string(),
+            reason: format!("a plan for the {} backend, not for {backend}", plan.backend),
+        });
+    }
     if let Some(why) = plan.key.mismatch(&current) {
         notes(format!(
             "plan {} ignored: {why}; running the built-in heuristic",
@@ -520,7 +637,7 @@ mod tests {
         let arch = ResNet18Arch::new();
         Plan {
             format: FORMAT,
-            backend: "native".into(),
+            backend: PlanBackend::Native,
             isa: isa.name().into(),
             key: PlanKey::current(threads, batch),
             created: String::new(),
@@ -532,6 +649,22 @@ mod tests {
                     candidates: vec![],
                 })
                 .collect(),
+        }
+    }
+
+    fn int8_heuristic_plan(threads: usize, batch: usize) -> Plan {
+        let isa = Isa::best_supported();
+        Plan {
+            backend: PlanBackend::Int8,
+            layers: ResNet18Arch::new()
+                .convs()
+                .map(|c| LayerPlan {
+                    layer: c.conv.clone(),
+                    choice: default_choice_int8(isa),
+                    candidates: vec![],
+                })
+                .collect(),
+            ..heuristic_plan(threads, batch)
         }
     }
 
@@ -566,9 +699,14 @@ mod tests {
             let path = dir.join("other.json");
             std::fs::write(&path, plan.to_json()).unwrap();
             let mut notes = Vec::new();
-            let got = resolve(&PlanChoice::File(path.clone()), None, 2, 1, &mut |n| {
-                notes.push(n)
-            })
+            let got = resolve(
+                &PlanChoice::File(path.clone()),
+                PlanBackend::Native,
+                None,
+                2,
+                1,
+                &mut |n| notes.push(n),
+            )
             .unwrap();
             assert!(got.is_none());
             assert_eq!(notes.len(), 1);
@@ -577,8 +715,32 @@ mod tests {
         // The matching plan is used.
         let path = dir.join("same.json");
         std::fs::write(&path, heuristic_plan(2, 1).to_json()).unwrap();
-        let got = resolve(&PlanChoice::File(path), None, 2, 1, &mut |n| panic!("{n}")).unwrap();
+        let got = resolve(
+            &PlanChoice::File(path.clone()),
+            PlanBackend::Native,
+            None,
+            2,
+            1,
+            &mut |n| panic!("{n}"),
+        )
+        .unwrap();
         assert!(got.is_some());
+        // The same file asked for by the int8 backend: an error naming the file, not a note.
+        let err = resolve(
+            &PlanChoice::File(path.clone()),
+            PlanBackend::Int8,
+            None,
+            2,
+            1,
+            &mut |n| panic!("{n}"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.contains("a plan for the native backend, not for int8"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -627,6 +789,72 @@ mod tests {
                 .to_string();
             assert!(err.contains("/tmp/x.plan.json"), "{err}");
             assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_int8_plan_round_trips_and_its_choices_are_checked_against_the_int8_family() {
+        let plan = int8_heuristic_plan(2, 8);
+        let json = plan.to_json();
+        assert!(json.contains("\"backend\": \"int8\""), "{json}");
+        assert_eq!(Plan::parse(json.as_bytes(), "mem").unwrap(), plan);
+        let f32_kernel = gemm::kernel_name(Isa::best_supported()).to_string();
+        let edits: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|p| p.layers[1].choice.method = Method::Winograd),
+                "the int8 backend has no Winograd",
+            ),
+            (
+                Box::new(move |p| p.layers[2].choice.kernel = f32_kernel.clone()),
+                "unknown INT8 kernel",
+            ),
+            (Box::new(|p| p.layers[3].choice.kc = 0), "kc = 0"),
+        ];
+        for (edit, needle) in edits {
+            let mut p = plan.clone();
+            edit(&mut p);
+            let err = Plan::parse(p.to_json().as_bytes(), "/tmp/i.json")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("/tmp/i.json") && err.contains(needle),
+                "{needle}: {err}"
+            );
+        }
+        let other = plan.to_json().replace("\"int8\"", "\"bf16\"");
+        let err = Plan::parse(other.as_bytes(), "/tmp/b.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn int8_candidates_cover_two_kernels_where_the_cpu_has_two_and_the_two_splits() {
+        let isa = Isa::best_supported();
+        let arch = ResNet18Arch::new();
+        let spec = arch.convs().find(|c| c.conv == "layer4.1.conv2").unwrap();
+        let cands = candidates_int8(spec, isa, 49, 2);
+        assert_eq!(
+            cands[0],
+            default_choice_int8(isa),
+            "the heuristic comes first"
+        );
+        let kernels: std::collections::BTreeSet<&str> =
+            cands.iter().map(|c| c.kernel.as_str()).collect();
+        // Below the selected line, a second non-portable line exists from AVX2 (AVX-VNNI or
+        // AVX2 INT8 kernels) upwards.
+        let lines_here = int8::KERNELS
+            .iter()
+            .filter(|k| k.info.is_runnable() && k.info.isa != Isa::Portable && k.info.isa <= isa)
+            .count();
+        assert_eq!(kernels.len(), lines_here.min(2), "{kernels:?}");
+        // The split over output channels: each of 2 threads takes 256 of the 512.
+        assert!(
+            cands.iter().any(|c| c.nc == 256 && c.mc >= 49),
+            "{cands:#?}"
+        );
+        for c in &cands {
+            check_choice(c, spec, PlanBackend::Int8).unwrap();
         }
     }
 }

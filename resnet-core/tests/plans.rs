@@ -5,14 +5,18 @@
 //!
 //! Plan `j` gives every layer its `j`-th candidate (wrapping where a layer has fewer), so each
 //! candidate of each layer runs in some plan, inside a whole network.
+//!
+//! The `int8` candidates (kernel lines and blockings) must not change a single bit: integer sums
+//! do not depend on the order, so every trace point and the logits equal the heuristic's.
 
 mod common;
 
 use common::{random_batch, Capture};
 use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
-use resnet_core::backend::{BackendKind, BackendOptions};
+use resnet_core::backend::Int8Backend;
+use resnet_core::backend::{Backend, BackendKind, BackendOptions};
 use resnet_core::cpu::Isa;
-use resnet_core::plan::{self, ActivePlan, LayerPlan, Method, Plan, PlanKey};
+use resnet_core::plan::{self, ActivePlan, LayerPlan, Method, Plan, PlanBackend, PlanKey};
 use resnet_core::postprocess::top_k_indices;
 use resnet_core::weights::synthetic_weights;
 use std::sync::Arc;
@@ -55,7 +59,7 @@ fn every_plan_candidate_agrees_with_reference_at_every_trace_point() {
     for j in 0..most {
         let plan = Plan {
             format: plan::FORMAT,
-            backend: "native".into(),
+            backend: PlanBackend::Native,
             isa: isa.name().into(),
             key: PlanKey::current(threads, batch),
             created: String::new(),
@@ -109,5 +113,74 @@ fn every_plan_candidate_agrees_with_reference_at_every_trace_point() {
                 "plan {j} image {i}"
             );
         }
+    }
+}
+
+#[test]
+fn every_int8_plan_candidate_is_bit_identical_to_the_heuristic() {
+    let batch = 2;
+    let isa = Isa::best_supported();
+    let threads = rayon::current_num_threads();
+    let arch = ResNet18Arch::new();
+    let table = arch.layer_table(INPUT_SIZE, INPUT_SIZE);
+    let per_layer: Vec<_> = arch
+        .convs()
+        .map(|spec| {
+            let [_, h, w] = table.iter().find(|r| r.name == spec.conv).unwrap().input;
+            let m = spec.geometry(batch, h, w).m();
+            (
+                spec.conv.clone(),
+                plan::candidates_int8(spec, isa, m, threads),
+            )
+        })
+        .collect();
+    let most = per_layer.iter().map(|(_, c)| c.len()).max().unwrap();
+    assert!(most >= 4, "blockings and kernels to try: {most}");
+
+    let model =
+        resnet_core::quantize::calibrate_on_built_in_images(&synthetic_weights(0), isa).unwrap();
+    let input = random_batch(batch, INPUT_SIZE, INPUT_SIZE, 6);
+    let heuristic = Int8Backend::new(&model, isa);
+    let mut want = Capture::default();
+    let want_logits = heuristic.forward(input.view(), &mut want).unwrap();
+
+    for j in 0..most {
+        let plan = Plan {
+            format: plan::FORMAT,
+            backend: PlanBackend::Int8,
+            isa: isa.name().into(),
+            key: PlanKey::current(threads, batch),
+            created: String::new(),
+            layers: per_layer
+                .iter()
+                .map(|(name, c)| LayerPlan {
+                    layer: name.clone(),
+                    choice: c[j % c.len()].clone(),
+                    candidates: vec![],
+                })
+                .collect(),
+        };
+        plan.validate().unwrap();
+        let choices: Vec<String> = plan.layers.iter().map(|l| l.choice.label()).collect();
+        let backend = Int8Backend::planned(
+            &model,
+            isa,
+            Some(ActivePlan {
+                plan: Arc::new(plan),
+                path: format!("int8-candidate-{j}").into(),
+            }),
+        );
+        assert!(backend.describe().contains(&format!("int8-candidate-{j}")));
+        let mut got = Capture::default();
+        let logits = backend.forward(input.view(), &mut got).unwrap();
+        assert_eq!(got.0.len(), want.0.len(), "plan {j}: trace points");
+        for ((name, g), (want_name, w)) in got.0.iter().zip(&want.0) {
+            assert_eq!(name, want_name);
+            assert!(
+                g == w,
+                "plan {j} at {name}: not bit-identical ({choices:?})"
+            );
+        }
+        assert_eq!(logits, want_logits, "plan {j}: logits ({choices:?})");
     }
 }

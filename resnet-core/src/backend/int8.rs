@@ -10,6 +10,7 @@ use super::native::{classifier, PackedLayer};
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WinogradPolicy, WorkspacePool};
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
+use crate::plan::ActivePlan;
 use crate::quantize::model::{ActQuant, Activation, LayerPrecision, QuantizedConv, QuantizedModel};
 use crate::weights::FoldedConv;
 use ndarray::{Array2, ArrayView4};
@@ -20,11 +21,12 @@ use resnet_kernels::int8::{
     Int8Kernel, Output8, PackedB8, Requant, Residual8,
 };
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
+use resnet_kernels::tiling::Blocking;
 use resnet_kernels::winograd::WinogradScratch;
 
 /// One convolution prepared for the INT8 kernel: packed codes, `i32` bias (zero-point
 /// correction folded in) and per-channel requantisation multipliers.
-struct Int8Layer {
+pub(super) struct Int8Layer {
     spec: ConvBn,
     weights: PackedB8,
     bias: Vec<i32>,
@@ -34,18 +36,17 @@ struct Int8Layer {
 }
 
 impl Int8Layer {
-    fn new(
+    pub(super) fn new(
         conv: &QuantizedConv,
         input: ActQuant,
         output: ActQuant,
-        kernel: &'static Int8Kernel,
+        (kernel, blocking): (&'static Int8Kernel, Blocking),
     ) -> Int8Layer {
         let s = &conv.spec;
         let codes = conv.khwc_by_oc(&conv.weight);
         let weight_scale = &conv.weight_scale;
         let k = s.in_channels * s.kernel * s.kernel;
-        let weights =
-            PackedB8::with_kernel(&codes, k, s.out_channels, kernel, kernel.default_blocking());
+        let weights = PackedB8::with_kernel(&codes, k, s.out_channels, kernel, blocking);
         let (sx, zx) = (input.scale as f64, input.zero_point as i32);
         let bias = conv
             .bias
@@ -70,8 +71,19 @@ impl Int8Layer {
         }
     }
 
+    /// Convolution `conv` of `model` with the quantisation of the activations it reads and
+    /// writes ([`Activation::around_conv`]).
+    pub(super) fn for_conv(
+        model: &QuantizedModel,
+        conv: &str,
+        line: (&'static Int8Kernel, Blocking),
+    ) -> Int8Layer {
+        let (input, output) = Activation::around_conv(conv).expect("a convolution of the network");
+        Int8Layer::new(model.conv(conv), model.act(input), model.act(output), line)
+    }
+
     /// `out = requant(conv(input) [+ residual])` on NHWC codes; returns the output height, width.
-    fn run(
+    pub(super) fn run(
         &self,
         input: &[u8],
         (n, h, w): (usize, usize, usize),
@@ -142,7 +154,12 @@ struct Workspace {
 
 /// INT8 ResNet-18: `u8 x s8` kernels with fused requantisation, NHWC `u8` activations.
 pub struct Int8Backend {
+    /// The kernel of the layers no plan entry chose.
     kernel: &'static Int8Kernel,
+    /// The per-layer plan the layers were packed by, if any.
+    plan: Option<ActivePlan>,
+    /// Whether some layer runs on AMX (its tiles are released after each forward pass).
+    uses_amx: bool,
     input: ActQuant,
     stem: Stem,
     blocks: Vec<Int8Block>,
@@ -170,16 +187,46 @@ impl Int8Backend {
         isa: Isa,
         kernel: &'static Int8Kernel,
     ) -> Int8Backend {
+        Int8Backend::build(model, isa, kernel, None)
+    }
+
+    /// [`Int8Backend::new`] with a per-layer plan (an `int8` plan, validated when it was
+    /// loaded): each convolution is packed with its entry's kernel and blocking; `None` runs
+    /// the heuristic.
+    pub fn planned(model: &QuantizedModel, isa: Isa, plan: Option<ActivePlan>) -> Int8Backend {
+        Int8Backend::build(model, isa, resnet_kernels::int8::kernel_for(isa), plan)
+    }
+
+    fn build(
+        model: &QuantizedModel,
+        isa: Isa,
+        kernel: &'static Int8Kernel,
+        plan: Option<ActivePlan>,
+    ) -> Int8Backend {
+        if let Some(p) = &plan {
+            debug_assert_eq!(p.plan.backend, crate::plan::PlanBackend::Int8);
+        }
+        // Each convolution's kernel and blocking: its plan entry, else `kernel`'s defaults.
+        let mut uses_amx = false;
+        let mut line = |conv: &str| {
+            let chosen = plan
+                .as_ref()
+                .and_then(|p| p.plan.choice(conv))
+                .map(|c| {
+                    let line = c
+                        .int8_kernel_line()
+                        .expect("validated plan names a registered INT8 kernel");
+                    (line, c.blocking())
+                })
+                .unwrap_or((kernel, kernel.default_blocking()));
+            uses_amx |= chosen.0.info.isa == Isa::Amx;
+            chosen
+        };
         let arch = ResNet18Arch::new();
         let input = model.act(Activation::Input);
         let stem_conv = model.conv("conv1");
         let stem = match stem_conv.precision() {
-            LayerPrecision::Int8 => Stem::Int8(Int8Layer::new(
-                stem_conv,
-                input,
-                model.act(Activation::Stem),
-                kernel,
-            )),
+            LayerPrecision::Int8 => Stem::Int8(Int8Layer::for_conv(model, "conv1", line("conv1"))),
             LayerPrecision::F32 => Stem::F32 {
                 layer: PackedLayer::new(
                     FoldedLayer {
@@ -195,22 +242,18 @@ impl Int8Backend {
                 output: model.act(Activation::Stem),
             },
         };
-        let mut current = model.act(Activation::Stem);
-        let mut blocks = Vec::new();
-        for (i, b) in arch.blocks.iter().enumerate() {
-            let t = model.act(Activation::Conv1(i));
-            let out = model.act(Activation::Block(i));
-            blocks.push(Int8Block {
+        let mut layer = |spec: &ConvBn| Int8Layer::for_conv(model, &spec.conv, line(&spec.conv));
+        let blocks: Vec<Int8Block> = arch
+            .blocks
+            .iter()
+            .map(|b| Int8Block {
                 point: b.point(),
-                conv1: Int8Layer::new(model.conv(&b.conv1.conv), current, t, kernel),
-                conv2: Int8Layer::new(model.conv(&b.conv2.conv), t, out, kernel),
-                downsample: b.downsample.as_ref().map(|d| {
-                    let q = model.act(Activation::Downsample(i));
-                    Int8Layer::new(model.conv(&d.conv), current, q, kernel)
-                }),
-            });
-            current = out;
-        }
+                conv1: layer(&b.conv1),
+                conv2: layer(&b.conv2),
+                downsample: b.downsample.as_ref().map(&mut layer),
+            })
+            .collect();
+        let current = blocks.last().expect("ResNet-18 has blocks").conv2.output;
         let classes = model.fc_bias.len();
         let features = model.fc_weight.len() / classes;
         let mut fc_t = vec![0.0; model.fc_weight.len()];
@@ -224,8 +267,13 @@ impl Int8Backend {
             kernel.info.name,
             resnet_kernels::gemm::kernel_name(isa)
         );
+        if let Some(p) = &plan {
+            log::debug!("int8: per-layer plan {} in use", p.path.display());
+        }
         Int8Backend {
             kernel,
+            plan,
+            uses_amx,
             input,
             stem,
             blocks,
@@ -378,9 +426,27 @@ impl Backend for Int8Backend {
     }
 
     fn describe(&self) -> String {
+        let kernels = match &self.plan {
+            None => format!(
+                "INT8 kernel {}, plan: off (built-in heuristic)",
+                self.kernel.info.name
+            ),
+            Some(p) => {
+                // Which kernels the plan chose, and for how many convolutions each.
+                let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+                for l in &p.plan.layers {
+                    *counts.entry(&l.choice.kernel).or_default() += 1;
+                }
+                let used: Vec<String> = counts.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+                format!(
+                    "INT8 kernels {}, plan: {}",
+                    used.join(", "),
+                    p.path.display()
+                )
+            }
+        };
         format!(
-            "INT8 kernel {}, NHWC u8 activations, per-channel int8 weights, stem {}, fc f32; calibration {}",
-            self.kernel.info.name,
+            "{kernels}, NHWC u8 activations, per-channel int8 weights, stem {}, fc f32; calibration {}",
             match self.stem {
                 Stem::Int8(_) => "int8",
                 Stem::F32 { .. } => "f32",
@@ -399,7 +465,7 @@ impl Backend for Int8Backend {
             .workspaces
             .with(|ws| self.forward_in(batch, ws, observer));
         // The tile configuration lives for one forward pass (see `release_thread_tiles`).
-        if self.kernel.info.isa == Isa::Amx {
+        if self.uses_amx {
             resnet_kernels::amx::release_thread_tiles();
         }
         Ok(logits)

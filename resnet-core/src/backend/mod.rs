@@ -180,6 +180,15 @@ impl BackendKind {
         }
     }
 
+    /// The plans this backend runs with (`resnet tune`), if it has any.
+    pub fn plan_backend(self) -> Option<crate::plan::PlanBackend> {
+        match self {
+            BackendKind::Native => Some(crate::plan::PlanBackend::Native),
+            BackendKind::Int8 => Some(crate::plan::PlanBackend::Int8),
+            _ => None,
+        }
+    }
+
     /// How this backend computes on `isa`, without building it (for `resnet inspect`).
     pub fn describe(self, isa: Isa) -> String {
         match self {
@@ -252,9 +261,10 @@ impl BackendKind {
                 options.winograd,
                 options.plan.clone(),
             )),
-            BackendKind::Int8 => Box::new(Int8Backend::new(
+            BackendKind::Int8 => Box::new(Int8Backend::planned(
                 &crate::quantize::calibrate_on_built_in_images(weights, options.isa)?,
                 options.isa,
+                options.plan.clone(),
             )),
             BackendKind::Bf16 => Box::new(Bf16Backend::new(weights, options.isa)),
         })
@@ -287,7 +297,8 @@ pub struct BackendOptions {
     pub isa: Isa,
     /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3).
     pub winograd: WinogradPolicy,
-    /// A per-layer plan for `native` (overrides `winograd` and the default blocking per layer).
+    /// A per-layer plan for `native` (overrides `winograd` and the default blocking per layer)
+    /// or for `int8` (the kernel and blocking per layer), for the backend it was made for.
     pub plan: Option<crate::plan::ActivePlan>,
 }
 

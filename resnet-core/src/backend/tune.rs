@@ -1,11 +1,16 @@
 //! The measurements behind a per-layer plan (`resnet tune`): every candidate of every
-//! convolution of `native`, timed alone on its real folded weights and an input of its real
-//! shape, checked against direct convolution, the fastest accepted one kept.
+//! convolution of `native` (or `int8`), timed alone on its real folded (or quantised) weights
+//! and an input of its real shape, checked against the heuristic's direct convolution, the
+//! fastest accepted one kept. What differs between the two backends is how a layer is built and
+//! run and what "accepted" means (within 1e-4 for f32, bit-identical codes for INT8); the
+//! budget, the timing and the choice are shared ([`Tuner`]).
 
 use super::folded::FoldedLayer;
+use super::int8::Int8Layer;
 use super::native::PackedLayer;
 use crate::arch::{ConvBn, ResNet18Arch, INPUT_SIZE};
-use crate::plan::{self, Candidate, LayerChoice, LayerPlan, Plan, PlanKey};
+use crate::plan::{self, Candidate, LayerChoice, LayerPlan, Plan, PlanBackend, PlanKey};
+use crate::quantize::model::{Activation, LayerPrecision, QuantizedModel};
 use crate::weights::Weights;
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::winograd::WinogradScratch;
@@ -35,6 +40,139 @@ pub enum TuneEvent<'a> {
     },
 }
 
+/// The budget, timing and choice every tuner shares: the convolutions in network order with
+/// their input shapes, each candidate's share of the budget, and the plan being made.
+struct Tuner<'e> {
+    start: Instant,
+    budget: Duration,
+    /// Each candidate's share of the budget.
+    slice: Duration,
+    specs: Vec<ConvBn>,
+    /// `[c, h, w]` of each convolution's input.
+    shapes: Vec<[usize; 3]>,
+    layers: Vec<LayerPlan>,
+    exhausted: bool,
+    events: &'e mut dyn FnMut(TuneEvent<'_>),
+}
+
+impl<'e> Tuner<'e> {
+    /// The convolutions and their input shapes; `candidates(spec, m, tiles)` gives each layer's
+    /// candidates (M of its direct GEMM, Winograd tiles), whose total is reported and shares the
+    /// budget.
+    fn new(
+        batch: usize,
+        budget: Duration,
+        events: &'e mut dyn FnMut(TuneEvent<'_>),
+        candidates: impl Fn(&ConvBn, usize, usize) -> Vec<LayerChoice>,
+    ) -> (Tuner<'e>, Vec<Vec<LayerChoice>>) {
+        let arch = ResNet18Arch::new();
+        let table = arch.layer_table(INPUT_SIZE, INPUT_SIZE);
+        let specs: Vec<ConvBn> = arch.convs().cloned().collect();
+        let shapes: Vec<[usize; 3]> = specs
+            .iter()
+            .map(|s| {
+                table
+                    .iter()
+                    .find(|r| r.name == s.conv)
+                    .map(|r| r.input)
+                    .expect("every convolution is in the layer table")
+            })
+            .collect();
+        let per_layer: Vec<Vec<LayerChoice>> = specs
+            .iter()
+            .zip(&shapes)
+            .map(|(s, &[_, h, w])| {
+                let tiles = batch * h.div_ceil(4) * w.div_ceil(4);
+                candidates(s, s.geometry(batch, h, w).m(), tiles)
+            })
+            .collect();
+        let total: usize = per_layer.iter().map(Vec::len).sum();
+        events(TuneEvent::Total(total));
+        let tuner = Tuner {
+            start: Instant::now(),
+            budget,
+            // At least 3 timed runs each whatever the budget.
+            slice: budget.div_f64(total.max(1) as f64),
+            specs,
+            shapes,
+            layers: Vec::new(),
+            exhausted: false,
+            events,
+        };
+        (tuner, per_layer)
+    }
+
+    /// Whether layer `i` is still timed; when the budget has run out, it (and every later
+    /// layer) keeps `fallback` untimed, and the first such layer reports it.
+    fn in_budget(&mut self, i: usize, fallback: &LayerChoice) -> bool {
+        if !self.exhausted && self.start.elapsed() > self.budget {
+            (self.events)(TuneEvent::BudgetExhausted {
+                layers_left: self.specs.len() - i,
+            });
+            self.exhausted = true;
+        }
+        if self.exhausted {
+            self.layers.push(LayerPlan {
+                layer: self.specs[i].conv.clone(),
+                choice: fallback.clone(),
+                candidates: Vec::new(),
+            });
+        }
+        !self.exhausted
+    }
+
+    /// The median of at least 3 runs of `run`, within the candidate's share of the budget.
+    fn median_ms(&self, mut run: impl FnMut()) -> f64 {
+        let t0 = Instant::now();
+        let mut times = Vec::new();
+        while times.len() < 3 || (t0.elapsed() < self.slice && times.len() < 25) {
+            let t = Instant::now();
+            run();
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    }
+
+    /// Reports one candidate of layer `i`.
+    fn timed(&mut self, i: usize, candidate: &Candidate) {
+        (self.events)(TuneEvent::Timed {
+            layer: &self.specs[i].conv,
+            candidate,
+        });
+    }
+
+    /// Layer `i`'s entry: the fastest accepted candidate, else `fallback`; candidates fastest
+    /// first.
+    fn choose(&mut self, i: usize, mut candidates: Vec<Candidate>, fallback: LayerChoice) {
+        candidates.sort_by(|a, b| {
+            let key = |c: &Candidate| c.median_ms.unwrap_or(f64::INFINITY);
+            key(a).total_cmp(&key(b))
+        });
+        let choice = candidates
+            .iter()
+            .find(|c| c.accepted)
+            .map(|c| c.choice.clone())
+            .unwrap_or(fallback);
+        self.layers.push(LayerPlan {
+            layer: self.specs[i].conv.clone(),
+            choice,
+            candidates,
+        });
+    }
+
+    fn plan(self, backend: PlanBackend, isa: Isa, batch: usize) -> Plan {
+        Plan {
+            format: plan::FORMAT,
+            backend,
+            isa: isa.name().into(),
+            key: PlanKey::current(rayon::current_num_threads(), batch),
+            created: String::new(),
+            layers: self.layers,
+        }
+    }
+}
+
 /// Times the candidates of every convolution of `native` at `batch` on the current rayon pool,
 /// within about `budget`, and returns the plan (key: this CPU, the pool's thread count, batch).
 /// `winograd` is the heuristic's policy, kept for layers the budget leaves untimed.
@@ -46,62 +184,26 @@ pub fn tune_native(
     budget: Duration,
     events: &mut dyn FnMut(TuneEvent<'_>),
 ) -> Plan {
-    let start = Instant::now();
     let threads = rayon::current_num_threads();
-    let arch = ResNet18Arch::new();
-    let table = arch.layer_table(INPUT_SIZE, INPUT_SIZE);
-    let specs: Vec<&ConvBn> = arch.convs().collect();
-    let shapes: Vec<[usize; 3]> = specs
-        .iter()
-        .map(|s| {
-            table
-                .iter()
-                .find(|r| r.name == s.conv)
-                .map(|r| r.input)
-                .expect("every convolution is in the layer table")
-        })
-        .collect();
-    let per_layer: Vec<Vec<LayerChoice>> = specs
-        .iter()
-        .zip(&shapes)
-        .map(|(s, &[_, h, w])| {
-            let g = s.geometry(batch, h, w);
-            let tiles = batch * h.div_ceil(4) * w.div_ceil(4);
-            plan::candidates(s, isa, g.m(), tiles, threads)
-        })
-        .collect();
-    let total: usize = per_layer.iter().map(Vec::len).sum();
-    events(TuneEvent::Total(total));
-    // Each candidate's share of the budget; at least 3 timed runs each whatever the budget.
-    let slice = budget.div_f64(total.max(1) as f64);
-    let mut layers = Vec::new();
-    let mut exhausted = false;
-    for (i, (spec, choices)) in specs.iter().zip(per_layer).enumerate() {
-        let fallback = plan::default_choice(spec, isa, winograd.applies(spec));
-        if exhausted || start.elapsed() > budget {
-            if !exhausted {
-                events(TuneEvent::BudgetExhausted {
-                    layers_left: specs.len() - i,
-                });
-                exhausted = true;
-            }
-            layers.push(LayerPlan {
-                layer: spec.conv.clone(),
-                choice: fallback,
-                candidates: Vec::new(),
-            });
+    let (mut tuner, per_layer) = Tuner::new(batch, budget, events, |spec, m, tiles| {
+        plan::candidates(spec, isa, m, tiles, threads)
+    });
+    for (i, choices) in per_layer.into_iter().enumerate() {
+        let spec = tuner.specs[i].clone();
+        let fallback = plan::default_choice(&spec, isa, winograd.applies(&spec));
+        if !tuner.in_budget(i, &fallback) {
             continue;
         }
-        let [c, h, w] = shapes[i];
-        let input = layer_input(spec, batch * c * h * w);
+        let [c, h, w] = tuner.shapes[i];
+        let input = layer_input(&spec, batch * c * h * w);
         let residual_needed = spec.conv.ends_with("conv2");
         let mut scratch = WinogradScratch::default();
         // The reference: direct convolution with the default blocking.
         let reference = {
-            let d = plan::default_choice(spec, isa, false);
-            let layer = PackedLayer::with_choice(FoldedLayer::new(weights, spec), &d);
+            let d = plan::default_choice(&spec, isa, false);
+            let layer = PackedLayer::with_choice(FoldedLayer::new(weights, &spec), &d);
             let mut out = Vec::new();
-            let residual = residual_needed.then(|| residual_for(&layer, batch, h, w));
+            let residual = residual_needed.then(|| residual_for(&layer.spec, batch, h, w));
             layer.run(
                 &input,
                 (batch, h, w),
@@ -115,8 +217,8 @@ pub fn tune_native(
         let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
         let mut candidates = Vec::new();
         for choice in choices {
-            let layer = PackedLayer::with_choice(FoldedLayer::new(weights, spec), &choice);
-            let residual = residual_needed.then(|| residual_for(&layer, batch, h, w));
+            let layer = PackedLayer::with_choice(FoldedLayer::new(weights, &spec), &choice);
+            let residual = residual_needed.then(|| residual_for(&layer.spec, batch, h, w));
             let mut out = Vec::new();
             let run = |out: &mut Vec<f32>, scratch: &mut WinogradScratch| {
                 layer.run(
@@ -135,52 +237,120 @@ pub fn tune_native(
                 .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
             let max_rel_error = if scale > 0.0 { err / scale } else { err };
             let accepted = max_rel_error <= ACCURACY_BOUND && out.len() == reference.len();
-            let median_ms = accepted.then(|| {
-                let t0 = Instant::now();
-                let mut times = Vec::new();
-                while times.len() < 3 || (t0.elapsed() < slice && times.len() < 25) {
-                    let t = Instant::now();
-                    run(&mut out, &mut scratch);
-                    times.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-                times.sort_by(f64::total_cmp);
-                times[times.len() / 2]
-            });
+            let median_ms = accepted.then(|| tuner.median_ms(|| run(&mut out, &mut scratch)));
             let candidate = Candidate {
                 choice,
                 median_ms,
                 max_rel_error,
                 accepted,
             };
-            events(TuneEvent::Timed {
-                layer: &spec.conv,
-                candidate: &candidate,
-            });
+            tuner.timed(i, &candidate);
             candidates.push(candidate);
         }
-        candidates.sort_by(|a, b| {
-            let key = |c: &Candidate| c.median_ms.unwrap_or(f64::INFINITY);
-            key(a).total_cmp(&key(b))
-        });
-        let choice = candidates
-            .iter()
-            .find(|c| c.accepted)
-            .map(|c| c.choice.clone())
-            .unwrap_or(fallback);
-        layers.push(LayerPlan {
-            layer: spec.conv.clone(),
-            choice,
-            candidates,
-        });
+        tuner.choose(i, candidates, fallback);
     }
-    Plan {
-        format: plan::FORMAT,
-        backend: "native".into(),
-        isa: isa.name().into(),
-        key: PlanKey::current(threads, batch),
-        created: String::new(),
-        layers,
+    tuner.plan(PlanBackend::Native, isa, batch)
+}
+
+/// Times the candidates of every convolution of `int8` ([`plan::candidates_int8`]: kernel lines
+/// and blockings) at `batch` on the current thread pool, within about `budget`. A candidate is
+/// accepted only when its output codes equal the heuristic's bit for bit (integer sums: any
+/// difference is a bug). An f32 stem (a model quantised with `--stem f32`) is not an INT8 layer:
+/// it keeps the heuristic's entry, untimed.
+pub fn tune_int8(
+    model: &QuantizedModel,
+    isa: Isa,
+    batch: usize,
+    budget: Duration,
+    events: &mut dyn FnMut(TuneEvent<'_>),
+) -> Plan {
+    let threads = rayon::current_num_threads();
+    let (mut tuner, per_layer) = Tuner::new(batch, budget, events, |spec, m, _| {
+        let int8_layer = spec.conv != "conv1" || model.stem_precision() == LayerPrecision::Int8;
+        if int8_layer {
+            plan::candidates_int8(spec, isa, m, threads)
+        } else {
+            Vec::new()
+        }
+    });
+    let fallback = plan::default_choice_int8(isa);
+    for (i, choices) in per_layer.into_iter().enumerate() {
+        if !tuner.in_budget(i, &fallback) {
+            continue;
+        }
+        if choices.is_empty() {
+            tuner.choose(i, Vec::new(), fallback.clone());
+            continue;
+        }
+        let spec = tuner.specs[i].clone();
+        let [c, h, w] = tuner.shapes[i];
+        let input = codes(batch * c * h * w, 0x5EED ^ i as u64);
+        // conv2 adds the block's skip branch: codes shaped like its output. Which quantisation
+        // they carry does not matter for timing and bit-exactness (the same for every
+        // candidate): the block output's.
+        let residual = spec.conv.ends_with("conv2").then(|| {
+            let g = spec.geometry(batch, h, w);
+            let (_, out_q) = Activation::around_conv(&spec.conv).expect("a convolution");
+            (
+                codes(g.m() * spec.out_channels, 0xB10C ^ i as u64),
+                model.act(out_q),
+            )
+        });
+        let relu = !spec.conv.contains("downsample");
+        let build = |choice: &LayerChoice| {
+            let line = choice
+                .int8_kernel_line()
+                .expect("candidates name registered INT8 kernels");
+            Int8Layer::for_conv(model, &spec.conv, (line, choice.blocking()))
+        };
+        let run = |layer: &Int8Layer, out: &mut Vec<u8>| {
+            let skip = residual.as_ref().map(|(r, q)| (r.as_slice(), *q));
+            layer.run(&input, (batch, h, w), out, skip, relu);
+        };
+        let mut reference = Vec::new();
+        run(&build(&fallback), &mut reference);
+        let mut candidates = Vec::new();
+        for choice in choices {
+            let layer = build(&choice);
+            let mut out = Vec::new();
+            run(&layer, &mut out);
+            let worst = out
+                .iter()
+                .zip(&reference)
+                .map(|(&a, &b)| a.abs_diff(b))
+                .max()
+                .unwrap_or(0);
+            let accepted = worst == 0 && out.len() == reference.len();
+            let median_ms = accepted.then(|| tuner.median_ms(|| run(&layer, &mut out)));
+            let candidate = Candidate {
+                choice,
+                median_ms,
+                // Codes apart, relative to the code range.
+                max_rel_error: f64::from(worst) / 255.0,
+                accepted,
+            };
+            tuner.timed(i, &candidate);
+            candidates.push(candidate);
+        }
+        tuner.choose(i, candidates, fallback.clone());
     }
+    if isa == Isa::Amx {
+        resnet_kernels::amx::release_thread_tiles();
+    }
+    tuner.plan(PlanBackend::Int8, isa, batch)
+}
+
+/// Seeded `u8` codes (an INT8 layer's input or skip branch).
+fn codes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 56) as u8
+        })
+        .collect()
 }
 
 /// A seeded input of the layer's kind: non-negative (a ReLU's output) for every layer but the
@@ -204,9 +374,9 @@ fn layer_input(spec: &ConvBn, len: usize) -> Vec<f32> {
 }
 
 /// A residual shaped like the layer's output (the skip connection of a block's conv2).
-fn residual_for(layer: &PackedLayer, batch: usize, h: usize, w: usize) -> Vec<f32> {
-    let g = layer.spec.geometry(batch, h, w);
-    (0..g.m() * layer.spec.out_channels)
+fn residual_for(spec: &ConvBn, batch: usize, h: usize, w: usize) -> Vec<f32> {
+    let g = spec.geometry(batch, h, w);
+    (0..g.m() * spec.out_channels)
         .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
         .collect()
 }

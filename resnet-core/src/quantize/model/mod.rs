@@ -186,6 +186,34 @@ impl Activation {
     }
 }
 
+impl Activation {
+    /// The activations convolution `conv` (a state-dict prefix: `conv1`, `layer2.0.conv2`,
+    /// `layer2.0.downsample.0`) reads and writes; `None` for a name that is no convolution.
+    /// A block's conv2 also adds the block's skip branch (its input, or the downsample's output).
+    pub fn around_conv(conv: &str) -> Option<(Activation, Activation)> {
+        if conv == "conv1" {
+            return Some((Activation::Input, Activation::Stem));
+        }
+        let arch = ResNet18Arch::new();
+        let (i, b) = arch.blocks.iter().enumerate().find(|(_, b)| {
+            b.conv1.conv == conv
+                || b.conv2.conv == conv
+                || b.downsample.as_ref().is_some_and(|d| d.conv == conv)
+        })?;
+        let input = match i {
+            0 => Activation::Stem,
+            _ => Activation::Block(i - 1),
+        };
+        Some(if b.conv1.conv == conv {
+            (input, Activation::Conv1(i))
+        } else if b.conv2.conv == conv {
+            (Activation::Conv1(i), Activation::Block(i))
+        } else {
+            (input, Activation::Downsample(i))
+        })
+    }
+}
+
 /// Keys of the activation tensors that get a quantisation, in network order.
 pub fn activation_names() -> Vec<String> {
     Activation::all().into_iter().map(Activation::key).collect()
