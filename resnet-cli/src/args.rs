@@ -254,8 +254,8 @@ pub struct ModelArgs {
         env = "RESNET_WINOGRAD"
     )]
     pub winograd: WinogradPolicy,
-    /// Per-layer plan for `native`: auto (the cached `resnet tune` plan for this CPU and thread
-    /// count, if any), off (the built-in heuristic) or a plan FILE.
+    /// Per-layer plan for `native` or `int8`: auto (the cached `resnet tune` plan of the backend
+    /// for this CPU and thread count, if any), off (the built-in heuristic) or a plan FILE.
     #[arg(
         long,
         default_value = "auto",
@@ -564,8 +564,9 @@ pub struct BenchArgs {
     /// Winograd policies to time `native` with, comma-separated: off, auto (layer1-3), all.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub winograd: Vec<WinogradPolicy>,
-    /// Per-layer plans to time `native` with, comma-separated: auto (the cached plan for this
-    /// CPU, threads and batch), off (the heuristic) or FILEs; `--plan off,auto` times both.
+    /// Per-layer plans to time `native` and `int8` with, comma-separated: auto (the backend's
+    /// cached plan for this CPU, threads and batch), off (the heuristic) or FILEs; `--plan
+    /// off,auto` times both.
     #[arg(
         long,
         value_delimiter = ',',
