@@ -218,7 +218,16 @@ fn heuristic(conv: &str, backend: PlanBackend, isa: Isa) -> LayerChoice {
         PlanBackend::Native => {
             resnet_core::plan::default_choice(spec, isa, WinogradPolicy::default().applies(spec))
         }
-        PlanBackend::Int8 => resnet_core::plan::default_choice_int8(isa),
+        PlanBackend::Int8 => {
+            let table =
+                arch.layer_table(resnet_core::arch::INPUT_SIZE, resnet_core::arch::INPUT_SIZE);
+            let [_, h, w] = table
+                .iter()
+                .find(|r| r.name == conv)
+                .map(|r| r.input)
+                .expect("every convolution is in the layer table");
+            resnet_core::plan::default_choice_int8(spec, isa, spec.geometry(1, h, w).out_w())
+        }
     }
 }
 

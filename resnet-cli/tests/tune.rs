@@ -45,7 +45,10 @@ fn an_int8_plan_is_tuned_cached_and_used_by_the_int8_backend_only() {
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8(out.stdout).unwrap();
     // One row per convolution (20), each naming an INT8 kernel.
-    let rows: Vec<&str> = table.lines().filter(|l| l.contains(" direct ")).collect();
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.contains(" direct ") || l.contains(" in-place "))
+        .collect();
     assert_eq!(rows.len(), 20, "{table}");
     assert!(rows.iter().all(|r| r.contains("_i32_")), "{table}");
     let files = plans(cache.path());

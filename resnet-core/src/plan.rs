@@ -59,6 +59,10 @@ pub enum Method {
     Direct,
     /// Winograd F(4x4, 3x3) (3x3 stride-1 padding-1 layers only).
     Winograd,
+    /// `int8` on an AMX line: the input read in place by the tile loads (a padded copy, no
+    /// im2col); stride-1 layers whose input channels are a multiple of 64.
+    #[serde(rename = "in-place")]
+    InPlace,
 }
 
 /// One convolution's strategy.
@@ -108,6 +112,7 @@ impl LayerChoice {
         let method = match self.method {
             Method::Direct => "direct",
             Method::Winograd => "winograd",
+            Method::InPlace => "in-place",
         };
         format!(
             "{method} {} kc{} mc{} nc{}",
@@ -328,28 +333,59 @@ impl Plan {
     }
 }
 
-/// Whether `method` can run `spec` at all.
+/// Whether `method` can run `spec` at all (for [`Method::InPlace`]: the shape; the kernel line
+/// must read A in place too, see [`in_place_kernel`]).
 pub fn method_applies(method: Method, spec: &ConvBn) -> bool {
     match method {
         Method::Direct => true,
         Method::Winograd => spec.kernel == 3 && spec.stride == 1 && spec.padding == 1,
+        Method::InPlace => spec.stride == 1 && spec.in_channels.is_multiple_of(64),
     }
+}
+
+/// The heuristic's in-place rule: the line can, the layer allows it, and its output is at least
+/// [`IN_PLACE_MIN_WIDTH`] wide.
+pub fn in_place_by_default(kernel: &int8::Int8Kernel, spec: &ConvBn, width: usize) -> bool {
+    in_place_kernel(kernel) && method_applies(Method::InPlace, spec) && width >= IN_PLACE_MIN_WIDTH
+}
+
+/// Whether the INT8 kernel line reads A in place (the AMX lines).
+pub fn in_place_kernel(kernel: &int8::Int8Kernel) -> bool {
+    kernel.info.isa == Isa::Amx
 }
 
 fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Result<(), String> {
     if !method_applies(choice.method, spec) {
-        return Err(format!(
-            "Winograd F(4x4,3x3) does not apply to a {}x{} stride-{} convolution",
-            spec.kernel, spec.kernel, spec.stride
-        ));
+        return Err(match choice.method {
+            Method::InPlace => format!(
+                "reading the input in place does not apply to a stride-{} convolution of {} input channels",
+                spec.stride, spec.in_channels
+            ),
+            _ => format!(
+                "Winograd F(4x4,3x3) does not apply to a {}x{} stride-{} convolution",
+                spec.kernel, spec.kernel, spec.stride
+            ),
+        });
     }
     let runnable = match backend {
-        PlanBackend::Native => choice.kernel_line().map(|l| l.info.is_runnable()),
+        PlanBackend::Native => {
+            if choice.method == Method::InPlace {
+                return Err("the native backend has no in-place method (int8 on AMX only)".into());
+            }
+            choice.kernel_line().map(|l| l.info.is_runnable())
+        }
         PlanBackend::Int8 => {
-            if choice.method != Method::Direct {
+            if choice.method == Method::Winograd {
                 return Err("the int8 backend has no Winograd (only direct)".into());
             }
-            choice.int8_kernel_line().map(|l| l.info.is_runnable())
+            let line = choice.int8_kernel_line();
+            if choice.method == Method::InPlace && line.is_some_and(|l| !in_place_kernel(l)) {
+                return Err(format!(
+                    "kernel '{}' packs A: only the AMX lines read the input in place",
+                    choice.kernel
+                ));
+            }
+            line.map(|l| l.info.is_runnable())
         }
     };
     match runnable {
@@ -455,13 +491,25 @@ pub fn candidates(
     out
 }
 
+/// Output width from which the heuristic reads an `int8` layer's input in place (where the
+/// kernel can): on the Xeon model 167 (2026-12-07, `layer_profile` alternated) the in-place
+/// path won on layer1 (56 wide: batch 1 0.164-0.175 against 0.176-0.195 ms per block, batch 8
+/// 1.06-1.43 against 1.35-1.59) and lost on the smaller layers, where the padding's share of
+/// the rows grows (2 of 16 at 14 wide).
+pub const IN_PLACE_MIN_WIDTH: usize = 56;
+
 /// The heuristic's choice for a layer of the `int8` backend: the INT8 kernel `isa` selects,
-/// with that line's default blocking.
-pub fn default_choice_int8(isa: Isa) -> LayerChoice {
+/// with that line's default blocking, reading the input in place where the line can and the
+/// layer is at least [`IN_PLACE_MIN_WIDTH`] wide (`width`: the layer's output width).
+pub fn default_choice_int8(spec: &ConvBn, isa: Isa, width: usize) -> LayerChoice {
     let kernel = int8::kernel_for(isa);
     let b = kernel.default_blocking();
     LayerChoice {
-        method: Method::Direct,
+        method: if in_place_by_default(kernel, spec, width) {
+            Method::InPlace
+        } else {
+            Method::Direct
+        },
         kernel: kernel.info.name.to_string(),
         kc: b.kc,
         mc: b.mc,
@@ -473,8 +521,16 @@ pub fn default_choice_int8(isa: Isa) -> LayerChoice {
 /// kernel `isa` selects and for the next runnable line below it (so that on an AMX CPU each layer
 /// also tries the AVX-512 VNNI kernel), the line's default blocking, a split over pixels (each
 /// thread all output channels), a split over output channels (each core streams its share of the
-/// filters) and many small items. All are bit-exact: integer sums do not depend on the order.
-pub fn candidates_int8(spec: &ConvBn, isa: Isa, rows: usize, threads: usize) -> Vec<LayerChoice> {
+/// filters) and many small items; on an AMX line, where the layer allows it, the same four read
+/// in place ([`Method::InPlace`]). All are bit-exact: integer sums do not depend on the order.
+/// The heuristic's choice ([`default_choice_int8`], `width` the output width) comes first.
+pub fn candidates_int8(
+    spec: &ConvBn,
+    isa: Isa,
+    rows: usize,
+    width: usize,
+    threads: usize,
+) -> Vec<LayerChoice> {
     let first = int8::kernel_for(isa);
     let second = Isa::ALL
         .iter()
@@ -486,10 +542,16 @@ pub fn candidates_int8(spec: &ConvBn, isa: Isa, rows: usize, threads: usize) -> 
     let n = spec.out_channels;
     let threads = threads.max(1);
     let round = |v: usize, to: usize| v.div_ceil(to) * to;
-    let mut out = Vec::new();
+    let mut out = vec![default_choice_int8(spec, isa, width)];
     for kernel in std::iter::once(first).chain(second) {
         let (mr, nr) = (kernel.info.mr, kernel.info.nr);
         let d = kernel.default_blocking();
+        let methods: &[Method] = if in_place_kernel(kernel) && method_applies(Method::InPlace, spec)
+        {
+            &[Method::Direct, Method::InPlace]
+        } else {
+            &[Method::Direct]
+        };
         for b in [
             d,
             Blocking {
@@ -508,15 +570,17 @@ pub fn candidates_int8(spec: &ConvBn, isa: Isa, rows: usize, threads: usize) -> 
                 ..d
             },
         ] {
-            let c = LayerChoice {
-                method: Method::Direct,
-                kernel: kernel.info.name.to_string(),
-                kc: b.kc,
-                mc: b.mc,
-                nc: b.nc,
-            };
-            if !out.contains(&c) {
-                out.push(c);
+            for &method in methods {
+                let c = LayerChoice {
+                    method,
+                    kernel: kernel.info.name.to_string(),
+                    kc: b.kc,
+                    mc: b.mc,
+                    nc: b.nc,
+                };
+                if !out.contains(&c) {
+                    out.push(c);
+                }
             }
         }
     }
@@ -660,7 +724,8 @@ mod tests {
                 .convs()
                 .map(|c| LayerPlan {
                     layer: c.conv.clone(),
-                    choice: default_choice_int8(isa),
+                    // Width 0: every layer direct (no in-place layer in this plan).
+                    choice: default_choice_int8(c, isa, 0),
                     candidates: vec![],
                 })
                 .collect(),
@@ -809,6 +874,18 @@ mod tests {
                 "unknown INT8 kernel",
             ),
             (Box::new(|p| p.layers[3].choice.kc = 0), "kc = 0"),
+            // layer2.0.conv1 has stride 2.
+            (
+                Box::new(|p| p.layers[5].choice.method = Method::InPlace),
+                "does not apply to a stride-2 convolution",
+            ),
+            (
+                Box::new(|p| {
+                    p.layers[1].choice.method = Method::InPlace;
+                    p.layers[1].choice.kernel = int8::KERNELS[0].info.name.into();
+                }),
+                "only the AMX lines read the input in place",
+            ),
         ];
         for (edit, needle) in edits {
             let mut p = plan.clone();
@@ -821,6 +898,13 @@ mod tests {
                 "{needle}: {err}"
             );
         }
+        // In place in a native plan.
+        let mut native = heuristic_plan(2, 8);
+        native.layers[1].choice.method = Method::InPlace;
+        let err = Plan::parse(native.to_json().as_bytes(), "/tmp/n.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no in-place method"), "{err}");
         let other = plan.to_json().replace("\"int8\"", "\"bf16\"");
         let err = Plan::parse(other.as_bytes(), "/tmp/b.json")
             .unwrap_err()
@@ -833,10 +917,10 @@ mod tests {
         let isa = Isa::best_supported();
         let arch = ResNet18Arch::new();
         let spec = arch.convs().find(|c| c.conv == "layer4.1.conv2").unwrap();
-        let cands = candidates_int8(spec, isa, 49, 2);
+        let cands = candidates_int8(spec, isa, 49, 7, 2);
         assert_eq!(
             cands[0],
-            default_choice_int8(isa),
+            default_choice_int8(spec, isa, 7),
             "the heuristic comes first"
         );
         let kernels: std::collections::BTreeSet<&str> =
@@ -852,6 +936,17 @@ mod tests {
         assert!(
             cands.iter().any(|c| c.nc == 256 && c.mc >= 49),
             "{cands:#?}"
+        );
+        // On an AMX line the stride-1 layer is also tried in place, the stride-2 one is not.
+        let in_place = |c: &[LayerChoice]| c.iter().any(|c| c.method == Method::InPlace);
+        assert_eq!(in_place(&cands), in_place_kernel(int8::kernel_for(isa)));
+        let stride2 = arch.convs().find(|c| c.conv == "layer4.0.conv1").unwrap();
+        assert!(!in_place(&candidates_int8(stride2, isa, 49, 7, 2)));
+        // The heuristic reads layer1 (56 wide) in place where the line can.
+        let wide = arch.convs().find(|c| c.conv == "layer1.0.conv1").unwrap();
+        assert_eq!(
+            default_choice_int8(wide, isa, 56).method == Method::InPlace,
+            in_place_kernel(int8::kernel_for(isa))
         );
         for c in &cands {
             check_choice(c, spec, PlanBackend::Int8).unwrap();

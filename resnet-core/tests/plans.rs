@@ -127,10 +127,10 @@ fn every_int8_plan_candidate_is_bit_identical_to_the_heuristic() {
         .convs()
         .map(|spec| {
             let [_, h, w] = table.iter().find(|r| r.name == spec.conv).unwrap().input;
-            let m = spec.geometry(batch, h, w).m();
+            let g = spec.geometry(batch, h, w);
             (
                 spec.conv.clone(),
-                plan::candidates_int8(spec, isa, m, threads),
+                plan::candidates_int8(spec, isa, g.m(), g.out_w(), threads),
             )
         })
         .collect();

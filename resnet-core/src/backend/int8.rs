@@ -17,8 +17,8 @@ use ndarray::{Array2, ArrayView4};
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
 use resnet_kernels::int8::{
-    avg_pool_u8_nhwc, gemm_u8s8, quantize_nchw_to_nhwc_u8, round_half_even_i32, ASource8,
-    Int8Kernel, Output8, PackedB8, Requant, Residual8,
+    avg_pool_u8_nhwc, conv_u8s8_in_place, gemm_u8s8, quantize_nchw_to_nhwc_u8, round_half_even_i32,
+    ASource8, Int8Kernel, Output8, PackedB8, Requant, Residual8,
 };
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
 use resnet_kernels::tiling::Blocking;
@@ -29,6 +29,9 @@ use resnet_kernels::winograd::WinogradScratch;
 pub(super) struct Int8Layer {
     spec: ConvBn,
     weights: PackedB8,
+    /// Whether the input is read in place by the kernel ([`conv_u8s8_in_place`]) instead of
+    /// packed as an im2col.
+    in_place: bool,
     bias: Vec<i32>,
     scale: Vec<f32>,
     input: ActQuant,
@@ -40,7 +43,7 @@ impl Int8Layer {
         conv: &QuantizedConv,
         input: ActQuant,
         output: ActQuant,
-        (kernel, blocking): (&'static Int8Kernel, Blocking),
+        (kernel, blocking, in_place): (&'static Int8Kernel, Blocking, bool),
     ) -> Int8Layer {
         let s = &conv.spec;
         let codes = conv.khwc_by_oc(&conv.weight);
@@ -61,9 +64,13 @@ impl Int8Layer {
             .iter()
             .map(|&sw| (sx * sw as f64 / output.scale as f64) as f32)
             .collect();
+        // Whether the path applies does not depend on the image size: any geometry will do.
+        let geometry = s.geometry(1, s.kernel, s.kernel);
+        let in_place = in_place && resnet_kernels::int8::in_place_applies(&geometry, &weights);
         Int8Layer {
             spec: s.clone(),
             weights,
+            in_place,
             bias,
             scale,
             input,
@@ -76,7 +83,7 @@ impl Int8Layer {
     pub(super) fn for_conv(
         model: &QuantizedModel,
         conv: &str,
-        line: (&'static Int8Kernel, Blocking),
+        line: (&'static Int8Kernel, Blocking, bool),
     ) -> Int8Layer {
         let (input, output) = Activation::around_conv(conv).expect("a convolution of the network");
         Int8Layer::new(model.conv(conv), model.act(input), model.act(output), line)
@@ -107,20 +114,32 @@ impl Int8Layer {
             zero_point: self.output.zero_point,
             relu,
         };
-        let source = ASource8::Conv {
-            input,
-            geometry,
-            pad: self.input.zero_point,
-        };
-        gemm_u8s8(
-            &source,
-            &self.weights,
-            Output8::U8 {
-                c: out,
-                ldc: oc,
-                requant,
-            },
-        );
+        if self.in_place {
+            conv_u8s8_in_place(
+                input,
+                &geometry,
+                self.input.zero_point,
+                &self.weights,
+                out,
+                oc,
+                &requant,
+            );
+        } else {
+            let source = ASource8::Conv {
+                input,
+                geometry,
+                pad: self.input.zero_point,
+            };
+            gemm_u8s8(
+                &source,
+                &self.weights,
+                Output8::U8 {
+                    c: out,
+                    ldc: oc,
+                    requant,
+                },
+            );
+        }
         (geometry.out_h(), geometry.out_w())
     }
 }
@@ -206,23 +225,38 @@ impl Int8Backend {
         if let Some(p) = &plan {
             debug_assert_eq!(p.plan.backend, crate::plan::PlanBackend::Int8);
         }
-        // Each convolution's kernel and blocking: its plan entry, else `kernel`'s defaults.
+        // Each convolution's kernel, blocking and method: its plan entry, else `kernel` with its
+        // default blocking, in place where the heuristic says (from the layer's output width
+        // at the standard 224 x 224 input).
+        let arch = ResNet18Arch::new();
+        let table = arch.layer_table(crate::arch::INPUT_SIZE, crate::arch::INPUT_SIZE);
         let mut uses_amx = false;
         let mut line = |conv: &str| {
-            let chosen = plan
-                .as_ref()
-                .and_then(|p| p.plan.choice(conv))
-                .map(|c| {
+            let chosen = match plan.as_ref().and_then(|p| p.plan.choice(conv)) {
+                Some(c) => {
                     let line = c
                         .int8_kernel_line()
                         .expect("validated plan names a registered INT8 kernel");
-                    (line, c.blocking())
-                })
-                .unwrap_or((kernel, kernel.default_blocking()));
+                    (line, c.blocking(), c.method == crate::plan::Method::InPlace)
+                }
+                None => {
+                    let spec = arch
+                        .convs()
+                        .find(|s| s.conv == conv)
+                        .expect("a convolution");
+                    let [_, h, w] = table
+                        .iter()
+                        .find(|r| r.name == conv)
+                        .map(|r| r.input)
+                        .expect("every convolution is in the layer table");
+                    let width = spec.geometry(1, h, w).out_w();
+                    let in_place = crate::plan::in_place_by_default(kernel, spec, width);
+                    (kernel, kernel.default_blocking(), in_place)
+                }
+            };
             uses_amx |= chosen.0.info.isa == Isa::Amx;
             chosen
         };
-        let arch = ResNet18Arch::new();
         let input = model.act(Activation::Input);
         let stem_conv = model.conv("conv1");
         let stem = match stem_conv.precision() {

@@ -63,7 +63,8 @@ impl PackedLayer {
                 kernel,
                 choice.blocking(),
             )),
-            Method::Direct => {
+            // In place is an int8 method: validation keeps it out of native plans.
+            Method::Direct | Method::InPlace => {
                 let b = layer.weights_khwc_by_oc();
                 LayerWeights::Gemm(PackedB::with_kernel(
                     &b,

@@ -13,6 +13,7 @@ use crate::plan::{self, Candidate, LayerChoice, LayerPlan, Plan, PlanBackend, Pl
 use crate::quantize::model::{Activation, LayerPrecision, QuantizedModel};
 use crate::weights::Weights;
 use resnet_kernels::cpu::Isa;
+use resnet_kernels::gemm::ConvGeometry;
 use resnet_kernels::winograd::WinogradScratch;
 use std::time::{Duration, Instant};
 
@@ -56,14 +57,14 @@ struct Tuner<'e> {
 }
 
 impl<'e> Tuner<'e> {
-    /// The convolutions and their input shapes; `candidates(spec, m, tiles)` gives each layer's
-    /// candidates (M of its direct GEMM, Winograd tiles), whose total is reported and shares the
-    /// budget.
+    /// The convolutions and their input shapes; `candidates(spec, geometry, tiles)` gives each
+    /// layer's candidates (its geometry at `batch`, Winograd's tiles), whose total is reported
+    /// and shares the budget.
     fn new(
         batch: usize,
         budget: Duration,
         events: &'e mut dyn FnMut(TuneEvent<'_>),
-        candidates: impl Fn(&ConvBn, usize, usize) -> Vec<LayerChoice>,
+        candidates: impl Fn(&ConvBn, &ConvGeometry, usize) -> Vec<LayerChoice>,
     ) -> (Tuner<'e>, Vec<Vec<LayerChoice>>) {
         let arch = ResNet18Arch::new();
         let table = arch.layer_table(INPUT_SIZE, INPUT_SIZE);
@@ -83,7 +84,7 @@ impl<'e> Tuner<'e> {
             .zip(&shapes)
             .map(|(s, &[_, h, w])| {
                 let tiles = batch * h.div_ceil(4) * w.div_ceil(4);
-                candidates(s, s.geometry(batch, h, w).m(), tiles)
+                candidates(s, &s.geometry(batch, h, w), tiles)
             })
             .collect();
         let total: usize = per_layer.iter().map(Vec::len).sum();
@@ -185,8 +186,8 @@ pub fn tune_native(
     events: &mut dyn FnMut(TuneEvent<'_>),
 ) -> Plan {
     let threads = rayon::current_num_threads();
-    let (mut tuner, per_layer) = Tuner::new(batch, budget, events, |spec, m, tiles| {
-        plan::candidates(spec, isa, m, tiles, threads)
+    let (mut tuner, per_layer) = Tuner::new(batch, budget, events, |spec, g, tiles| {
+        plan::candidates(spec, isa, g.m(), tiles, threads)
     });
     for (i, choices) in per_layer.into_iter().enumerate() {
         let spec = tuner.specs[i].clone();
@@ -265,25 +266,25 @@ pub fn tune_int8(
     events: &mut dyn FnMut(TuneEvent<'_>),
 ) -> Plan {
     let threads = rayon::current_num_threads();
-    let (mut tuner, per_layer) = Tuner::new(batch, budget, events, |spec, m, _| {
+    let (mut tuner, per_layer) = Tuner::new(batch, budget, events, |spec, g, _| {
         let int8_layer = spec.conv != "conv1" || model.stem_precision() == LayerPrecision::Int8;
         if int8_layer {
-            plan::candidates_int8(spec, isa, m, threads)
+            plan::candidates_int8(spec, isa, g.m(), g.out_w(), threads)
         } else {
             Vec::new()
         }
     });
-    let fallback = plan::default_choice_int8(isa);
     for (i, choices) in per_layer.into_iter().enumerate() {
+        let spec = tuner.specs[i].clone();
+        let [c, h, w] = tuner.shapes[i];
+        let fallback = plan::default_choice_int8(&spec, isa, spec.geometry(1, h, w).out_w());
         if !tuner.in_budget(i, &fallback) {
             continue;
         }
         if choices.is_empty() {
-            tuner.choose(i, Vec::new(), fallback.clone());
+            tuner.choose(i, Vec::new(), fallback);
             continue;
         }
-        let spec = tuner.specs[i].clone();
-        let [c, h, w] = tuner.shapes[i];
         let input = codes(batch * c * h * w, 0x5EED ^ i as u64);
         // conv2 adds the block's skip branch: codes shaped like its output. Which quantisation
         // they carry does not matter for timing and bit-exactness (the same for every
@@ -301,14 +302,28 @@ pub fn tune_int8(
             let line = choice
                 .int8_kernel_line()
                 .expect("candidates name registered INT8 kernels");
-            Int8Layer::for_conv(model, &spec.conv, (line, choice.blocking()))
+            Int8Layer::for_conv(
+                model,
+                &spec.conv,
+                (
+                    line,
+                    choice.blocking(),
+                    choice.method == plan::Method::InPlace,
+                ),
+            )
         };
         let run = |layer: &Int8Layer, out: &mut Vec<u8>| {
             let skip = residual.as_ref().map(|(r, q)| (r.as_slice(), *q));
             layer.run(&input, (batch, h, w), out, skip, relu);
         };
+        // The reference: the heuristic's kernel and blocking with A packed (so the in-place
+        // candidates are checked against the im2col path).
         let mut reference = Vec::new();
-        run(&build(&fallback), &mut reference);
+        let packed = LayerChoice {
+            method: plan::Method::Direct,
+            ..fallback.clone()
+        };
+        run(&build(&packed), &mut reference);
         let mut candidates = Vec::new();
         for choice in choices {
             let layer = build(&choice);

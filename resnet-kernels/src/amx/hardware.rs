@@ -7,7 +7,7 @@
 //! except the configuration, which only [`AmxHardware`]'s own methods change (and track).
 //! Every block reads or writes memory or the tile state, so none is `nomem` or `pure`.
 
-use super::{Block2x2, Dot, TileConfig, TileExec, TileOps, Tmm, KERNEL_CONFIG};
+use super::{Block2x2, Dot, Gather2x2, TileConfig, TileExec, TileOps, Tmm, KERNEL_CONFIG};
 use std::arch::asm;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -155,6 +155,55 @@ macro_rules! block_asm {
     }};
 }
 
+/// [`block_asm`] with A gathered: each step's A address is `a` plus the step's entry of the
+/// offsets table (see [`TileOps::gather_2x2`]); the tile instructions and their order are the
+/// same.
+macro_rules! gather_asm {
+    ($dot:literal, $job:expr) => {{
+        let job: &Gather2x2 = $job;
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "test {steps}, {steps}",
+            "jz 3f",
+            "2:",
+            "mov {a}, qword ptr [{offs}]",
+            "add {a}, {base}",
+            "lea {a_bot}, [{a} + {lda16}*1]",
+            "tileloadd tmm4, [{a} + {lda}*1]",
+            "tileloadd tmm6, [{b} + {s128}*1]",
+            concat!($dot, " tmm0, tmm4, tmm6"),
+            "tileloadd tmm7, [{b} + {s128}*1 + 64]",
+            concat!($dot, " tmm1, tmm4, tmm7"),
+            "tileloadd tmm5, [{a_bot} + {lda}*1]",
+            concat!($dot, " tmm2, tmm5, tmm6"),
+            concat!($dot, " tmm3, tmm5, tmm7"),
+            "add {offs}, 8",
+            "add {b}, 2048",
+            "dec {steps}",
+            "jnz 2b",
+            "3:",
+            "tilestored [{c} + {s128}*1], tmm0",
+            "tilestored [{c} + {s128}*1 + 64], tmm1",
+            "tilestored [{c} + {s128}*1 + 2048], tmm2",
+            "tilestored [{c} + {s128}*1 + 2112], tmm3",
+            a = out(reg) _,
+            a_bot = out(reg) _,
+            base = in(reg) job.a,
+            lda = in(reg) job.lda,
+            lda16 = in(reg) 16 * job.lda,
+            offs = inout(reg) job.a_offsets => _,
+            b = inout(reg) job.b => _,
+            steps = inout(reg) job.steps => _,
+            s128 = in(reg) 128usize,
+            c = in(reg) job.c,
+            options(nostack),
+        )
+    }};
+}
+
 impl TileOps for AmxHardware {
     unsafe fn ldtilecfg(&mut self, cfg: &TileConfig) {
         // SAFETY: AMX is granted (`AmxHardware::new` checked it); the operand is 64 readable
@@ -205,6 +254,18 @@ impl TileOps for AmxHardware {
             match dot {
                 Dot::Busd => block_asm!("tdpbusd", job),
                 Dot::Bf16ps => block_asm!("tdpbf16ps", job),
+            }
+        }
+    }
+
+    unsafe fn gather_2x2(&mut self, dot: Dot, job: &Gather2x2) {
+        // SAFETY: the caller guarantees KERNEL_CONFIG is loaded and that `job` addresses, per
+        // step, 32 A rows of 64 bytes (stride lda) at a + a_offsets[s], 16 B rows of 128 bytes,
+        // and 32 x 128 writable bytes at c.
+        unsafe {
+            match dot {
+                Dot::Busd => gather_asm!("tdpbusd", job),
+                Dot::Bf16ps => gather_asm!("tdpbf16ps", job),
             }
         }
     }

@@ -54,14 +54,44 @@ impl<T: TileExec> MicroKernel8 for AmxKernel8<T> {
         // SAFETY: `sums` is the 32 x 32 block (64-byte aligned); the caller guarantees `rows`
         // rows of NR sums at acc (stride ld_acc) when read or written and the epilogue's
         // pointers for rows x NR outputs.
-        unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if T::HARDWARE {
-                return epilogue_avx512(sums, rows, acc, ld_acc, accumulate, out);
-            }
-            epilogue_scalar(sums, rows, acc, ld_acc, accumulate, out)
-        }
+        unsafe { epilogue::<T>(sums, rows, acc, ld_acc, accumulate, out) }
     }
+
+    const CONV_DIRECT: Option<crate::int8::ConvDirect> = Some(crate::int8::direct::conv::<T>);
+}
+
+/// The family's epilogue on `rows` rows of 32 sums at `sums` (row stride 32): the AVX-512 one
+/// for the hardware, the scalar twin's for the model (bit-identical, tested).
+///
+/// # Safety
+/// As [`epilogue_scalar`]; `sums` holds `rows` rows of 32 `i32`.
+pub(crate) unsafe fn epilogue<T: TileExec>(
+    sums: *const i32,
+    rows: usize,
+    acc: *mut i32,
+    ld_acc: usize,
+    accumulate: bool,
+    out: Option<&TileRequant>,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if T::HARDWARE {
+            return epilogue_avx512(sums, rows, acc, ld_acc, accumulate, out);
+        }
+        epilogue_scalar(sums, rows, acc, ld_acc, accumulate, out)
+    }
+}
+
+/// The tile instructions of one gathered 32 x 32 block ([`super::Gather2x2`]) on this thread's
+/// tiles: the sums land in `c`.
+///
+/// # Safety
+/// The line is runnable (for the hardware: AMX is granted); `job` addresses what
+/// [`super::Gather2x2`] says, its `c` the block.
+pub(crate) unsafe fn gather_block<T: TileExec>(job: &super::Gather2x2) {
+    // SAFETY: the caller's contract.
+    unsafe { T::with_thread_tiles(|tiles| tiles.gather_2x2(Dot::Busd, job)) }
 }
 
 /// The family's epilogue on `rows` rows of the block, element by element (the scalar twin's

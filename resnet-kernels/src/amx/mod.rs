@@ -55,6 +55,7 @@ pub(crate) use bf16::peak_hardware as peak_bf16_hardware;
 pub(crate) use bf16::{peak_model as peak_bf16_model, AmxKernelBf16};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use int8::peak_hardware as peak_int8_hardware;
+pub(crate) use int8::{epilogue as int8_epilogue, gather_block as int8_gather_block};
 pub(crate) use int8::{peak_model as peak_int8_model, AmxKernel8};
 
 /// Tile registers of palette 1.
@@ -179,6 +180,25 @@ pub struct Block2x2 {
     pub c: *mut u8,
 }
 
+/// [`Block2x2`] with A read in place: step `s` reads A's 32 rows at `a + a_offsets[s]` (rows
+/// 16..32 at `+ 16 * lda`), so A can come straight from a padded NHWC activation, each step one
+/// (kh, kw, 64-channel) slice of the convolution window, instead of from a packed panel.
+#[derive(Clone, Copy, Debug)]
+pub struct Gather2x2 {
+    /// A's first row at step offset 0.
+    pub a: *const u8,
+    /// A's row stride in bytes (one pixel of the activation).
+    pub lda: usize,
+    /// `steps` byte offsets from `a`, one per K step.
+    pub a_offsets: *const usize,
+    /// As [`Block2x2::b`].
+    pub b: *const u8,
+    /// K steps.
+    pub steps: usize,
+    /// As [`Block2x2::c`].
+    pub c: *mut u8,
+}
+
 /// The AMX tile instructions of palette 1, and the 2 x 2 micro-kernel built from them.
 ///
 /// The instructions are `unsafe`: on the hardware they read or write memory through raw
@@ -230,41 +250,66 @@ pub trait TileOps {
     /// # Safety
     /// [`KERNEL_CONFIG`] is loaded; `job`'s pointers address what [`Block2x2`] says.
     unsafe fn block_2x2(&mut self, dot: Dot, job: &Block2x2) {
-        // SAFETY: the caller's contract: every load and store below stays inside the panels
-        // and the C buffer that `job` describes.
-        unsafe {
-            for c in C_TILES {
-                self.tilezero(c);
-            }
-            let dot_product = |ops: &mut Self, c, a, b| match dot {
-                Dot::Busd => ops.tdpbusd(c, a, b),
-                Dot::Bf16ps => ops.tdpbf16ps(c, a, b),
-            };
-            // Each load just before its first use (the hardware's order, where it lets the next
-            // step's first loads overlap this step's last dot products).
-            let step = |ops: &mut Self, a_top: *const u8, a_bot: *const u8, lda, b: *const u8| {
-                ops.tileloadd(A_TILES[0], a_top, lda);
-                ops.tileloadd(B_TILES[0], b, PANEL_ROW_BYTES);
-                dot_product(ops, C_TILES[0], A_TILES[0], B_TILES[0]);
-                ops.tileloadd(B_TILES[1], b.add(64), PANEL_ROW_BYTES);
-                dot_product(ops, C_TILES[1], A_TILES[0], B_TILES[1]);
-                ops.tileloadd(A_TILES[1], a_bot, lda);
-                dot_product(ops, C_TILES[2], A_TILES[1], B_TILES[0]);
-                dot_product(ops, C_TILES[3], A_TILES[1], B_TILES[1]);
-            };
-            for s in 0..job.steps {
-                let a = job.a.add(s * K_STEP_BYTES);
-                step(
-                    self,
-                    a,
-                    a.add(16 * job.lda),
-                    job.lda,
-                    job.b.add(s * 16 * PANEL_ROW_BYTES),
-                );
-            }
-            for (t, offset) in C_TILES.into_iter().zip([0, 64, 2048, 2048 + 64]) {
-                self.tilestored(t, job.c.add(offset), PANEL_ROW_BYTES);
-            }
+        let a = |s: usize| job.a.wrapping_add(s * K_STEP_BYTES);
+        // SAFETY: the caller's contract (forwarded: the same rows, panels and C block).
+        unsafe { run_2x2(self, dot, a, job.lda, job.b, job.steps, job.c) }
+    }
+
+    /// [`TileOps::block_2x2`] with A gathered per step ([`Gather2x2`]); the hardware replaces it
+    /// by one `asm!` block of the same instructions in the same order.
+    ///
+    /// # Safety
+    /// [`KERNEL_CONFIG`] is loaded; `job`'s pointers address what [`Gather2x2`] says: for each
+    /// step `s`, 32 rows of 64 bytes at `a + a_offsets[s]` with stride `lda`.
+    unsafe fn gather_2x2(&mut self, dot: Dot, job: &Gather2x2) {
+        // SAFETY: the caller guarantees `steps` readable offsets.
+        let a = |s: usize| job.a.wrapping_add(unsafe { *job.a_offsets.add(s) });
+        // SAFETY: the caller's contract (forwarded).
+        unsafe { run_2x2(self, dot, a, job.lda, job.b, job.steps, job.c) }
+    }
+}
+
+/// The composed micro-kernel of [`TileOps::block_2x2`] and [`TileOps::gather_2x2`]: step `s`
+/// reads A at `a_at(s)`.
+///
+/// # Safety
+/// As [`TileOps::block_2x2`], for the rows `a_at` gives.
+unsafe fn run_2x2<O: TileOps + ?Sized>(
+    ops: &mut O,
+    dot: Dot,
+    a_at: impl Fn(usize) -> *const u8,
+    lda: usize,
+    b: *const u8,
+    steps: usize,
+    c_out: *mut u8,
+) {
+    // SAFETY: the caller's contract: every load and store below stays inside the rows, the
+    // panels and the C buffer described.
+    unsafe {
+        for c in C_TILES {
+            ops.tilezero(c);
+        }
+        let dot_product = |ops: &mut O, c, a, b| match dot {
+            Dot::Busd => ops.tdpbusd(c, a, b),
+            Dot::Bf16ps => ops.tdpbf16ps(c, a, b),
+        };
+        // Each load just before its first use (the hardware's order, where it lets the next
+        // step's first loads overlap this step's last dot products).
+        for s in 0..steps {
+            let a_top = a_at(s);
+            let a_bot = a_top.wrapping_add(16 * lda);
+            let b = b.add(s * 16 * PANEL_ROW_BYTES);
+            ops.tileloadd(A_TILES[0], a_top, lda);
+            ops.tileloadd(B_TILES[0], b, PANEL_ROW_BYTES);
+            dot_product(ops, C_TILES[0], A_TILES[0], B_TILES[0]);
+            ops.tileloadd(B_TILES[1], b.add(64), PANEL_ROW_BYTES);
+            dot_product(ops, C_TILES[1], A_TILES[0], B_TILES[1]);
+            ops.tileloadd(A_TILES[1], a_bot, lda);
+            dot_product(ops, C_TILES[2], A_TILES[1], B_TILES[0]);
+            dot_product(ops, C_TILES[3], A_TILES[1], B_TILES[1]);
+        }
+        for (t, offset) in C_TILES.into_iter().zip([0, 64, 2048, 2048 + 64]) {
+            ops.tilestored(t, c_out.add(offset), PANEL_ROW_BYTES);
         }
     }
 }

@@ -217,6 +217,68 @@ fn amx_block_matches_model() {
     }
 }
 
+/// The gathered micro-kernel (A at a per-step offset, read in place) on the hardware against
+/// the model, bit for bit, with offsets out of order, repeated and far apart; and the model's
+/// gather with offsets `64 * s` against its contiguous block (the same rows, so the same bits).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn amx_gather_matches_model_and_the_contiguous_block() {
+    let dot = Dot::Busd;
+    for steps in 0..=6usize {
+        let lda = 7 * 64;
+        let a = bytes(40 * lda + 64 * 9, steps as u64 + 7);
+        let b = bytes((steps * 16 + 1) * 128, steps as u64 + 8);
+        // Offsets of a 3x3 window over rows of 7 pixels x 64 bytes: (kh * 7 + kw) * 64, in a
+        // scrambled order.
+        let offsets: Vec<usize> = (0..steps)
+            .map(|s| ((s * 5) % 9 / 3 * 7 + s % 3) * 64)
+            .collect();
+        let gather = |hardware: bool, offsets: &[usize]| {
+            let mut c = CBlock([0x5A; 32 * PANEL_ROW_BYTES]);
+            let job = Gather2x2 {
+                a: a.as_ptr(),
+                lda,
+                a_offsets: offsets.as_ptr(),
+                b: b.as_ptr(),
+                steps,
+                c: c.0.as_mut_ptr(),
+            };
+            // SAFETY: AMX is granted when `hardware` (checked by the caller); the buffers hold
+            // 32 rows of lda bytes past every offset, and what `job` says of B and C.
+            unsafe {
+                if hardware {
+                    AmxHardware::with_thread_tiles(|t| t.gather_2x2(dot, &job));
+                } else {
+                    AmxModel::with_thread_tiles(|t| t.gather_2x2(dot, &job));
+                }
+            }
+            c.0.to_vec()
+        };
+        let model = gather(false, &offsets);
+        // Contiguous offsets through gather == the plain block on the same A.
+        let contiguous: Vec<usize> = (0..steps).map(|s| s * 64).collect();
+        let mut c = CBlock([0x5A; 32 * PANEL_ROW_BYTES]);
+        let job = Block2x2 {
+            a: a.as_ptr(),
+            lda,
+            b: b.as_ptr(),
+            steps,
+            c: c.0.as_mut_ptr(),
+        };
+        // SAFETY: the model needs no CPU support; the buffers hold what `job` says.
+        unsafe { AmxModel::with_thread_tiles(|t| t.block_2x2(dot, &job)) };
+        assert!(gather(false, &contiguous) == c.0.to_vec(), "{steps} steps");
+        if hardware_or_nothing_expected("amx_gather_matches_model_and_the_contiguous_block")
+            .is_some()
+        {
+            assert!(
+                gather(true, &offsets) == model,
+                "{steps} steps: hardware and model differ"
+            );
+        }
+    }
+}
+
 /// Whole GEMMs of both families through the registered lines: the real AMX line and the model
 /// line give the same bits (int8: `i32` and requantised `u8`; bf16: f32 and bf16 outputs), on
 /// shapes with row, column and K tails, several K blocks, and ResNet-18's stem depth.

@@ -23,7 +23,13 @@ enum Dst<'r> {
 }
 
 /// The tile epilogue at `(i0, j0)` of C.
-fn tile_requant(req: &Requant<'_>, c: Shared<u8>, ldc: usize, i0: usize, j0: usize) -> TileRequant {
+pub(crate) fn tile_requant(
+    req: &Requant<'_>,
+    c: Shared<u8>,
+    ldc: usize,
+    i0: usize,
+    j0: usize,
+) -> TileRequant {
     let zp = req.zero_point as i32;
     TileRequant {
         bias: req.bias[j0..].as_ptr(),

@@ -101,7 +101,8 @@
 //! panels; it runs only where `cpu::AmxState` is `Granted`. [`AMX_MODEL_KERNEL`] is the same
 //! kernel on the software model of the tile instructions, outside the table (tests only).
 
-mod loops;
+pub(crate) mod direct;
+pub(crate) mod loops;
 mod ops;
 mod pack;
 pub(crate) mod scalar;
@@ -114,6 +115,7 @@ pub use ops::{
 pub use pack::im2col_nhwc_u8;
 
 use crate::cpu::{CpuFeatures, Isa};
+use crate::gemm::ConvGeometry;
 use crate::registry::{self, Family, Kernel, KernelInfo};
 pub use crate::tiling::Blocking;
 
@@ -165,10 +167,18 @@ pub struct Int8Entry {
     /// 12 independent chains of the kernel's 4-byte dot product for `iters` rounds; returns the
     /// multiply-accumulates done. Unsafe: the CPU must run the kernel.
     peak: unsafe fn(usize) -> f64,
+    /// The kernel's `CONV_DIRECT`.
+    conv_direct: Option<ConvDirect>,
 }
 
 /// An INT8 kernel line.
 pub type Int8Kernel = Kernel<Int8Entry>;
+
+/// A line's in-place convolution (see [`direct`]): `input` NHWC codes, `pad` their zero point,
+/// C `u8` with row stride `ldc`, requantised by `requant`. Called only by
+/// [`conv_u8s8_in_place`], which checks that it applies and the sizes.
+pub(crate) type ConvDirect =
+    fn(&[u8], &ConvGeometry, u8, &PackedB8, &mut [u8], usize, &Requant<'_>);
 
 const ONE_PART: &str = "K blocks of NR-wide micro-panels of 4-k groups (NR columns x 4 bytes)";
 const TWO_PARTS: &str =
@@ -198,6 +208,7 @@ const fn line<K: MicroKernel8>(
             k_align: K::K_ALIGN,
             blocking: K::BLOCKING,
             peak,
+            conv_direct: K::CONV_DIRECT,
         },
     }
 }
@@ -454,6 +465,51 @@ pub fn gemm_u8s8(a: &ASource8<'_>, b: &PackedB8, out: Output8<'_>) {
     (b.kernel.entry.gemm)(a, b, out)
 }
 
+/// Whether [`conv_u8s8_in_place`] can compute this convolution with `b`: its kernel line reads A
+/// in place (the AMX lines), the convolution has stride 1, its channels fill whole 64-byte tile
+/// rows, and B's K blocks are whole tile steps.
+pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedB8) -> bool {
+    b.kernel.entry.conv_direct.is_some() && direct::applies(geometry, b)
+}
+
+/// The convolution of `input` (NHWC codes, `pad` their zero point) by `b`, requantised into C,
+/// with A read in place from a padded copy of the input instead of packed as an im2col
+/// ([`direct`]). Bit-identical to [`gemm_u8s8`] on [`ASource8::Conv`].
+///
+/// # Panics
+/// If [`in_place_applies`] does not hold, or on the size mismatches [`gemm_u8s8`] refuses.
+pub fn conv_u8s8_in_place(
+    input: &[u8],
+    geometry: &ConvGeometry,
+    pad: u8,
+    b: &PackedB8,
+    c: &mut [u8],
+    ldc: usize,
+    requant: &Requant<'_>,
+) {
+    assert!(
+        in_place_applies(geometry, b),
+        "{} cannot read this convolution in place: {geometry:?}",
+        b.kernel.info.name
+    );
+    let (m, n) = (geometry.m(), b.n);
+    assert_eq!(geometry.k(), b.k, "conv K differs from the packed weights");
+    assert_eq!(input.len(), geometry.input_len(), "input size");
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too small");
+    assert!(
+        requant.bias.len() >= n && requant.scale.len() >= n,
+        "bias/scale too short"
+    );
+    if let Some(r) = requant.residual {
+        assert!(
+            r.ld >= n && r.data.len() >= (m - 1) * r.ld + n,
+            "residual too small"
+        );
+    }
+    let direct = b.kernel.entry.conv_direct.expect("checked above");
+    direct(input, geometry, pad, b, c, ldc, requant)
+}
+
 /// The plain triple loop every packed path is tested against: `C[i, j] = sum_k A[i, k] B[k, j]`
 /// in `i32`, `A` `M x K` with stride `lda`, `B` `K x N` row-major, `C` row stride `ldc`.
 #[allow(clippy::too_many_arguments)]
@@ -492,6 +548,9 @@ pub(crate) trait MicroKernel8: Sync {
     const K_ALIGN: usize = 4;
     /// The line's blocking when no plan chooses one.
     const BLOCKING: Blocking = blocking::DEFAULT;
+    /// A convolution path that reads A in place instead of packing an im2col (the AMX lines:
+    /// [`direct`]); `None` for the kernels that need packed A panels.
+    const CONV_DIRECT: Option<ConvDirect> = None;
 
     /// `acc = A_panel · B_panel (+ acc_mem if accumulate)`, then either stored as `i32` to
     /// `acc_mem` (`out` is `None`) or requantised and stored as `u8` by `out`.

@@ -462,3 +462,121 @@ fn int8_no_expected_amx_kernel_is_skipped() {
         );
     }
 }
+
+/// The AMX lines' in-place convolution ([`conv_u8s8_in_place`]) against their im2col path
+/// ([`gemm_u8s8`]), bit for bit, with every epilogue option: 3x3 and 1x1 stride-1 convolutions with and without padding,
+/// 64 and 128 channels, batches of 1-3, output widths that are and are not multiples of the
+/// tiles, N with and without an edge panel, and K in one block or several (kc 128: 2 steps).
+/// The model line runs everywhere; the hardware line where AMX is granted.
+#[test]
+fn amx_direct_convolution_equals_the_im2col_path() {
+    let mut lines = vec![&AMX_MODEL_KERNEL];
+    lines.extend(
+        KERNELS
+            .iter()
+            .filter(|k| k.info.isa == Isa::Amx && k.info.is_runnable()),
+    );
+    let cases = [
+        // (batch, in_h, in_w, in_c, kernel, pad, n)
+        (1, 7, 7, 64, 3, 1, 64),
+        (2, 5, 9, 128, 3, 1, 40),
+        (3, 4, 4, 64, 1, 0, 32),
+        (1, 14, 14, 64, 3, 1, 96),
+        (2, 3, 6, 64, 3, 0, 32),
+    ];
+    for (batch, in_h, in_w, in_c, kernel, pad, n) in cases {
+        let g = ConvGeometry {
+            batch,
+            in_h,
+            in_w,
+            in_c,
+            kernel,
+            stride: 1,
+            pad,
+        };
+        let mut rng = Rng::new((in_h * 31 + in_c) as u64);
+        let input = rng.bytes(g.input_len());
+        let b = rng.weights(g.k() * n);
+        let m = g.m();
+        let bias: Vec<i32> = (0..n).map(|_| (rng.next() >> 52) as i32 - 2048).collect();
+        let scale: Vec<f32> = (0..n).map(|_| (0.5 + rng.unit()) / 4000.0).collect();
+        let res = rng.bytes(m * n);
+        for line in &lines {
+            for kc in [g.k(), 128] {
+                let blocking = Blocking {
+                    kc,
+                    ..line.default_blocking()
+                };
+                let packed = PackedB8::with_kernel(&b, g.k(), n, line, blocking);
+                assert!(in_place_applies(&g, &packed), "{g:?} kc {kc}");
+                for (residual, relu) in [(false, true), (true, true), (true, false)] {
+                    let requant = Requant {
+                        bias: &bias,
+                        scale: &scale,
+                        residual: residual.then_some(Residual8 {
+                            data: &res,
+                            ld: n,
+                            zero_point: 91,
+                            scale: 0.61,
+                        }),
+                        zero_point: 23,
+                        relu,
+                    };
+                    let source = ASource8::Conv {
+                        input: &input,
+                        geometry: g,
+                        pad: 29,
+                    };
+                    let mut im2col = vec![0x5Au8; m * n];
+                    gemm_u8s8(
+                        &source,
+                        &packed,
+                        Output8::U8 {
+                            c: &mut im2col,
+                            ldc: n,
+                            requant,
+                        },
+                    );
+                    let mut direct = vec![0xA5u8; m * n];
+                    conv_u8s8_in_place(&input, &g, 29, &packed, &mut direct, n, &requant);
+                    assert!(
+                        direct == im2col,
+                        "{} {g:?} n {n} kc {kc} residual {residual} relu {relu}: first difference at {:?}",
+                        line.info.name,
+                        direct.iter().zip(&im2col).position(|(a, b)| a != b)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Where the in-place path does not apply: stride 2, channels that are not whole tile rows, and
+/// lines that pack A (every non-AMX line).
+#[test]
+fn in_place_applies_only_to_stride_1_whole_tile_rows_on_amx_lines() {
+    let g = |in_c, stride| ConvGeometry {
+        batch: 1,
+        in_h: 8,
+        in_w: 8,
+        in_c,
+        kernel: 3,
+        stride,
+        pad: 1,
+    };
+    let pack = |g: &ConvGeometry, line: &'static Int8Kernel| {
+        PackedB8::with_kernel(
+            &vec![1i8; g.k() * 32],
+            g.k(),
+            32,
+            line,
+            line.default_blocking(),
+        )
+    };
+    let model = &AMX_MODEL_KERNEL;
+    assert!(in_place_applies(&g(64, 1), &pack(&g(64, 1), model)));
+    assert!(!in_place_applies(&g(64, 2), &pack(&g(64, 2), model)));
+    assert!(!in_place_applies(&g(48, 1), &pack(&g(48, 1), model)));
+    let scalar = &KERNELS[0];
+    assert!(!in_place_applies(&g(64, 1), &pack(&g(64, 1), scalar)));
+}
