@@ -139,7 +139,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (A B A B ...)")
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--winograd", default="auto", help="native Winograd policy")
-    ap.add_argument("--plan", default="off,auto", help="native --plan choices to time")
+    ap.add_argument("--plan", default="off,auto", help="native and int8 --plan choices to time")
     ap.add_argument("--bf16", action="store_true",
                     help="also time resnet's bf16 backend (OpenVINO's default row is bf16 on AMX CPUs)")
     ap.add_argument("--isa", default="",
@@ -245,13 +245,13 @@ def main():
                 tag = f" @{isa}" if isa else ""
                 if args.int8:
                     rows += [dict(r, backend=r["backend"] + tag)
-                             for r in resnet_rows("int8", q_file, extra)]
+                             for r in resnet_rows("int8", q_file, extra + ["--plan", args.plan])]
                 if args.bf16:
                     rows += [dict(r, backend=r["backend"] + tag)
                              for r in resnet_rows("bf16", wfile, extra)]
             for row in rows:
                 name = "resnet " + row["backend"]
-                if name == "resnet native" and "," not in args.plan:
+                if name in ("resnet native", "resnet int8") and "," not in args.plan:
                     name += f"/plan-{args.plan}"
                 results.setdefault((name, row["batch"]), []).append(row["median_ms"])
                 described[(name, row["batch"])] = row["kernel"]
