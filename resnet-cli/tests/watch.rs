@@ -766,6 +766,23 @@ fn an_ffmpeg_source_that_exits_is_restarted_with_one_outage_and_one_recovery_lin
     assert!(away >= Duration::from_secs(2));
 }
 
+/// A webhook receiver's side of one POST: the request head, then the body by its
+/// Content-Length.
+fn read_post_body(s: &mut std::net::TcpStream) -> Vec<u8> {
+    let head = String::from_utf8_lossy(&read_request(s)).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    body
+}
+
 #[test]
 fn webhook_receiver_failing_then_slow_then_up_never_blocks_the_watcher() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -776,17 +793,7 @@ fn webhook_receiver_failing_then_slow_then_up_never_blocks_the_watcher() {
     std::thread::spawn(move || {
         for (i, stream) in listener.incoming().enumerate() {
             let Ok(mut s) = stream else { return };
-            let head = String::from_utf8_lossy(&read_request(&mut s)).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            let mut body = vec![0u8; len];
-            s.read_exact(&mut body).unwrap();
+            let body = read_post_body(&mut s);
             if i == 0 {
                 // Down: the first attempt fails.
                 let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -916,17 +923,7 @@ fn alerts_reported_as_text_saved_and_posted_with_bounded_retries() {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { return };
-            let head = String::from_utf8_lossy(&read_request(&mut s)).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            let mut body = vec![0u8; len];
-            s.read_exact(&mut body).unwrap();
+            let body = read_post_body(&mut s);
             got.lock()
                 .unwrap()
                 .push(serde_json::from_slice(&body).unwrap());

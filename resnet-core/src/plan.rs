@@ -442,53 +442,66 @@ pub fn candidates(
     threads: usize,
 ) -> Vec<LayerChoice> {
     let kernel = gemm::kernel_for(isa);
-    let (mr, nr) = (kernel.info.mr, kernel.info.nr);
+    let tile = (kernel.info.mr, kernel.info.nr);
     let n = spec.out_channels;
-    let threads = threads.max(1);
-    let round = |v: usize, to: usize| v.div_ceil(to) * to;
     let d = gemm::blocking::DEFAULT;
-    let split_pixels = |m: usize| Blocking {
-        kc: d.kc,
-        mc: round(m.div_ceil(threads), mr).min(MAX_BLOCK),
-        nc: round(n, nr),
-    };
-    let split_channels = |m: usize| Blocking {
-        kc: d.kc,
-        mc: round(m, mr).min(MAX_BLOCK),
-        nc: round(n.div_ceil(threads), nr),
-    };
-    let mut direct = vec![
-        d,
-        Blocking { kc: 512, ..d },
-        split_pixels(rows),
-        split_channels(rows),
-        Blocking {
-            kc: d.kc,
-            mc: round(48, mr),
-            nc: 128,
-        },
-    ];
+    let [pixels, channels, small] = work_splits(d, rows, n, tile, threads);
     let mut out = Vec::new();
-    let push = |method, b: Blocking, out: &mut Vec<LayerChoice>| {
-        let c = LayerChoice {
-            method,
-            kernel: kernel.info.name.to_string(),
-            kc: b.kc,
-            mc: b.mc,
-            nc: b.nc,
-        };
-        if !out.contains(&c) {
-            out.push(c);
-        }
-    };
-    for b in direct.drain(..) {
-        push(Method::Direct, b, &mut out);
+    for b in [d, Blocking { kc: 512, ..d }, pixels, channels, small] {
+        push_choice(&mut out, Method::Direct, kernel.info.name, b);
     }
     if method_applies(Method::Winograd, spec) {
-        push(Method::Winograd, d, &mut out);
-        push(Method::Winograd, split_channels(tiles), &mut out);
+        let [_, channels, _] = work_splits(d, tiles, n, tile, threads);
+        push_choice(&mut out, Method::Winograd, kernel.info.name, d);
+        push_choice(&mut out, Method::Winograd, kernel.info.name, channels);
     }
     out
+}
+
+/// The work splits both tuners try around a line's blocking `d`, for M = `rows` and N = `n`
+/// with `(MR, NR)` tiles on `threads` threads: few large items split over pixels (each thread
+/// takes all output channels), split over output channels (each core streams only its share
+/// of a weight-bound layer's filters), and many small items.
+fn work_splits(
+    d: Blocking,
+    rows: usize,
+    n: usize,
+    (mr, nr): (usize, usize),
+    threads: usize,
+) -> [Blocking; 3] {
+    let threads = threads.max(1);
+    let round = |v: usize, to: usize| v.div_ceil(to) * to;
+    [
+        Blocking {
+            mc: round(rows.div_ceil(threads), mr).min(MAX_BLOCK),
+            nc: round(n, nr),
+            ..d
+        },
+        Blocking {
+            mc: round(rows, mr).min(MAX_BLOCK),
+            nc: round(n.div_ceil(threads), nr),
+            ..d
+        },
+        Blocking {
+            mc: round(48, mr),
+            nc: round(128, nr),
+            ..d
+        },
+    ]
+}
+
+/// Appends a candidate unless an equal one is there.
+fn push_choice(out: &mut Vec<LayerChoice>, method: Method, kernel: &str, b: Blocking) {
+    let c = LayerChoice {
+        method,
+        kernel: kernel.to_string(),
+        kc: b.kc,
+        mc: b.mc,
+        nc: b.nc,
+    };
+    if !out.contains(&c) {
+        out.push(c);
+    }
 }
 
 /// Output width from which the heuristic reads an `int8` layer's input in place (where the
@@ -539,48 +552,25 @@ pub fn candidates_int8(
         .filter(|i| *i < isa && i.is_supported())
         .map(int8::kernel_for)
         .find(|k| k.info.name != first.info.name && k.info.isa != Isa::Portable);
-    let n = spec.out_channels;
-    let threads = threads.max(1);
-    let round = |v: usize, to: usize| v.div_ceil(to) * to;
     let mut out = vec![default_choice_int8(spec, isa, width)];
     for kernel in std::iter::once(first).chain(second) {
-        let (mr, nr) = (kernel.info.mr, kernel.info.nr);
         let d = kernel.default_blocking();
+        let splits = work_splits(
+            d,
+            rows,
+            spec.out_channels,
+            (kernel.info.mr, kernel.info.nr),
+            threads,
+        );
         let methods: &[Method] = if in_place_kernel(kernel) && method_applies(Method::InPlace, spec)
         {
             &[Method::Direct, Method::InPlace]
         } else {
             &[Method::Direct]
         };
-        for b in [
-            d,
-            Blocking {
-                mc: round(rows.div_ceil(threads), mr).min(MAX_BLOCK),
-                nc: round(n, nr),
-                ..d
-            },
-            Blocking {
-                mc: round(rows, mr).min(MAX_BLOCK),
-                nc: round(n.div_ceil(threads), nr),
-                ..d
-            },
-            Blocking {
-                mc: round(48, mr),
-                nc: round(128, nr),
-                ..d
-            },
-        ] {
+        for b in std::iter::once(d).chain(splits) {
             for &method in methods {
-                let c = LayerChoice {
-                    method,
-                    kernel: kernel.info.name.to_string(),
-                    kc: b.kc,
-                    mc: b.mc,
-                    nc: b.nc,
-                };
-                if !out.contains(&c) {
-                    out.push(c);
-                }
+                push_choice(&mut out, method, kernel.info.name, b);
             }
         }
     }

@@ -21,6 +21,31 @@ use resnet_core::postprocess::top_k_indices;
 use resnet_core::weights::synthetic_weights;
 use std::sync::Arc;
 
+/// Plan `j`: every layer's `j`-th candidate (wrapping where a layer has fewer).
+fn plan_j(
+    backend: PlanBackend,
+    isa: Isa,
+    batch: usize,
+    per_layer: &[(String, Vec<plan::LayerChoice>)],
+    j: usize,
+) -> Plan {
+    Plan {
+        format: plan::FORMAT,
+        backend,
+        isa: isa.name().into(),
+        key: PlanKey::current(rayon::current_num_threads(), batch),
+        created: String::new(),
+        layers: per_layer
+            .iter()
+            .map(|(name, c)| LayerPlan {
+                layer: name.clone(),
+                choice: c[j % c.len()].clone(),
+                candidates: vec![],
+            })
+            .collect(),
+    }
+}
+
 #[test]
 fn every_plan_candidate_agrees_with_reference_at_every_trace_point() {
     let batch = 2;
@@ -57,21 +82,7 @@ fn every_plan_candidate_agrees_with_reference_at_every_trace_point() {
     let want_logits = reference.forward(input.view(), &mut want).unwrap();
 
     for j in 0..most {
-        let plan = Plan {
-            format: plan::FORMAT,
-            backend: PlanBackend::Native,
-            isa: isa.name().into(),
-            key: PlanKey::current(threads, batch),
-            created: String::new(),
-            layers: per_layer
-                .iter()
-                .map(|(name, c)| LayerPlan {
-                    layer: name.clone(),
-                    choice: c[j % c.len()].clone(),
-                    candidates: vec![],
-                })
-                .collect(),
-        };
+        let plan = plan_j(PlanBackend::Native, isa, batch, &per_layer, j);
         plan.validate().unwrap();
         let options = BackendOptions {
             isa,
@@ -145,21 +156,7 @@ fn every_int8_plan_candidate_is_bit_identical_to_the_heuristic() {
     let want_logits = heuristic.forward(input.view(), &mut want).unwrap();
 
     for j in 0..most {
-        let plan = Plan {
-            format: plan::FORMAT,
-            backend: PlanBackend::Int8,
-            isa: isa.name().into(),
-            key: PlanKey::current(threads, batch),
-            created: String::new(),
-            layers: per_layer
-                .iter()
-                .map(|(name, c)| LayerPlan {
-                    layer: name.clone(),
-                    choice: c[j % c.len()].clone(),
-                    candidates: vec![],
-                })
-                .collect(),
-        };
+        let plan = plan_j(PlanBackend::Int8, isa, batch, &per_layer, j);
         plan.validate().unwrap();
         let choices: Vec<String> = plan.layers.iter().map(|l| l.choice.label()).collect();
         let backend = Int8Backend::planned(

@@ -62,17 +62,7 @@ pub(crate) fn gemm<K: MicroKernel8>(a: &ASource8<'_>, b: &PackedB8, out: Output8
             gemm_dst::<K>(a, b, m, n, Dst::I32(Shared::new(c.as_mut_ptr()), ldc))
         }
         Output8::U8 { c, ldc, requant } => {
-            assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too small");
-            assert!(
-                requant.bias.len() >= n && requant.scale.len() >= n,
-                "bias/scale too short"
-            );
-            if let Some(r) = requant.residual {
-                assert!(
-                    r.ld >= n && r.data.len() >= (m - 1) * r.ld + n,
-                    "residual too small"
-                );
-            }
+            requant.check_output(c, ldc, m, n);
             gemm_dst::<K>(
                 a,
                 b,

@@ -435,6 +435,24 @@ pub struct Requant<'a> {
     pub relu: bool,
 }
 
+impl Requant<'_> {
+    /// Panics unless a `u8` C of `m x n` with row stride `ldc` fits `c`, and the bias, scale and
+    /// residual cover it (a bug in the caller).
+    pub(crate) fn check_output(&self, c: &[u8], ldc: usize, m: usize, n: usize) {
+        assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too small");
+        assert!(
+            self.bias.len() >= n && self.scale.len() >= n,
+            "bias/scale too short"
+        );
+        if let Some(r) = self.residual {
+            assert!(
+                r.ld >= n && r.data.len() >= (m - 1) * r.ld + n,
+                "residual too small"
+            );
+        }
+    }
+}
+
 /// Where the results go.
 #[derive(Debug)]
 pub enum Output8<'a> {
@@ -493,19 +511,16 @@ pub fn conv_u8s8_in_place(
         b.kernel.info.name
     );
     let (m, n) = (geometry.m(), b.n);
-    assert_eq!(geometry.k(), b.k, "conv K differs from the packed weights");
-    assert_eq!(input.len(), geometry.input_len(), "input size");
-    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too small");
-    assert!(
-        requant.bias.len() >= n && requant.scale.len() >= n,
-        "bias/scale too short"
-    );
-    if let Some(r) = requant.residual {
-        assert!(
-            r.ld >= n && r.data.len() >= (m - 1) * r.ld + n,
-            "residual too small"
-        );
+    if m == 0 || n == 0 {
+        return;
     }
+    ASource8::Conv {
+        input,
+        geometry: *geometry,
+        pad,
+    }
+    .check(b.k);
+    requant.check_output(c, ldc, m, n);
     let direct = b.kernel.entry.conv_direct.expect("checked above");
     direct(input, geometry, pad, b, c, ldc, requant)
 }
