@@ -96,6 +96,13 @@ pub fn int8_backend(
     isa: Isa,
     plan: Option<resnet_core::plan::ActivePlan>,
 ) -> anyhow::Result<Box<dyn Backend>> {
+    let model = quantized_model(path, isa)?;
+    Ok(Box::new(Int8Backend::planned(&model, isa, plan)))
+}
+
+/// The quantised model in `path`: an INT8 model file as it is, f32 weights calibrated on the
+/// built-in photos first (which logs that it does, once, at info).
+pub fn quantized_model(path: &Path, isa: Isa) -> anyhow::Result<QuantizedModel> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let name = path.display().to_string();
     if is_int8_file(&bytes) {
@@ -103,15 +110,13 @@ pub fn int8_backend(
         if model.synthetic {
             warn_synthetic(&name);
         }
-        return Ok(Box::new(Int8Backend::planned(&model, isa, plan)));
+        return Ok(model);
     }
     let weights = Weights::from_bytes(&bytes, &name)?;
     if weights.is_synthetic() {
         warn_synthetic(&name);
     }
-    // Calibrates on the library's built-in photos, and logs that it does (once, at info).
-    let model = calibrate_on_built_in_images(&weights, isa)?;
-    Ok(Box::new(Int8Backend::planned(&model, isa, plan)))
+    Ok(calibrate_on_built_in_images(&weights, isa)?)
 }
 
 /// Reads the weights file `load_model` used again, for its digest and its `fc.weight`: the

@@ -180,21 +180,10 @@ impl TunedOn {
     /// `path` for `backend`: f32 weights for `native`; for `int8` an INT8 model file, or f32
     /// weights calibrated on the built-in photos (as `--backend int8` does).
     fn load(path: &std::path::Path, backend: PlanBackend, isa: Isa) -> anyhow::Result<TunedOn> {
-        let name = path.display().to_string();
-        let bytes = std::fs::read(path).with_context(|| format!("reading {name}"))?;
-        if resnet_core::quantize::is_int8_file(&bytes) {
-            if backend != PlanBackend::Int8 {
-                bail!(
-                    "{name}: an INT8 model made by `resnet quantize`: tune it with --backend int8"
-                );
-            }
-            let model =
-                resnet_core::quantize::QuantizedModel::from_safetensors_bytes(&bytes, &name)?;
-            return Ok(TunedOn::Int8(model));
-        }
-        let weights =
-            Weights::from_bytes(&bytes, &name).with_context(|| format!("loading {name}"))?;
-        TunedOn::from_weights(weights, backend, isa)
+        Ok(match backend {
+            PlanBackend::Native => TunedOn::F32(crate::model::load_f32_weights(path)?),
+            PlanBackend::Int8 => TunedOn::Int8(crate::model::quantized_model(path, isa)?),
+        })
     }
 
     fn from_weights(weights: Weights, backend: PlanBackend, isa: Isa) -> anyhow::Result<TunedOn> {
@@ -209,24 +198,19 @@ impl TunedOn {
 
 /// The built-in heuristic's choice for a convolution (what runs without a plan).
 fn heuristic(conv: &str, backend: PlanBackend, isa: Isa) -> LayerChoice {
-    let arch = resnet_core::arch::ResNet18Arch::new();
-    let spec = arch
-        .convs()
-        .find(|c| c.conv == conv)
+    use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
+    let arch = ResNet18Arch::new();
+    let inputs = arch.convs_with_inputs(INPUT_SIZE, INPUT_SIZE);
+    let &(spec, [_, h, w]) = inputs
+        .iter()
+        .find(|(c, _)| c.conv == conv)
         .expect("a plan names the network's convolutions");
     match backend {
         PlanBackend::Native => {
             resnet_core::plan::default_choice(spec, isa, WinogradPolicy::default().applies(spec))
         }
         PlanBackend::Int8 => {
-            let table =
-                arch.layer_table(resnet_core::arch::INPUT_SIZE, resnet_core::arch::INPUT_SIZE);
-            let [_, h, w] = table
-                .iter()
-                .find(|r| r.name == conv)
-                .map(|r| r.input)
-                .expect("every convolution is in the layer table");
-            resnet_core::plan::default_choice_int8(spec, isa, spec.geometry(1, h, w).out_w())
+            resnet_core::plan::default_choice_int8(spec, isa, spec.output_hw(h, w).1)
         }
     }
 }

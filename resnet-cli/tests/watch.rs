@@ -857,12 +857,21 @@ fn webhook_receiver_failing_then_slow_then_up_never_blocks_the_watcher() {
     }
 }
 
-/// `resnet classify --format jsonl --top-k 1` of `file`: its top-1 class (index, label).
-fn top1(file: &Path) -> (u64, String) {
+/// `resnet classify --format jsonl --top-k 1000` of each file: its classes, most probable
+/// first, as `(index, label, probability)` (the probabilities the watcher compares with
+/// `--min-prob`).
+fn all_classes(files: &[PathBuf]) -> Vec<Vec<(u64, String, f64)>> {
     let out = resnet_cmd()
-        .args(["classify", "--format", "jsonl", "--top-k", "1", "--weights"])
+        .args([
+            "classify",
+            "--format",
+            "jsonl",
+            "--top-k",
+            "1000",
+            "--weights",
+        ])
         .arg(synth())
-        .arg(file)
+        .args(files)
         .output()
         .unwrap();
     assert!(
@@ -870,19 +879,25 @@ fn top1(file: &Path) -> (u64, String) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let p = &v["predictions"][0];
-    (
-        p["index"].as_u64().unwrap(),
-        p["label"].as_str().unwrap().to_string(),
-    )
-}
-
-fn softmax(logits: &[f64]) -> Vec<f64> {
-    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|x| x / sum).collect()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["predictions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["index"].as_u64().unwrap(),
+                        p["label"].as_str().unwrap().to_string(),
+                        p["probability"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// `--alert` through the binary: of two photos dropped in, only the one whose probability for
@@ -894,15 +909,18 @@ fn alerts_reported_as_text_saved_and_posted_with_bounded_retries() {
     // The alert class: the cat photo's top-1 under the synthetic weights. Of the two photos,
     // the one more probable in that class alerts, the other stays quiet.
     let photos = [image("cat_baseline.jpg"), image("coffee_progressive.jpg")];
-    let (class, label) = top1(&photos[0]);
-    let probs = softmax_rows(&photos);
-    let (hi, lo) = if probs[0][class as usize] > probs[1][class as usize] {
-        (0, 1)
-    } else {
-        (1, 0)
+    let classes = all_classes(&photos);
+    let (class, label, _) = classes[0][0].clone();
+    let prob = |photo: usize| {
+        classes[photo]
+            .iter()
+            .find(|(i, _, _)| *i == class)
+            .map(|c| c.2)
+            .unwrap()
     };
+    let (hi, lo) = if prob(0) > prob(1) { (0, 1) } else { (1, 0) };
     let (alerting, quiet) = (photos[hi].clone(), photos[lo].clone());
-    let (p_alert, p_quiet) = (probs[hi][class as usize], probs[lo][class as usize]);
+    let (p_alert, p_quiet) = (prob(hi), prob(lo));
     // The threshold halfway between: far from both in f32 (the watcher's probabilities).
     assert!(
         p_alert > p_quiet * 1.01,
@@ -1008,11 +1026,6 @@ fn alerts_reported_as_text_saved_and_posted_with_bounded_retries() {
         1,
         "{stderr:#?}"
     );
-}
-
-/// Softmax of `classify --logits` for each file, in f64.
-fn softmax_rows(files: &[PathBuf]) -> Vec<Vec<f64>> {
-    classify_logits(files).iter().map(|l| softmax(l)).collect()
 }
 
 fn image_size(path: &Path) -> (u32, u32) {

@@ -271,6 +271,21 @@ impl ResNet18Arch {
         std::iter::once(&self.stem).chain(self.blocks.iter().flat_map(|b| b.convs()))
     }
 
+    /// Every conv+BN pair in execution order with its input `[C, H, W]` for an `h x w` image
+    /// (what the layer table says).
+    pub fn convs_with_inputs(&self, h: usize, w: usize) -> Vec<(&ConvBn, [usize; 3])> {
+        let table = self.layer_table(h, w);
+        self.convs()
+            .map(|c| {
+                let row = table.iter().find(|r| r.name == c.conv);
+                (
+                    c,
+                    row.expect("every convolution is in the layer table").input,
+                )
+            })
+            .collect()
+    }
+
     /// Every tensor of torchvision's `state_dict`, with its shape and role, in state-dict order.
     pub fn expected_tensors(&self) -> Vec<ExpectedTensor> {
         let mut out = Vec::new();

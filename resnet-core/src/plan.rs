@@ -334,24 +334,21 @@ impl Plan {
 }
 
 /// Whether `method` can run `spec` at all (for [`Method::InPlace`]: the shape; the kernel line
-/// must read A in place too, see [`in_place_kernel`]).
+/// must read A in place too, [`int8::Int8Kernel::reads_in_place`]).
 pub fn method_applies(method: Method, spec: &ConvBn) -> bool {
     match method {
         Method::Direct => true,
         Method::Winograd => spec.kernel == 3 && spec.stride == 1 && spec.padding == 1,
-        Method::InPlace => spec.stride == 1 && spec.in_channels.is_multiple_of(64),
+        Method::InPlace => {
+            int8::in_place_shape_applies(&spec.geometry(1, spec.kernel, spec.kernel))
+        }
     }
 }
 
 /// The heuristic's in-place rule: the line can, the layer allows it, and its output is at least
 /// [`IN_PLACE_MIN_WIDTH`] wide.
 pub fn in_place_by_default(kernel: &int8::Int8Kernel, spec: &ConvBn, width: usize) -> bool {
-    in_place_kernel(kernel) && method_applies(Method::InPlace, spec) && width >= IN_PLACE_MIN_WIDTH
-}
-
-/// Whether the INT8 kernel line reads A in place (the AMX lines).
-pub fn in_place_kernel(kernel: &int8::Int8Kernel) -> bool {
-    kernel.info.isa == Isa::Amx
+    kernel.reads_in_place() && method_applies(Method::InPlace, spec) && width >= IN_PLACE_MIN_WIDTH
 }
 
 fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Result<(), String> {
@@ -379,7 +376,7 @@ fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Re
                 return Err("the int8 backend has no Winograd (only direct)".into());
             }
             let line = choice.int8_kernel_line();
-            if choice.method == Method::InPlace && line.is_some_and(|l| !in_place_kernel(l)) {
+            if choice.method == Method::InPlace && line.is_some_and(|l| !l.reads_in_place()) {
                 return Err(format!(
                     "kernel '{}' packs A: only the AMX lines read the input in place",
                     choice.kernel
@@ -562,7 +559,7 @@ pub fn candidates_int8(
             (kernel.info.mr, kernel.info.nr),
             threads,
         );
-        let methods: &[Method] = if in_place_kernel(kernel) && method_applies(Method::InPlace, spec)
+        let methods: &[Method] = if kernel.reads_in_place() && method_applies(Method::InPlace, spec)
         {
             &[Method::Direct, Method::InPlace]
         } else {
@@ -929,14 +926,14 @@ mod tests {
         );
         // On an AMX line the stride-1 layer is also tried in place, the stride-2 one is not.
         let in_place = |c: &[LayerChoice]| c.iter().any(|c| c.method == Method::InPlace);
-        assert_eq!(in_place(&cands), in_place_kernel(int8::kernel_for(isa)));
+        assert_eq!(in_place(&cands), int8::kernel_for(isa).reads_in_place());
         let stride2 = arch.convs().find(|c| c.conv == "layer4.0.conv1").unwrap();
         assert!(!in_place(&candidates_int8(stride2, isa, 49, 7, 2)));
         // The heuristic reads layer1 (56 wide) in place where the line can.
         let wide = arch.convs().find(|c| c.conv == "layer1.0.conv1").unwrap();
         assert_eq!(
             default_choice_int8(wide, isa, 56).method == Method::InPlace,
-            in_place_kernel(int8::kernel_for(isa))
+            int8::kernel_for(isa).reads_in_place()
         );
         for c in &cands {
             check_choice(c, spec, PlanBackend::Int8).unwrap();

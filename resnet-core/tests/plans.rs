@@ -52,11 +52,10 @@ fn every_plan_candidate_agrees_with_reference_at_every_trace_point() {
     let isa = Isa::best_supported();
     let threads = rayon::current_num_threads();
     let arch = ResNet18Arch::new();
-    let table = arch.layer_table(INPUT_SIZE, INPUT_SIZE);
     let per_layer: Vec<_> = arch
-        .convs()
-        .map(|spec| {
-            let [_, h, w] = table.iter().find(|r| r.name == spec.conv).unwrap().input;
+        .convs_with_inputs(INPUT_SIZE, INPUT_SIZE)
+        .into_iter()
+        .map(|(spec, [_, h, w])| {
             let g = spec.geometry(batch, h, w);
             let tiles = batch * h.div_ceil(4) * w.div_ceil(4);
             (
@@ -133,11 +132,10 @@ fn every_int8_plan_candidate_is_bit_identical_to_the_heuristic() {
     let isa = Isa::best_supported();
     let threads = rayon::current_num_threads();
     let arch = ResNet18Arch::new();
-    let table = arch.layer_table(INPUT_SIZE, INPUT_SIZE);
     let per_layer: Vec<_> = arch
-        .convs()
-        .map(|spec| {
-            let [_, h, w] = table.iter().find(|r| r.name == spec.conv).unwrap().input;
+        .convs_with_inputs(INPUT_SIZE, INPUT_SIZE)
+        .into_iter()
+        .map(|(spec, [_, h, w])| {
             let g = spec.geometry(batch, h, w);
             (
                 spec.conv.clone(),

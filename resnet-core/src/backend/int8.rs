@@ -229,7 +229,7 @@ impl Int8Backend {
         // default blocking, in place where the heuristic says (from the layer's output width
         // at the standard 224 x 224 input).
         let arch = ResNet18Arch::new();
-        let table = arch.layer_table(crate::arch::INPUT_SIZE, crate::arch::INPUT_SIZE);
+        let inputs = arch.convs_with_inputs(crate::arch::INPUT_SIZE, crate::arch::INPUT_SIZE);
         let mut uses_amx = false;
         let mut line = |conv: &str| {
             let chosen = match plan.as_ref().and_then(|p| p.plan.choice(conv)) {
@@ -240,16 +240,11 @@ impl Int8Backend {
                     (line, c.blocking(), c.method == crate::plan::Method::InPlace)
                 }
                 None => {
-                    let spec = arch
-                        .convs()
-                        .find(|s| s.conv == conv)
-                        .expect("a convolution");
-                    let [_, h, w] = table
+                    let &(spec, [_, h, w]) = inputs
                         .iter()
-                        .find(|r| r.name == conv)
-                        .map(|r| r.input)
-                        .expect("every convolution is in the layer table");
-                    let width = spec.geometry(1, h, w).out_w();
+                        .find(|(s, _)| s.conv == conv)
+                        .expect("a convolution of the network");
+                    let width = spec.output_hw(h, w).1;
                     let in_place = crate::plan::in_place_by_default(kernel, spec, width);
                     (kernel, kernel.default_blocking(), in_place)
                 }

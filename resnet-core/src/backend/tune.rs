@@ -67,18 +67,11 @@ impl<'e> Tuner<'e> {
         candidates: impl Fn(&ConvBn, &ConvGeometry, usize) -> Vec<LayerChoice>,
     ) -> (Tuner<'e>, Vec<Vec<LayerChoice>>) {
         let arch = ResNet18Arch::new();
-        let table = arch.layer_table(INPUT_SIZE, INPUT_SIZE);
-        let specs: Vec<ConvBn> = arch.convs().cloned().collect();
-        let shapes: Vec<[usize; 3]> = specs
-            .iter()
-            .map(|s| {
-                table
-                    .iter()
-                    .find(|r| r.name == s.conv)
-                    .map(|r| r.input)
-                    .expect("every convolution is in the layer table")
-            })
-            .collect();
+        let (specs, shapes): (Vec<ConvBn>, Vec<[usize; 3]>) = arch
+            .convs_with_inputs(INPUT_SIZE, INPUT_SIZE)
+            .into_iter()
+            .map(|(c, input)| (c.clone(), input))
+            .unzip();
         let per_layer: Vec<Vec<LayerChoice>> = specs
             .iter()
             .zip(&shapes)
@@ -277,7 +270,7 @@ pub fn tune_int8(
     for (i, choices) in per_layer.into_iter().enumerate() {
         let spec = tuner.specs[i].clone();
         let [c, h, w] = tuner.shapes[i];
-        let fallback = plan::default_choice_int8(&spec, isa, spec.geometry(1, h, w).out_w());
+        let fallback = plan::default_choice_int8(&spec, isa, spec.output_hw(h, w).1);
         if !tuner.in_budget(i, &fallback) {
             continue;
         }

@@ -33,11 +33,16 @@ thread_local! {
     static ACC: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether [`conv`] computes this convolution: stride 1, channels in whole 64-byte tile rows,
-/// and K blocks of whole steps (at most [`MAX_STEPS`] each).
+/// Whether the convolution's shape suits [`conv`]: stride 1, channels in whole 64-byte tile
+/// rows.
+pub(crate) fn shape_applies(g: &ConvGeometry) -> bool {
+    g.stride == 1 && g.in_c.is_multiple_of(K_STEP_BYTES)
+}
+
+/// Whether [`conv`] computes this convolution with `b`: its shape ([`shape_applies`]), and K
+/// blocks of whole steps (at most [`MAX_STEPS`] each).
 pub(crate) fn applies(g: &ConvGeometry, b: &PackedB8) -> bool {
-    g.stride == 1
-        && g.in_c.is_multiple_of(K_STEP_BYTES)
+    shape_applies(g)
         && g.k() == b.k
         && b.blocks
             .iter()

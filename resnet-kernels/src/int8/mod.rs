@@ -282,6 +282,12 @@ pub fn kernel_name(isa: Isa) -> &'static str {
 }
 
 impl Int8Kernel {
+    /// Whether this line can read a convolution's input in place ([`conv_u8s8_in_place`]): the
+    /// AMX lines, whose tiles load strided rows straight from the activation.
+    pub fn reads_in_place(&self) -> bool {
+        self.entry.conv_direct.is_some()
+    }
+
     /// The blocking this line packs with when no plan chooses one ([`blocking::DEFAULT`], or
     /// [`blocking::AMX`]).
     pub fn default_blocking(&self) -> Blocking {
@@ -483,11 +489,17 @@ pub fn gemm_u8s8(a: &ASource8<'_>, b: &PackedB8, out: Output8<'_>) {
     (b.kernel.entry.gemm)(a, b, out)
 }
 
+/// Whether a convolution's shape suits [`conv_u8s8_in_place`]: stride 1, channels in whole
+/// 64-byte tile rows (the kernel line and the packing must suit too: [`in_place_applies`]).
+pub fn in_place_shape_applies(geometry: &ConvGeometry) -> bool {
+    direct::shape_applies(geometry)
+}
+
 /// Whether [`conv_u8s8_in_place`] can compute this convolution with `b`: its kernel line reads A
-/// in place (the AMX lines), the convolution has stride 1, its channels fill whole 64-byte tile
-/// rows, and B's K blocks are whole tile steps.
+/// in place ([`Int8Kernel::reads_in_place`]), the shape suits, and B's K blocks are whole tile
+/// steps.
 pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedB8) -> bool {
-    b.kernel.entry.conv_direct.is_some() && direct::applies(geometry, b)
+    b.kernel.reads_in_place() && direct::applies(geometry, b)
 }
 
 /// The convolution of `input` (NHWC codes, `pad` their zero point) by `b`, requantised into C,

@@ -267,13 +267,21 @@ pub fn metric(text: &str, name: &str) -> f64 {
 
 /// A server config watching `dir` as source `name`.
 pub fn watching(dir: &Path, name: &str) -> Config {
+    watching_source(
+        &format!("{name}={}", dir.display()),
+        WatchOptions {
+            settle: Duration::from_millis(300),
+            ..WatchOptions::default()
+        },
+    )
+}
+
+/// A server config watching one source (`NAME=SOURCE`, as `--watch` takes it) with `options`.
+pub fn watching_source(source: &str, options: WatchOptions) -> Config {
     Config {
         watch: Some(WatchConfig {
-            sources: vec![SourceSpec::parse(&format!("{name}={}", dir.display())).unwrap()],
-            options: WatchOptions {
-                settle: Duration::from_millis(300),
-                ..WatchOptions::default()
-            },
+            sources: vec![SourceSpec::parse(source).unwrap()],
+            options,
             filter: EventFilter::default(),
         }),
         ..config()
