@@ -21,6 +21,7 @@
 //!   requantising epilogue, and the INT8 design note.
 #![deny(missing_docs)]
 
+pub mod aligned;
 pub mod alloc_counter;
 pub mod amx;
 pub mod bf16;

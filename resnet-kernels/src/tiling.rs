@@ -6,6 +6,7 @@
 //! what a tile's epilogue is (f32 bias/residual/ReLU in place vs. `i32` partial sums in a scratch
 //! buffer and a `u8` requantising store), which reads better as two loops than as one generic one.
 
+use crate::aligned::{AlignedVec, Plain};
 use crate::gemm::pack::Im2colCursor;
 use crate::gemm::ConvGeometry;
 
@@ -33,7 +34,7 @@ pub enum ASource<'a, T> {
     },
 }
 
-impl<T: Copy + Default> ASource<'_, T> {
+impl<T: Plain + Default> ASource<'_, T> {
     /// Rows of A (the GEMM's M).
     pub fn rows(&self) -> usize {
         match self {
@@ -71,7 +72,7 @@ impl<T: Copy + Default> ASource<'_, T> {
         kc: usize,
         stride: usize,
         mr: usize,
-        out: &mut Vec<T>,
+        out: &mut AlignedVec<T>,
     ) {
         // Every element of the first `rows` rows is written below, so only the rows past them
         // are zeroed (a memset of the whole block first would double the stores of packing).

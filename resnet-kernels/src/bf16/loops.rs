@@ -3,6 +3,7 @@
 
 use super::pack::padded_k;
 use super::{blocking, Bf16, EpilogueBf16, MicroKernelBf16, OutputBf16, PackedBBf16, TileOut};
+use crate::aligned::AlignedVec;
 use crate::gemm::pack::Im2colCursor;
 use crate::gemm::ConvGeometry;
 use std::cell::RefCell;
@@ -49,7 +50,7 @@ impl ASourceBf16<'_> {
         kc: usize,
         kcp: usize,
         mr: usize,
-        out: &mut Vec<Bf16>,
+        out: &mut AlignedVec<Bf16>,
     ) {
         // Every value is written below, so the buffer is only grown, never cleared.
         let total = rows.div_ceil(mr) * mr * kcp;
@@ -96,9 +97,9 @@ impl ASourceBf16<'_> {
 
 thread_local! {
     /// Each worker's A-packing buffer, reused across calls.
-    static A_PACK: RefCell<Vec<Bf16>> = const { RefCell::new(Vec::new()) };
+    static A_PACK: RefCell<AlignedVec<Bf16>> = const { RefCell::new(AlignedVec::new()) };
     /// Each worker's f32 partial sums when K takes several blocks.
-    static ACC: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ACC: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 /// A raw pointer to C that work items share; each item writes only its own tiles.

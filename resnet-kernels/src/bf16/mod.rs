@@ -47,6 +47,7 @@ pub(crate) mod simd;
 pub use loops::ASourceBf16;
 pub use pack::im2col_nhwc_bf16;
 
+use crate::aligned::AlignedVec;
 use crate::cpu::Isa;
 use crate::registry::{self, Family, Kernel, KernelInfo};
 
@@ -295,7 +296,7 @@ pub struct PackedBBf16 {
     n: usize,
     /// `(k0, kc, offset)` of each K block; `kc` is a multiple of 32 except possibly the last.
     pub(crate) blocks: Vec<(usize, usize, usize)>,
-    pub(crate) data: Vec<Bf16>,
+    pub(crate) data: AlignedVec<Bf16>,
 }
 
 impl PackedBBf16 {

@@ -1,6 +1,7 @@
 //! Packing for the bf16 kernels: B (weights) once per model in k-pairs, and the bf16 im2col.
 
 use super::Bf16;
+use crate::aligned::AlignedVec;
 use crate::gemm::ConvGeometry;
 
 /// Splits `k` into blocks of at most `kc_max` (a multiple of `align`), as even as possible in
@@ -43,9 +44,9 @@ pub(crate) fn pack_b_pairs(
     n: usize,
     nr: usize,
     kc_max: usize,
-) -> (Vec<(usize, usize, usize)>, Vec<Bf16>) {
+) -> (Vec<(usize, usize, usize)>, AlignedVec<Bf16>) {
     let panels = n.div_ceil(nr);
-    let mut data = Vec::with_capacity((k + K_PAD) * panels * nr);
+    let mut data = AlignedVec::with_capacity((k + K_PAD) * panels * nr);
     let mut blocks = Vec::new();
     for (k0, kc) in k_blocks_aligned(k, kc_max, 32) {
         blocks.push((k0, kc, data.len()));

@@ -2,12 +2,13 @@
 //! and A packing shared with INT8 in [`crate::tiling`]).
 
 use super::{ASource, Epilogue, MicroKernel, PackedB, TileEpilogue};
+use crate::aligned::AlignedVec;
 use crate::tiling::{SharedMut, WorkSplit};
 use std::cell::RefCell;
 
 thread_local! {
     /// Each worker's A-packing buffer, reused across calls (no allocation in steady state).
-    static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static A_PACK: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 type SharedC = SharedMut<f32>;

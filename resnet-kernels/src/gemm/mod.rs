@@ -25,6 +25,7 @@ mod simd;
 pub use crate::tiling::Blocking;
 pub use pack::{im2col_nhwc, ConvGeometry};
 
+use crate::aligned::AlignedVec;
 use crate::cpu::Isa;
 use crate::registry::{self, Family, Kernel, KernelInfo};
 use pack::pack_b;
@@ -186,7 +187,7 @@ pub struct PackedB {
     n: usize,
     /// `(k0, kc, offset)` of each K block in `data`.
     blocks: Vec<(usize, usize, usize)>,
-    data: Vec<f32>,
+    pub(crate) data: AlignedVec<f32>,
 }
 
 impl PackedB {

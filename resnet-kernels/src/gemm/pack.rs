@@ -1,5 +1,7 @@
 //! Packing: B (weights) once per model, A (activations) per call, and im2col geometry.
 
+use crate::aligned::AlignedVec;
+
 /// A convolution's geometry in NHWC layout (`[N, H, W, C]`, channels innermost).
 ///
 /// As a GEMM it has `M = N·OH·OW` rows (output pixels), `K = KH·KW·C` (window x channels, in
@@ -220,9 +222,9 @@ pub(crate) fn pack_b(
     n: usize,
     nr: usize,
     kc_max: usize,
-) -> (Vec<(usize, usize, usize)>, Vec<f32>) {
+) -> (Vec<(usize, usize, usize)>, AlignedVec<f32>) {
     let panels = n.div_ceil(nr);
-    let mut data = Vec::with_capacity(k * panels * nr);
+    let mut data = AlignedVec::with_capacity(k * panels * nr);
     let mut blocks = Vec::new();
     for (k0, kc) in crate::tiling::k_blocks(k, kc_max, 1) {
         blocks.push((k0, kc, data.len()));

@@ -14,6 +14,7 @@
 
 use super::loops::tile_requant;
 use super::{PackedB8, Requant};
+use crate::aligned::AlignedVec;
 use crate::amx::{CBlock, Gather2x2, TileExec, K_STEP_BYTES};
 use crate::gemm::ConvGeometry;
 use crate::tiling::{SharedMut, WorkSplit};
@@ -28,9 +29,9 @@ const MAX_STEPS: usize = 128;
 
 thread_local! {
     /// The caller's zero-point-padded copy of the input, reused across calls.
-    static PADDED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static PADDED: RefCell<AlignedVec<u8>> = const { RefCell::new(AlignedVec::new()) };
     /// Each worker's `i32` partial sums when K takes several blocks.
-    static ACC: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    static ACC: RefCell<AlignedVec<i32>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 /// Whether the convolution's shape suits [`conv`]: stride 1, channels in whole 64-byte tile
@@ -204,7 +205,7 @@ fn pad_input(
     pad_code: u8,
     image_px: usize,
     slack_px: usize,
-    out: &mut Vec<u8>,
+    out: &mut AlignedVec<u8>,
 ) {
     let ch = g.in_c;
     let (hp, wp) = (g.in_h + 2 * g.pad, g.in_w + 2 * g.pad);

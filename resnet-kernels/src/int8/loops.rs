@@ -4,14 +4,15 @@
 //! live in a per-thread scratch buffer, and the last block requantises them to `u8`.
 
 use super::{ASource8, MicroKernel8, Output8, PackedB8, Requant, TileRequant};
+use crate::aligned::AlignedVec;
 use crate::tiling::{SharedMut, WorkSplit};
 use std::cell::RefCell;
 
 thread_local! {
     /// Each worker's A-packing buffer, reused across calls.
-    static A_PACK8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static A_PACK8: RefCell<AlignedVec<u8>> = const { RefCell::new(AlignedVec::new()) };
     /// Each worker's `i32` partial sums when K takes several blocks and C is `u8`.
-    static ACC8: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    static ACC8: RefCell<AlignedVec<i32>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 type Shared<T> = SharedMut<T>;

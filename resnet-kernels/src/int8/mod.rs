@@ -114,6 +114,7 @@ pub use ops::{
 };
 pub use pack::im2col_nhwc_u8;
 
+use crate::aligned::AlignedVec;
 use crate::cpu::{CpuFeatures, Isa};
 use crate::gemm::ConvGeometry;
 use crate::registry::{self, Family, Kernel, KernelInfo};
@@ -318,7 +319,7 @@ pub struct PackedB8 {
     /// `(k0, kc, offset)` of each K block; `kc` is a multiple of the K alignment except
     /// possibly the last.
     blocks: Vec<(usize, usize, usize)>,
-    data: Vec<i8>,
+    pub(crate) data: AlignedVec<i8>,
     column_sums: Vec<i32>,
 }
 

@@ -1,5 +1,6 @@
 //! Packing for the INT8 kernels: B (weights) once per model in 4-k groups, and the `u8` im2col.
 
+use crate::aligned::AlignedVec;
 use crate::gemm::ConvGeometry;
 
 /// Packs a row-major `K x N` byte matrix into K blocks of NR-wide micro-panels. Within a panel,
@@ -16,14 +17,15 @@ pub(crate) fn pack_b8(
     kc_max: usize,
     split: bool,
     k_align: usize,
-) -> (Vec<(usize, usize, usize)>, Vec<i8>) {
+) -> (Vec<(usize, usize, usize)>, AlignedVec<i8>) {
     let panels = n.div_ceil(nr);
     let parts: &[fn(i8) -> i8] = if split {
         &[|w| w >> 1, |w| w & 1]
     } else {
         &[|w| w]
     };
-    let mut data = Vec::with_capacity(k.div_ceil(k_align) * k_align * panels * nr * parts.len());
+    let mut data =
+        AlignedVec::with_capacity(k.div_ceil(k_align) * k_align * panels * nr * parts.len());
     let mut blocks = Vec::new();
     for (k0, kc) in crate::tiling::k_blocks(k, kc_max, k_align) {
         blocks.push((k0, kc, data.len()));
