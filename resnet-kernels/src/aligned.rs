@@ -161,6 +161,14 @@ impl<T: Plain> DerefMut for AlignedVec<T> {
     }
 }
 
+impl<'a, T: Plain> IntoIterator for &'a AlignedVec<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 impl<T: Plain> Clone for AlignedVec<T> {
     fn clone(&self) -> Self {
         AlignedVec {

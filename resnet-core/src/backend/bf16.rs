@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
+use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::bf16::{
     avg_pool_bf16_nhwc, f32_to_bf16, gemm_bf16, kernel_for, ASourceBf16, Bf16, Bf16Kernel,
     EpilogueBf16, OutputBf16, PackedBBf16,
@@ -57,7 +58,7 @@ impl Bf16Layer {
         &self,
         input: &[Bf16],
         (n, h, w): (usize, usize, usize),
-        out: &mut Vec<Bf16>,
+        out: &mut AlignedVec<Bf16>,
         residual: Option<&[Bf16]>,
         relu: bool,
     ) -> (usize, usize) {
@@ -89,10 +90,10 @@ struct Bf16Block {
 #[derive(Default)]
 struct Workspace {
     xf: Vec<f32>,
-    x: Vec<Bf16>,
-    t: Vec<Bf16>,
-    skip: Vec<Bf16>,
-    y: Vec<Bf16>,
+    x: AlignedVec<Bf16>,
+    t: AlignedVec<Bf16>,
+    skip: AlignedVec<Bf16>,
+    y: AlignedVec<Bf16>,
     features: Vec<f32>,
 }
 

@@ -14,6 +14,7 @@ use crate::plan::ActivePlan;
 use crate::quantize::model::{ActQuant, Activation, LayerPrecision, QuantizedConv, QuantizedModel};
 use crate::weights::FoldedConv;
 use ndarray::{Array2, ArrayView4};
+use resnet_kernels::aligned::{AlignedVec, Plain};
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
 use resnet_kernels::int8::{
@@ -94,7 +95,7 @@ impl Int8Layer {
         &self,
         input: &[u8],
         (n, h, w): (usize, usize, usize),
-        out: &mut Vec<u8>,
+        out: &mut AlignedVec<u8>,
         residual: Option<(&[u8], ActQuant)>,
         relu: bool,
     ) -> (usize, usize) {
@@ -162,12 +163,12 @@ struct Int8Block {
 
 #[derive(Default)]
 struct Workspace {
-    x: Vec<u8>,
-    t: Vec<u8>,
-    skip: Vec<u8>,
-    y: Vec<u8>,
+    x: AlignedVec<u8>,
+    t: AlignedVec<u8>,
+    skip: AlignedVec<u8>,
+    y: AlignedVec<u8>,
     xf: Vec<f32>,
-    tf: Vec<f32>,
+    tf: AlignedVec<f32>,
     features: Vec<f32>,
 }
 
@@ -368,8 +369,10 @@ impl Int8Backend {
                     true,
                     &mut WinogradScratch::default(),
                 );
-                ws.t.clear();
-                ws.t.extend(ws.tf.iter().map(|&v| output.quantize(v)));
+                let t = grow(&mut ws.t, ws.tf.len());
+                for (q, &v) in t.iter_mut().zip(ws.tf.iter()) {
+                    *q = output.quantize(v);
+                }
                 *output
             }
         };
@@ -502,7 +505,7 @@ impl Backend for Int8Backend {
 }
 
 /// The first `len` elements of `buf`, growing it (with zeros) if it is shorter, never shrinking.
-fn grow<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+fn grow<T: Plain + Default>(buf: &mut AlignedVec<T>, len: usize) -> &mut [T] {
     if buf.len() < len {
         buf.resize(len, T::default());
     }

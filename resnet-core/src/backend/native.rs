@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::plan::{default_choice, ActivePlan, LayerChoice, Method};
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
+use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::{kernel_name, sgemm_packed, ASource, Epilogue, PackedB};
 use resnet_kernels::pool::{global_avg_pool_nhwc, max_pool_3x3_s2_p1_nhwc};
@@ -88,7 +89,7 @@ impl PackedLayer {
         &self,
         input: &[f32],
         (n, h, w): (usize, usize, usize),
-        out: &mut Vec<f32>,
+        out: &mut AlignedVec<f32>,
         residual: Option<&[f32]>,
         relu: bool,
         scratch: &mut WinogradScratch,
@@ -158,10 +159,10 @@ struct PackedBlock {
 /// Activation buffers of one forward pass, kept between calls.
 #[derive(Default)]
 struct Workspace {
-    x: Vec<f32>,
-    t: Vec<f32>,
-    skip: Vec<f32>,
-    y: Vec<f32>,
+    x: AlignedVec<f32>,
+    t: AlignedVec<f32>,
+    skip: AlignedVec<f32>,
+    y: AlignedVec<f32>,
     features: Vec<f32>,
     winograd: WinogradScratch,
 }

@@ -12,6 +12,7 @@ use crate::arch::{ConvBn, ResNet18Arch, INPUT_SIZE};
 use crate::plan::{self, Candidate, LayerChoice, LayerPlan, Plan, PlanBackend, PlanKey};
 use crate::quantize::model::{Activation, LayerPrecision, QuantizedModel};
 use crate::weights::Weights;
+use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::ConvGeometry;
 use resnet_kernels::winograd::WinogradScratch;
@@ -196,7 +197,7 @@ pub fn tune_native(
         let reference = {
             let d = plan::default_choice(&spec, isa, false);
             let layer = PackedLayer::with_choice(FoldedLayer::new(weights, &spec), &d);
-            let mut out = Vec::new();
+            let mut out = AlignedVec::new();
             let residual = residual_needed.then(|| residual_for(&layer.spec, batch, h, w));
             layer.run(
                 &input,
@@ -213,8 +214,8 @@ pub fn tune_native(
         for choice in choices {
             let layer = PackedLayer::with_choice(FoldedLayer::new(weights, &spec), &choice);
             let residual = residual_needed.then(|| residual_for(&layer.spec, batch, h, w));
-            let mut out = Vec::new();
-            let run = |out: &mut Vec<f32>, scratch: &mut WinogradScratch| {
+            let mut out = AlignedVec::new();
+            let run = |out: &mut AlignedVec<f32>, scratch: &mut WinogradScratch| {
                 layer.run(
                     &input,
                     (batch, h, w),
@@ -305,13 +306,13 @@ pub fn tune_int8(
                 ),
             )
         };
-        let run = |layer: &Int8Layer, out: &mut Vec<u8>| {
+        let run = |layer: &Int8Layer, out: &mut AlignedVec<u8>| {
             let skip = residual.as_ref().map(|(r, q)| (r.as_slice(), *q));
             layer.run(&input, (batch, h, w), out, skip, relu);
         };
         // The reference: the heuristic's kernel and blocking with A packed (so the in-place
         // candidates are checked against the im2col path).
-        let mut reference = Vec::new();
+        let mut reference = AlignedVec::new();
         let packed = LayerChoice {
             method: plan::Method::Direct,
             ..fallback.clone()
@@ -320,7 +321,7 @@ pub fn tune_int8(
         let mut candidates = Vec::new();
         for choice in choices {
             let layer = build(&choice);
-            let mut out = Vec::new();
+            let mut out = AlignedVec::new();
             run(&layer, &mut out);
             let worst = out
                 .iter()
