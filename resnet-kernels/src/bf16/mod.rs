@@ -93,24 +93,29 @@ impl Bf16 {
         }
     }
 
-    /// A key whose unsigned order is the numeric order (negative values reversed below the
-    /// positive ones), for max-pooling.
+    /// The bits with a negative value's magnitude flipped: as signed 16-bit integers these
+    /// keys are in the values' numeric order (`-0.0` just below `+0.0`). Its own inverse.
     #[inline(always)]
-    fn order_key(self) -> u16 {
-        let negative_mask = ((self.0 as i16) >> 15) as u16;
-        self.0 ^ (negative_mask | 0x8000)
+    fn signed_order_key(self) -> Bf16 {
+        let magnitude_mask = (((self.0 as i16) >> 15) as u16) & 0x7FFF;
+        Bf16(self.0 ^ magnitude_mask)
     }
 }
 
 impl crate::pool::PoolValue for Bf16 {
-    const LOWEST: Bf16 = Bf16::NEG_INFINITY;
+    /// The key of negative infinity.
+    const LOWEST_KEY: Bf16 = Bf16(0xFF80 ^ 0x7FFF);
     #[inline(always)]
-    fn max_of(self, other: Bf16) -> Bf16 {
-        if other.order_key() > self.order_key() {
-            other
-        } else {
-            self
-        }
+    fn to_key(self) -> Bf16 {
+        self.signed_order_key()
+    }
+    #[inline(always)]
+    fn value_of_key(self) -> Bf16 {
+        self.signed_order_key()
+    }
+    #[inline(always)]
+    fn max_key(self, other: Bf16) -> Bf16 {
+        Bf16((self.0 as i16).max(other.0 as i16) as u16)
     }
 }
 

@@ -313,8 +313,11 @@ fn bf16_max_pool_order() {
         }
     }
     let low = Bf16::from_f32(-1e30);
-    assert_eq!(Bf16::LOWEST.max_of(low), low);
-    assert_eq!(low.max_of(Bf16::LOWEST), low);
+    let lowest = Bf16::LOWEST_KEY.value_of_key();
+    assert_eq!(lowest, Bf16::NEG_INFINITY);
+    assert_eq!(lowest.max_of(low), low);
+    assert_eq!(low.max_of(lowest), low);
+    assert_eq!(Bf16::LOWEST_KEY.max_key(low.to_key()), low.to_key());
 }
 
 /// Where the CPU has AVX512-BF16 (`RESNET_EXPECT_ISA`, from /proc/cpuinfo), its kernel must be
