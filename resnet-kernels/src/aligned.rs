@@ -106,6 +106,18 @@ impl<T: Plain> AlignedVec<T> {
         }
     }
 
+    /// The values' bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `Plain` types have no padding, so every byte of the values is initialised;
+        // the length in bytes is the values' length times their size.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.lines.as_ptr().cast::<u8>(),
+                self.len * std::mem::size_of::<T>(),
+            )
+        }
+    }
+
     /// Sets the length to `len`, writing `value` into every new slot.
     pub fn resize(&mut self, len: usize, value: T) {
         let old = self.len;

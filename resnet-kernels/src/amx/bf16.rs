@@ -48,25 +48,42 @@ impl<T: TileExec> MicroKernelBf16 for AmxKernelBf16<T> {
         // granted; the caller guarantees 32 A rows of kc2 values and kc2 / 2 B pair-rows of 32
         // columns (128 bytes each); `c` is the 32 x 32 block.
         unsafe { T::with_thread_tiles(|tiles| tiles.block_2x2(Dot::Bf16ps, &job)) };
-        let sums = c.as_ptr().cast::<f32>();
-        // SAFETY: `sums` is the 32 x 32 block (64-byte aligned); the caller guarantees `rows`
-        // rows of NR partial sums at acc (stride ld_acc) when read or written and the
-        // epilogue's pointers for rows x NR outputs.
-        unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if T::HARDWARE {
-                return epilogue_avx512(sums, rows, acc, ld_acc, accumulate, out);
-            }
-            for i in 0..rows {
-                for j in 0..NR {
-                    let mut v = *sums.add(i * NR + j);
-                    if accumulate {
-                        v += *acc.add(i * ld_acc + j);
-                    }
-                    match out {
-                        None => *acc.add(i * ld_acc + j) = v,
-                        Some(t) => crate::bf16::scalar::store_tile_element(v, t, i, j),
-                    }
+        // SAFETY: the block is written; the caller's contract covers `acc` and `out`.
+        unsafe { epilogue::<T>(c.as_ptr().cast(), rows, acc, ld_acc, accumulate, out) }
+    }
+
+    const CONV_DIRECT: Option<crate::bf16::ConvDirectBf16> = Some(crate::bf16::direct::conv::<T>);
+}
+
+/// The family's epilogue on `rows` rows of 32 sums at `sums` (row stride 32): the AVX-512 one
+/// for the hardware, the scalar twin's for the model (the batteries hold them to the same
+/// results).
+///
+/// # Safety
+/// As [`MicroKernelBf16::run`]'s `acc` and `out`; `sums` holds `rows` rows of 32 f32.
+pub(crate) unsafe fn epilogue<T: TileExec>(
+    sums: *const f32,
+    rows: usize,
+    acc: *mut f32,
+    ld_acc: usize,
+    accumulate: bool,
+    out: Option<&TileOut>,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if T::HARDWARE {
+            return epilogue_avx512(sums, rows, acc, ld_acc, accumulate, out);
+        }
+        for i in 0..rows {
+            for j in 0..NR {
+                let mut v = *sums.add(i * NR + j);
+                if accumulate {
+                    v += *acc.add(i * ld_acc + j);
+                }
+                match out {
+                    None => *acc.add(i * ld_acc + j) = v,
+                    Some(t) => crate::bf16::scalar::store_tile_element(v, t, i, j),
                 }
             }
         }

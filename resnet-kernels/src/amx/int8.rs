@@ -83,17 +83,6 @@ pub(crate) unsafe fn epilogue<T: TileExec>(
     }
 }
 
-/// The tile instructions of one gathered 32 x 32 block ([`super::Gather2x2`]) on this thread's
-/// tiles: the sums land in `c`.
-///
-/// # Safety
-/// The line is runnable (for the hardware: AMX is granted); `job` addresses what
-/// [`super::Gather2x2`] says, its `c` the block.
-pub(crate) unsafe fn gather_block<T: TileExec>(job: &super::Gather2x2) {
-    // SAFETY: the caller's contract.
-    unsafe { T::with_thread_tiles(|tiles| tiles.gather_2x2(Dot::Busd, job)) }
-}
-
 /// The family's epilogue on `rows` rows of the block, element by element (the scalar twin's
 /// code, so the model's outputs are the twin's by construction of the sums).
 ///

@@ -30,6 +30,7 @@
 //! same rounding code as every other kernel of the family.
 
 mod bf16;
+pub(crate) mod direct;
 #[cfg(target_arch = "x86_64")]
 mod hardware;
 mod int8;
@@ -52,10 +53,10 @@ pub use model::AmxModel;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use bf16::peak_hardware as peak_bf16_hardware;
-pub(crate) use bf16::{peak_model as peak_bf16_model, AmxKernelBf16};
+pub(crate) use bf16::{epilogue as bf16_epilogue, peak_model as peak_bf16_model, AmxKernelBf16};
+pub(crate) use int8::epilogue as int8_epilogue;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use int8::peak_hardware as peak_int8_hardware;
-pub(crate) use int8::{epilogue as int8_epilogue, gather_block as int8_gather_block};
 pub(crate) use int8::{peak_model as peak_int8_model, AmxKernel8};
 
 /// Tile registers of palette 1.

@@ -38,6 +38,7 @@
 //! The AMX-BF16 kernel ([`crate::amx`]) reads the same 32-column k-pair panels (a 64-byte half
 //! of each 128-byte row is one B tile row), so one packing serves both.
 
+pub(crate) mod direct;
 mod loops;
 mod pack;
 pub(crate) mod scalar;
@@ -49,6 +50,7 @@ pub use pack::im2col_nhwc_bf16;
 
 use crate::aligned::AlignedVec;
 use crate::cpu::Isa;
+use crate::gemm::ConvGeometry;
 use crate::registry::{self, Family, Kernel, KernelInfo};
 
 /// A bfloat16 value, as its bit pattern (the top 16 bits of an IEEE single).
@@ -193,7 +195,15 @@ pub struct Bf16Entry {
     /// Independent chains of the kernel's bf16 dot product for `iters` rounds; returns the
     /// multiply-adds done. Unsafe: the CPU must run the kernel.
     peak: unsafe fn(usize) -> f64,
+    /// The kernel's `CONV_DIRECT`.
+    conv_direct: Option<ConvDirectBf16>,
 }
+
+/// A line's in-place convolution (see [`direct`]): `input` NHWC bf16, C and its epilogue as for
+/// [`gemm_bf16`]. Called only by [`conv_bf16_in_place`], which checks that it applies and the
+/// sizes.
+pub(crate) type ConvDirectBf16 =
+    fn(&[Bf16], &ConvGeometry, &PackedBBf16, OutputBf16<'_>, &EpilogueBf16<'_>);
 
 /// A bf16 kernel line.
 pub type Bf16Kernel = Kernel<Bf16Entry>;
@@ -223,6 +233,7 @@ const fn line<K: MicroKernelBf16>(
             gemm: loops::gemm::<K>,
             kc: K::KC,
             peak,
+            conv_direct: K::CONV_DIRECT,
         },
     }
 }
@@ -273,6 +284,12 @@ pub fn kernel_name(isa: Isa) -> &'static str {
 }
 
 impl Bf16Kernel {
+    /// Whether this line can read a convolution's input in place ([`conv_bf16_in_place`]): the
+    /// AMX lines.
+    pub fn reads_in_place(&self) -> bool {
+        self.entry.conv_direct.is_some()
+    }
+
     /// Runs the kernel's throughput probe for `iters` rounds; returns the multiply-adds done,
     /// or `None` when this CPU cannot run the kernel.
     pub fn run_peak_probe(&self, iters: usize) -> Option<f64> {
@@ -400,6 +417,49 @@ pub fn gemm_bf16(a: &ASourceBf16<'_>, b: &PackedBBf16, out: OutputBf16<'_>, epi:
     (b.kernel.entry.gemm)(a, b, out, epi)
 }
 
+/// Whether a convolution's shape suits [`conv_bf16_in_place`]: stride 1, channels in whole
+/// 64-byte tile rows (32 bf16).
+pub fn in_place_shape_applies(geometry: &ConvGeometry) -> bool {
+    direct::shape_applies(geometry)
+}
+
+/// Whether [`conv_bf16_in_place`] can compute this convolution with `b`: its kernel line reads A
+/// in place ([`Bf16Kernel::reads_in_place`]), the shape suits, and B's K blocks are whole tile
+/// steps.
+pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedBBf16) -> bool {
+    b.kernel.reads_in_place() && direct::applies(geometry, b)
+}
+
+/// The convolution of `input` (NHWC bf16) by `b` through the epilogue into C, with A read in
+/// place from a zero-padded copy of the input instead of packed as an im2col ([`direct`]).
+/// Bit-identical to [`gemm_bf16`] on [`ASourceBf16::Conv`].
+///
+/// # Panics
+/// If [`in_place_applies`] does not hold, or on the size mismatches [`gemm_bf16`] refuses.
+pub fn conv_bf16_in_place(
+    input: &[Bf16],
+    geometry: &ConvGeometry,
+    b: &PackedBBf16,
+    out: OutputBf16<'_>,
+    epi: &EpilogueBf16<'_>,
+) {
+    assert!(
+        in_place_applies(geometry, b),
+        "{} cannot read this convolution in place: {geometry:?}",
+        b.kernel.info.name
+    );
+    if geometry.m() == 0 || b.n == 0 {
+        return;
+    }
+    ASourceBf16::Conv {
+        input,
+        geometry: *geometry,
+    }
+    .check(b.k);
+    let direct = b.kernel.entry.conv_direct.expect("checked above");
+    direct(input, geometry, b, out, epi)
+}
+
 /// The plain triple loop every packed path is tested against, in f64 (exact products, one
 /// rounding to f32 at the end), then the epilogue in f32: `A` `M x K` with stride `lda`, `B`
 /// `K x N` row-major, f32 output with row stride `ldc`.
@@ -437,6 +497,9 @@ pub(crate) trait MicroKernelBf16: Sync {
     const NAME: &'static str;
     /// Loop 4's K block (a multiple of 32), see [`blocking::KC`].
     const KC: usize = blocking::KC;
+    /// The in-place convolution, for the lines whose tiles load strided rows straight from the
+    /// activation (AMX).
+    const CONV_DIRECT: Option<ConvDirectBf16> = None;
 
     /// `acc = A_panel · B_panel (+ acc_mem if accumulate)`, then either stored as f32 to
     /// `acc_mem` (`out` is `None`) or put through the epilogue and stored by `out`.

@@ -353,3 +353,145 @@ fn bf16_peak_probes_run_on_every_runnable_line() {
         );
     }
 }
+
+/// The AMX lines' in-place convolution ([`conv_bf16_in_place`]) against their im2col path
+/// ([`gemm_bf16`] on [`ASourceBf16::Conv`]), bit for bit (same tiles, same instructions, same
+/// order), for both outputs and every epilogue option: 3x3 and 1x1 stride-1 convolutions with
+/// and without padding, 64-256 channels, batches of 1-3, widths that are and are not multiples
+/// of the tiles, N with and without an edge panel, K in one block or two (256 channels x 9 =
+/// 2304 > the AMX K block of 1152). The model line runs everywhere; the hardware line where
+/// AMX is granted.
+#[test]
+fn amx_direct_convolution_equals_the_im2col_path() {
+    let mut lines = vec![&AMX_MODEL_KERNEL];
+    lines.extend(
+        KERNELS
+            .iter()
+            .filter(|k| k.info.isa == Isa::Amx && k.info.is_runnable()),
+    );
+    let cases = [
+        // (batch, in_h, in_w, in_c, kernel, pad, n)
+        (1, 7, 7, 64, 3, 1, 64),
+        (2, 5, 9, 128, 3, 1, 40),
+        (3, 4, 4, 64, 1, 0, 32),
+        (1, 3, 5, 256, 3, 1, 32),
+        (2, 3, 6, 64, 3, 0, 32),
+    ];
+    for (seed, (batch, in_h, in_w, in_c, kernel, pad, n)) in cases.into_iter().enumerate() {
+        let g = ConvGeometry {
+            batch,
+            in_h,
+            in_w,
+            in_c,
+            kernel,
+            stride: 1,
+            pad,
+        };
+        let seed = 900 + 10 * seed as u64;
+        let input = values(g.input_len(), seed);
+        let b = values(g.k() * n, seed + 1);
+        let m = g.m();
+        let bias: Vec<f32> = values(n, seed + 2).iter().map(|v| v.to_f32()).collect();
+        let res = values(m * n, seed + 3);
+        for line in &lines {
+            let packed = PackedBBf16::with_kernel(&b, g.k(), n, line);
+            assert!(in_place_applies(&g, &packed), "{g:?}");
+            for (residual, relu) in [(false, true), (true, true), (true, false)] {
+                let epi = EpilogueBf16 {
+                    bias: Some(&bias),
+                    residual: residual.then_some((&res[..], n)),
+                    relu,
+                };
+                let source = ASourceBf16::Conv {
+                    input: &input,
+                    geometry: g,
+                };
+                let what = format!(
+                    "{} {g:?} n {n} residual {residual} relu {relu}",
+                    line.info.name
+                );
+                let mut im2col = vec![Bf16(0x7FC0); m * n];
+                gemm_bf16(
+                    &source,
+                    &packed,
+                    OutputBf16::Bf16 {
+                        c: &mut im2col,
+                        ldc: n,
+                    },
+                    &epi,
+                );
+                let mut direct = vec![Bf16(0x7FC1); m * n];
+                conv_bf16_in_place(
+                    &input,
+                    &g,
+                    &packed,
+                    OutputBf16::Bf16 {
+                        c: &mut direct,
+                        ldc: n,
+                    },
+                    &epi,
+                );
+                assert!(
+                    direct == im2col,
+                    "{what}: first difference at {:?}",
+                    direct.iter().zip(&im2col).position(|(a, b)| a != b)
+                );
+                let mut im2col = vec![f32::NAN; m * n];
+                gemm_bf16(
+                    &source,
+                    &packed,
+                    OutputBf16::F32 {
+                        c: &mut im2col,
+                        ldc: n,
+                    },
+                    &epi,
+                );
+                let mut direct = vec![-f32::NAN; m * n];
+                conv_bf16_in_place(
+                    &input,
+                    &g,
+                    &packed,
+                    OutputBf16::F32 {
+                        c: &mut direct,
+                        ldc: n,
+                    },
+                    &epi,
+                );
+                assert!(
+                    direct
+                        .iter()
+                        .zip(&im2col)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what} (f32 out): first difference at {:?}",
+                    direct
+                        .iter()
+                        .zip(&im2col)
+                        .position(|(a, b)| a.to_bits() != b.to_bits())
+                );
+            }
+        }
+    }
+}
+
+/// Where the in-place path does not apply: stride 2, channels that are not whole tile rows
+/// (32 bf16), and lines that pack A (every non-AMX line).
+#[test]
+fn in_place_applies_only_to_stride_1_whole_tile_rows_on_amx_lines() {
+    let g = |in_c, stride| ConvGeometry {
+        batch: 1,
+        in_h: 8,
+        in_w: 8,
+        in_c,
+        kernel: 3,
+        stride,
+        pad: 1,
+    };
+    let pack = |g: &ConvGeometry, line: &'static Bf16Kernel| {
+        PackedBBf16::with_kernel(&vec![Bf16::ZERO; g.k() * 32], g.k(), 32, line)
+    };
+    let model = &AMX_MODEL_KERNEL;
+    assert!(in_place_applies(&g(32, 1), &pack(&g(32, 1), model)));
+    assert!(!in_place_applies(&g(64, 2), &pack(&g(64, 2), model)));
+    assert!(!in_place_applies(&g(48, 1), &pack(&g(48, 1), model)));
+    assert!(!in_place_applies(&g(64, 1), &pack(&g(64, 1), &KERNELS[0])));
+}

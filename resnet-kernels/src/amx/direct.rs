@@ -1,0 +1,272 @@
+//! A convolution with A read in place, for the AMX lines of both families (INT8 and bf16): no
+//! im2col is packed. The input is copied once into a padded NHWC buffer; then for a stride-1
+//! convolution the 32 rows of an A block are 32 consecutive pixels of that buffer (row stride:
+//! one pixel, `C` elements), and K step `s` (64 bytes of channels `c0..` of window position
+//! `(kh, kw)`) is the same block shifted by `(kh * Wp + kw) * C + c0` elements: one `tileloadd`
+//! per A tile, straight from the activation ([`super::Gather2x2`]).
+//!
+//! Output rows are counted in the padded image's geometry: row `r` of image `n` is output
+//! pixel `(r / Wp, r % Wp)`, so each image has `Ho * Wp` rows of which the `Wp - Wo` at the
+//! end of each pixel row fall on the padding: they are computed (about 2 / Wp of the work) and
+//! never stored. Every kept row's tiles hold exactly what the im2col path's tiles hold (the
+//! padding is what im2col writes outside the image) and go through the same instructions in
+//! the same order, so the two paths agree bit for bit in both families (tested).
+//!
+//! What differs between the families (element, sums, epilogue) is [`InPlaceFamily`]; the
+//! loop, the padded copy and the row bookkeeping are here once.
+
+use super::{CBlock, Dot, Gather2x2, TileExec, K_STEP_BYTES};
+use crate::aligned::{AlignedVec, Plain};
+use crate::gemm::ConvGeometry;
+use crate::tiling::{Blocking, WorkSplit};
+use std::mem::MaybeUninit;
+
+/// Rows and columns of one block (the AMX kernels' 2 x 2 tiles).
+pub(crate) const MR: usize = 32;
+pub(crate) const NR: usize = 32;
+/// Most K steps one K block may take (its offsets live on the stack).
+const MAX_STEPS: usize = 128;
+
+/// The packed weights as the loop reads them: K blocks of 32-column VNNI panels (16 rows of
+/// 128 bytes per 64-byte K step), as both families' AMX lines pack them.
+pub(crate) struct Panels<'a> {
+    /// `(k0, kc, offset)` of each K block, `kc` and `offset` in elements.
+    pub blocks: &'a [(usize, usize, usize)],
+    /// The packed data.
+    pub bytes: &'a [u8],
+    /// Columns (N).
+    pub n: usize,
+    /// The work split's sizes.
+    pub blocking: Blocking,
+}
+
+/// One family's part of the in-place convolution: its element, sums and epilogue.
+pub(crate) trait InPlaceFamily: Sync {
+    /// The activation element (`u8` codes, bf16).
+    type Elem: Plain + Send + Sync;
+    /// The sums (`i32`, `f32`).
+    type Sum: Plain + Default + Send;
+    /// The epilogue's destination for one tile.
+    type Tile;
+    /// The tile dot product.
+    const DOT: Dot;
+    /// Runs `f` on this thread's padded copy of the input (reused across calls).
+    fn with_padded<R>(f: impl FnOnce(&mut AlignedVec<Self::Elem>) -> R) -> R;
+    /// Runs `f` on this worker's partial sums (reused across calls).
+    fn with_scratch<R>(f: impl FnOnce(&mut AlignedVec<Self::Sum>) -> R) -> R;
+    /// The epilogue's destination at row `at`, column `j0` of C.
+    fn tile(&self, at: usize, j0: usize) -> Self::Tile;
+    /// The family's AMX block epilogue on `rows` rows of 32 sums (row stride 32): plus the
+    /// partial sums at `acc` when `accumulate`, then into `acc` (`out` is `None`) or through
+    /// the epilogue into `out`.
+    ///
+    /// # Safety
+    /// As the family's micro-kernel's `acc` and `out`.
+    unsafe fn epilogue<T: TileExec>(
+        sums: *const Self::Sum,
+        rows: usize,
+        acc: *mut Self::Sum,
+        ld_acc: usize,
+        accumulate: bool,
+        out: Option<&Self::Tile>,
+    );
+    /// One sum through the scalar twin's epilogue into element `(i, j)` of `tile` (the columns
+    /// of an edge panel).
+    ///
+    /// # Safety
+    /// `(i, j)` is inside the tile's rows and columns of C and the epilogue's operands.
+    unsafe fn store_element(v: Self::Sum, tile: &Self::Tile, i: usize, j: usize);
+    /// `a + b` as the family's kernels add partial sums.
+    fn add(a: Self::Sum, b: Self::Sum) -> Self::Sum;
+}
+
+/// Bytes of one element of `E`.
+const fn bytes_of<E>() -> usize {
+    std::mem::size_of::<E>()
+}
+
+/// Whether the convolution's shape suits [`conv`]: stride 1, channels in whole 64-byte tile
+/// rows.
+pub(crate) fn shape_applies<E>(g: &ConvGeometry) -> bool {
+    g.stride == 1 && (g.in_c * bytes_of::<E>()).is_multiple_of(K_STEP_BYTES)
+}
+
+/// Whether [`conv`] computes this convolution with weights of K `k` in `blocks`: its shape
+/// ([`shape_applies`]) and K blocks of whole steps (at most [`MAX_STEPS`] each).
+pub(crate) fn applies<E>(g: &ConvGeometry, k: usize, blocks: &[(usize, usize, usize)]) -> bool {
+    let step = K_STEP_BYTES / bytes_of::<E>();
+    shape_applies::<E>(g)
+        && g.k() == k
+        && blocks
+            .iter()
+            .all(|&(_, kc, _)| kc.is_multiple_of(step) && kc / step <= MAX_STEPS)
+}
+
+/// `C = epilogue(conv(input, B))` on the tile unit `T`, A read in place (see the module).
+/// The caller has checked [`applies`] and the sizes.
+pub(crate) fn conv<F: InPlaceFamily, T: TileExec>(
+    family: &F,
+    input: &[F::Elem],
+    g: &ConvGeometry,
+    pad: F::Elem,
+    b: &Panels<'_>,
+) {
+    let elem = bytes_of::<F::Elem>();
+    let step = K_STEP_BYTES / elem;
+    let ch = g.in_c;
+    let (hp, wp) = (g.in_h + 2 * g.pad, g.in_w + 2 * g.pad);
+    let (ho, wo) = (g.out_h(), g.out_w());
+    let n = b.n;
+    // Rows per image in the padded geometry. The last block of an image reads up to MR - 1
+    // rows past them and the window reaches (kernel - 1) * (Wp + 1) pixels further: that
+    // many pixels of slack after the last image keep every load inside the buffer.
+    let rows_img = ho * wp;
+    let image_px = hp * wp;
+    let slack_px = MR + g.kernel * (wp + 1);
+    F::with_padded(|padded| {
+        pad_input(input, g, pad, image_px, slack_px, padded);
+        let padded: &[F::Elem] = padded;
+        let split = WorkSplit::new(rows_img, n, MR, NR, b.blocking);
+        let per_image = split.items();
+        let multi = b.blocks.len() > 1;
+        crate::team::for_each(g.batch * per_image, |index| {
+            let (image, item) = (index / per_image, split.item(index % per_image));
+            let ld_scratch = (item.j_end - item.j_begin).div_ceil(NR) * NR;
+            F::with_scratch(|scratch| {
+                if multi {
+                    // The first K block overwrites every sum it later reads: grow, never clear.
+                    let len = item.rows.div_ceil(MR) * MR * ld_scratch;
+                    if scratch.len() < len {
+                        scratch.resize(len, F::Sum::default());
+                    }
+                }
+                let mut offsets = [0usize; MAX_STEPS];
+                for (bi, &(k0, kc, offset)) in b.blocks.iter().enumerate() {
+                    let steps = kc / step;
+                    // Step s: window position (kh, kw) and channels c0.. of K index
+                    // k0 + s * step, as a byte offset from the block's first pixel.
+                    for (s, o) in offsets[..steps].iter_mut().enumerate() {
+                        let k = k0 + s * step;
+                        let (tap, c0) = (k / ch, k % ch);
+                        let (kh, kw) = (tap / g.kernel, tap % g.kernel);
+                        *o = ((kh * wp + kw) * ch + c0) * elem;
+                    }
+                    let (accumulate, last) = (bi > 0, bi + 1 == b.blocks.len());
+                    let panel_bytes = kc * NR * elem;
+                    for j0 in (item.j_begin..item.j_end).step_by(NR) {
+                        let cols = NR.min(n - j0);
+                        let b_panel =
+                            &b.bytes[offset * elem + (j0 / NR) * panel_bytes..][..panel_bytes];
+                        for i0 in (item.m0..item.m0 + item.rows).step_by(MR) {
+                            let rows = MR.min(item.m0 + item.rows - i0);
+                            let first_px = image * image_px + i0;
+                            let mut block = MaybeUninit::<CBlock>::uninit();
+                            let job = Gather2x2 {
+                                a: padded[first_px * ch..].as_ptr().cast(),
+                                lda: ch * elem,
+                                a_offsets: offsets.as_ptr(),
+                                b: b_panel.as_ptr(),
+                                steps,
+                                c: block.as_mut_ptr().cast(),
+                            };
+                            // SAFETY: the line is runnable (checked when B was packed); A's 32
+                            // rows past every offset lie inside `padded` (its slack, above);
+                            // the panel holds `steps` x 16 rows of 128 bytes; `block` is the
+                            // 32 x 32 result, written whole before it is read.
+                            unsafe { T::with_thread_tiles(|t| t.gather_2x2(F::DOT, &job)) };
+                            let sums = block.as_ptr().cast::<F::Sum>();
+                            let acc = if multi {
+                                scratch[(i0 - item.m0) * ld_scratch + (j0 - item.j_begin)..]
+                                    .as_mut_ptr()
+                            } else {
+                                std::ptr::null_mut()
+                            };
+                            if !last {
+                                // SAFETY: `sums` holds 32 x 32; the scratch holds MR-rounded
+                                // rows of ld_scratch >= j0 - j_begin + NR sums from `acc`.
+                                unsafe {
+                                    F::epilogue::<T>(sums, rows, acc, ld_scratch, accumulate, None)
+                                };
+                                continue;
+                            }
+                            // Runs of rows inside one output pixel row are consecutive rows
+                            // of C: one epilogue call each; the padding's rows are skipped.
+                            let mut r = 0;
+                            while r < rows {
+                                let (oy, ox) = ((i0 + r) / wp, (i0 + r) % wp);
+                                if ox >= wo {
+                                    r += wp - ox; // the rest of this row is padding
+                                    continue;
+                                }
+                                let run = (wo - ox).min(rows - r);
+                                let tile = family.tile((image * ho + oy) * wo + ox, j0);
+                                // SAFETY: rows r..r+run of `sums` (and of the scratch, when
+                                // used) hold NR sums; output rows at..at+run < M and columns
+                                // j0..j0+cols are inside C and the epilogue's operands
+                                // (checked by the caller) and belong to this work item.
+                                unsafe {
+                                    let (sums_r, acc_r) =
+                                        (sums.add(r * NR), acc.wrapping_add(r * ld_scratch));
+                                    if cols == NR {
+                                        F::epilogue::<T>(
+                                            sums_r,
+                                            run,
+                                            acc_r,
+                                            ld_scratch,
+                                            accumulate,
+                                            Some(&tile),
+                                        );
+                                    } else {
+                                        for i in 0..run {
+                                            for j in 0..cols {
+                                                let mut v = *sums_r.add(i * NR + j);
+                                                if accumulate {
+                                                    v = F::add(v, *acc_r.add(i * ld_scratch + j));
+                                                }
+                                                F::store_element(v, &tile, i, j);
+                                            }
+                                        }
+                                    }
+                                }
+                                r += run;
+                            }
+                        }
+                    }
+                }
+            });
+        });
+    });
+}
+
+/// `out` = the batch in NHWC with `g.pad` pixels of `pad` around each image, the images one
+/// after another (`image_px` pixels each), then at least `slack_px` pixels (any value: only
+/// rows that are never stored read them). Every padded row is written whole, in parallel on the
+/// team; the buffer is only grown, so a warm call neither allocates nor fills twice.
+fn pad_input<E: Plain + Send + Sync>(
+    input: &[E],
+    g: &ConvGeometry,
+    pad: E,
+    image_px: usize,
+    slack_px: usize,
+    out: &mut AlignedVec<E>,
+) {
+    let ch = g.in_c;
+    let (hp, wp) = (g.in_h + 2 * g.pad, g.in_w + 2 * g.pad);
+    let images_len = g.batch * image_px * ch;
+    let len = images_len + slack_px * ch;
+    if out.len() < len {
+        out.resize(len, pad);
+    }
+    let (row_in, side) = (g.in_w * ch, g.pad * ch);
+    crate::team::for_each_chunk_mut(&mut out[..images_len], wp * ch, |i, row| {
+        let (image, py) = (i / hp, i % hp);
+        if py < g.pad || py >= g.pad + g.in_h {
+            row.fill(pad);
+            return;
+        }
+        let src = &input[(image * g.in_h + py - g.pad) * row_in..][..row_in];
+        row[..side].fill(pad);
+        row[side..side + row_in].copy_from_slice(src);
+        row[side + row_in..].fill(pad);
+    });
+}
