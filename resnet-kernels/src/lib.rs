@@ -28,6 +28,7 @@ pub mod bf16;
 pub mod cpu;
 pub mod gemm;
 pub mod int8;
+pub mod layout;
 pub mod library_gemm;
 pub mod memory;
 pub mod peak;

@@ -12,7 +12,7 @@
 //! once, and each layer's output once; `resnet trace --backend bf16 --compare native` shows it
 //! point by point.
 
-use super::folded::{fc_weight_transposed, nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
+use super::folded::{fc_weight_transposed, nhwc_to_nchw, FoldedLayer};
 use super::native::classifier;
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
@@ -22,11 +22,13 @@ use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
 use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::bf16::{
-    avg_pool_bf16_nhwc, conv_bf16_in_place, f32_to_bf16, gemm_bf16, in_place_applies, kernel_for,
-    ASourceBf16, Bf16, Bf16Kernel, EpilogueBf16, OutputBf16, PackedBBf16,
+    avg_pool_bf16_nhwc, conv_bf16_in_place, f32_to_bf16, gemm_bf16, in_place_applies,
+    in_place_shape_applies, kernel_for, pack_window_rows, ASourceBf16, Bf16, Bf16Kernel,
+    EpilogueBf16, InPlaceLayout, OutputBf16, PackedBBf16,
 };
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
+use resnet_kernels::layout::nchw_to_nhwc_with;
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
 
 /// The narrowest output the bf16 backend reads in place ([`conv_bf16_in_place`], AMX lines,
@@ -41,6 +43,8 @@ struct Bf16Layer {
     spec: ConvBn,
     weights: PackedBBf16,
     bias: Vec<f32>,
+    /// The weights are packed for [`InPlaceLayout::WindowRows`] (the stem on AMX lines).
+    window_rows: bool,
 }
 
 impl Bf16Layer {
@@ -50,15 +54,28 @@ impl Bf16Layer {
         let mut rounded = vec![Bf16::ZERO; b.len()];
         f32_to_bf16(&b, &mut rounded);
         drop(b);
-        Bf16Layer {
-            weights: PackedBBf16::with_kernel(
+        // On the AMX lines a convolution whose kernel row fits one tile row (the stem's 7 x 3)
+        // reads its windows in place rather than packing an im2col of 3-channel runs.
+        let window_rows = kernel.reads_in_place()
+            && in_place_shape_applies(
+                &s.geometry(1, s.kernel, s.kernel),
+                InPlaceLayout::WindowRows,
+            );
+        let weights = if window_rows {
+            pack_window_rows(&rounded, s.kernel, s.in_channels, s.out_channels, kernel)
+        } else {
+            PackedBBf16::with_kernel(
                 &rounded,
                 s.in_channels * s.kernel * s.kernel,
                 s.out_channels,
                 kernel,
-            ),
+            )
+        };
+        Bf16Layer {
+            weights,
             spec: s,
             bias: layer.conv.bias,
+            window_rows,
         }
     }
 
@@ -80,15 +97,23 @@ impl Bf16Layer {
             relu,
         };
         let output = OutputBf16::Bf16 { c: out, ldc: oc };
-        if geometry.out_w() >= IN_PLACE_MIN_WIDTH && in_place_applies(&geometry, &self.weights) {
-            conv_bf16_in_place(input, &geometry, &self.weights, output, &epilogue);
+        let layout = if self.window_rows {
+            Some(InPlaceLayout::WindowRows)
         } else {
-            gemm_bf16(
+            (geometry.out_w() >= IN_PLACE_MIN_WIDTH
+                && in_place_applies(&geometry, &self.weights, InPlaceLayout::Padded))
+            .then_some(InPlaceLayout::Padded)
+        };
+        match layout {
+            Some(layout) => {
+                conv_bf16_in_place(input, &geometry, &self.weights, output, &epilogue, layout)
+            }
+            None => gemm_bf16(
                 &ASourceBf16::Conv { input, geometry },
                 &self.weights,
                 output,
                 &epilogue,
-            );
+            ),
         }
         (geometry.out_h(), geometry.out_w())
     }
@@ -104,7 +129,6 @@ struct Bf16Block {
 /// Activation buffers of one forward pass, kept between calls.
 #[derive(Default)]
 struct Workspace {
-    xf: Vec<f32>,
     x: AlignedVec<Bf16>,
     t: AlignedVec<Bf16>,
     skip: AlignedVec<Bf16>,
@@ -215,10 +239,8 @@ impl Bf16Backend {
             };
 
         // The input, NHWC, rounded to bf16 once.
-        ws.xf.resize(input.len(), 0.0);
-        nchw_to_nhwc(input, n, c_in, h * w, &mut ws.xf);
         ws.x.resize(input.len(), Bf16::ZERO);
-        f32_to_bf16(&ws.xf, &mut ws.x);
+        nchw_to_nhwc_with(input, n, c_in, h * w, &mut ws.x, f32_to_bf16);
 
         // Stem: conv1 + bn1 + relu fused, then max-pool.
         (h, w) = self.stem.run(&ws.x, (n, h, w), &mut ws.t, None, true);

@@ -124,17 +124,9 @@ pub(crate) fn nhwc_to_nchw(
     out.into_dyn()
 }
 
-/// NCHW `[N, C, HW]` -> NHWC `[N, HW, C]`.
+/// NCHW `[N, C, HW]` -> NHWC `[N, HW, C]` (in parallel, [`resnet_kernels::layout`]).
 pub(crate) fn nchw_to_nhwc(input: &[f32], n: usize, c: usize, hw: usize, out: &mut [f32]) {
-    for (image, dst) in input
-        .chunks_exact(c * hw)
-        .zip(out.chunks_exact_mut(c * hw))
-        .take(n)
-    {
-        for (ch, plane) in image.chunks_exact(hw).enumerate() {
-            for (p, &v) in plane.iter().enumerate() {
-                dst[p * c + ch] = v;
-            }
-        }
-    }
+    resnet_kernels::layout::nchw_to_nhwc_with(input, n, c, hw, out, |src, dst| {
+        dst.copy_from_slice(src)
+    });
 }

@@ -102,8 +102,146 @@ pub(crate) fn applies<E>(g: &ConvGeometry, k: usize, blocks: &[(usize, usize, us
             .all(|&(_, kc, _)| kc.is_multiple_of(step) && kc / step <= MAX_STEPS)
 }
 
-/// `C = epilogue(conv(input, B))` on the tile unit `T`, A read in place (see the module).
-/// The caller has checked [`applies`] and the sizes.
+/// Where the rows of A lie in a prepared buffer, and which of them are rows of C.
+struct RowLayout {
+    /// Images in this pass.
+    batch: usize,
+    /// The row of C this pass's first image starts at.
+    out_row0: usize,
+    /// Elements from one image's first A row to the next image's.
+    image_elems: usize,
+    /// Elements from one A row to the next (the tile loads' stride).
+    lda: usize,
+    /// A rows per image (`out_h` x `row_pitch`).
+    rows_img: usize,
+    /// A rows per output pixel row: those past `out_w` are computed and never stored.
+    row_pitch: usize,
+    /// The output's width and height.
+    out_w: usize,
+    out_h: usize,
+}
+
+/// `C = epilogue(A · B)` on the tile unit `T`, the A rows of K step `s` of a block read at
+/// `buffer + row * lda + offsets[s]` (bytes; `step_offsets(k0, offsets)` fills them for the
+/// block starting at K index `k0`).
+fn gather_gemm<F: InPlaceFamily, T: TileExec>(
+    family: &F,
+    buffer: &[F::Elem],
+    rows: &RowLayout,
+    b: &Panels<'_>,
+    step_offsets: impl Fn(usize, &mut [usize]) + Sync,
+) {
+    let elem = bytes_of::<F::Elem>();
+    let step = K_STEP_BYTES / elem;
+    let n = b.n;
+    let (wp, wo, ho) = (rows.row_pitch, rows.out_w, rows.out_h);
+    let split = WorkSplit::new(rows.rows_img, n, MR, NR, b.blocking);
+    let per_image = split.items();
+    let multi = b.blocks.len() > 1;
+    crate::team::for_each(rows.batch * per_image, |index| {
+        let (image, item) = (index / per_image, split.item(index % per_image));
+        let ld_scratch = (item.j_end - item.j_begin).div_ceil(NR) * NR;
+        F::with_scratch(|scratch| {
+            if multi {
+                // The first K block overwrites every sum it later reads: grow, never clear.
+                let len = item.rows.div_ceil(MR) * MR * ld_scratch;
+                if scratch.len() < len {
+                    scratch.resize(len, F::Sum::default());
+                }
+            }
+            let mut offsets = [0usize; MAX_STEPS];
+            for (bi, &(k0, kc, offset)) in b.blocks.iter().enumerate() {
+                let steps = kc / step;
+                step_offsets(k0, &mut offsets[..steps]);
+                let (accumulate, last) = (bi > 0, bi + 1 == b.blocks.len());
+                let panel_bytes = kc * NR * elem;
+                for j0 in (item.j_begin..item.j_end).step_by(NR) {
+                    let cols = NR.min(n - j0);
+                    let b_panel =
+                        &b.bytes[offset * elem + (j0 / NR) * panel_bytes..][..panel_bytes];
+                    for i0 in (item.m0..item.m0 + item.rows).step_by(MR) {
+                        let rows_here = MR.min(item.m0 + item.rows - i0);
+                        let mut block = MaybeUninit::<CBlock>::uninit();
+                        let job = Gather2x2 {
+                            a: buffer[image * rows.image_elems + i0 * rows.lda..]
+                                .as_ptr()
+                                .cast(),
+                            lda: rows.lda * elem,
+                            a_offsets: offsets.as_ptr(),
+                            b: b_panel.as_ptr(),
+                            steps,
+                            c: block.as_mut_ptr().cast(),
+                        };
+                        // SAFETY: the line is runnable (checked when B was packed); A's 32
+                        // rows past every offset lie inside `buffer` (the preparers' slack);
+                        // the panel holds `steps` x 16 rows of 128 bytes; `block` is the
+                        // 32 x 32 result, written whole before it is read.
+                        unsafe { T::with_thread_tiles(|t| t.gather_2x2(F::DOT, &job)) };
+                        let sums = block.as_ptr().cast::<F::Sum>();
+                        let acc = if multi {
+                            scratch[(i0 - item.m0) * ld_scratch + (j0 - item.j_begin)..]
+                                .as_mut_ptr()
+                        } else {
+                            std::ptr::null_mut()
+                        };
+                        if !last {
+                            // SAFETY: `sums` holds 32 x 32; the scratch holds MR-rounded
+                            // rows of ld_scratch >= j0 - j_begin + NR sums from `acc`.
+                            unsafe {
+                                F::epilogue::<T>(sums, rows_here, acc, ld_scratch, accumulate, None)
+                            };
+                            continue;
+                        }
+                        // Runs of rows inside one output pixel row are consecutive rows
+                        // of C: one epilogue call each; the rows past the width are skipped.
+                        let mut r = 0;
+                        while r < rows_here {
+                            let (oy, ox) = ((i0 + r) / wp, (i0 + r) % wp);
+                            if ox >= wo {
+                                r += wp - ox; // the rest of this row is padding
+                                continue;
+                            }
+                            let run = (wo - ox).min(rows_here - r);
+                            let tile = family.tile(rows.out_row0 + (image * ho + oy) * wo + ox, j0);
+                            // SAFETY: rows r..r+run of `sums` (and of the scratch, when
+                            // used) hold NR sums; output rows at..at+run < M and columns
+                            // j0..j0+cols are inside C and the epilogue's operands
+                            // (checked by the caller) and belong to this work item.
+                            unsafe {
+                                let (sums_r, acc_r) =
+                                    (sums.add(r * NR), acc.wrapping_add(r * ld_scratch));
+                                if cols == NR {
+                                    F::epilogue::<T>(
+                                        sums_r,
+                                        run,
+                                        acc_r,
+                                        ld_scratch,
+                                        accumulate,
+                                        Some(&tile),
+                                    );
+                                } else {
+                                    for i in 0..run {
+                                        for j in 0..cols {
+                                            let mut v = *sums_r.add(i * NR + j);
+                                            if accumulate {
+                                                v = F::add(v, *acc_r.add(i * ld_scratch + j));
+                                            }
+                                            F::store_element(v, &tile, i, j);
+                                        }
+                                    }
+                                }
+                            }
+                            r += run;
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// `C = epilogue(conv(input, B))` on the tile unit `T`, A read in place from a padded copy
+/// (see the module). The caller has checked [`applies`] and the sizes.
 pub(crate) fn conv<F: InPlaceFamily, T: TileExec>(
     family: &F,
     input: &[F::Elem],
@@ -115,126 +253,175 @@ pub(crate) fn conv<F: InPlaceFamily, T: TileExec>(
     let step = K_STEP_BYTES / elem;
     let ch = g.in_c;
     let (hp, wp) = (g.in_h + 2 * g.pad, g.in_w + 2 * g.pad);
-    let (ho, wo) = (g.out_h(), g.out_w());
-    let n = b.n;
     // Rows per image in the padded geometry. The last block of an image reads up to MR - 1
     // rows past them and the window reaches (kernel - 1) * (Wp + 1) pixels further: that
     // many pixels of slack after the last image keep every load inside the buffer.
-    let rows_img = ho * wp;
     let image_px = hp * wp;
     let slack_px = MR + g.kernel * (wp + 1);
+    let rows = RowLayout {
+        batch: g.batch,
+        out_row0: 0,
+        image_elems: image_px * ch,
+        lda: ch,
+        rows_img: g.out_h() * wp,
+        row_pitch: wp,
+        out_w: g.out_w(),
+        out_h: g.out_h(),
+    };
     F::with_padded(|padded| {
         pad_input(input, g, pad, image_px, slack_px, padded);
-        let padded: &[F::Elem] = padded;
-        let split = WorkSplit::new(rows_img, n, MR, NR, b.blocking);
-        let per_image = split.items();
-        let multi = b.blocks.len() > 1;
-        crate::team::for_each(g.batch * per_image, |index| {
-            let (image, item) = (index / per_image, split.item(index % per_image));
-            let ld_scratch = (item.j_end - item.j_begin).div_ceil(NR) * NR;
-            F::with_scratch(|scratch| {
-                if multi {
-                    // The first K block overwrites every sum it later reads: grow, never clear.
-                    let len = item.rows.div_ceil(MR) * MR * ld_scratch;
-                    if scratch.len() < len {
-                        scratch.resize(len, F::Sum::default());
-                    }
+        // Step s: window position (kh, kw) and channels c0.. of K index k0 + s * step, as a
+        // byte offset from the block's first pixel.
+        let offsets = |k0: usize, offsets: &mut [usize]| {
+            for (s, o) in offsets.iter_mut().enumerate() {
+                let k = k0 + s * step;
+                let (tap, c0) = (k / ch, k % ch);
+                let (kh, kw) = (tap / g.kernel, tap % g.kernel);
+                *o = ((kh * wp + kw) * ch + c0) * elem;
+            }
+        };
+        gather_gemm::<F, T>(family, padded, &rows, b, offsets);
+    });
+}
+
+/// The window rows of a pass's images should stay in L2 while the tiles read them (2 MiB per
+/// core on the Sapphire Rapids, 1 MiB on others): at batch 8 the stem's are 13 MB at once;
+/// one image at a time took the bf16 stem from 3.9 to 3.6 ms on the Xeon 167 (layer_profile,
+/// batch 8). The padded layout (layer1 at batch 8: 3.4 MB) measured no gain from passes.
+const PASS_BYTES: usize = 1 << 20;
+
+/// The batch cut into passes of whole images whose prepared copies (`image_bytes` each) fit
+/// [`PASS_BYTES`] (at least one image): `(first image, the pass's geometry)`.
+fn passes(g: &ConvGeometry, image_bytes: usize) -> Vec<(usize, ConvGeometry)> {
+    let per_pass = (PASS_BYTES / image_bytes.max(1)).clamp(1, g.batch.max(1));
+    (0..g.batch)
+        .step_by(per_pass)
+        .map(|first| {
+            let pass = ConvGeometry {
+                batch: per_pass.min(g.batch - first),
+                ..*g
+            };
+            (first, pass)
+        })
+        .collect()
+}
+
+/// Whether a convolution suits [`conv_window_rows`]: one kernel row's window (`kernel` pixels
+/// of `C` channels) fits one 64-byte tile row. The stem (7 x 3 bf16 = 42 bytes) is the case it
+/// is for: its im2col copies runs of 3 channels, and its K of 147 is not a whole number of
+/// tile rows.
+pub(crate) fn window_rows_apply<E>(kernel: usize, in_c: usize) -> bool {
+    kernel * in_c * bytes_of::<E>() <= K_STEP_BYTES
+}
+
+/// K of the weights [`conv_window_rows`] takes: one tile row per kernel row.
+pub(crate) fn window_rows_k<E>(kernel: usize) -> usize {
+    kernel * K_STEP_BYTES / bytes_of::<E>()
+}
+
+/// The weights for [`conv_window_rows`]: `b` (`K x N` row-major, K in (kh, kw, c) order) with
+/// each kernel row's `kernel x C` rows followed by zero rows up to one tile row (K' = kernel x
+/// 64 bytes).
+pub(crate) fn window_rows_weights<E: Plain + Default>(
+    b: &[E],
+    kernel: usize,
+    in_c: usize,
+    n: usize,
+) -> Vec<E> {
+    let step = K_STEP_BYTES / bytes_of::<E>();
+    let row = kernel * in_c;
+    assert_eq!(b.len(), kernel * row * n, "B must be K x N");
+    let mut out = vec![E::default(); window_rows_k::<E>(kernel) * n];
+    for kh in 0..kernel {
+        out[kh * step * n..][..row * n].copy_from_slice(&b[kh * row * n..][..row * n]);
+    }
+    out
+}
+
+/// `C = epilogue(conv(input, B'))` on the tile unit `T`, with `B'` from
+/// [`window_rows_weights`]: instead of an im2col, the input is rewritten once so that each
+/// output pixel's window on each input row is one 64-byte entry (the `kernel x C` values,
+/// then `pad`). Input rows are split by their index modulo the stride, so that for kernel row
+/// `kh` the entries of consecutive output pixels, across output rows too, are consecutive:
+/// K step `kh` reads part `kh % stride`, shifted by `kh / stride` rows. Every A row is a row
+/// of C (no padding rows), and the tiles hold what the im2col path's hold, in a K order with
+/// zero weights between the kernel rows.
+pub(crate) fn conv_window_rows<F: InPlaceFamily, T: TileExec>(
+    family: &F,
+    input: &[F::Elem],
+    g: &ConvGeometry,
+    pad: F::Elem,
+    b: &Panels<'_>,
+) {
+    let step = K_STEP_BYTES / bytes_of::<F::Elem>();
+    let s = g.stride;
+    let (hp, ho, wo) = (g.in_h + 2 * g.pad, g.out_h(), g.out_w());
+    let q_rows = hp.div_ceil(s);
+    let part_elems = q_rows * wo * step;
+    let elem = bytes_of::<F::Elem>();
+    for (first, pass) in passes(g, s * part_elems * elem) {
+        let rows = RowLayout {
+            batch: pass.batch,
+            out_row0: first * ho * wo,
+            image_elems: s * part_elems,
+            lda: step,
+            rows_img: ho * wo,
+            row_pitch: wo,
+            out_w: wo,
+            out_h: ho,
+        };
+        let input = &input[first * g.input_len() / g.batch..][..pass.input_len()];
+        F::with_padded(|windows| {
+            pack_window_rows(input, &pass, pad, q_rows, windows);
+            let offsets = |k0: usize, offsets: &mut [usize]| {
+                for (i, o) in offsets.iter_mut().enumerate() {
+                    let kh = k0 / step + i;
+                    *o = ((kh % s) * part_elems + (kh / s) * wo * step) * elem;
                 }
-                let mut offsets = [0usize; MAX_STEPS];
-                for (bi, &(k0, kc, offset)) in b.blocks.iter().enumerate() {
-                    let steps = kc / step;
-                    // Step s: window position (kh, kw) and channels c0.. of K index
-                    // k0 + s * step, as a byte offset from the block's first pixel.
-                    for (s, o) in offsets[..steps].iter_mut().enumerate() {
-                        let k = k0 + s * step;
-                        let (tap, c0) = (k / ch, k % ch);
-                        let (kh, kw) = (tap / g.kernel, tap % g.kernel);
-                        *o = ((kh * wp + kw) * ch + c0) * elem;
-                    }
-                    let (accumulate, last) = (bi > 0, bi + 1 == b.blocks.len());
-                    let panel_bytes = kc * NR * elem;
-                    for j0 in (item.j_begin..item.j_end).step_by(NR) {
-                        let cols = NR.min(n - j0);
-                        let b_panel =
-                            &b.bytes[offset * elem + (j0 / NR) * panel_bytes..][..panel_bytes];
-                        for i0 in (item.m0..item.m0 + item.rows).step_by(MR) {
-                            let rows = MR.min(item.m0 + item.rows - i0);
-                            let first_px = image * image_px + i0;
-                            let mut block = MaybeUninit::<CBlock>::uninit();
-                            let job = Gather2x2 {
-                                a: padded[first_px * ch..].as_ptr().cast(),
-                                lda: ch * elem,
-                                a_offsets: offsets.as_ptr(),
-                                b: b_panel.as_ptr(),
-                                steps,
-                                c: block.as_mut_ptr().cast(),
-                            };
-                            // SAFETY: the line is runnable (checked when B was packed); A's 32
-                            // rows past every offset lie inside `padded` (its slack, above);
-                            // the panel holds `steps` x 16 rows of 128 bytes; `block` is the
-                            // 32 x 32 result, written whole before it is read.
-                            unsafe { T::with_thread_tiles(|t| t.gather_2x2(F::DOT, &job)) };
-                            let sums = block.as_ptr().cast::<F::Sum>();
-                            let acc = if multi {
-                                scratch[(i0 - item.m0) * ld_scratch + (j0 - item.j_begin)..]
-                                    .as_mut_ptr()
-                            } else {
-                                std::ptr::null_mut()
-                            };
-                            if !last {
-                                // SAFETY: `sums` holds 32 x 32; the scratch holds MR-rounded
-                                // rows of ld_scratch >= j0 - j_begin + NR sums from `acc`.
-                                unsafe {
-                                    F::epilogue::<T>(sums, rows, acc, ld_scratch, accumulate, None)
-                                };
-                                continue;
-                            }
-                            // Runs of rows inside one output pixel row are consecutive rows
-                            // of C: one epilogue call each; the padding's rows are skipped.
-                            let mut r = 0;
-                            while r < rows {
-                                let (oy, ox) = ((i0 + r) / wp, (i0 + r) % wp);
-                                if ox >= wo {
-                                    r += wp - ox; // the rest of this row is padding
-                                    continue;
-                                }
-                                let run = (wo - ox).min(rows - r);
-                                let tile = family.tile((image * ho + oy) * wo + ox, j0);
-                                // SAFETY: rows r..r+run of `sums` (and of the scratch, when
-                                // used) hold NR sums; output rows at..at+run < M and columns
-                                // j0..j0+cols are inside C and the epilogue's operands
-                                // (checked by the caller) and belong to this work item.
-                                unsafe {
-                                    let (sums_r, acc_r) =
-                                        (sums.add(r * NR), acc.wrapping_add(r * ld_scratch));
-                                    if cols == NR {
-                                        F::epilogue::<T>(
-                                            sums_r,
-                                            run,
-                                            acc_r,
-                                            ld_scratch,
-                                            accumulate,
-                                            Some(&tile),
-                                        );
-                                    } else {
-                                        for i in 0..run {
-                                            for j in 0..cols {
-                                                let mut v = *sums_r.add(i * NR + j);
-                                                if accumulate {
-                                                    v = F::add(v, *acc_r.add(i * ld_scratch + j));
-                                                }
-                                                F::store_element(v, &tile, i, j);
-                                            }
-                                        }
-                                    }
-                                }
-                                r += run;
-                            }
-                        }
-                    }
-                }
-            });
+            };
+            gather_gemm::<F, T>(family, windows, &rows, b, offsets);
         });
+    }
+}
+
+/// `out` = for each image, stride part `p` and row `q` (input row `q * stride + p` of the
+/// padded image), for each output column `ox`: the `kernel x C` values of the window starting
+/// at padded column `ox * stride`, then `pad` up to 64 bytes; then `MR` entries of slack (the
+/// last block's rows past the image). In parallel over the rows; the buffer is only grown.
+fn pack_window_rows<E: Plain + Send + Sync>(
+    input: &[E],
+    g: &ConvGeometry,
+    pad: E,
+    q_rows: usize,
+    out: &mut AlignedVec<E>,
+) {
+    let step = K_STEP_BYTES / bytes_of::<E>();
+    let (s, ch, wo) = (g.stride, g.in_c, g.out_w());
+    debug_assert!(g.kernel * ch <= step);
+    let row_elems = wo * step;
+    let rows_len = g.batch * s * q_rows * row_elems;
+    if out.len() < rows_len + MR * step {
+        out.resize(rows_len + MR * step, pad);
+    }
+    let row_in = g.in_w * ch;
+    crate::team::for_each_chunk_mut(&mut out[..rows_len], row_elems, |i, row| {
+        let (image, part, q) = (i / (s * q_rows), (i / q_rows) % s, i % q_rows);
+        let py = q * s + part;
+        row.fill(pad);
+        if py < g.pad || py >= g.pad + g.in_h {
+            return;
+        }
+        let src = &input[(image * g.in_h + py - g.pad) * row_in..][..row_in];
+        for (ox, entry) in row.chunks_exact_mut(step).enumerate() {
+            // Padded columns ox * s .. ox * s + kernel; input column = padded - pad.
+            let x0 = (ox * s) as isize - g.pad as isize;
+            let (lo, hi) = (x0.max(0), (x0 + g.kernel as isize).min(g.in_w as isize));
+            if lo < hi {
+                let at = ((lo - x0) as usize) * ch;
+                entry[at..at + (hi - lo) as usize * ch]
+                    .copy_from_slice(&src[lo as usize * ch..hi as usize * ch]);
+            }
+        }
     });
 }
 

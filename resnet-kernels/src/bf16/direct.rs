@@ -5,7 +5,7 @@
 //! to it (tested), not merely close.
 
 use super::loops::Dst;
-use super::{Bf16, EpilogueBf16, OutputBf16, PackedBBf16, TileOut};
+use super::{Bf16, EpilogueBf16, InPlaceLayout, OutputBf16, PackedBBf16, TileOut};
 use crate::aligned::AlignedVec;
 use crate::amx::direct::{self, InPlaceFamily, Panels};
 use crate::amx::{Dot, TileExec};
@@ -78,8 +78,8 @@ pub(crate) fn conv<T: TileExec>(
     b: &PackedBBf16,
     out: OutputBf16<'_>,
     epi: &EpilogueBf16<'_>,
+    layout: InPlaceLayout,
 ) {
-    debug_assert!(applies(g, b));
     let dst = Dst::new(out, epi, g.m(), b.n);
     let panels = Panels {
         blocks: &b.blocks,
@@ -91,5 +91,13 @@ pub(crate) fn conv<T: TileExec>(
             nc: super::blocking::NC,
         },
     };
-    direct::conv::<_, T>(&dst, input, g, Bf16::ZERO, &panels);
+    match layout {
+        InPlaceLayout::Padded => {
+            debug_assert!(applies(g, b));
+            direct::conv::<_, T>(&dst, input, g, Bf16::ZERO, &panels)
+        }
+        InPlaceLayout::WindowRows => {
+            direct::conv_window_rows::<_, T>(&dst, input, g, Bf16::ZERO, &panels)
+        }
+    }
 }

@@ -203,7 +203,18 @@ pub struct Bf16Entry {
 /// [`gemm_bf16`]. Called only by [`conv_bf16_in_place`], which checks that it applies and the
 /// sizes.
 pub(crate) type ConvDirectBf16 =
-    fn(&[Bf16], &ConvGeometry, &PackedBBf16, OutputBf16<'_>, &EpilogueBf16<'_>);
+    fn(&[Bf16], &ConvGeometry, &PackedBBf16, OutputBf16<'_>, &EpilogueBf16<'_>, InPlaceLayout);
+
+/// How an in-place convolution lays its input out for the tiles to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InPlaceLayout {
+    /// A padded copy of the NHWC input: stride 1, channels in whole tile rows; B packed as for
+    /// [`gemm_bf16`].
+    Padded,
+    /// Each output pixel's window on each input row as one tile row (the stem: 7 pixels x 3
+    /// channels); B from [`pack_window_rows`].
+    WindowRows,
+}
 
 /// A bf16 kernel line.
 pub type Bf16Kernel = Kernel<Bf16Entry>;
@@ -417,22 +428,59 @@ pub fn gemm_bf16(a: &ASourceBf16<'_>, b: &PackedBBf16, out: OutputBf16<'_>, epi:
     (b.kernel.entry.gemm)(a, b, out, epi)
 }
 
-/// Whether a convolution's shape suits [`conv_bf16_in_place`]: stride 1, channels in whole
-/// 64-byte tile rows (32 bf16).
-pub fn in_place_shape_applies(geometry: &ConvGeometry) -> bool {
-    direct::shape_applies(geometry)
+/// Whether a convolution's shape suits [`conv_bf16_in_place`] with `layout`: stride 1 and
+/// channels in whole 64-byte tile rows (32 bf16) for [`InPlaceLayout::Padded`]; one kernel
+/// row's window in one tile row for [`InPlaceLayout::WindowRows`].
+pub fn in_place_shape_applies(geometry: &ConvGeometry, layout: InPlaceLayout) -> bool {
+    match layout {
+        InPlaceLayout::Padded => direct::shape_applies(geometry),
+        InPlaceLayout::WindowRows => {
+            crate::amx::direct::window_rows_apply::<Bf16>(geometry.kernel, geometry.in_c)
+        }
+    }
 }
 
-/// Whether [`conv_bf16_in_place`] can compute this convolution with `b`: its kernel line reads A
-/// in place ([`Bf16Kernel::reads_in_place`]), the shape suits, and B's K blocks are whole tile
-/// steps.
-pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedBBf16) -> bool {
-    b.kernel.reads_in_place() && direct::applies(geometry, b)
+/// Whether [`conv_bf16_in_place`] can compute this convolution with `b` in `layout`: its kernel
+/// line reads A in place ([`Bf16Kernel::reads_in_place`]), the shape suits, and B's K blocks
+/// are whole tile steps (for [`InPlaceLayout::WindowRows`]: B from [`pack_window_rows`]).
+pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedBBf16, layout: InPlaceLayout) -> bool {
+    b.kernel.reads_in_place()
+        && in_place_shape_applies(geometry, layout)
+        && match layout {
+            InPlaceLayout::Padded => direct::applies(geometry, b),
+            InPlaceLayout::WindowRows => {
+                b.k == crate::amx::direct::window_rows_k::<Bf16>(geometry.kernel)
+            }
+        }
+}
+
+/// Packs `b` (`K x N`, K in (kh, kw, c) order, a `kernel x kernel` convolution of `in_c`
+/// channels) for [`conv_bf16_in_place`] with [`InPlaceLayout::WindowRows`]: each kernel row's
+/// values then zeros up to one tile row.
+///
+/// # Panics
+/// If the window does not fit a tile row, if `b.len()` is not `K x N`, or if this CPU cannot
+/// run `kernel`.
+pub fn pack_window_rows(
+    b: &[Bf16],
+    kernel_size: usize,
+    in_c: usize,
+    n: usize,
+    kernel: &'static Bf16Kernel,
+) -> PackedBBf16 {
+    assert!(crate::amx::direct::window_rows_apply::<Bf16>(
+        kernel_size,
+        in_c
+    ));
+    let rows = crate::amx::direct::window_rows_weights(b, kernel_size, in_c, n);
+    let k = crate::amx::direct::window_rows_k::<Bf16>(kernel_size);
+    PackedBBf16::with_kernel(&rows, k, n, kernel)
 }
 
 /// The convolution of `input` (NHWC bf16) by `b` through the epilogue into C, with A read in
-/// place from a zero-padded copy of the input instead of packed as an im2col ([`direct`]).
-/// Bit-identical to [`gemm_bf16`] on [`ASourceBf16::Conv`].
+/// place from a copy of the input in `layout` instead of packed as an im2col ([`direct`]).
+/// Bit-identical to [`gemm_bf16`] on [`ASourceBf16::Conv`] (for
+/// [`InPlaceLayout::WindowRows`], with the weights packed by [`gemm_bf16`]'s packing).
 ///
 /// # Panics
 /// If [`in_place_applies`] does not hold, or on the size mismatches [`gemm_bf16`] refuses.
@@ -442,22 +490,19 @@ pub fn conv_bf16_in_place(
     b: &PackedBBf16,
     out: OutputBf16<'_>,
     epi: &EpilogueBf16<'_>,
+    layout: InPlaceLayout,
 ) {
     assert!(
-        in_place_applies(geometry, b),
-        "{} cannot read this convolution in place: {geometry:?}",
+        in_place_applies(geometry, b, layout),
+        "{} cannot read this convolution in place ({layout:?}): {geometry:?}",
         b.kernel.info.name
     );
     if geometry.m() == 0 || b.n == 0 {
         return;
     }
-    ASourceBf16::Conv {
-        input,
-        geometry: *geometry,
-    }
-    .check(b.k);
+    assert_eq!(input.len(), geometry.input_len(), "input size");
     let direct = b.kernel.entry.conv_direct.expect("checked above");
-    direct(input, geometry, b, out, epi)
+    direct(input, geometry, b, out, epi, layout)
 }
 
 /// The plain triple loop every packed path is tested against, in f64 (exact products, one

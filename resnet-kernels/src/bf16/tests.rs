@@ -395,7 +395,10 @@ fn amx_direct_convolution_equals_the_im2col_path() {
         let res = values(m * n, seed + 3);
         for line in &lines {
             let packed = PackedBBf16::with_kernel(&b, g.k(), n, line);
-            assert!(in_place_applies(&g, &packed), "{g:?}");
+            assert!(
+                in_place_applies(&g, &packed, InPlaceLayout::Padded),
+                "{g:?}"
+            );
             for (residual, relu) in [(false, true), (true, true), (true, false)] {
                 let epi = EpilogueBf16 {
                     bias: Some(&bias),
@@ -430,6 +433,7 @@ fn amx_direct_convolution_equals_the_im2col_path() {
                         ldc: n,
                     },
                     &epi,
+                    InPlaceLayout::Padded,
                 );
                 assert!(
                     direct == im2col,
@@ -456,6 +460,7 @@ fn amx_direct_convolution_equals_the_im2col_path() {
                         ldc: n,
                     },
                     &epi,
+                    InPlaceLayout::Padded,
                 );
                 assert!(
                     direct
@@ -486,12 +491,165 @@ fn in_place_applies_only_to_stride_1_whole_tile_rows_on_amx_lines() {
         stride,
         pad: 1,
     };
-    let pack = |g: &ConvGeometry, line: &'static Bf16Kernel| {
+    let gemm = |g: &ConvGeometry, line: &'static Bf16Kernel| {
         PackedBBf16::with_kernel(&vec![Bf16::ZERO; g.k() * 32], g.k(), 32, line)
     };
-    let model = &AMX_MODEL_KERNEL;
-    assert!(in_place_applies(&g(32, 1), &pack(&g(32, 1), model)));
-    assert!(!in_place_applies(&g(64, 2), &pack(&g(64, 2), model)));
-    assert!(!in_place_applies(&g(48, 1), &pack(&g(48, 1), model)));
-    assert!(!in_place_applies(&g(64, 1), &pack(&g(64, 1), &KERNELS[0])));
+    let windows = |g: &ConvGeometry, line| {
+        pack_window_rows(&vec![Bf16::ZERO; g.k() * 32], 3, g.in_c, 32, line)
+    };
+    type Packer = dyn Fn(&ConvGeometry, &'static Bf16Kernel) -> PackedBBf16;
+    let (model, scalar) = (&AMX_MODEL_KERNEL, &KERNELS[0]);
+    let (padded, rows) = (InPlaceLayout::Padded, InPlaceLayout::WindowRows);
+    // (in_c, stride, packing, line, layout, applies). Window rows: 3 x 10 bf16 fit a 32-value
+    // tile row, 3 x 11 do not; B must be packed for the layout.
+    let cases: [(
+        usize,
+        usize,
+        &Packer,
+        &'static Bf16Kernel,
+        InPlaceLayout,
+        bool,
+    ); 8] = [
+        (32, 1, &gemm, model, padded, true),
+        (64, 2, &gemm, model, padded, false),
+        (48, 1, &gemm, model, padded, false),
+        (64, 1, &gemm, scalar, padded, false),
+        (10, 2, &windows, model, rows, true),
+        (11, 2, &gemm, model, rows, false),
+        (10, 2, &gemm, model, rows, false),
+        (10, 2, &windows, scalar, rows, false),
+    ];
+    for (in_c, stride, pack, line, layout, applies) in cases {
+        let g = g(in_c, stride);
+        assert_eq!(
+            in_place_applies(&g, &pack(&g, line), layout),
+            applies,
+            "{} {layout:?} in_c {in_c} stride {stride}",
+            line.info.name
+        );
+    }
+}
+
+/// The window-rows layout (the stem's: [`InPlaceLayout::WindowRows`]) against the im2col path
+/// with the weights packed as usual. Not bit-identical: the tile steps group the products by
+/// kernel row (21 values and 11 zero weights) instead of by 32 consecutive values of K, so the
+/// f32 sums are added in another order. Tolerance: twice the f32 summation bound
+/// `(K' + 3) · eps · (Σ|a·b| + |bias| + |residual|)` (each path within one bound of the exact
+/// sum), plus, for the bf16 output, one bf16 ulp (2^-8 relative: the two sums may round to
+/// neighbouring values).
+#[test]
+fn amx_window_rows_convolution_agrees_with_the_im2col_path() {
+    let mut lines = vec![&AMX_MODEL_KERNEL];
+    lines.extend(
+        KERNELS
+            .iter()
+            .filter(|k| k.info.isa == Isa::Amx && k.info.is_runnable()),
+    );
+    let cases = [
+        // (batch, in_h, in_w, in_c, kernel, stride, pad, n)
+        (2, 11, 13, 3, 7, 2, 3, 64),
+        (1, 9, 9, 3, 7, 2, 3, 40),
+        (1, 6, 7, 8, 3, 1, 1, 32),
+    ];
+    for (seed, (batch, in_h, in_w, in_c, kernel, stride, pad, n)) in cases.into_iter().enumerate() {
+        let g = ConvGeometry {
+            batch,
+            in_h,
+            in_w,
+            in_c,
+            kernel,
+            stride,
+            pad,
+        };
+        let seed = 700 + 10 * seed as u64;
+        let input = values(g.input_len(), seed);
+        let b = values(g.k() * n, seed + 1);
+        let m = g.m();
+        let bias: Vec<f32> = values(n, seed + 2).iter().map(|v| v.to_f32()).collect();
+        let res = values(m * n, seed + 3);
+        // Σ|a·b| per output: the naive loop on magnitudes.
+        let abs = |v: &[Bf16]| v.iter().map(|x| Bf16(x.0 & 0x7FFF)).collect::<Vec<_>>();
+        let a_abs = im2col_nhwc_bf16(&abs(&input), &g);
+        let mut magnitude = vec![0.0f32; m * n];
+        let none = EpilogueBf16 {
+            bias: None,
+            residual: None,
+            relu: false,
+        };
+        gemm_bf16_naive(
+            m,
+            n,
+            g.k(),
+            &a_abs,
+            g.k(),
+            &abs(&b),
+            &mut magnitude,
+            n,
+            &none,
+        );
+        let k_tiles = kernel * 32;
+        for line in &lines {
+            let packed = PackedBBf16::with_kernel(&b, g.k(), n, line);
+            let windows = pack_window_rows(&b, kernel, in_c, n, line);
+            assert!(in_place_applies(&g, &windows, InPlaceLayout::WindowRows));
+            for (residual, relu) in [(false, true), (true, false)] {
+                let epi = EpilogueBf16 {
+                    bias: Some(&bias),
+                    residual: residual.then_some((&res[..], n)),
+                    relu,
+                };
+                let source = ASourceBf16::Conv {
+                    input: &input,
+                    geometry: g,
+                };
+                let tolerance = |i: usize| {
+                    let r = if residual { res[i].to_f32().abs() } else { 0.0 };
+                    2.0 * (k_tiles + 3) as f32
+                        * f32::EPSILON
+                        * (magnitude[i] + bias[i % n].abs() + r)
+                };
+                let mut want = vec![f32::NAN; m * n];
+                gemm_bf16(
+                    &source,
+                    &packed,
+                    OutputBf16::F32 {
+                        c: &mut want,
+                        ldc: n,
+                    },
+                    &epi,
+                );
+                let mut got = vec![f32::NAN; m * n];
+                let out = OutputBf16::F32 {
+                    c: &mut got,
+                    ldc: n,
+                };
+                conv_bf16_in_place(&input, &g, &windows, out, &epi, InPlaceLayout::WindowRows);
+                let mut got16 = vec![Bf16(0x7FC0); m * n];
+                let out = OutputBf16::Bf16 {
+                    c: &mut got16,
+                    ldc: n,
+                };
+                conv_bf16_in_place(&input, &g, &windows, out, &epi, InPlaceLayout::WindowRows);
+                for i in 0..m * n {
+                    let what = format!(
+                        "{} {g:?} n {n} residual {residual} element {i}",
+                        line.info.name
+                    );
+                    assert!(
+                        (got[i] - want[i]).abs() <= tolerance(i),
+                        "{what}: {} vs {} (tolerance {})",
+                        got[i],
+                        want[i],
+                        tolerance(i)
+                    );
+                    let g16 = got16[i].to_f32();
+                    assert!(
+                        (g16 - want[i]).abs() <= tolerance(i) + want[i].abs() / 256.0,
+                        "{what} (bf16 out): {g16} vs {}",
+                        want[i]
+                    );
+                }
+            }
+        }
+    }
 }

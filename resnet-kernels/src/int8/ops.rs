@@ -57,29 +57,10 @@ pub fn quantize_nchw_to_nhwc_u8(
     zero_point: i32,
     out: &mut [u8],
 ) {
-    use crate::team::for_each_chunk_mut;
-    assert_eq!(input.len(), batch * c * hw);
-    assert_eq!(out.len(), input.len());
-    if input.is_empty() {
-        return;
-    }
-    // In parallel over runs of 2048 output pixels (the stem's input is 150 k values per image).
-    const PIXELS: usize = 2048;
-    for_each_chunk_mut(out, c * hw, |n, dst| {
-        let image = &input[n * c * hw..][..c * hw];
-        for_each_chunk_mut(dst, PIXELS * c, |run, dst| {
-            // Each channel's run quantised as one contiguous loop (which vectorises), then
-            // interleaved: quantising pixel by pixel across the planes does not vectorise.
-            let (p0, pixels) = (run * PIXELS, dst.len() / c.max(1));
-            let mut plane = [0u8; PIXELS];
-            for ch in 0..c {
-                let src = &image[ch * hw + p0..][..pixels];
-                quantize_run(src, inv_scale, zero_point, &mut plane[..pixels]);
-                for (pixel, &q) in dst.chunks_exact_mut(c).zip(&plane[..pixels]) {
-                    pixel[ch] = q;
-                }
-            }
-        });
+    // Each channel's run quantised as one contiguous loop (which vectorises), then
+    // interleaved: quantising pixel by pixel across the planes does not vectorise.
+    crate::layout::nchw_to_nhwc_with(input, batch, c, hw, out, |src, dst| {
+        quantize_run(src, inv_scale, zero_point, dst)
     });
 }
 
