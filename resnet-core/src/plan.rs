@@ -501,12 +501,15 @@ fn push_choice(out: &mut Vec<LayerChoice>, method: Method, kernel: &str, b: Bloc
     }
 }
 
-/// Output width from which the heuristic reads an `int8` layer's input in place (where the
-/// kernel can): on the Xeon model 167 (2026-12-07, `layer_profile` alternated) the in-place
-/// path won on layer1 (56 wide: batch 1 0.164-0.175 against 0.176-0.195 ms per block, batch 8
-/// 1.06-1.43 against 1.35-1.59) and lost on the smaller layers, where the padding's share of
-/// the rows grows (2 of 16 at 14 wide).
-pub const IN_PLACE_MIN_WIDTH: usize = 56;
+/// Output width from which the heuristic reads a layer's input in place (where the kernel
+/// can), for the `int8` and `bf16` backends. On the Xeon model 167 (2026-12-07, `layer_profile`
+/// fastest of 20 per block), with 64-byte-aligned buffers the in-place path wins down to 14
+/// wide: `int8` batch 1 layer2 0.116/0.121 -> 0.105/0.104 ms, layer3 0.133/0.142 -> 0.117/0.123,
+/// batch 8 whole network 9.42 -> 9.00 ms; `bf16` batch 1 layer1 0.29 -> 0.20, layer2
+/// 0.19 -> 0.18, layer3 0.21 -> 0.20, batch 8 21.6 -> 19.2 ms. At 7 wide (layer4, the padding
+/// is 2 of every 9 rows) it loses (`bf16` 0.33 -> 0.40). Before the alignment (misaligned
+/// tile rows) it had won only on layer1, and this was 56.
+pub const IN_PLACE_MIN_WIDTH: usize = 14;
 
 /// The heuristic's choice for a layer of the `int8` backend: the INT8 kernel `isa` selects,
 /// with that line's default blocking, reading the input in place where the line can and the

@@ -17,6 +17,7 @@ use super::native::classifier;
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
+use crate::plan::IN_PLACE_MIN_WIDTH;
 use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
@@ -30,13 +31,6 @@ use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
 use resnet_kernels::layout::nchw_to_nhwc_with;
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
-
-/// The narrowest output the bf16 backend reads in place ([`conv_bf16_in_place`], AMX lines,
-/// stride-1 layers). Measured with `layer_profile` on the Xeon 167 (2026-12-07, aligned
-/// buffers), fastest of 20, batch 1 / batch 8 ms per block: layer1 (56 wide) 0.29 -> 0.20 /
-/// 2.54 -> 1.82, layer2 (28) 0.19 -> 0.18 / 1.53 -> 1.44, layer3 (14) 0.21 -> 0.20 /
-/// 1.24 -> 1.21; layer4 (7 wide, where the padding is 2 of every 9 rows) lost: 0.33 -> 0.40.
-const IN_PLACE_MIN_WIDTH: usize = 14;
 
 /// One convolution prepared for the bf16 kernel: packed bf16 weights and the f32 bias.
 struct Bf16Layer {
