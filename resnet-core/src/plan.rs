@@ -340,7 +340,7 @@ pub fn method_applies(method: Method, spec: &ConvBn) -> bool {
         Method::Direct => true,
         Method::Winograd => spec.kernel == 3 && spec.stride == 1 && spec.padding == 1,
         Method::InPlace => {
-            int8::in_place_shape_applies(&spec.geometry(1, spec.kernel, spec.kernel))
+            int8::in_place_layout(&spec.geometry(1, spec.kernel, spec.kernel)).is_some()
         }
     }
 }

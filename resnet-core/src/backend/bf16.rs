@@ -24,8 +24,8 @@ use rayon::prelude::*;
 use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::bf16::{
     avg_pool_bf16_nhwc, conv_bf16_in_place, f32_to_bf16, gemm_bf16, in_place_applies,
-    in_place_shape_applies, kernel_for, pack_window_rows, ASourceBf16, Bf16, Bf16Kernel,
-    EpilogueBf16, InPlaceLayout, OutputBf16, PackedBBf16,
+    in_place_layout, kernel_for, pack_window_rows, ASourceBf16, Bf16, Bf16Kernel, EpilogueBf16,
+    InPlaceLayout, OutputBf16, PackedBBf16,
 };
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
@@ -51,10 +51,8 @@ impl Bf16Layer {
         // On the AMX lines a convolution whose kernel row fits one tile row (the stem's 7 x 3)
         // reads its windows in place rather than packing an im2col of 3-channel runs.
         let window_rows = kernel.reads_in_place()
-            && in_place_shape_applies(
-                &s.geometry(1, s.kernel, s.kernel),
-                InPlaceLayout::WindowRows,
-            );
+            && in_place_layout(&s.geometry(1, s.kernel, s.kernel))
+                == Some(InPlaceLayout::WindowRows);
         let weights = if window_rows {
             pack_window_rows(&rounded, s.kernel, s.in_channels, s.out_channels, kernel)
         } else {

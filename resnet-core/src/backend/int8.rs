@@ -18,8 +18,9 @@ use resnet_kernels::aligned::{AlignedVec, Plain};
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
 use resnet_kernels::int8::{
-    avg_pool_u8_nhwc, conv_u8s8_in_place, gemm_u8s8, quantize_nchw_to_nhwc_u8, round_half_even_i32,
-    ASource8, Int8Kernel, Output8, PackedB8, Requant, Residual8,
+    self, avg_pool_u8_nhwc, conv_u8s8_in_place, gemm_u8s8, quantize_nchw_to_nhwc_u8,
+    round_half_even_i32, ASource8, InPlaceLayout, Int8Kernel, Output8, PackedB8, Requant,
+    Residual8,
 };
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
 use resnet_kernels::tiling::Blocking;
@@ -30,9 +31,9 @@ use resnet_kernels::winograd::WinogradScratch;
 pub(super) struct Int8Layer {
     spec: ConvBn,
     weights: PackedB8,
-    /// Whether the input is read in place by the kernel ([`conv_u8s8_in_place`]) instead of
-    /// packed as an im2col.
-    in_place: bool,
+    /// How the kernel reads the input in place ([`conv_u8s8_in_place`]), when it does instead
+    /// of packing an im2col.
+    in_place: Option<InPlaceLayout>,
     bias: Vec<i32>,
     scale: Vec<f32>,
     input: ActQuant,
@@ -49,8 +50,26 @@ impl Int8Layer {
         let s = &conv.spec;
         let codes = conv.khwc_by_oc(&conv.weight);
         let weight_scale = &conv.weight_scale;
-        let k = s.in_channels * s.kernel * s.kernel;
-        let weights = PackedB8::with_kernel(&codes, k, s.out_channels, kernel, blocking);
+        // Whether a layout applies does not depend on the image size: any geometry will do.
+        let geometry = s.geometry(1, s.kernel, s.kernel);
+        let layout = in_place
+            .then(|| int8::in_place_layout(&geometry))
+            .flatten()
+            .filter(|_| kernel.reads_in_place());
+        let weights = match layout {
+            Some(InPlaceLayout::WindowRows) => int8::pack_window_rows(
+                &codes,
+                s.kernel,
+                s.in_channels,
+                s.out_channels,
+                kernel,
+                blocking,
+            ),
+            _ => {
+                let k = s.in_channels * s.kernel * s.kernel;
+                PackedB8::with_kernel(&codes, k, s.out_channels, kernel, blocking)
+            }
+        };
         let (sx, zx) = (input.scale as f64, input.zero_point as i32);
         let bias = conv
             .bias
@@ -65,9 +84,7 @@ impl Int8Layer {
             .iter()
             .map(|&sw| (sx * sw as f64 / output.scale as f64) as f32)
             .collect();
-        // Whether the path applies does not depend on the image size: any geometry will do.
-        let geometry = s.geometry(1, s.kernel, s.kernel);
-        let in_place = in_place && resnet_kernels::int8::in_place_applies(&geometry, &weights);
+        let in_place = layout.filter(|&l| int8::in_place_applies(&geometry, &weights, l));
         Int8Layer {
             spec: s.clone(),
             weights,
@@ -115,7 +132,7 @@ impl Int8Layer {
             zero_point: self.output.zero_point,
             relu,
         };
-        if self.in_place {
+        if let Some(layout) = self.in_place {
             conv_u8s8_in_place(
                 input,
                 &geometry,
@@ -124,6 +141,7 @@ impl Int8Layer {
                 out,
                 oc,
                 &requant,
+                layout,
             );
         } else {
             let source = ASource8::Conv {

@@ -80,6 +80,30 @@ pub(crate) trait InPlaceFamily: Sync {
     fn add(a: Self::Sum, b: Self::Sum) -> Self::Sum;
 }
 
+/// How an in-place convolution lays its input out for the tiles to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InPlaceLayout {
+    /// A padded copy of the NHWC input: stride 1, channels in whole 64-byte tile rows; the
+    /// weights packed as for the family's GEMM.
+    Padded,
+    /// Each output pixel's window on each input row as one tile row (the stem: 7 pixels x 3
+    /// channels); the weights with zero rows between kernel rows (the family's
+    /// `pack_window_rows`).
+    WindowRows,
+}
+
+/// The layout an in-place convolution of elements `E` would use for this shape, if any:
+/// [`InPlaceLayout::Padded`] where it applies, else [`InPlaceLayout::WindowRows`].
+pub(crate) fn layout_for<E>(g: &ConvGeometry) -> Option<InPlaceLayout> {
+    if shape_applies::<E>(g) {
+        Some(InPlaceLayout::Padded)
+    } else if window_rows_apply::<E>(g.kernel, g.in_c) {
+        Some(InPlaceLayout::WindowRows)
+    } else {
+        None
+    }
+}
+
 /// Bytes of one element of `E`.
 const fn bytes_of<E>() -> usize {
     std::mem::size_of::<E>()

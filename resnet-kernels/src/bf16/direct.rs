@@ -20,12 +20,6 @@ thread_local! {
     static ACC: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
 }
 
-/// Whether the convolution's shape suits [`conv`]: stride 1, channels in whole 64-byte tile
-/// rows.
-pub(crate) fn shape_applies(g: &ConvGeometry) -> bool {
-    direct::shape_applies::<Bf16>(g)
-}
-
 /// Whether [`conv`] computes this convolution with `b` (shape and K blocks).
 pub(crate) fn applies(g: &ConvGeometry, b: &PackedBBf16) -> bool {
     direct::applies::<Bf16>(g, b.k, &b.blocks)

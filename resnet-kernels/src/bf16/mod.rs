@@ -45,6 +45,7 @@ pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod simd;
 
+pub use crate::amx::InPlaceLayout;
 pub use loops::ASourceBf16;
 pub use pack::im2col_nhwc_bf16;
 
@@ -204,17 +205,6 @@ pub struct Bf16Entry {
 /// sizes.
 pub(crate) type ConvDirectBf16 =
     fn(&[Bf16], &ConvGeometry, &PackedBBf16, OutputBf16<'_>, &EpilogueBf16<'_>, InPlaceLayout);
-
-/// How an in-place convolution lays its input out for the tiles to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InPlaceLayout {
-    /// A padded copy of the NHWC input: stride 1, channels in whole tile rows; B packed as for
-    /// [`gemm_bf16`].
-    Padded,
-    /// Each output pixel's window on each input row as one tile row (the stem: 7 pixels x 3
-    /// channels); B from [`pack_window_rows`].
-    WindowRows,
-}
 
 /// A bf16 kernel line.
 pub type Bf16Kernel = Kernel<Bf16Entry>;
@@ -428,16 +418,11 @@ pub fn gemm_bf16(a: &ASourceBf16<'_>, b: &PackedBBf16, out: OutputBf16<'_>, epi:
     (b.kernel.entry.gemm)(a, b, out, epi)
 }
 
-/// Whether a convolution's shape suits [`conv_bf16_in_place`] with `layout`: stride 1 and
-/// channels in whole 64-byte tile rows (32 bf16) for [`InPlaceLayout::Padded`]; one kernel
-/// row's window in one tile row for [`InPlaceLayout::WindowRows`].
-pub fn in_place_shape_applies(geometry: &ConvGeometry, layout: InPlaceLayout) -> bool {
-    match layout {
-        InPlaceLayout::Padded => direct::shape_applies(geometry),
-        InPlaceLayout::WindowRows => {
-            crate::amx::direct::window_rows_apply::<Bf16>(geometry.kernel, geometry.in_c)
-        }
-    }
+/// The layout [`conv_bf16_in_place`] would read this convolution's input in, if its shape
+/// suits one: [`InPlaceLayout::Padded`] (stride 1, channels in whole 64-byte tile rows of 32
+/// bf16), else [`InPlaceLayout::WindowRows`] (one kernel row's window in one tile row).
+pub fn in_place_layout(geometry: &ConvGeometry) -> Option<InPlaceLayout> {
+    crate::amx::direct::layout_for::<Bf16>(geometry)
 }
 
 /// Whether [`conv_bf16_in_place`] can compute this convolution with `b` in `layout`: its kernel
@@ -445,11 +430,11 @@ pub fn in_place_shape_applies(geometry: &ConvGeometry, layout: InPlaceLayout) ->
 /// are whole tile steps (for [`InPlaceLayout::WindowRows`]: B from [`pack_window_rows`]).
 pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedBBf16, layout: InPlaceLayout) -> bool {
     b.kernel.reads_in_place()
-        && in_place_shape_applies(geometry, layout)
         && match layout {
             InPlaceLayout::Padded => direct::applies(geometry, b),
             InPlaceLayout::WindowRows => {
-                b.k == crate::amx::direct::window_rows_k::<Bf16>(geometry.kernel)
+                crate::amx::direct::window_rows_apply::<Bf16>(geometry.kernel, geometry.in_c)
+                    && b.k == crate::amx::direct::window_rows_k::<Bf16>(geometry.kernel)
             }
         }
 }

@@ -3,7 +3,7 @@
 //! `i32` sums, the requantising epilogue. Integer sums, so bit-identical to the im2col path.
 
 use super::loops::tile_requant;
-use super::{PackedB8, Requant, TileRequant};
+use super::{InPlaceLayout, PackedB8, Requant, TileRequant};
 use crate::aligned::AlignedVec;
 use crate::amx::direct::{self, InPlaceFamily, Panels};
 use crate::amx::{Dot, TileExec};
@@ -16,12 +16,6 @@ thread_local! {
     static PADDED: RefCell<AlignedVec<u8>> = const { RefCell::new(AlignedVec::new()) };
     /// Each worker's `i32` partial sums when K takes several blocks.
     static ACC: RefCell<AlignedVec<i32>> = const { RefCell::new(AlignedVec::new()) };
-}
-
-/// Whether the convolution's shape suits [`conv`]: stride 1, channels in whole 64-byte tile
-/// rows.
-pub(crate) fn shape_applies(g: &ConvGeometry) -> bool {
-    direct::shape_applies::<u8>(g)
 }
 
 /// Whether [`conv`] computes this convolution with `b` (shape and K blocks).
@@ -77,6 +71,7 @@ impl InPlaceFamily for Requantised<'_> {
 }
 
 /// `C = requant(conv(input, B))` on the tile unit `T` ([`super::ConvDirect`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv<T: TileExec>(
     input: &[u8],
     g: &ConvGeometry,
@@ -85,8 +80,8 @@ pub(crate) fn conv<T: TileExec>(
     c: &mut [u8],
     ldc: usize,
     req: &Requant<'_>,
+    layout: InPlaceLayout,
 ) {
-    debug_assert!(applies(g, b));
     let out = Requantised {
         req,
         c: SharedMut::new(c.as_mut_ptr()),
@@ -98,5 +93,13 @@ pub(crate) fn conv<T: TileExec>(
         n: b.n,
         blocking: b.blocking,
     };
-    direct::conv::<_, T>(&out, input, g, pad_code, &panels);
+    match layout {
+        InPlaceLayout::Padded => {
+            debug_assert!(applies(g, b));
+            direct::conv::<_, T>(&out, input, g, pad_code, &panels)
+        }
+        InPlaceLayout::WindowRows => {
+            direct::conv_window_rows::<_, T>(&out, input, g, pad_code, &panels)
+        }
+    }
 }

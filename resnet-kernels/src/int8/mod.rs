@@ -115,6 +115,7 @@ pub use ops::{
 pub use pack::im2col_nhwc_u8;
 
 use crate::aligned::AlignedVec;
+pub use crate::amx::InPlaceLayout;
 use crate::cpu::{CpuFeatures, Isa};
 use crate::gemm::ConvGeometry;
 use crate::registry::{self, Family, Kernel, KernelInfo};
@@ -179,7 +180,7 @@ pub type Int8Kernel = Kernel<Int8Entry>;
 /// C `u8` with row stride `ldc`, requantised by `requant`. Called only by
 /// [`conv_u8s8_in_place`], which checks that it applies and the sizes.
 pub(crate) type ConvDirect =
-    fn(&[u8], &ConvGeometry, u8, &PackedB8, &mut [u8], usize, &Requant<'_>);
+    fn(&[u8], &ConvGeometry, u8, &PackedB8, &mut [u8], usize, &Requant<'_>, InPlaceLayout);
 
 const ONE_PART: &str = "K blocks of NR-wide micro-panels of 4-k groups (NR columns x 4 bytes)";
 const TWO_PARTS: &str =
@@ -490,25 +491,60 @@ pub fn gemm_u8s8(a: &ASource8<'_>, b: &PackedB8, out: Output8<'_>) {
     (b.kernel.entry.gemm)(a, b, out)
 }
 
-/// Whether a convolution's shape suits [`conv_u8s8_in_place`]: stride 1, channels in whole
-/// 64-byte tile rows (the kernel line and the packing must suit too: [`in_place_applies`]).
-pub fn in_place_shape_applies(geometry: &ConvGeometry) -> bool {
-    direct::shape_applies(geometry)
+/// The layout [`conv_u8s8_in_place`] would read this convolution's input in, if its shape
+/// suits one: [`InPlaceLayout::Padded`] (stride 1, channels in whole 64-byte tile rows), else
+/// [`InPlaceLayout::WindowRows`] (one kernel row's window in one tile row: the stem). The
+/// kernel line and the packing must suit too: [`in_place_applies`].
+pub fn in_place_layout(geometry: &ConvGeometry) -> Option<InPlaceLayout> {
+    crate::amx::direct::layout_for::<u8>(geometry)
 }
 
-/// Whether [`conv_u8s8_in_place`] can compute this convolution with `b`: its kernel line reads A
-/// in place ([`Int8Kernel::reads_in_place`]), the shape suits, and B's K blocks are whole tile
-/// steps.
-pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedB8) -> bool {
-    b.kernel.reads_in_place() && direct::applies(geometry, b)
+/// Whether [`conv_u8s8_in_place`] can compute this convolution with `b` in `layout`: its kernel
+/// line reads A in place ([`Int8Kernel::reads_in_place`]), the shape suits, and B's K blocks
+/// are whole tile steps (for [`InPlaceLayout::WindowRows`]: B from [`pack_window_rows`]).
+pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedB8, layout: InPlaceLayout) -> bool {
+    b.kernel.reads_in_place()
+        && match layout {
+            InPlaceLayout::Padded => direct::applies(geometry, b),
+            InPlaceLayout::WindowRows => {
+                crate::amx::direct::window_rows_apply::<u8>(geometry.kernel, geometry.in_c)
+                    && b.k == crate::amx::direct::window_rows_k::<u8>(geometry.kernel)
+                    && b.blocks.iter().all(|&(_, kc, _)| kc.is_multiple_of(64))
+            }
+        }
+}
+
+/// Packs `b` (`K x N` signed bytes, K in (kh, kw, c) order, a `kernel x kernel` convolution
+/// of `in_c` channels) for [`conv_u8s8_in_place`] with [`InPlaceLayout::WindowRows`]: each
+/// kernel row's bytes then zeros up to one 64-byte tile row (the column sums are unchanged).
+///
+/// # Panics
+/// If the window does not fit a tile row, as [`PackedB8::with_kernel`] otherwise.
+pub fn pack_window_rows(
+    b: &[i8],
+    kernel_size: usize,
+    in_c: usize,
+    n: usize,
+    kernel: &'static Int8Kernel,
+    blocking: Blocking,
+) -> PackedB8 {
+    assert!(crate::amx::direct::window_rows_apply::<u8>(
+        kernel_size,
+        in_c
+    ));
+    let rows = crate::amx::direct::window_rows_weights(b, kernel_size, in_c, n);
+    let k = crate::amx::direct::window_rows_k::<u8>(kernel_size);
+    PackedB8::with_kernel(&rows, k, n, kernel, blocking)
 }
 
 /// The convolution of `input` (NHWC codes, `pad` their zero point) by `b`, requantised into C,
-/// with A read in place from a padded copy of the input instead of packed as an im2col
-/// ([`direct`]). Bit-identical to [`gemm_u8s8`] on [`ASource8::Conv`].
+/// with A read in place from a copy of the input in `layout` instead of packed as an im2col
+/// ([`direct`]). Bit-identical to [`gemm_u8s8`] on [`ASource8::Conv`] (integer sums; for
+/// [`InPlaceLayout::WindowRows`] with B packed as usual).
 ///
 /// # Panics
 /// If [`in_place_applies`] does not hold, or on the size mismatches [`gemm_u8s8`] refuses.
+#[allow(clippy::too_many_arguments)]
 pub fn conv_u8s8_in_place(
     input: &[u8],
     geometry: &ConvGeometry,
@@ -517,25 +553,21 @@ pub fn conv_u8s8_in_place(
     c: &mut [u8],
     ldc: usize,
     requant: &Requant<'_>,
+    layout: InPlaceLayout,
 ) {
     assert!(
-        in_place_applies(geometry, b),
-        "{} cannot read this convolution in place: {geometry:?}",
+        in_place_applies(geometry, b, layout),
+        "{} cannot read this convolution in place ({layout:?}): {geometry:?}",
         b.kernel.info.name
     );
     let (m, n) = (geometry.m(), b.n);
     if m == 0 || n == 0 {
         return;
     }
-    ASource8::Conv {
-        input,
-        geometry: *geometry,
-        pad,
-    }
-    .check(b.k);
+    assert_eq!(input.len(), geometry.input_len(), "input size");
     requant.check_output(c, ldc, m, n);
     let direct = b.kernel.entry.conv_direct.expect("checked above");
-    direct(input, geometry, pad, b, c, ldc, requant)
+    direct(input, geometry, pad, b, c, ldc, requant, layout)
 }
 
 /// The plain triple loop every packed path is tested against: `C[i, j] = sum_k A[i, k] B[k, j]`

@@ -508,7 +508,10 @@ fn amx_direct_convolution_equals_the_im2col_path() {
                     ..line.default_blocking()
                 };
                 let packed = PackedB8::with_kernel(&b, g.k(), n, line, blocking);
-                assert!(in_place_applies(&g, &packed), "{g:?} kc {kc}");
+                assert!(
+                    in_place_applies(&g, &packed, InPlaceLayout::Padded),
+                    "{g:?} kc {kc}"
+                );
                 for (residual, relu) in [(false, true), (true, true), (true, false)] {
                     let requant = Requant {
                         bias: &bias,
@@ -538,7 +541,8 @@ fn amx_direct_convolution_equals_the_im2col_path() {
                         },
                     );
                     let mut direct = vec![0xA5u8; m * n];
-                    conv_u8s8_in_place(&input, &g, 29, &packed, &mut direct, n, &requant);
+                    let padded = InPlaceLayout::Padded;
+                    conv_u8s8_in_place(&input, &g, 29, &packed, &mut direct, n, &requant, padded);
                     assert!(
                         direct == im2col,
                         "{} {g:?} n {n} kc {kc} residual {residual} relu {relu}: first difference at {:?}",
@@ -574,9 +578,128 @@ fn in_place_applies_only_to_stride_1_whole_tile_rows_on_amx_lines() {
         )
     };
     let model = &AMX_MODEL_KERNEL;
-    assert!(in_place_applies(&g(64, 1), &pack(&g(64, 1), model)));
-    assert!(!in_place_applies(&g(64, 2), &pack(&g(64, 2), model)));
-    assert!(!in_place_applies(&g(48, 1), &pack(&g(48, 1), model)));
+    let padded = InPlaceLayout::Padded;
+    assert!(in_place_applies(&g(64, 1), &pack(&g(64, 1), model), padded));
+    assert!(!in_place_applies(
+        &g(64, 2),
+        &pack(&g(64, 2), model),
+        padded
+    ));
+    assert!(!in_place_applies(
+        &g(48, 1),
+        &pack(&g(48, 1), model),
+        padded
+    ));
     let scalar = &KERNELS[0];
-    assert!(!in_place_applies(&g(64, 1), &pack(&g(64, 1), scalar)));
+    assert!(!in_place_applies(
+        &g(64, 1),
+        &pack(&g(64, 1), scalar),
+        padded
+    ));
+    // Window rows: 3 x 21 bytes fit a 64-byte tile row, 3 x 22 do not; B must be packed for
+    // the layout, by a line that reads in place.
+    let rows = InPlaceLayout::WindowRows;
+    let windows = |g: &ConvGeometry, line: &'static Int8Kernel| {
+        let codes = vec![1i8; g.k() * 32];
+        pack_window_rows(&codes, 3, g.in_c, 32, line, line.default_blocking())
+    };
+    assert_eq!(in_place_layout(&g(21, 2)), Some(rows));
+    assert_eq!(in_place_layout(&g(64, 1)), Some(padded));
+    assert_eq!(in_place_layout(&g(22, 2)), None);
+    assert!(in_place_applies(
+        &g(21, 2),
+        &windows(&g(21, 2), model),
+        rows
+    ));
+    assert!(!in_place_applies(&g(21, 2), &pack(&g(21, 2), model), rows));
+    assert!(!in_place_applies(
+        &g(21, 2),
+        &windows(&g(21, 2), scalar),
+        rows
+    ));
+}
+
+/// The window-rows layout (the stem's, [`InPlaceLayout::WindowRows`]) against the im2col path
+/// with B packed as usual, bit for bit (integer sums: the zero weights between kernel rows
+/// add nothing, and the padding holds the zero point as im2col's does): stem-like 7x7 stride-2
+/// and 3x3 stride-1 geometries, batches of 1-2, N with an edge panel, K in one block or
+/// several (kc 128), every epilogue option. Model line everywhere, hardware where granted.
+#[test]
+fn amx_window_rows_convolution_equals_the_im2col_path() {
+    let mut lines = vec![&AMX_MODEL_KERNEL];
+    lines.extend(
+        KERNELS
+            .iter()
+            .filter(|k| k.info.isa == Isa::Amx && k.info.is_runnable()),
+    );
+    let cases = [
+        // (batch, in_h, in_w, in_c, kernel, stride, pad, n)
+        (2, 11, 13, 3, 7, 2, 3, 64),
+        (1, 9, 9, 3, 7, 2, 3, 40),
+        (1, 6, 7, 16, 3, 1, 1, 32),
+    ];
+    for (batch, in_h, in_w, in_c, kernel, stride, pad, n) in cases {
+        let g = ConvGeometry {
+            batch,
+            in_h,
+            in_w,
+            in_c,
+            kernel,
+            stride,
+            pad,
+        };
+        let mut rng = Rng::new((in_h * 17 + in_c) as u64);
+        let input = rng.bytes(g.input_len());
+        let b = rng.weights(g.k() * n);
+        let m = g.m();
+        let bias: Vec<i32> = (0..n).map(|_| (rng.next() >> 52) as i32 - 2048).collect();
+        let scale: Vec<f32> = (0..n).map(|_| (0.5 + rng.unit()) / 4000.0).collect();
+        let res = rng.bytes(m * n);
+        for line in &lines {
+            let packed = PackedB8::with_kernel(&b, g.k(), n, line, line.default_blocking());
+            for kc in [2304, 128] {
+                let blocking = Blocking {
+                    kc,
+                    ..line.default_blocking()
+                };
+                let windows = pack_window_rows(&b, kernel, in_c, n, line, blocking);
+                let rows = InPlaceLayout::WindowRows;
+                assert!(in_place_applies(&g, &windows, rows), "{g:?} kc {kc}");
+                for (residual, relu) in [(false, true), (true, false)] {
+                    let requant = Requant {
+                        bias: &bias,
+                        scale: &scale,
+                        residual: residual.then_some(Residual8 {
+                            data: &res,
+                            ld: n,
+                            zero_point: 91,
+                            scale: 0.61,
+                        }),
+                        zero_point: 23,
+                        relu,
+                    };
+                    let source = ASource8::Conv {
+                        input: &input,
+                        geometry: g,
+                        pad: 29,
+                    };
+                    let mut im2col = vec![0x5Au8; m * n];
+                    let out = Output8::U8 {
+                        c: &mut im2col,
+                        ldc: n,
+                        requant,
+                    };
+                    gemm_u8s8(&source, &packed, out);
+                    let mut direct = vec![0xA5u8; m * n];
+                    conv_u8s8_in_place(&input, &g, 29, &windows, &mut direct, n, &requant, rows);
+                    assert!(
+                        direct == im2col,
+                        "{} {g:?} n {n} kc {kc} residual {residual}: first difference at {:?}",
+                        line.info.name,
+                        direct.iter().zip(&im2col).position(|(a, b)| a != b)
+                    );
+                }
+            }
+        }
+    }
 }
