@@ -463,6 +463,82 @@ fn int8_no_expected_amx_kernel_is_skipped() {
     }
 }
 
+/// A convolution's operands for the in-place tests, from a seed: `u8` input and residual, signed
+/// weights (`K x n`), biases and requantisation scales.
+struct ConvCase {
+    g: ConvGeometry,
+    n: usize,
+    input: Vec<u8>,
+    b: Vec<i8>,
+    bias: Vec<i32>,
+    scale: Vec<f32>,
+    res: Vec<u8>,
+}
+
+impl ConvCase {
+    fn new(g: ConvGeometry, n: usize, seed: u64) -> ConvCase {
+        let mut rng = Rng::new(seed);
+        ConvCase {
+            g,
+            n,
+            input: rng.bytes(g.input_len()),
+            b: rng.weights(g.k() * n),
+            bias: (0..n).map(|_| (rng.next() >> 52) as i32 - 2048).collect(),
+            scale: (0..n).map(|_| (0.5 + rng.unit()) / 4000.0).collect(),
+            res: rng.bytes(g.m() * n),
+        }
+    }
+
+    /// `conv_u8s8_in_place` with `in_place` (packed for `layout`) against `gemm_u8s8` on the
+    /// im2col with `packed`, bit for bit, for each epilogue option.
+    fn check(&self, packed: &PackedB8, in_place: &PackedB8, layout: InPlaceLayout, what: &str) {
+        let (g, n, m) = (self.g, self.n, self.g.m());
+        assert!(in_place_applies(&g, in_place, layout), "{what}: {g:?}");
+        for (residual, relu) in [(false, true), (true, true), (true, false)] {
+            let requant = Requant {
+                bias: &self.bias,
+                scale: &self.scale,
+                residual: residual.then_some(Residual8 {
+                    data: &self.res,
+                    ld: n,
+                    zero_point: 91,
+                    scale: 0.61,
+                }),
+                zero_point: 23,
+                relu,
+            };
+            let source = ASource8::Conv {
+                input: &self.input,
+                geometry: g,
+                pad: 29,
+            };
+            let mut im2col = vec![0x5Au8; m * n];
+            let out = Output8::U8 {
+                c: &mut im2col,
+                ldc: n,
+                requant,
+            };
+            gemm_u8s8(&source, packed, out);
+            let mut direct = vec![0xA5u8; m * n];
+            conv_u8s8_in_place(
+                &self.input,
+                &g,
+                29,
+                in_place,
+                &mut direct,
+                n,
+                &requant,
+                layout,
+            );
+            assert!(
+                direct == im2col,
+                "{what} {g:?} n {n} residual {residual} relu {relu}: first difference at {:?}",
+                direct.iter().zip(&im2col).position(|(a, b)| a != b)
+            );
+        }
+    }
+}
+
 /// The AMX lines' in-place convolution ([`conv_u8s8_in_place`]) against their im2col path
 /// ([`gemm_u8s8`]), bit for bit, with every epilogue option: 3x3 and 1x1 stride-1 convolutions with and without padding,
 /// 64 and 128 channels, batches of 1-3, output widths that are and are not multiples of the
@@ -494,62 +570,16 @@ fn amx_direct_convolution_equals_the_im2col_path() {
             stride: 1,
             pad,
         };
-        let mut rng = Rng::new((in_h * 31 + in_c) as u64);
-        let input = rng.bytes(g.input_len());
-        let b = rng.weights(g.k() * n);
-        let m = g.m();
-        let bias: Vec<i32> = (0..n).map(|_| (rng.next() >> 52) as i32 - 2048).collect();
-        let scale: Vec<f32> = (0..n).map(|_| (0.5 + rng.unit()) / 4000.0).collect();
-        let res = rng.bytes(m * n);
+        let case = ConvCase::new(g, n, (in_h * 31 + in_c) as u64);
         for line in &lines {
             for kc in [g.k(), 128] {
                 let blocking = Blocking {
                     kc,
                     ..line.default_blocking()
                 };
-                let packed = PackedB8::with_kernel(&b, g.k(), n, line, blocking);
-                assert!(
-                    in_place_applies(&g, &packed, InPlaceLayout::Padded),
-                    "{g:?} kc {kc}"
-                );
-                for (residual, relu) in [(false, true), (true, true), (true, false)] {
-                    let requant = Requant {
-                        bias: &bias,
-                        scale: &scale,
-                        residual: residual.then_some(Residual8 {
-                            data: &res,
-                            ld: n,
-                            zero_point: 91,
-                            scale: 0.61,
-                        }),
-                        zero_point: 23,
-                        relu,
-                    };
-                    let source = ASource8::Conv {
-                        input: &input,
-                        geometry: g,
-                        pad: 29,
-                    };
-                    let mut im2col = vec![0x5Au8; m * n];
-                    gemm_u8s8(
-                        &source,
-                        &packed,
-                        Output8::U8 {
-                            c: &mut im2col,
-                            ldc: n,
-                            requant,
-                        },
-                    );
-                    let mut direct = vec![0xA5u8; m * n];
-                    let padded = InPlaceLayout::Padded;
-                    conv_u8s8_in_place(&input, &g, 29, &packed, &mut direct, n, &requant, padded);
-                    assert!(
-                        direct == im2col,
-                        "{} {g:?} n {n} kc {kc} residual {residual} relu {relu}: first difference at {:?}",
-                        line.info.name,
-                        direct.iter().zip(&im2col).position(|(a, b)| a != b)
-                    );
-                }
+                let packed = PackedB8::with_kernel(&case.b, g.k(), n, line, blocking);
+                let what = format!("{} kc {kc}", line.info.name);
+                case.check(&packed, &packed, InPlaceLayout::Padded, &what);
             }
         }
     }
@@ -648,57 +678,17 @@ fn amx_window_rows_convolution_equals_the_im2col_path() {
             stride,
             pad,
         };
-        let mut rng = Rng::new((in_h * 17 + in_c) as u64);
-        let input = rng.bytes(g.input_len());
-        let b = rng.weights(g.k() * n);
-        let m = g.m();
-        let bias: Vec<i32> = (0..n).map(|_| (rng.next() >> 52) as i32 - 2048).collect();
-        let scale: Vec<f32> = (0..n).map(|_| (0.5 + rng.unit()) / 4000.0).collect();
-        let res = rng.bytes(m * n);
+        let case = ConvCase::new(g, n, (in_h * 17 + in_c) as u64);
         for line in &lines {
-            let packed = PackedB8::with_kernel(&b, g.k(), n, line, line.default_blocking());
+            let packed = PackedB8::with_kernel(&case.b, g.k(), n, line, line.default_blocking());
             for kc in [2304, 128] {
                 let blocking = Blocking {
                     kc,
                     ..line.default_blocking()
                 };
-                let windows = pack_window_rows(&b, kernel, in_c, n, line, blocking);
-                let rows = InPlaceLayout::WindowRows;
-                assert!(in_place_applies(&g, &windows, rows), "{g:?} kc {kc}");
-                for (residual, relu) in [(false, true), (true, false)] {
-                    let requant = Requant {
-                        bias: &bias,
-                        scale: &scale,
-                        residual: residual.then_some(Residual8 {
-                            data: &res,
-                            ld: n,
-                            zero_point: 91,
-                            scale: 0.61,
-                        }),
-                        zero_point: 23,
-                        relu,
-                    };
-                    let source = ASource8::Conv {
-                        input: &input,
-                        geometry: g,
-                        pad: 29,
-                    };
-                    let mut im2col = vec![0x5Au8; m * n];
-                    let out = Output8::U8 {
-                        c: &mut im2col,
-                        ldc: n,
-                        requant,
-                    };
-                    gemm_u8s8(&source, &packed, out);
-                    let mut direct = vec![0xA5u8; m * n];
-                    conv_u8s8_in_place(&input, &g, 29, &windows, &mut direct, n, &requant, rows);
-                    assert!(
-                        direct == im2col,
-                        "{} {g:?} n {n} kc {kc} residual {residual}: first difference at {:?}",
-                        line.info.name,
-                        direct.iter().zip(&im2col).position(|(a, b)| a != b)
-                    );
-                }
+                let windows = pack_window_rows(&case.b, kernel, in_c, n, line, blocking);
+                let what = format!("{} kc {kc}", line.info.name);
+                case.check(&packed, &windows, InPlaceLayout::WindowRows, &what);
             }
         }
     }
