@@ -352,8 +352,8 @@ mod tests {
     fn map_mean_plus_bias_is_the_logit() {
         use crate::backend::{BackendKind, BackendOptions};
         let weights = crate::weights::synthetic_weights(0);
-        let fc_weight = &weights.tensor("fc.weight").data;
-        let fc_bias = &weights.tensor("fc.bias").data;
+        let fc_weight = weights.tensor("fc.weight").f32_values();
+        let fc_bias = weights.tensor("fc.bias").f32_values();
         let input = Array3::from_shape_fn((3, 224, 224), |(c, y, x)| {
             ((c * 31 + y * 7 + x * 3) % 97) as f32 / 40.0 - 1.2
         });

@@ -177,6 +177,34 @@ fn bf16_backend_is_deterministic_and_checks_shapes() {
     assert!(backend.forward(small.view(), &mut NoObserver).is_err());
 }
 
+/// A `weights convert --dtype bf16` file runs without its convolution weights widened on load
+/// (`Values::Bf16`, folded one layer at a time): the same logits, bit for bit, as the same
+/// values loaded as f32 (widening a bf16 is exact, so nothing may change but memory).
+#[test]
+fn bf16_file_runs_unwidened_with_the_same_results() {
+    use resnet_core::weights::{StoreDtype, Values, Weights};
+    let bytes = synthetic_weights(0).to_safetensors_bytes(StoreDtype::BF16);
+    let kept = Weights::from_bytes(&bytes, "bf16 file").unwrap();
+    assert!(matches!(
+        kept.tensor("layer2.0.conv1.weight").values,
+        Values::Bf16(_)
+    ));
+    let widened = kept.to_safetensors_bytes(StoreDtype::F32);
+    let widened = Weights::from_bytes(&widened, "the same values in f32").unwrap();
+    assert!(matches!(
+        widened.tensor("layer2.0.conv1.weight").values,
+        Values::F32(_)
+    ));
+    let x = photos().slice_move(ndarray::s![..2, .., .., ..]);
+    for kind in [BackendKind::Bf16, BackendKind::Native] {
+        let run = |w: &Weights| {
+            let backend = kind.create(w, &BackendOptions::default()).unwrap();
+            backend.forward(x.view(), &mut NoObserver).unwrap()
+        };
+        assert_eq!(run(&kept), run(&widened), "{kind:?}");
+    }
+}
+
 /// The AMX-BF16 kernel, run on the software model of `tdpbf16ps` (no AMX on this repository's
 /// machines), gives the network of the registry's bf16 kernel for this CPU within bf16
 /// rounding: products are exact in f32 and only the summation order differs (the SDM's even

@@ -2,9 +2,10 @@
 
 mod common;
 
-use resnet_core::weights::{synthetic_weights, StoreDtype, Weights};
+use resnet_core::weights::{synthetic_weights, StoreDtype, Values, Weights};
 use resnet_core::Error;
 use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
 use std::collections::HashMap;
 
 /// Builds a safetensors file from the synthetic weights, edited by `edit`.
@@ -35,8 +36,8 @@ fn round_trip_in_every_dtype() {
         let back = load(&w.to_safetensors_bytes(dtype)).unwrap();
         assert!(back.is_synthetic());
         let (a, b) = (
-            &w.tensor("layer1.0.conv1.weight").data,
-            &back.tensor("layer1.0.conv1.weight").data,
+            w.tensor("layer1.0.conv1.weight").values(),
+            back.tensor("layer1.0.conv1.weight").values(),
         );
         // f16 keeps 11 significant bits, bf16 8: relative error <= 2^-11 and 2^-8.
         let tol = match dtype {
@@ -44,13 +45,56 @@ fn round_trip_in_every_dtype() {
             StoreDtype::F16 => 1.0 / 2048.0,
             StoreDtype::BF16 => 1.0 / 256.0,
         };
-        for (x, y) in a.iter().zip(b) {
+        for (x, y) in a.iter().zip(b.iter()) {
             assert!(
                 (x - y).abs() <= tol * x.abs() + 1e-7,
                 "{dtype:?}: {x} vs {y}"
             );
         }
         assert_eq!(back.parameter_count(), 11_689_512);
+    }
+}
+
+/// A bf16 file's convolution weights stay bf16 in memory (not widened on load: half the
+/// bytes), bit for bit as the file holds them; BatchNorm and the classifier are widened to
+/// f32; saving as bf16 again writes the same tensors.
+#[test]
+fn bf16_files_keep_convolution_weights_unwidened() {
+    let bytes = synthetic_weights(5).to_safetensors_bytes(StoreDtype::BF16);
+    let w = load(&bytes).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    for key in [
+        "conv1.weight",
+        "layer3.0.downsample.0.weight",
+        "layer4.1.conv2.weight",
+    ] {
+        let Values::Bf16(bits) = &w.tensor(key).values else {
+            panic!("{key} was widened on load")
+        };
+        let stored: Vec<u16> = file
+            .tensor(key)
+            .unwrap()
+            .data()
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(bits, &stored, "{key}");
+    }
+    for key in [
+        "bn1.weight",
+        "layer2.1.bn2.running_var",
+        "fc.weight",
+        "fc.bias",
+    ] {
+        assert!(
+            matches!(w.tensor(key).values, Values::F32(_)),
+            "{key} is not f32"
+        );
+    }
+    let again = w.to_safetensors_bytes(StoreDtype::BF16);
+    let again = SafeTensors::deserialize(&again).unwrap();
+    for (key, view) in file.tensors() {
+        assert_eq!(again.tensor(&key).unwrap().data(), view.data(), "{key}");
     }
 }
 

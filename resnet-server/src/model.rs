@@ -55,7 +55,7 @@ impl WeightsIdentity {
             source: weights.source().into(),
             sha256,
             synthetic: weights.is_synthetic(),
-            fc_weight: Some(weights.tensor("fc.weight").data.clone()),
+            fc_weight: Some(weights.tensor("fc.weight").f32_values().to_vec()),
         }
     }
 }

@@ -160,7 +160,7 @@ impl Bf16Backend {
     /// If this CPU cannot run `kernel` (as `PackedBBf16::with_kernel`).
     pub fn with_kernel(mut weights: Weights, isa: Isa, kernel: &'static Bf16Kernel) -> Bf16Backend {
         let arch = ResNet18Arch::new();
-        let fc_bias = weights.tensor("fc.bias").data.clone();
+        let fc_bias = weights.tensor("fc.bias").f32_values().to_vec();
         let fc_t = fc_weight_transposed(&weights);
         let classes = fc_bias.len();
         let fc = PackedB::new(&fc_t, fc_t.len() / classes, classes, isa);

@@ -14,7 +14,7 @@ impl FoldedLayer {
         let w = weights.tensor(&format!("{}.weight", spec.conv));
         FoldedLayer {
             spec: spec.clone(),
-            conv: fold_batch_norm(&w.data, &weights.batch_norm(&spec.bn)),
+            conv: fold_batch_norm(&w.values(), &weights.batch_norm(&spec.bn)),
         }
     }
 
@@ -91,7 +91,7 @@ impl FoldedResNet18 {
                 .map(|b| FoldedBlock::new(weights, b))
                 .collect(),
             fc_weight_t: fc_weight_transposed(weights),
-            fc_bias: weights.tensor("fc.bias").data.clone(),
+            fc_bias: weights.tensor("fc.bias").f32_values().to_vec(),
         }
     }
 }
@@ -100,10 +100,11 @@ impl FoldedResNet18 {
 pub(crate) fn fc_weight_transposed(weights: &Weights) -> Vec<f32> {
     let w = weights.tensor("fc.weight");
     let (classes, features) = (w.shape[0], w.shape[1]);
-    let mut t = vec![0.0; w.data.len()];
+    let values = w.f32_values();
+    let mut t = vec![0.0; values.len()];
     for k in 0..classes {
         for f in 0..features {
-            t[f * classes + k] = w.data[k * features + f];
+            t[f * classes + k] = values[k * features + f];
         }
     }
     t

@@ -213,7 +213,7 @@ impl NativeBackend {
         plan: Option<ActivePlan>,
     ) -> NativeBackend {
         let arch = ResNet18Arch::new();
-        let fc_bias = weights.tensor("fc.bias").data.clone();
+        let fc_bias = weights.tensor("fc.bias").f32_values().to_vec();
         let fc_t = fc_weight_transposed(&weights);
         let classes = fc_bias.len();
         let features = fc_t.len() / classes;

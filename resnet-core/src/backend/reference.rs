@@ -33,7 +33,8 @@ impl ReferenceBackend {
     /// conv -> BatchNorm, as torchvision's `convN` + `bnN` modules.
     fn conv_bn(&self, x: &Array4<f32>, cb: &ConvBn) -> Array4<f32> {
         let w = self.weights.tensor(&format!("{}.weight", cb.conv));
-        let w = ArrayView4::from_shape(cb.weight_shape(), &w.data)
+        let values = w.values();
+        let w = ArrayView4::from_shape(cb.weight_shape(), &values[..])
             .expect("Weights checks every tensor's shape when it is built");
         let y = conv2d(x, w, cb.stride, cb.padding);
         batch_norm(&y, &self.weights.batch_norm(&cb.bn))
@@ -93,9 +94,9 @@ impl Backend for ReferenceBackend {
         trace.report(TracePoint::AvgPool, pooled.view().into_dyn());
         let fc_w = self.weights.tensor("fc.weight");
         let fc_b = self.weights.tensor("fc.bias");
-        let fc_w = ArrayView2::from_shape((fc_w.shape[0], fc_w.shape[1]), &fc_w.data)
+        let fc_w = ArrayView2::from_shape((fc_w.shape[0], fc_w.shape[1]), fc_w.f32_values())
             .expect("Weights checks every tensor's shape when it is built");
-        let logits = linear(&pooled, fc_w, &fc_b.data);
+        let logits = linear(&pooled, fc_w, fc_b.f32_values());
         trace.report(TracePoint::Fc, logits.view().into_dyn());
         Ok(logits)
     }

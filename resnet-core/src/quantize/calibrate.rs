@@ -244,7 +244,7 @@ pub(crate) fn quantize_weights(
     let mut convs = BTreeMap::new();
     for spec in arch.convs() {
         let w = weights.tensor(&format!("{}.weight", spec.conv));
-        let folded = crate::weights::fold_batch_norm(&w.data, &weights.batch_norm(&spec.bn));
+        let folded = crate::weights::fold_batch_norm(&w.values(), &weights.batch_norm(&spec.bn));
         let precision = if spec.conv == "conv1" {
             stem
         } else {
@@ -258,8 +258,8 @@ pub(crate) fn quantize_weights(
     QuantizedModel {
         convs,
         activations,
-        fc_weight: weights.tensor("fc.weight").data.clone(),
-        fc_bias: weights.tensor("fc.bias").data.clone(),
+        fc_weight: weights.tensor("fc.weight").f32_values().to_vec(),
+        fc_bias: weights.tensor("fc.bias").f32_values().to_vec(),
         method,
         calibration_inputs,
         source: weights.source().to_string(),

@@ -1,7 +1,8 @@
 //! ResNet-18 weights by torchvision's state-dict names: loading, validation, saving.
 //!
 //! A [`Weights`] value always holds exactly the tensors of torchvision's `resnet18()` with the
-//! exact shapes, converted to f32: every loader validates before it returns, so the model code
+//! exact shapes, as f32 (f16 widened on load), except the convolution weights of a bf16 file,
+//! kept as bf16 ([`Values::Bf16`]): every loader validates before it returns, so the model code
 //! can look tensors up by name without further checks.
 
 mod fold;
@@ -16,6 +17,7 @@ pub use synthetic::{synthetic_weights, SYNTHETIC_GENERATOR};
 
 use crate::arch::{ResNet18Arch, TensorRole};
 use crate::error::{Error, Result};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -24,13 +26,82 @@ pub const META_SYNTHETIC: &str = "resnet18_rs.synthetic";
 /// Metadata key holding the seed of synthetic weights.
 pub const META_SEED: &str = "resnet18_rs.seed";
 
-/// One f32 tensor, row-major.
+/// One tensor, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     /// Dimensions, outermost first.
     pub shape: Vec<usize>,
     /// `shape.iter().product()` values.
-    pub data: Vec<f32>,
+    pub values: Values,
+}
+
+impl Tensor {
+    /// The values as f32 (a widened copy when they are stored bf16).
+    pub fn values(&self) -> Cow<'_, [f32]> {
+        self.values.to_f32()
+    }
+
+    /// The values of a tensor that loading always stores f32: BatchNorm's and the classifier's
+    /// (only convolution weights keep a file's bf16, see [`Values::Bf16`]).
+    ///
+    /// # Panics
+    /// If the tensor is stored bf16: a bug in the caller (asking for a convolution weight).
+    pub fn f32_values(&self) -> &[f32] {
+        match &self.values {
+            Values::F32(v) => v,
+            Values::Bf16(_) => panic!("a bf16-stored tensor read as f32 without widening"),
+        }
+    }
+}
+
+/// A tensor's values as held in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Values {
+    /// IEEE single: f32 and f16 files, and every BatchNorm and classifier tensor.
+    F32(Vec<f32>),
+    /// bfloat16 bit patterns exactly as a BF16 file holds them: the convolution weights of a
+    /// `resnet weights convert --dtype bf16` file are not widened on load (half the memory);
+    /// the backends widen one layer at a time while folding BatchNorm.
+    Bf16(Vec<u16>),
+}
+
+impl Values {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::Bf16(v) => v.len(),
+        }
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values as f32: borrowed, or widened (exactly: every bf16 is an f32).
+    pub fn to_f32(&self) -> Cow<'_, [f32]> {
+        match self {
+            Values::F32(v) => Cow::Borrowed(v),
+            Values::Bf16(v) => Cow::Owned(
+                v.iter()
+                    .map(|&b| f32::from_bits((b as u32) << 16))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The first value that is not finite, if any.
+    fn first_non_finite(&self) -> Option<f32> {
+        match self {
+            Values::F32(v) => v.iter().copied().find(|v| !v.is_finite()),
+            // Exponent bits all ones: an infinity or a NaN.
+            Values::Bf16(v) => v
+                .iter()
+                .find(|&&b| b & 0x7F80 == 0x7F80)
+                .map(|&b| f32::from_bits((b as u32) << 16)),
+        }
+    }
 }
 
 /// A dtype a tensor can arrive in, before conversion to f32.
@@ -68,8 +139,8 @@ pub struct RawTensor {
     pub dtype: SourceDtype,
     /// Its shape.
     pub shape: Vec<usize>,
-    /// Values converted to f32 (empty for `I64` and `Other`).
-    pub values: Vec<f32>,
+    /// Its values: bf16 as read, f32 and f16 as f32 (empty for `I64` and `Other`).
+    pub values: Values,
 }
 
 /// The validated weights of one ResNet-18.
@@ -201,23 +272,31 @@ impl Weights {
                     })
                 }
             }
-            if let Some(bad) = t.values.iter().find(|v| !v.is_finite()) {
+            if let Some(bad) = t.values.first_non_finite() {
                 return Err(Error::CorruptWeights {
                     path,
                     reason: format!("tensor '{}' holds a non-finite value ({bad})", expected.key),
                 });
             }
-            if expected.key.ends_with("running_var") && t.values.iter().any(|&v| v < 0.0) {
+            if expected.key.ends_with("running_var") && t.values.to_f32().iter().any(|&v| v < 0.0) {
                 return Err(Error::CorruptWeights {
                     path,
                     reason: format!("tensor '{}' holds a negative variance", expected.key),
                 });
             }
+            // Convolution weights (4-D) stay as the file holds them; the small tensors are
+            // widened, so that BatchNorm and the classifier are always f32.
+            let values = match t.values {
+                Values::Bf16(bits) if expected.shape.len() != 4 => {
+                    Values::F32(Values::Bf16(bits).to_f32().into_owned())
+                }
+                kept => kept,
+            };
             tensors.insert(
                 expected.key,
                 Tensor {
                     shape: t.shape,
-                    data: t.values,
+                    values,
                 },
             );
         }
@@ -259,10 +338,10 @@ impl Weights {
     /// The BatchNorm whose state-dict prefix is `prefix` (e.g. `layer1.0.bn1`).
     pub fn batch_norm(&self, prefix: &str) -> BatchNorm<'_> {
         BatchNorm {
-            gamma: &self.tensor(&format!("{prefix}.weight")).data,
-            beta: &self.tensor(&format!("{prefix}.bias")).data,
-            mean: &self.tensor(&format!("{prefix}.running_mean")).data,
-            var: &self.tensor(&format!("{prefix}.running_var")).data,
+            gamma: self.tensor(&format!("{prefix}.weight")).f32_values(),
+            beta: self.tensor(&format!("{prefix}.bias")).f32_values(),
+            mean: self.tensor(&format!("{prefix}.running_mean")).f32_values(),
+            var: self.tensor(&format!("{prefix}.running_var")).f32_values(),
             eps: crate::arch::BN_EPS,
         }
     }
@@ -300,7 +379,7 @@ impl Weights {
             .expected_tensors()
             .iter()
             .filter(|t| t.role == TensorRole::Parameter)
-            .map(|t| self.tensor(&t.key).data.len())
+            .map(|t| self.tensor(&t.key).values.len())
             .sum()
     }
 
@@ -316,15 +395,17 @@ impl Weights {
     /// that `resnet18().load_state_dict(torch.load(f, weights_only=True))` takes it.
     pub fn to_pth_bytes(&self, dtype: StoreDtype) -> Vec<u8> {
         let expected = ResNet18Arch::new().expected_tensors();
+        let values: Vec<Option<Cow<'_, [f32]>>> = expected
+            .iter()
+            .map(|t| (t.role != TensorRole::Counter).then(|| self.tensor(&t.key).values()))
+            .collect();
         let entries: Vec<(&str, pth::PthEntry<'_>)> = expected
             .iter()
-            .map(|t| {
-                let entry = match t.role {
-                    TensorRole::Counter => pth::PthEntry::Counter(0),
-                    _ => {
-                        let v = self.tensor(&t.key);
-                        pth::PthEntry::Float(&v.shape, &v.data, dtype)
-                    }
+            .zip(&values)
+            .map(|(t, v)| {
+                let entry = match v {
+                    None => pth::PthEntry::Counter(0),
+                    Some(v) => pth::PthEntry::Float(&self.tensor(&t.key).shape, v, dtype),
                 };
                 (t.key.as_str(), entry)
             })

@@ -1,6 +1,7 @@
-//! Reading and writing the safetensors format (via the `safetensors` crate), with f16/bf16 → f32.
+//! Reading and writing the safetensors format (via the `safetensors` crate): f16 is widened to
+//! f32 on read, bf16 kept as read ([`super::Values`]).
 
-use super::{RawTensor, SourceDtype, Tensor, META_SYNTHETIC};
+use super::{RawTensor, SourceDtype, Tensor, Values, META_SYNTHETIC};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use safetensors::tensor::Dtype;
@@ -55,24 +56,34 @@ pub(super) fn read(
             let (dtype, values) = match view.dtype() {
                 Dtype::F32 => (
                     SourceDtype::F32,
-                    data.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
+                    Values::F32(
+                        data.chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect(),
+                    ),
                 ),
                 Dtype::F16 => (
                     SourceDtype::F16,
-                    data.chunks_exact(2)
-                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                        .collect(),
+                    Values::F32(
+                        data.chunks_exact(2)
+                            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                            .collect(),
+                    ),
                 ),
+                // Kept as bit patterns: not widened (see `Values::Bf16`).
                 Dtype::BF16 => (
                     SourceDtype::BF16,
-                    data.chunks_exact(2)
-                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                        .collect(),
+                    Values::Bf16(
+                        data.chunks_exact(2)
+                            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                            .collect(),
+                    ),
                 ),
-                Dtype::I64 => (SourceDtype::I64, Vec::new()),
-                other => (SourceDtype::Other(dtype_name(other)), Vec::new()),
+                Dtype::I64 => (SourceDtype::I64, Values::F32(Vec::new())),
+                other => (
+                    SourceDtype::Other(dtype_name(other)),
+                    Values::F32(Vec::new()),
+                ),
             };
             (
                 name,
@@ -109,18 +120,25 @@ pub(super) fn write(
 ) -> Vec<u8> {
     let mut buffers: BTreeMap<String, (&str, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for (key, t) in tensors {
-        let (dt, bytes): (&str, Vec<u8>) = match dtype {
-            StoreDtype::F32 => ("F32", t.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            StoreDtype::F16 => (
+        let (dt, bytes): (&str, Vec<u8>) = match (dtype, &t.values) {
+            // bf16 stays bit for bit.
+            (StoreDtype::BF16, Values::Bf16(bits)) => {
+                ("BF16", bits.iter().flat_map(|b| b.to_le_bytes()).collect())
+            }
+            (StoreDtype::F32, v) => (
+                "F32",
+                v.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            (StoreDtype::F16, v) => (
                 "F16",
-                t.data
+                v.to_f32()
                     .iter()
                     .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
                     .collect(),
             ),
-            StoreDtype::BF16 => (
+            (StoreDtype::BF16, v) => (
                 "BF16",
-                t.data
+                v.to_f32()
                     .iter()
                     .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
                     .collect(),

@@ -10,7 +10,7 @@
 //! deviates are built from additions only (Irwin–Hall: the sum of 12 uniforms, minus 6, has mean
 //! 0 and variance 1), so no libm function whose last bit may differ between platforms is involved.
 
-use super::{Tensor, Weights, META_SEED, META_SYNTHETIC};
+use super::{Tensor, Values, Weights, META_SEED, META_SYNTHETIC};
 use crate::arch::{ResNet18Arch, TensorRole, FC_IN};
 use std::collections::{BTreeMap, HashMap};
 
@@ -81,7 +81,7 @@ pub fn synthetic_weights(seed: u64) -> Weights {
             t.key.clone(),
             Tensor {
                 shape: t.shape.clone(),
-                data,
+                values: Values::F32(data),
             },
         );
     }
@@ -118,10 +118,10 @@ mod tests {
     fn conv_weights_have_kaiming_statistics() {
         let w = synthetic_weights(1);
         let t = w.tensor("layer3.0.conv2.weight");
-        let n = t.data.len() as f64;
-        let mean = t.data.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = t
-            .data
+        let values = t.f32_values();
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = values
             .iter()
             .map(|&v| (v as f64 - mean).powi(2))
             .sum::<f64>()
@@ -131,7 +131,7 @@ mod tests {
         assert!((var / want - 1.0).abs() < 0.01, "var {var} want {want}");
         assert!(mean.abs() < 1e-3);
         // BN statistics are not identities.
-        let var = &w.tensor("layer1.0.bn1.running_var").data;
+        let var = w.tensor("layer1.0.bn1.running_var").f32_values();
         assert!(var.iter().all(|&v| (0.5..2.0).contains(&v)));
         assert!(var.iter().any(|&v| (v - 1.0).abs() > 0.1));
     }

@@ -140,7 +140,7 @@ pub(super) fn read(bytes: &[u8], source: &str) -> Result<BTreeMap<String, RawTen
             RawTensor {
                 dtype: tensor.dtype.source_dtype(),
                 shape: tensor.shape,
-                values,
+                values: super::Values::F32(values),
             },
         );
     }
