@@ -70,7 +70,14 @@ fn gemm_shapes(c: &mut Criterion) {
     group.sample_size(20);
     let mut rates = Vec::new();
     let mut peaks = Vec::new();
+    // One pass per f32 kernel: several ISAs select the same one (avx2 and avxvnni; avx512,
+    // vnni, avx512bf16 and amx on a Sapphire Rapids), and criterion refuses a repeated ID.
+    let mut seen = Vec::new();
     for isa in Isa::supported() {
+        if seen.contains(&kernel_name(isa)) {
+            continue;
+        }
+        seen.push(kernel_name(isa));
         let peak = resnet_kernels::peak::measure_peak_gflops(isa);
         peaks.push((kernel_name(isa), peak));
         for &(g, oc) in &geometries {
