@@ -30,6 +30,7 @@ impl InPlaceFamily for Dst<'_> {
     type Sum = f32;
     type Tile = TileOut;
     const DOT: Dot = Dot::Bf16ps;
+    const ZERO_WEIGHTS_EXACT: bool = false;
 
     fn with_padded<R>(f: impl FnOnce(&mut AlignedVec<Bf16>) -> R) -> R {
         PADDED.with(|b| f(&mut b.borrow_mut()))
