@@ -296,7 +296,7 @@ pub(crate) fn conv<F: InPlaceFamily, T: TileExec>(
         out_h: g.out_h(),
     };
     F::with_padded(|padded| {
-        pad_input(input, g, pad, image_px, slack_px, padded);
+        pad_input(input, g, pad, (1, wp), slack_px * ch, padded);
         // Step s: window position (kh, kw) and channels c0.. of K index k0 + s * step, as a
         // byte offset from the block's first pixel.
         let offsets = |k0: usize, offsets: &mut [usize]| {
@@ -451,25 +451,7 @@ fn conv_strided_rows<F: InPlaceFamily, T: TileExec>(
         out_h: ho,
     };
     F::with_padded(|buf| {
-        let len = g.batch * image_elems;
-        let slack = (MR + 1) * s * ch + step;
-        if buf.len() < len + slack {
-            buf.resize(len + slack, pad);
-        }
-        let row_in = g.in_w * ch;
-        crate::team::for_each_chunk_mut(&mut buf[..len], wp * ch, |i, row| {
-            let (image, part, q) = (i / (s * q_rows), (i / q_rows) % s, i % q_rows);
-            let py = q * s + part;
-            if py < g.pad || py >= g.pad + g.in_h {
-                row.fill(pad);
-                return;
-            }
-            let src = &input[(image * g.in_h + py - g.pad) * row_in..][..row_in];
-            let side = g.pad * ch;
-            row[..side].fill(pad);
-            row[side..side + row_in].copy_from_slice(src);
-            row[side + row_in..].fill(pad);
-        });
+        pad_input(input, g, pad, (s, wp), (MR + 1) * s * ch + step, buf);
         let offsets = |k0: usize, offsets: &mut [usize]| {
             for (i, o) in offsets.iter_mut().enumerate() {
                 let kh = k0 / step + i;
@@ -521,28 +503,30 @@ fn pack_window_rows<E: Plain + Send + Sync>(
     });
 }
 
-/// `out` = the batch in NHWC with `g.pad` pixels of `pad` around each image, the images one
-/// after another (`image_px` pixels each), then at least `slack_px` pixels (any value: only
-/// rows that are never stored read them). Every padded row is written whole, in parallel on the
-/// team; the buffer is only grown, so a warm call neither allocates nor fills twice.
+/// `out` = the batch in NHWC with `g.pad` pixels of `pad` around each image (more on the right
+/// up to `row_px` pixels per row), each image's padded rows split into `parts` by their index
+/// modulo `parts` (part `p` holds rows `p, p + parts, ...`; 1 keeps them in order), the images
+/// one after another, then at least `slack` elements (any value: only rows that are never
+/// stored read them). Every row is written whole, in parallel on the team; the buffer is only
+/// grown, so a warm call neither allocates nor fills twice.
 fn pad_input<E: Plain + Send + Sync>(
     input: &[E],
     g: &ConvGeometry,
     pad: E,
-    image_px: usize,
-    slack_px: usize,
+    (parts, row_px): (usize, usize),
+    slack: usize,
     out: &mut AlignedVec<E>,
 ) {
     let ch = g.in_c;
-    let (hp, wp) = (g.in_h + 2 * g.pad, g.in_w + 2 * g.pad);
-    let images_len = g.batch * image_px * ch;
-    let len = images_len + slack_px * ch;
-    if out.len() < len {
-        out.resize(len, pad);
+    let q_rows = (g.in_h + 2 * g.pad).div_ceil(parts);
+    let rows_len = g.batch * parts * q_rows * row_px * ch;
+    if out.len() < rows_len + slack {
+        out.resize(rows_len + slack, pad);
     }
     let (row_in, side) = (g.in_w * ch, g.pad * ch);
-    crate::team::for_each_chunk_mut(&mut out[..images_len], wp * ch, |i, row| {
-        let (image, py) = (i / hp, i % hp);
+    crate::team::for_each_chunk_mut(&mut out[..rows_len], row_px * ch, |i, row| {
+        let (image, part, q) = (i / (parts * q_rows), (i / q_rows) % parts, i % q_rows);
+        let py = q * parts + part;
         if py < g.pad || py >= g.pad + g.in_h {
             row.fill(pad);
             return;
