@@ -74,13 +74,6 @@ impl<T: Plain> AlignedVec<T> {
         }
     }
 
-    /// `len` copies of `value`.
-    pub fn filled(len: usize, value: T) -> AlignedVec<T> {
-        let mut v = AlignedVec::new();
-        v.resize(len, value);
-        v
-    }
-
     /// A copy of `values`.
     pub fn from_slice(values: &[T]) -> AlignedVec<T> {
         let mut v = AlignedVec::with_capacity(values.len());
@@ -244,7 +237,8 @@ mod tests {
 
     #[test]
     fn byte_elements_fill_whole_lines() {
-        let mut a = AlignedVec::<u8>::filled(65, 3);
+        let mut a = AlignedVec::<u8>::new();
+        a.resize(65, 3);
         assert_eq!(a.len(), 65);
         assert!(a.iter().all(|&x| x == 3));
         a.truncate(1);

@@ -139,9 +139,8 @@ struct RowLayout {
     image_elems: usize,
     /// Elements from one A row to the next (the tile loads' stride).
     lda: usize,
-    /// A rows per image (`out_h` x `row_pitch`).
-    rows_img: usize,
-    /// A rows per output pixel row: those past `out_w` are computed and never stored.
+    /// A rows per output pixel row (so `out_h x row_pitch` per image): those past `out_w` are
+    /// computed and never stored.
     row_pitch: usize,
     /// The output's width and height.
     out_w: usize,
@@ -162,7 +161,7 @@ fn gather_gemm<F: InPlaceFamily, T: TileExec>(
     let step = K_STEP_BYTES / elem;
     let n = b.n;
     let (wp, wo, ho) = (rows.row_pitch, rows.out_w, rows.out_h);
-    let split = WorkSplit::new(rows.rows_img, n, MR, NR, b.blocking);
+    let split = WorkSplit::new(ho * wp, n, MR, NR, b.blocking);
     let per_image = split.items();
     let multi = b.blocks.len() > 1;
     crate::team::for_each(rows.batch * per_image, |index| {
@@ -290,7 +289,6 @@ pub(crate) fn conv<F: InPlaceFamily, T: TileExec>(
         out_row0: 0,
         image_elems: image_px * ch,
         lda: ch,
-        rows_img: g.out_h() * wp,
         row_pitch: wp,
         out_w: g.out_w(),
         out_h: g.out_h(),
@@ -396,7 +394,6 @@ pub(crate) fn conv_window_rows<F: InPlaceFamily, T: TileExec>(
             out_row0: first * ho * wo,
             image_elems: s * part_elems,
             lda: step,
-            rows_img: ho * wo,
             row_pitch: wo,
             out_w: wo,
             out_h: ho,
@@ -445,7 +442,6 @@ fn conv_strided_rows<F: InPlaceFamily, T: TileExec>(
         out_row0: 0,
         image_elems,
         lda: s * ch,
-        rows_img: ho * wq,
         row_pitch: wq,
         out_w: wo,
         out_h: ho,

@@ -546,12 +546,11 @@ impl ConvCase {
 /// The model line runs everywhere; the hardware line where AMX is granted.
 #[test]
 fn amx_direct_convolution_equals_the_im2col_path() {
-    let mut lines = vec![&AMX_MODEL_KERNEL];
-    lines.extend(
-        KERNELS
-            .iter()
-            .filter(|k| k.info.isa == Isa::Amx && k.info.is_runnable()),
-    );
+    // The AMX lines: the model everywhere, the hardware where AMX is granted.
+    let lines: Vec<_> = runnable_kernels()
+        .into_iter()
+        .filter(|k| k.reads_in_place())
+        .collect();
     let cases = [
         // (batch, in_h, in_w, in_c, kernel, pad, n)
         (1, 7, 7, 64, 3, 1, 64),
@@ -656,12 +655,11 @@ fn in_place_applies_only_to_stride_1_whole_tile_rows_on_amx_lines() {
 /// several (kc 128), every epilogue option. Model line everywhere, hardware where granted.
 #[test]
 fn amx_window_rows_convolution_equals_the_im2col_path() {
-    let mut lines = vec![&AMX_MODEL_KERNEL];
-    lines.extend(
-        KERNELS
-            .iter()
-            .filter(|k| k.info.isa == Isa::Amx && k.info.is_runnable()),
-    );
+    // The AMX lines: the model everywhere, the hardware where AMX is granted.
+    let lines: Vec<_> = runnable_kernels()
+        .into_iter()
+        .filter(|k| k.reads_in_place())
+        .collect();
     let cases = [
         // (batch, in_h, in_w, in_c, kernel, stride, pad, n)
         (2, 11, 13, 3, 7, 2, 3, 64),
