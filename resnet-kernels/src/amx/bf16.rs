@@ -3,7 +3,7 @@
 //! epilogue on the stored block. K blocks are padded to 32 (one tile row of bf16) when B is
 //! packed, so there is never a tail step.
 
-use super::{Block2x2, CBlock, Dot, TileExec, K_STEP_BYTES};
+use super::{Block2x2, CBlock, Dot, TileExec, K_STEP_BYTES, PANEL_ROW_BYTES};
 use crate::bf16::{Bf16, MicroKernelBf16, TileOut};
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
@@ -35,21 +35,49 @@ impl<T: TileExec> MicroKernelBf16 for AmxKernelBf16<T> {
             row_bytes.is_multiple_of(K_STEP_BYTES),
             "bf16 K blocks are padded to 32 when B is packed"
         );
+        // A K block after the first continues the sums in the C tiles (loaded from `acc`), and
+        // a block before the last stores them straight back: the partial sums never pass
+        // through the vector epilogue.
+        let ld_acc_bytes = ld_acc * std::mem::size_of::<f32>();
+        let c_in = if accumulate {
+            acc.cast_const().cast()
+        } else {
+            std::ptr::null()
+        };
         // Written whole by the 4 `tilestored` before any byte is read: not initialised first.
-        let mut c = MaybeUninit::<CBlock>::uninit();
+        let mut block = MaybeUninit::<CBlock>::uninit();
+        let (c, ldc) = match out {
+            None => (acc.cast(), ld_acc_bytes),
+            Some(_) => (block.as_mut_ptr().cast(), PANEL_ROW_BYTES),
+        };
         let job = Block2x2 {
             a: a.cast(),
             lda: row_bytes,
             b: b.cast(),
             steps: row_bytes / K_STEP_BYTES,
-            c: c.as_mut_ptr().cast(),
+            c_in,
+            ldc_in: ld_acc_bytes,
+            c,
+            ldc,
         };
         // SAFETY: the line is runnable (checked when B was packed), so for the hardware AMX is
-        // granted; the caller guarantees 32 A rows of kc2 values and kc2 / 2 B pair-rows of 32
-        // columns (128 bytes each); `c` is the 32 x 32 block.
+        // granted; the caller guarantees 32 A rows of kc2 values, kc2 / 2 B pair-rows of 32
+        // columns (128 bytes each) and MR rows of NR sums at `acc` when it is read or written;
+        // `block` is the 32 x 32 block.
         unsafe { T::with_thread_tiles(|tiles| tiles.block_2x2(Dot::Bf16ps, &job)) };
-        // SAFETY: the block is written; the caller's contract covers `acc` and `out`.
-        unsafe { epilogue::<T>(c.as_ptr().cast(), rows, acc, ld_acc, accumulate, out) }
+        if out.is_some() {
+            // SAFETY: the block is written; the caller's contract covers `out`.
+            unsafe {
+                epilogue::<T>(
+                    block.as_ptr().cast(),
+                    rows,
+                    std::ptr::null_mut(),
+                    0,
+                    false,
+                    out,
+                )
+            }
+        }
     }
 
     const CONV_DIRECT: Option<crate::bf16::ConvDirectBf16> = Some(crate::bf16::direct::conv::<T>);

@@ -15,7 +15,7 @@
 //! What differs between the families (element, sums, epilogue) is [`InPlaceFamily`]; the
 //! loop, the padded copy and the row bookkeeping are here once.
 
-use super::{CBlock, Dot, Gather2x2, TileExec, K_STEP_BYTES};
+use super::{CBlock, Dot, Gather2x2, TileExec, K_STEP_BYTES, PANEL_ROW_BYTES};
 use crate::aligned::{AlignedVec, Plain};
 use crate::gemm::ConvGeometry;
 use crate::tiling::{Blocking, WorkSplit};
@@ -79,8 +79,6 @@ pub(crate) trait InPlaceFamily: Sync {
     /// # Safety
     /// `(i, j)` is inside the tile's rows and columns of C and the epilogue's operands.
     unsafe fn store_element(v: Self::Sum, tile: &Self::Tile, i: usize, j: usize);
-    /// `a + b` as the family's kernels add partial sums.
-    fn add(a: Self::Sum, b: Self::Sum) -> Self::Sum;
 }
 
 /// How an in-place convolution lays its input out for the tiles to read.
@@ -166,11 +164,13 @@ fn gather_gemm<F: InPlaceFamily, T: TileExec>(
     let multi = b.blocks.len() > 1;
     crate::team::for_each(rows.batch * per_image, |index| {
         let (image, item) = (index / per_image, split.item(index % per_image));
-        let ld_scratch = (item.j_end - item.j_begin).div_ceil(NR) * NR;
+        let blocks_j = (item.j_end - item.j_begin).div_ceil(NR);
         F::with_scratch(|scratch| {
             if multi {
+                // One 32 x 32 block of partial sums per C block of the item, each laid out as
+                // the kernel's C block, so that the next K block loads it into its C tiles.
                 // The first K block overwrites every sum it later reads: grow, never clear.
-                let len = item.rows.div_ceil(MR) * MR * ld_scratch;
+                let len = item.rows.div_ceil(MR) * blocks_j * MR * NR;
                 if scratch.len() < len {
                     scratch.resize(len, F::Sum::default());
                 }
@@ -179,7 +179,7 @@ fn gather_gemm<F: InPlaceFamily, T: TileExec>(
             for (bi, &(k0, kc, offset)) in b.blocks.iter().enumerate() {
                 let steps = kc / step;
                 step_offsets(k0, &mut offsets[..steps]);
-                let (accumulate, last) = (bi > 0, bi + 1 == b.blocks.len());
+                let (continues, last) = (bi > 0, bi + 1 == b.blocks.len());
                 let panel_bytes = kc * NR * elem;
                 for j0 in (item.j_begin..item.j_end).step_by(NR) {
                     let cols = NR.min(n - j0);
@@ -188,6 +188,22 @@ fn gather_gemm<F: InPlaceFamily, T: TileExec>(
                     for i0 in (item.m0..item.m0 + item.rows).step_by(MR) {
                         let rows_here = MR.min(item.m0 + item.rows - i0);
                         let mut block = MaybeUninit::<CBlock>::uninit();
+                        let (c_in, c) = if multi {
+                            let at = ((i0 - item.m0) / MR * blocks_j + (j0 - item.j_begin) / NR)
+                                * MR
+                                * NR;
+                            let partial = scratch[at..][..MR * NR].as_mut_ptr().cast::<u8>();
+                            (
+                                if continues {
+                                    partial
+                                } else {
+                                    std::ptr::null_mut()
+                                },
+                                partial,
+                            )
+                        } else {
+                            (std::ptr::null_mut(), block.as_mut_ptr().cast())
+                        };
                         let job = Gather2x2 {
                             a: buffer[image * rows.image_elems + i0 * rows.lda..]
                                 .as_ptr()
@@ -196,28 +212,22 @@ fn gather_gemm<F: InPlaceFamily, T: TileExec>(
                             a_offsets: offsets.as_ptr(),
                             b: b_panel.as_ptr(),
                             steps,
-                            c: block.as_mut_ptr().cast(),
+                            c_in,
+                            ldc_in: PANEL_ROW_BYTES,
+                            c,
+                            ldc: PANEL_ROW_BYTES,
                         };
                         // SAFETY: the line is runnable (checked when B was packed); A's 32
                         // rows past every offset lie inside `buffer` (the preparers' slack);
-                        // the panel holds `steps` x 16 rows of 128 bytes; `block` is the
-                        // 32 x 32 result, written whole before it is read.
+                        // the panel holds `steps` x 16 rows of 128 bytes; `c` is a 32 x 32
+                        // block (of the scratch, or `block`), written whole before it is
+                        // read, and `c_in` the same scratch block written by the K block
+                        // before.
                         unsafe { T::with_thread_tiles(|t| t.gather_2x2(F::DOT, &job)) };
-                        let sums = block.as_ptr().cast::<F::Sum>();
-                        let acc = if multi {
-                            scratch[(i0 - item.m0) * ld_scratch + (j0 - item.j_begin)..]
-                                .as_mut_ptr()
-                        } else {
-                            std::ptr::null_mut()
-                        };
                         if !last {
-                            // SAFETY: `sums` holds 32 x 32; the scratch holds MR-rounded
-                            // rows of ld_scratch >= j0 - j_begin + NR sums from `acc`.
-                            unsafe {
-                                F::epilogue::<T>(sums, rows_here, acc, ld_scratch, accumulate, None)
-                            };
                             continue;
                         }
+                        let sums = c.cast::<F::Sum>().cast_const();
                         // Runs of rows inside one output pixel row are consecutive rows
                         // of C: one epilogue call each; the rows past the width are skipped.
                         let mut r = 0;
@@ -229,30 +239,25 @@ fn gather_gemm<F: InPlaceFamily, T: TileExec>(
                             }
                             let run = (wo - ox).min(rows_here - r);
                             let tile = family.tile(rows.out_row0 + (image * ho + oy) * wo + ox, j0);
-                            // SAFETY: rows r..r+run of `sums` (and of the scratch, when
-                            // used) hold NR sums; output rows at..at+run < M and columns
-                            // j0..j0+cols are inside C and the epilogue's operands
-                            // (checked by the caller) and belong to this work item.
+                            // SAFETY: rows r..r+run of `sums` hold NR sums; output rows
+                            // at..at+run < M and columns j0..j0+cols are inside C and the
+                            // epilogue's operands (checked by the caller) and belong to this
+                            // work item.
                             unsafe {
-                                let (sums_r, acc_r) =
-                                    (sums.add(r * NR), acc.wrapping_add(r * ld_scratch));
+                                let sums_r = sums.add(r * NR);
                                 if cols == NR {
                                     F::epilogue::<T>(
                                         sums_r,
                                         run,
-                                        acc_r,
-                                        ld_scratch,
-                                        accumulate,
+                                        std::ptr::null_mut(),
+                                        0,
+                                        false,
                                         Some(&tile),
                                     );
                                 } else {
                                     for i in 0..run {
                                         for j in 0..cols {
-                                            let mut v = *sums_r.add(i * NR + j);
-                                            if accumulate {
-                                                v = F::add(v, *acc_r.add(i * ld_scratch + j));
-                                            }
-                                            F::store_element(v, &tile, i, j);
+                                            F::store_element(*sums_r.add(i * NR + j), &tile, i, j);
                                         }
                                     }
                                 }

@@ -115,10 +115,25 @@ macro_rules! block_asm {
     ($dot:literal, $job:expr) => {{
         let job: &Block2x2 = $job;
         asm!(
+            // C starts from zero, or from the sums at c_in (t0: the rows, t1: their stride).
+            "mov {t0}, qword ptr [{job} + {off_c_in}]",
+            "test {t0}, {t0}",
+            "jnz 4f",
             "tilezero tmm0",
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
+            "jmp 5f",
+            "4:",
+            "mov {t1}, qword ptr [{job} + {off_ldc_in}]",
+            "tileloadd tmm0, [{t0} + {t1}*1]",
+            "tileloadd tmm1, [{t0} + {t1}*1 + 64]",
+            "shl {t1}, 4",
+            "add {t0}, {t1}",
+            "shr {t1}, 4",
+            "tileloadd tmm2, [{t0} + {t1}*1]",
+            "tileloadd tmm3, [{t0} + {t1}*1 + 64]",
+            "5:",
             "test {steps}, {steps}",
             "jz 3f",
             // Each load sits just before its first use, so that the next step's loads of
@@ -139,17 +154,28 @@ macro_rules! block_asm {
             "dec {steps}",
             "jnz 2b",
             "3:",
-            "tilestored [{c} + {s128}*1], tmm0",
-            "tilestored [{c} + {s128}*1 + 64], tmm1",
-            "tilestored [{c} + {s128}*1 + 2048], tmm2",
-            "tilestored [{c} + {s128}*1 + 2112], tmm3",
+            "mov {t0}, qword ptr [{job} + {off_c}]",
+            "mov {t1}, qword ptr [{job} + {off_ldc}]",
+            "tilestored [{t0} + {t1}*1], tmm0",
+            "tilestored [{t0} + {t1}*1 + 64], tmm1",
+            "shl {t1}, 4",
+            "add {t0}, {t1}",
+            "shr {t1}, 4",
+            "tilestored [{t0} + {t1}*1], tmm2",
+            "tilestored [{t0} + {t1}*1 + 64], tmm3",
             a = inout(reg) job.a => _,
             a_bot = inout(reg) job.a.wrapping_add(16 * job.lda) => _,
             lda = in(reg) job.lda,
             b = inout(reg) job.b => _,
             steps = inout(reg) job.steps => _,
             s128 = in(reg) 128usize,
-            c = in(reg) job.c,
+            t0 = out(reg) _,
+            t1 = out(reg) _,
+            job = in(reg) std::ptr::from_ref(job),
+            off_c_in = const std::mem::offset_of!(Block2x2, c_in),
+            off_ldc_in = const std::mem::offset_of!(Block2x2, ldc_in),
+            off_c = const std::mem::offset_of!(Block2x2, c),
+            off_ldc = const std::mem::offset_of!(Block2x2, ldc),
             options(nostack),
         )
     }};
@@ -162,10 +188,25 @@ macro_rules! gather_asm {
     ($dot:literal, $job:expr) => {{
         let job: &Gather2x2 = $job;
         asm!(
+            // C starts from zero, or from the sums at c_in (t0: the rows, t1: their stride).
+            "mov {t0}, qword ptr [{job} + {off_c_in}]",
+            "test {t0}, {t0}",
+            "jnz 4f",
             "tilezero tmm0",
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
+            "jmp 5f",
+            "4:",
+            "mov {t1}, qword ptr [{job} + {off_ldc_in}]",
+            "tileloadd tmm0, [{t0} + {t1}*1]",
+            "tileloadd tmm1, [{t0} + {t1}*1 + 64]",
+            "shl {t1}, 4",
+            "add {t0}, {t1}",
+            "shr {t1}, 4",
+            "tileloadd tmm2, [{t0} + {t1}*1]",
+            "tileloadd tmm3, [{t0} + {t1}*1 + 64]",
+            "5:",
             "test {steps}, {steps}",
             "jz 3f",
             "2:",
@@ -185,10 +226,15 @@ macro_rules! gather_asm {
             "dec {steps}",
             "jnz 2b",
             "3:",
-            "tilestored [{c} + {s128}*1], tmm0",
-            "tilestored [{c} + {s128}*1 + 64], tmm1",
-            "tilestored [{c} + {s128}*1 + 2048], tmm2",
-            "tilestored [{c} + {s128}*1 + 2112], tmm3",
+            "mov {t0}, qword ptr [{job} + {off_c}]",
+            "mov {t1}, qword ptr [{job} + {off_ldc}]",
+            "tilestored [{t0} + {t1}*1], tmm0",
+            "tilestored [{t0} + {t1}*1 + 64], tmm1",
+            "shl {t1}, 4",
+            "add {t0}, {t1}",
+            "shr {t1}, 4",
+            "tilestored [{t0} + {t1}*1], tmm2",
+            "tilestored [{t0} + {t1}*1 + 64], tmm3",
             a = out(reg) _,
             a_bot = out(reg) _,
             base = in(reg) job.a,
@@ -198,7 +244,13 @@ macro_rules! gather_asm {
             b = inout(reg) job.b => _,
             steps = inout(reg) job.steps => _,
             s128 = in(reg) 128usize,
-            c = in(reg) job.c,
+            t0 = out(reg) _,
+            t1 = out(reg) _,
+            job = in(reg) std::ptr::from_ref(job),
+            off_c_in = const std::mem::offset_of!(Gather2x2, c_in),
+            off_ldc_in = const std::mem::offset_of!(Gather2x2, ldc_in),
+            off_c = const std::mem::offset_of!(Gather2x2, c),
+            off_ldc = const std::mem::offset_of!(Gather2x2, ldc),
             options(nostack),
         )
     }};
@@ -248,8 +300,8 @@ impl TileOps for AmxHardware {
 
     unsafe fn block_2x2(&mut self, dot: Dot, job: &Block2x2) {
         // SAFETY: the caller guarantees KERNEL_CONFIG is loaded and that `job` addresses 32 A
-        // rows of `steps` x 64 bytes (stride lda), `steps` x 16 B rows of 128 bytes, and
-        // 32 x 128 writable bytes at c.
+        // rows of `steps` x 64 bytes (stride lda), `steps` x 16 B rows of 128 bytes, 32 x 128
+        // writable bytes at c and, unless null, 32 x 128 readable bytes at c_in.
         unsafe {
             match dot {
                 Dot::Busd => block_asm!("tdpbusd", job),
@@ -261,7 +313,7 @@ impl TileOps for AmxHardware {
     unsafe fn gather_2x2(&mut self, dot: Dot, job: &Gather2x2) {
         // SAFETY: the caller guarantees KERNEL_CONFIG is loaded and that `job` addresses, per
         // step, 32 A rows of 64 bytes (stride lda) at a + a_offsets[s], 16 B rows of 128 bytes,
-        // and 32 x 128 writable bytes at c.
+        // 32 x 128 writable bytes at c and, unless null, 32 x 128 readable bytes at c_in.
         unsafe {
             match dot {
                 Dot::Busd => gather_asm!("tdpbusd", job),

@@ -3,7 +3,7 @@
 //! on the stored block. K blocks are padded to whole 64-byte steps when B is packed
 //! (`K_ALIGN`), so there is never a tail step (the stem's 147 becomes 192).
 
-use super::{Block2x2, CBlock, Dot, TileExec, K_STEP_BYTES};
+use super::{Block2x2, CBlock, Dot, TileExec, K_STEP_BYTES, PANEL_ROW_BYTES};
 use crate::int8::{MicroKernel8, TileRequant};
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
@@ -45,7 +45,10 @@ impl<T: TileExec> MicroKernel8 for AmxKernel8<T> {
             lda: kc4,
             b: b.cast(),
             steps: kc4 / K_STEP_BYTES,
+            c_in: std::ptr::null(),
+            ldc_in: 0,
             c: c.as_mut_ptr().cast(),
+            ldc: PANEL_ROW_BYTES,
         };
         // SAFETY: the line is runnable (checked when B was packed), so for the hardware AMX is
         // granted; `job` addresses the panels (caller contract) and `c`.

@@ -150,6 +150,13 @@ pub const KERNEL_CONFIG: TileConfig = TileConfig::palette1([(16, 64); TILES]);
 const C_TILES: [Tmm; 4] = [Tmm(0), Tmm(1), Tmm(2), Tmm(3)];
 const A_TILES: [Tmm; 2] = [Tmm(4), Tmm(5)];
 const B_TILES: [Tmm; 2] = [Tmm(6), Tmm(7)];
+/// Where each C tile starts in a 32 x 32 block: (rows down, bytes across).
+const C_TILE_OFFSETS: [(usize, usize); 4] = [(0, 0), (0, 64), (16, 0), (16, 64)];
+
+/// The byte offset of a C tile at `(rows, bytes)` in a block of row stride `ld`.
+fn c_tile_offset((rows, bytes): (usize, usize), ld: usize) -> usize {
+    rows * ld + bytes
+}
 
 /// Bytes per row of a B panel (32 columns x 4 `i8`, or x 2 bf16) and of the C block (32 x 4 B).
 pub const PANEL_ROW_BYTES: usize = 128;
@@ -178,8 +185,15 @@ pub struct Block2x2 {
     pub b: *const u8,
     /// K steps (the kernels pad K to whole steps when B is packed).
     pub steps: usize,
-    /// The 32 x 32 result, row stride [`PANEL_ROW_BYTES`] (overwritten, not accumulated).
+    /// The 32 x 32 sums to start from (loaded into the C tiles, so that a K block continues
+    /// the sums of the block before without a pass over them), or null to start from zero.
+    pub c_in: *const u8,
+    /// `c_in`'s row stride in bytes.
+    pub ldc_in: usize,
+    /// The 32 x 32 result (overwritten; may be `c_in`).
     pub c: *mut u8,
+    /// `c`'s row stride in bytes ([`PANEL_ROW_BYTES`] for a [`CBlock`]).
+    pub ldc: usize,
 }
 
 /// [`Block2x2`] with A read in place: step `s` reads A's 32 rows at `a + a_offsets[s]` (rows
@@ -197,8 +211,14 @@ pub struct Gather2x2 {
     pub b: *const u8,
     /// K steps.
     pub steps: usize,
+    /// As [`Block2x2::c_in`].
+    pub c_in: *const u8,
+    /// As [`Block2x2::ldc_in`].
+    pub ldc_in: usize,
     /// As [`Block2x2::c`].
     pub c: *mut u8,
+    /// As [`Block2x2::ldc`].
+    pub ldc: usize,
 }
 
 /// The AMX tile instructions of palette 1, and the 2 x 2 micro-kernel built from them.
@@ -243,7 +263,8 @@ pub trait TileOps {
     /// As [`TileOps::tdpbusd`].
     unsafe fn tdpbf16ps(&mut self, c: Tmm, a: Tmm, b: Tmm);
 
-    /// The micro-kernel under [`KERNEL_CONFIG`]: zero the 4 C tiles, then per K step load 2 A
+    /// The micro-kernel under [`KERNEL_CONFIG`]: zero the 4 C tiles (or load them from
+    /// `c_in`), then per K step load 2 A
     /// and 2 B tiles and issue 4 dot products (each load just before its first use), then
     /// store C. This default
     /// composes the instructions above (the model runs it); the hardware replaces it by one
@@ -254,7 +275,17 @@ pub trait TileOps {
     unsafe fn block_2x2(&mut self, dot: Dot, job: &Block2x2) {
         let a = |s: usize| job.a.wrapping_add(s * K_STEP_BYTES);
         // SAFETY: the caller's contract (forwarded: the same rows, panels and C block).
-        unsafe { run_2x2(self, dot, a, job.lda, job.b, job.steps, job.c) }
+        unsafe {
+            run_2x2(
+                self,
+                dot,
+                a,
+                job.lda,
+                job.b,
+                job.steps,
+                [(job.c_in, job.ldc_in), (job.c, job.ldc)],
+            )
+        }
     }
 
     /// [`TileOps::block_2x2`] with A gathered per step ([`Gather2x2`]); the hardware replaces it
@@ -267,7 +298,17 @@ pub trait TileOps {
         // SAFETY: the caller guarantees `steps` readable offsets.
         let a = |s: usize| job.a.wrapping_add(unsafe { *job.a_offsets.add(s) });
         // SAFETY: the caller's contract (forwarded).
-        unsafe { run_2x2(self, dot, a, job.lda, job.b, job.steps, job.c) }
+        unsafe {
+            run_2x2(
+                self,
+                dot,
+                a,
+                job.lda,
+                job.b,
+                job.steps,
+                [(job.c_in, job.ldc_in), (job.c, job.ldc)],
+            )
+        }
     }
 }
 
@@ -283,13 +324,17 @@ unsafe fn run_2x2<O: TileOps + ?Sized>(
     lda: usize,
     b: *const u8,
     steps: usize,
-    c_out: *mut u8,
+    [(c_in, ldc_in), (c_out, ldc)]: [(*const u8, usize); 2],
 ) {
     // SAFETY: the caller's contract: every load and store below stays inside the rows, the
-    // panels and the C buffer described.
+    // panels and the C buffers described.
     unsafe {
-        for c in C_TILES {
-            ops.tilezero(c);
+        for (t, offset) in C_TILES.into_iter().zip(C_TILE_OFFSETS) {
+            if c_in.is_null() {
+                ops.tilezero(t);
+            } else {
+                ops.tileloadd(t, c_in.add(c_tile_offset(offset, ldc_in)), ldc_in);
+            }
         }
         let dot_product = |ops: &mut O, c, a, b| match dot {
             Dot::Busd => ops.tdpbusd(c, a, b),
@@ -310,8 +355,8 @@ unsafe fn run_2x2<O: TileOps + ?Sized>(
             dot_product(ops, C_TILES[2], A_TILES[1], B_TILES[0]);
             dot_product(ops, C_TILES[3], A_TILES[1], B_TILES[1]);
         }
-        for (t, offset) in C_TILES.into_iter().zip([0, 64, 2048, 2048 + 64]) {
-            ops.tilestored(t, c_out.add(offset), PANEL_ROW_BYTES);
+        for (t, offset) in C_TILES.into_iter().zip(C_TILE_OFFSETS) {
+            ops.tilestored(t, c_out.cast_mut().add(c_tile_offset(offset, ldc)), ldc);
         }
     }
 }

@@ -189,30 +189,59 @@ fn amx_block_matches_model() {
                     bf16_bytes((steps * 16 + 1) * 64, seed + 1),
                 ),
             };
+            // Sums to start from: i32 or f32 values of a few hundred, so that the bf16 products
+            // (of values in [-2, 2]) round differently after them than after zero.
+            let start: Vec<u8> = (0..32 * 32)
+                .flat_map(|i: i32| match dot {
+                    Dot::Busd => (i * 7919 - 4_000_000).to_le_bytes(),
+                    Dot::Bf16ps => ((i % 97) as f32 * 3.25 - 150.0).to_le_bytes(),
+                })
+                .collect();
             let mut outs = Vec::new();
             for hardware in [true, false] {
-                let mut c = CBlock([0x5A; 32 * PANEL_ROW_BYTES]);
-                let job = Block2x2 {
-                    a: a.as_ptr(),
-                    lda,
-                    b: b.as_ptr(),
-                    steps,
-                    c: c.0.as_mut_ptr(),
-                };
-                // SAFETY: AMX is granted (checked above); the buffers hold what `job` says.
-                unsafe {
-                    if hardware {
-                        AmxHardware::with_thread_tiles(|t| t.block_2x2(dot, &job));
-                    } else {
-                        AmxModel::with_thread_tiles(|t| t.block_2x2(dot, &job));
+                for c_in in [std::ptr::null(), start.as_ptr()] {
+                    let mut c = CBlock([0x5A; 32 * PANEL_ROW_BYTES]);
+                    let job = Block2x2 {
+                        a: a.as_ptr(),
+                        lda,
+                        b: b.as_ptr(),
+                        steps,
+                        c_in,
+                        ldc_in: PANEL_ROW_BYTES,
+                        c: c.0.as_mut_ptr(),
+                        ldc: PANEL_ROW_BYTES,
+                    };
+                    // SAFETY: AMX is granted (checked above); the buffers hold what `job` says.
+                    unsafe {
+                        if hardware {
+                            AmxHardware::with_thread_tiles(|t| t.block_2x2(dot, &job));
+                        } else {
+                            AmxModel::with_thread_tiles(|t| t.block_2x2(dot, &job));
+                        }
                     }
+                    outs.push(c.0.to_vec());
                 }
-                outs.push(c.0.to_vec());
             }
             assert!(
-                outs[0] == outs[1],
+                outs[0] == outs[2] && outs[1] == outs[3],
                 "{dot:?}, {steps} steps: hardware and model differ"
             );
+            // Integer sums are exact: starting from `start` adds it, wrapping.
+            if dot == Dot::Busd {
+                let words = |v: &[u8]| -> Vec<i32> {
+                    v.chunks_exact(4)
+                        .map(|w| i32::from_le_bytes(w.try_into().expect("4 bytes")))
+                        .collect()
+                };
+                let (zero, from, start) = (words(&outs[0]), words(&outs[1]), words(&start));
+                for i in 0..zero.len() {
+                    assert_eq!(
+                        from[i],
+                        zero[i].wrapping_add(start[i]),
+                        "{steps} steps, sum {i}"
+                    );
+                }
+            }
         }
     }
 }
@@ -241,7 +270,10 @@ fn amx_gather_matches_model_and_the_contiguous_block() {
                 a_offsets: offsets.as_ptr(),
                 b: b.as_ptr(),
                 steps,
+                c_in: std::ptr::null(),
+                ldc_in: 0,
                 c: c.0.as_mut_ptr(),
+                ldc: PANEL_ROW_BYTES,
             };
             // SAFETY: AMX is granted when `hardware` (checked by the caller); the buffers hold
             // 32 rows of lda bytes past every offset, and what `job` says of B and C.
@@ -263,7 +295,10 @@ fn amx_gather_matches_model_and_the_contiguous_block() {
             lda,
             b: b.as_ptr(),
             steps,
+            c_in: std::ptr::null(),
+            ldc_in: 0,
             c: c.0.as_mut_ptr(),
+            ldc: PANEL_ROW_BYTES,
         };
         // SAFETY: the model needs no CPU support; the buffers hold what `job` says.
         unsafe { AmxModel::with_thread_tiles(|t| t.block_2x2(dot, &job)) };

@@ -60,10 +60,6 @@ impl InPlaceFamily for Dst<'_> {
         // SAFETY: the caller's contract.
         unsafe { super::scalar::store_tile_element(v, t, i, j) }
     }
-
-    fn add(a: f32, b: f32) -> f32 {
-        a + b
-    }
 }
 
 /// `C = epilogue(conv(input, B))` on the tile unit `T` ([`super::ConvDirectBf16`]).

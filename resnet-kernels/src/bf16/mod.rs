@@ -538,8 +538,9 @@ pub(crate) trait MicroKernelBf16: Sync {
     /// - the CPU supports the kernel's ISA;
     /// - `a` holds MR rows of `kc2` values (row stride `kc2`, even), `b` holds `kc2 * NR`
     ///   values in k-pairs;
-    /// - `acc` addresses `rows` rows of NR f32 with stride `ld_acc` (readable if `accumulate`,
-    ///   writable if `out` is `None`; unused otherwise and may then be null);
+    /// - `acc` addresses MR rows of NR f32 with stride `ld_acc` (readable if `accumulate`,
+    ///   writable if `out` is `None`; unused otherwise and may then be null): the AMX kernel
+    ///   loads and stores whole 16-row tiles, so the loops round their partial sums to MR rows;
     /// - `out`'s pointers address `rows` rows of NR elements (NR biases).
     #[allow(clippy::too_many_arguments)]
     unsafe fn run(

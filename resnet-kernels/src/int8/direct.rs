@@ -65,10 +65,6 @@ impl InPlaceFamily for Requantised<'_> {
         // SAFETY: the caller's contract.
         unsafe { *t.c.add(i * t.ldc + j) = super::scalar::requant_tile_element(v, t, i, j) }
     }
-
-    fn add(a: i32, b: i32) -> i32 {
-        a.wrapping_add(b)
-    }
 }
 
 /// `C = requant(conv(input, B))` on the tile unit `T` ([`super::ConvDirect`]).
