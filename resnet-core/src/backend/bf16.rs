@@ -82,7 +82,7 @@ impl Bf16Layer {
     ) -> (usize, usize) {
         let geometry = self.spec.geometry(n, h, w);
         let oc = self.spec.out_channels;
-        out.resize(geometry.m() * oc, Bf16::ZERO);
+        out.resize_for_overwrite(geometry.m() * oc);
         let epilogue = EpilogueBf16 {
             bias: Some(&self.bias),
             residual: residual.map(|r| (r, oc)),
@@ -231,7 +231,7 @@ impl Bf16Backend {
             };
 
         // The input, NHWC, rounded to bf16 once.
-        ws.x.resize(input.len(), Bf16::ZERO);
+        ws.x.resize_for_overwrite(input.len());
         nchw_to_nhwc_with(input, n, c_in, h * w, &mut ws.x, f32_to_bf16);
 
         // Stem: conv1 + bn1 + relu fused, then max-pool.
@@ -239,7 +239,7 @@ impl Bf16Backend {
         let mut c = self.stem.spec.out_channels;
         report(&mut trace, TracePoint::Stem, &ws.t, [h, w, c]);
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
-        ws.x.resize(n * ph * pw * c, Bf16::ZERO);
+        ws.x.resize_for_overwrite(n * ph * pw * c);
         max_pool_3x3_s2_p1_nhwc(&ws.t, n, h, w, c, &mut ws.x);
         (h, w) = (ph, pw);
         report(&mut trace, TracePoint::MaxPool, &ws.x, [h, w, c]);

@@ -97,7 +97,7 @@ impl PackedLayer {
         let s = &self.spec;
         let geometry = s.geometry(n, h, w);
         let oc = s.out_channels;
-        out.resize(geometry.m() * oc, 0.0);
+        out.resize_for_overwrite(geometry.m() * oc);
         let epi = Epilogue {
             bias: Some(&self.bias),
             residual: residual.map(|r| (r, oc)),
@@ -281,7 +281,7 @@ impl NativeBackend {
         tap: &mut TapFn<'_>,
     ) -> (usize, usize, usize) {
         let (n, c_in, mut h, mut w) = batch.dim();
-        ws.x.resize(n * h * w * c_in, 0.0);
+        ws.x.resize_for_overwrite(n * h * w * c_in);
         let input = batch.as_standard_layout();
         let input = input.as_slice().expect("standard layout");
         nchw_to_nhwc(input, n, c_in, h * w, &mut ws.x);
@@ -294,7 +294,7 @@ impl NativeBackend {
         let mut c = self.stem.spec.out_channels;
         tap(Tap::Stem, &ws.t, [n, h, w, c]);
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
-        ws.x.resize(n * ph * pw * c, 0.0);
+        ws.x.resize_for_overwrite(n * ph * pw * c);
         max_pool_3x3_s2_p1_nhwc(&ws.t, n, h, w, c, &mut ws.x);
         (h, w) = (ph, pw);
         tap(Tap::MaxPool, &ws.x, [n, h, w, c]);
