@@ -50,9 +50,10 @@ pub(crate) trait InPlaceFamily: Sync {
     type Tile;
     /// The tile dot product.
     const DOT: Dot;
-    /// Whether a zero weight times any element adds exactly nothing (integer products): then
-    /// tile rows may run past a window into the next pixels' values.
-    const ZERO_WEIGHTS_EXACT: bool;
+    /// Whether a zero weight times any element of `input` adds exactly nothing: always for
+    /// integer products; for bf16, unless `input` holds an infinity or a NaN (whose product
+    /// with zero is NaN). Then tile rows may run past a window into the next pixels' values.
+    fn zero_products_exact(input: &[Self::Elem]) -> bool;
     /// Runs `f` on this thread's padded copy of the input (reused across calls).
     fn with_padded<R>(f: impl FnOnce(&mut AlignedVec<Self::Elem>) -> R) -> R;
     /// Runs `f` on this worker's partial sums (reused across calls).
@@ -375,8 +376,9 @@ pub(crate) fn window_rows_weights<E: Plain + Default>(
 /// `kh` the entries of consecutive output pixels, across output rows too, are consecutive:
 /// K step `kh` reads part `kh % stride`, shifted by `kh / stride` rows. Every A row is a row
 /// of C (no padding rows), and the tiles hold what the im2col path's hold, in a K order with
-/// zero weights between the kernel rows. Families whose zero products are exact skip the
-/// windows and read the rows in place ([`conv_strided_rows`]).
+/// zero weights between the kernel rows. Where zero products are exact (always for INT8; for
+/// bf16 when the input holds no infinity or NaN) the windows are skipped and the rows read in
+/// place ([`conv_strided_rows`]).
 pub(crate) fn conv_window_rows<F: InPlaceFamily, T: TileExec>(
     family: &F,
     input: &[F::Elem],
@@ -384,7 +386,7 @@ pub(crate) fn conv_window_rows<F: InPlaceFamily, T: TileExec>(
     pad: F::Elem,
     b: &Panels<'_>,
 ) {
-    if F::ZERO_WEIGHTS_EXACT {
+    if F::zero_products_exact(input) {
         return conv_strided_rows::<F, T>(family, input, g, pad, b);
     }
     let step = K_STEP_BYTES / bytes_of::<F::Elem>();
@@ -424,8 +426,10 @@ pub(crate) fn conv_window_rows<F: InPlaceFamily, T: TileExec>(
 /// in the padded width divided by the stride (the few past the output width are computed and
 /// never stored). The copy is a tenth of the windows' bytes (159 KB against 1.65 MB for the
 /// stem): the INT8 stem went from 0.28 to 0.20 ms at batch 1 and from 2.1-2.2 to 1.5-1.6 ms
-/// at batch 8 on the Xeon 167, although these rows are not 64-byte aligned. Not for bf16: a
-/// NaN or infinity beside a window would turn its zero products into NaN.
+/// at batch 8 on the Xeon 167, although these rows are not 64-byte aligned. bf16 takes it only
+/// for a finite input: a NaN or an infinity beside a window would turn its zero products into
+/// NaN. With finite values the zero products add exact zeros, so the sums are those of the
+/// windows, bit for bit (tested).
 fn conv_strided_rows<F: InPlaceFamily, T: TileExec>(
     family: &F,
     input: &[F::Elem],
@@ -507,9 +511,10 @@ fn pack_window_rows<E: Plain + Send + Sync>(
 /// `out` = the batch in NHWC with `g.pad` pixels of `pad` around each image (more on the right
 /// up to `row_px` pixels per row), each image's padded rows split into `parts` by their index
 /// modulo `parts` (part `p` holds rows `p, p + parts, ...`; 1 keeps them in order), the images
-/// one after another, then at least `slack` elements (any value: only rows that are never
-/// stored read them). Every row is written whole, in parallel on the team; the buffer is only
-/// grown, so a warm call neither allocates nor fills twice.
+/// one after another, then `slack` elements of `pad` (read by rows that are never stored, and
+/// by the strided rows of [`conv_strided_rows`] that run past the last window, where a stale
+/// NaN would meet a zero weight). Every row is written whole, in parallel on the team; the
+/// buffer is only grown, so a warm call neither allocates nor fills twice.
 fn pad_input<E: Plain + Send + Sync>(
     input: &[E],
     g: &ConvGeometry,
@@ -524,6 +529,7 @@ fn pad_input<E: Plain + Send + Sync>(
     if out.len() < rows_len + slack {
         out.resize(rows_len + slack, pad);
     }
+    out[rows_len..rows_len + slack].fill(pad);
     let (row_in, side) = (g.in_w * ch, g.pad * ch);
     crate::team::for_each_chunk_mut(&mut out[..rows_len], row_px * ch, |i, row| {
         let (image, part, q) = (i / (parts * q_rows), (i / q_rows) % parts, i % q_rows);

@@ -30,7 +30,13 @@ impl InPlaceFamily for Dst<'_> {
     type Sum = f32;
     type Tile = TileOut;
     const DOT: Dot = Dot::Bf16ps;
-    const ZERO_WEIGHTS_EXACT: bool = false;
+
+    fn zero_products_exact(input: &[Bf16]) -> bool {
+        // All-ones exponents are the infinities and NaNs: the largest magnitude below them
+        // is finite. A max reduction vectorises (an early-exit scan does not): 150 K values
+        // for the stem at batch 1.
+        input.iter().map(|v| v.0 & 0x7FFF).max().unwrap_or(0) < 0x7F80
+    }
 
     fn with_padded<R>(f: impl FnOnce(&mut AlignedVec<Bf16>) -> R) -> R {
         PADDED.with(|b| f(&mut b.borrow_mut()))

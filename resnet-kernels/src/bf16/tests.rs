@@ -651,3 +651,78 @@ fn amx_window_rows_convolution_agrees_with_the_im2col_path() {
         }
     }
 }
+
+/// The stem's window rows read in place from a finite input (tile rows that run past each
+/// window into the next pixels, which meet zero weights) against the written windows, which
+/// an input holding an infinity takes: bit for bit on every output whose window misses the
+/// infinity (zero products of finite values add exact zeros), and not finite on those whose
+/// window holds it. Read in place, the infinity would also reach the outputs beside it
+/// (infinity x 0 = NaN).
+#[test]
+fn amx_stem_rows_read_in_place_match_the_written_windows() {
+    let lines: Vec<_> = battery_kernels()
+        .into_iter()
+        .filter(|k| k.reads_in_place())
+        .collect();
+    let g = ConvGeometry {
+        batch: 2,
+        in_h: 11,
+        in_w: 13,
+        in_c: 3,
+        kernel: 7,
+        stride: 2,
+        pad: 3,
+    };
+    let n = 64;
+    let input = values(g.input_len(), 901);
+    let b = values(g.k() * n, 902);
+    let bias: Vec<f32> = values(n, 903).iter().map(|v| v.to_f32()).collect();
+    let epi = EpilogueBf16 {
+        bias: Some(&bias),
+        residual: None,
+        relu: false,
+    };
+    // One infinity in image 1 at (y, x) = (5, 6).
+    let (image, y, x) = (1, 5, 6);
+    let mut with_inf = input.clone();
+    with_inf[((image * g.in_h + y) * g.in_w + x) * g.in_c + 1] = Bf16(0x7F80);
+    let (ho, wo) = (g.out_h(), g.out_w());
+    let covers =
+        |o: usize, p: usize| (o * g.stride..o * g.stride + g.kernel).contains(&(p + g.pad));
+    for line in &lines {
+        let windows = pack_window_rows(&b, g.kernel, g.in_c, n, line);
+        let run = |input: &[Bf16]| {
+            let mut c = vec![f32::NAN; g.m() * n];
+            let out = OutputBf16::F32 { c: &mut c, ldc: n };
+            conv_bf16_in_place(input, &g, &windows, out, &epi, InPlaceLayout::WindowRows);
+            c
+        };
+        let (in_place, written) = (run(&input), run(&with_inf));
+        for (row, (a, w)) in in_place.chunks(n).zip(written.chunks(n)).enumerate() {
+            let (img, oy, ox) = (row / (ho * wo), row / wo % ho, row % wo);
+            let hit = img == image && covers(oy, y) && covers(ox, x);
+            for j in 0..n {
+                let what = format!(
+                    "{} row {row} (image {img}, {oy}, {ox}) column {j}",
+                    line.info.name
+                );
+                assert!(a[j].is_finite(), "{what}: {} from a finite input", a[j]);
+                if hit {
+                    assert!(
+                        !w[j].is_finite(),
+                        "{what}: {} with the infinity in its window",
+                        w[j]
+                    );
+                } else {
+                    assert_eq!(
+                        a[j].to_bits(),
+                        w[j].to_bits(),
+                        "{what}: {} vs {}",
+                        a[j],
+                        w[j]
+                    );
+                }
+            }
+        }
+    }
+}

@@ -35,7 +35,10 @@ impl InPlaceFamily for Requantised<'_> {
     type Sum = i32;
     type Tile = TileRequant;
     const DOT: Dot = Dot::Busd;
-    const ZERO_WEIGHTS_EXACT: bool = true;
+
+    fn zero_products_exact(_input: &[u8]) -> bool {
+        true
+    }
 
     fn with_padded<R>(f: impl FnOnce(&mut AlignedVec<u8>) -> R) -> R {
         PADDED.with(|b| f(&mut b.borrow_mut()))
