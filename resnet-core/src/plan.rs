@@ -511,6 +511,20 @@ fn push_choice(out: &mut Vec<LayerChoice>, method: Method, kernel: &str, b: Bloc
 /// tile rows) it had won only on layer1, and this was 56.
 pub const IN_PLACE_MIN_WIDTH: usize = 14;
 
+/// The `bf16` backend's in-place rule, which sees the batch: from [`IN_PLACE_MIN_WIDTH`] wide,
+/// and below it where the padded geometry's rows (the in-place path computes `out_h x
+/// padded width` rows per image) fill no more 32-row tile blocks than the im2col's rows. That
+/// takes layer4 (7 wide, 63 rows against 49) at batch 1, two blocks either way, and leaves it
+/// to im2col at batch 8 (16 blocks against 13). Xeon model 167, fourth session of 2026-12-07
+/// (`layer_profile`, 3 interleaved runs): at batch 1 in place layer4.0 0.31 against
+/// 0.33-0.34 ms, layer4.1 0.36-0.39 against 0.40-0.42; at batch 8 it lost 3-8%.
+pub fn bf16_in_place_preferred(g: &gemm::ConvGeometry) -> bool {
+    let rows_per_block = 32;
+    let padded_w = g.in_w + 2 * g.pad;
+    let in_place_blocks = g.batch * (g.out_h() * padded_w).div_ceil(rows_per_block);
+    g.out_w() >= IN_PLACE_MIN_WIDTH || in_place_blocks <= g.m().div_ceil(rows_per_block)
+}
+
 /// The heuristic's choice for a layer of the `int8` backend: the INT8 kernel `isa` selects,
 /// with that line's default blocking, reading the input in place where the line can and the
 /// layer is at least [`IN_PLACE_MIN_WIDTH`] wide (`width`: the layer's output width).
@@ -720,6 +734,25 @@ mod tests {
                 })
                 .collect(),
             ..heuristic_plan(threads, batch)
+        }
+    }
+
+    #[test]
+    fn bf16_reads_in_place_where_it_adds_no_tile_blocks() {
+        let arch = ResNet18Arch::new();
+        // (layer, input side, batch, in place?)
+        for (layer, side, batch, want) in [
+            ("layer4.1.conv1", 7, 1, true), // 63 padded rows against 49: 2 blocks each
+            ("layer4.1.conv1", 7, 8, false), // 16 blocks against 13
+            ("layer3.1.conv1", 14, 8, true), // 14 wide: in place at any batch
+            ("layer1.0.conv1", 56, 1, true),
+        ] {
+            let spec = arch
+                .convs()
+                .find(|c| c.conv == layer)
+                .unwrap_or_else(|| panic!("no {layer}"));
+            let g = spec.geometry(batch, side, side);
+            assert_eq!(bf16_in_place_preferred(&g), want, "{layer} batch {batch}");
         }
     }
 

@@ -2,8 +2,9 @@
 //! between layers (each written, rounded to nearest even, by the previous layer's fused
 //! epilogue), f32 accumulation, on resnet-kernels' bf16 GEMM (`vdpbf16ps` where the CPU has
 //! AVX512-BF16, the portable twin elsewhere) with the folded-BN bias, residual add and ReLU in
-//! the epilogue; on the AMX lines the stride-1 convolutions at least [`IN_PLACE_MIN_WIDTH`]
-//! wide read their input in place instead of packing an im2col (bit-identical). Max-pool on
+//! the epilogue; on the AMX lines the stride-1 convolutions that
+//! [`bf16_in_place_preferred`] picks read their input in place instead of packing an im2col
+//! (bit-identical). Max-pool on
 //! the bf16 values (exact: it only compares). What stays f32: the
 //! folded biases (added to the f32 sums), the global average pool's sums and the classifier
 //! (0.5 M MACs of 1.8 G, through the native backend's head), as in the INT8 backend.
@@ -17,7 +18,7 @@ use super::native::classifier;
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
-use crate::plan::IN_PLACE_MIN_WIDTH;
+use crate::plan::bf16_in_place_preferred;
 use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
@@ -92,7 +93,7 @@ impl Bf16Layer {
         let layout = if self.window_rows {
             Some(InPlaceLayout::WindowRows)
         } else {
-            (geometry.out_w() >= IN_PLACE_MIN_WIDTH
+            (bf16_in_place_preferred(&geometry)
                 && in_place_applies(&geometry, &self.weights, InPlaceLayout::Padded))
             .then_some(InPlaceLayout::Padded)
         };
