@@ -50,7 +50,15 @@ pub(crate) fn gemm<K: MicroKernel>(
             for (bi, &(k0, kc, offset)) in b.blocks.iter().enumerate() {
                 let accumulate = bi > 0;
                 let last = bi + 1 == b.blocks.len();
-                a.pack(m0, rows_in_block, k0, kc, kc, K::MR, &mut a_pack);
+                // A row-major A is read where it is (its rows at stride lda, e.g. Winograd's
+                // transformed tiles); a convolution's im2col is packed (rows at stride kc).
+                let (a_rows, lda) = match a {
+                    ASource::Matrix { data, lda, .. } => (&data[m0 * lda + k0..], *lda),
+                    ASource::Conv { .. } => {
+                        a.pack(m0, rows_in_block, k0, kc, kc, K::MR, &mut a_pack);
+                        (&a_pack[..], kc)
+                    }
+                };
                 // Loop 2: NR-wide micro-panels of B.
                 for j0 in (j_begin..j_end).step_by(K::NR) {
                     let cols = K::NR.min(n - j0);
@@ -59,7 +67,7 @@ pub(crate) fn gemm<K: MicroKernel>(
                     for ir in 0..rows_in_block.div_ceil(K::MR) {
                         let i0 = m0 + ir * K::MR;
                         let rows = K::MR.min(m - i0);
-                        let a_panel = &a_pack[ir * kc * K::MR..][..kc * K::MR];
+                        let a_panel = &a_rows[ir * K::MR * lda..][..(rows - 1) * lda + kc];
                         if cols == K::NR {
                             let tile_epi = last.then(|| TileEpilogue {
                                 bias: epi
@@ -71,8 +79,9 @@ pub(crate) fn gemm<K: MicroKernel>(
                                 ldr: epi.residual.map_or(0, |(_, ldr)| ldr),
                                 relu: epi.relu,
                             });
-                            // SAFETY: the kernel's ISA was checked when B was packed; the panels
-                            // hold kc*MR and kc*NR floats (sliced above); C rows i0..i0+rows,
+                            // SAFETY: the kernel's ISA was checked when B was packed; A's `rows`
+                            // rows of kc floats at stride lda and B's kc*NR floats are sliced
+                            // above; C rows i0..i0+rows,
                             // columns j0..j0+NR lie inside c (checked on entry: j0+NR <= n) and
                             // belong to this work item only; bias and residual were checked to
                             // cover N columns and M rows.
@@ -80,7 +89,7 @@ pub(crate) fn gemm<K: MicroKernel>(
                                 K::run(
                                     rows,
                                     kc,
-                                    a_panel.as_ptr(),
+                                    (a_panel.as_ptr(), lda),
                                     b_panel.as_ptr(),
                                     shared_c.get().add(i0 * ldc + j0),
                                     ldc,
@@ -99,7 +108,7 @@ pub(crate) fn gemm<K: MicroKernel>(
                                     accumulate,
                                     last,
                                 },
-                                a_panel,
+                                (a_panel, lda),
                                 b_panel,
                                 shared_c,
                                 ldc,
@@ -127,7 +136,7 @@ struct EdgeTile {
 /// classifier): computed into a full-width scratch tile, then copied with a scalar epilogue.
 fn edge_tile<K: MicroKernel>(
     t: EdgeTile,
-    a_panel: &[f32],
+    (a_panel, lda): (&[f32], usize),
     b_panel: &[f32],
     c: SharedC,
     ldc: usize,
@@ -146,13 +155,13 @@ fn edge_tile<K: MicroKernel>(
             };
         }
     }
-    // SAFETY: the kernel's ISA was checked when B was packed; the panels hold kc*MR and kc*NR
-    // floats; the scratch tile holds MR rows of NR floats with stride NR.
+    // SAFETY: the kernel's ISA was checked when B was packed; A holds t.rows rows of kc floats
+    // at stride lda and B kc*NR floats; the scratch tile holds MR rows of NR floats.
     unsafe {
         K::run(
             t.rows,
             t.kc,
-            a_panel.as_ptr(),
+            (a_panel.as_ptr(), lda),
             b_panel.as_ptr(),
             tile.as_mut_ptr(),
             K::NR,

@@ -320,7 +320,9 @@ pub(crate) trait MicroKernel: Sync {
     ///
     /// # Safety
     /// - the CPU supports the kernel's ISA;
-    /// - `a` holds MR rows of `kc` floats (row-major, stride kc), `b` holds `kc * NR` floats (k-major);
+    /// - `a` holds `rows` rows of `kc` floats, row stride `lda` (a packed panel, `lda = kc`,
+    ///   or the rows of a row-major A read where they are); `b` holds `kc * NR` floats
+    ///   (k-major);
     /// - `c` addresses `rows` rows of `NR` writable floats with row stride `ldc`;
     /// - the epilogue's `bias` holds NR floats and `residual`, if not null, `rows` rows of NR
     ///   floats with stride `ldr`.
@@ -328,7 +330,7 @@ pub(crate) trait MicroKernel: Sync {
     unsafe fn run(
         rows: usize,
         kc: usize,
-        a: *const f32,
+        a: (*const f32, usize),
         b: *const f32,
         c: *mut f32,
         ldc: usize,

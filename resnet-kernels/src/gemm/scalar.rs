@@ -16,25 +16,26 @@ impl MicroKernel for ScalarKernel {
     unsafe fn run(
         rows: usize,
         kc: usize,
-        a: *const f32,
+        (a, lda): (*const f32, usize),
         b: *const f32,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
         epi: Option<&TileEpilogue>,
     ) {
-        // SAFETY: the caller guarantees a holds kc*MR and b kc*NR floats.
+        // SAFETY: the caller guarantees `rows` rows of kc floats at a (stride lda) and kc*NR
+        // floats at b.
         let (a, b) = unsafe {
             (
-                std::slice::from_raw_parts(a, kc * MR),
+                std::slice::from_raw_parts(a, (rows - 1) * lda + kc),
                 std::slice::from_raw_parts(b, kc * NR),
             )
         };
         let mut acc = [[0.0f32; NR]; MR];
         for k in 0..kc {
             let b_row = &b[k * NR..][..NR];
-            for (i, acc_row) in acc.iter_mut().enumerate() {
-                let a_ik = a[i * kc + k];
+            for (i, acc_row) in acc.iter_mut().enumerate().take(rows) {
+                let a_ik = a[i * lda + k];
                 for (acc_ij, &b_kj) in acc_row.iter_mut().zip(b_row) {
                     *acc_ij += a_ik * b_kj;
                 }

@@ -23,7 +23,7 @@ macro_rules! simd_kernel {
             unsafe fn run(
                 rows: usize,
                 kc: usize,
-                a: *const f32,
+                (a, lda): (*const f32, usize),
                 b: *const f32,
                 c: *mut f32,
                 ldc: usize,
@@ -35,7 +35,7 @@ macro_rules! simd_kernel {
                 #[target_feature(enable = $features)]
                 unsafe fn tile<const R: usize>(
                     kc: usize,
-                    a: *const f32,
+                    (a, lda): (*const f32, usize),
                     b: *const f32,
                     c: *mut f32,
                     ldc: usize,
@@ -47,13 +47,13 @@ macro_rules! simd_kernel {
                     let mut acc0: [$vec; R] = [$zero(); R];
                     let mut acc1: [$vec; R] = [$zero(); R];
                     for k in 0..kc {
-                        // SAFETY: k < kc and i < R <= MR: a + i*kc + k and b + k*NR .. b + k*NR
-                        // + NR stay inside the panels (caller contract).
+                        // SAFETY: k < kc and i < R = rows: a + i*lda + k and b + k*NR .. b +
+                        // k*NR + NR stay inside A's rows and B's panel (caller contract).
                         unsafe {
                             let b0 = $load(b.add(k * NR));
                             let b1 = $load(b.add(k * NR + $lanes));
                             for i in 0..R {
-                                let a_ik = $splat(*a.add(i * kc + k));
+                                let a_ik = $splat(*a.add(i * lda + k));
                                 acc0[i] = $fma(a_ik, b0, acc0[i]);
                                 acc1[i] = $fma(a_ik, b1, acc1[i]);
                             }
@@ -93,7 +93,7 @@ macro_rules! simd_kernel {
                 // SAFETY: forwarded from the caller's contract (ISA support, buffer sizes).
                 unsafe {
                     match rows {
-                        $($r => tile::<$r>(kc, a, b, c, ldc, accumulate, epi),)+
+                        $($r => tile::<$r>(kc, (a, lda), b, c, ldc, accumulate, epi),)+
                         _ => unreachable!("rows must be 1..=MR"),
                     }
                 }
