@@ -25,6 +25,8 @@ pub mod aligned;
 pub mod alloc_counter;
 pub mod amx;
 pub mod bf16;
+#[cfg(target_arch = "x86_64")]
+mod broadcast_loop;
 pub mod cpu;
 pub mod gemm;
 pub mod int8;
