@@ -109,31 +109,59 @@ unsafe fn dot_c<const BF16: bool>(c: u8, a: u8, b: u8) {
     unsafe { by_tile!(c, dot_a[BF16](a, b)) }
 }
 
+/// The micro-kernels' first lines: the 4 C tiles start from zero, or from the 32 x 32 sums at
+/// the job's `c_in` (row stride `ldc_in`). Uses the operands `job`, `t0`, `t1`, `off_c_in` and
+/// `off_ldc_in`, and the local labels 4 and 5.
+macro_rules! c_tiles_in {
+    () => {
+        concat!(
+            "mov {t0}, qword ptr [{job} + {off_c_in}]\n",
+            "test {t0}, {t0}\n",
+            "jnz 4f\n",
+            "tilezero tmm0\n",
+            "tilezero tmm1\n",
+            "tilezero tmm2\n",
+            "tilezero tmm3\n",
+            "jmp 5f\n",
+            "4:\n",
+            "mov {t1}, qword ptr [{job} + {off_ldc_in}]\n",
+            "tileloadd tmm0, [{t0} + {t1}*1]\n",
+            "tileloadd tmm1, [{t0} + {t1}*1 + 64]\n",
+            "shl {t1}, 4\n",
+            "add {t0}, {t1}\n",
+            "shr {t1}, 4\n",
+            "tileloadd tmm2, [{t0} + {t1}*1]\n",
+            "tileloadd tmm3, [{t0} + {t1}*1 + 64]\n",
+            "5:",
+        )
+    };
+}
+
+/// The micro-kernels' last lines: the 4 C tiles stored to the job's `c` (row stride `ldc`).
+/// Uses the operands `job`, `t0`, `t1`, `off_c` and `off_ldc`.
+macro_rules! c_tiles_out {
+    () => {
+        concat!(
+            "mov {t0}, qword ptr [{job} + {off_c}]\n",
+            "mov {t1}, qword ptr [{job} + {off_ldc}]\n",
+            "tilestored [{t0} + {t1}*1], tmm0\n",
+            "tilestored [{t0} + {t1}*1 + 64], tmm1\n",
+            "shl {t1}, 4\n",
+            "add {t0}, {t1}\n",
+            "shr {t1}, 4\n",
+            "tilestored [{t0} + {t1}*1], tmm2\n",
+            "tilestored [{t0} + {t1}*1 + 64], tmm3",
+        )
+    };
+}
+
 /// The whole micro-kernel in one block (see [`TileOps::block_2x2`] for what it computes; the
 /// instructions and their order are the same). Tiles: C 0-3, A 4-5, B 6-7.
 macro_rules! block_asm {
     ($dot:literal, $job:expr) => {{
         let job: &Block2x2 = $job;
         asm!(
-            // C starts from zero, or from the sums at c_in (t0: the rows, t1: their stride).
-            "mov {t0}, qword ptr [{job} + {off_c_in}]",
-            "test {t0}, {t0}",
-            "jnz 4f",
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "jmp 5f",
-            "4:",
-            "mov {t1}, qword ptr [{job} + {off_ldc_in}]",
-            "tileloadd tmm0, [{t0} + {t1}*1]",
-            "tileloadd tmm1, [{t0} + {t1}*1 + 64]",
-            "shl {t1}, 4",
-            "add {t0}, {t1}",
-            "shr {t1}, 4",
-            "tileloadd tmm2, [{t0} + {t1}*1]",
-            "tileloadd tmm3, [{t0} + {t1}*1 + 64]",
-            "5:",
+            c_tiles_in!(),
             "test {steps}, {steps}",
             "jz 3f",
             // Each load sits just before its first use, so that the next step's loads of
@@ -154,15 +182,7 @@ macro_rules! block_asm {
             "dec {steps}",
             "jnz 2b",
             "3:",
-            "mov {t0}, qword ptr [{job} + {off_c}]",
-            "mov {t1}, qword ptr [{job} + {off_ldc}]",
-            "tilestored [{t0} + {t1}*1], tmm0",
-            "tilestored [{t0} + {t1}*1 + 64], tmm1",
-            "shl {t1}, 4",
-            "add {t0}, {t1}",
-            "shr {t1}, 4",
-            "tilestored [{t0} + {t1}*1], tmm2",
-            "tilestored [{t0} + {t1}*1 + 64], tmm3",
+            c_tiles_out!(),
             a = inout(reg) job.a => _,
             a_bot = inout(reg) job.a.wrapping_add(16 * job.lda) => _,
             lda = in(reg) job.lda,
@@ -188,25 +208,7 @@ macro_rules! gather_asm {
     ($dot:literal, $job:expr) => {{
         let job: &Gather2x2 = $job;
         asm!(
-            // C starts from zero, or from the sums at c_in (t0: the rows, t1: their stride).
-            "mov {t0}, qword ptr [{job} + {off_c_in}]",
-            "test {t0}, {t0}",
-            "jnz 4f",
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "jmp 5f",
-            "4:",
-            "mov {t1}, qword ptr [{job} + {off_ldc_in}]",
-            "tileloadd tmm0, [{t0} + {t1}*1]",
-            "tileloadd tmm1, [{t0} + {t1}*1 + 64]",
-            "shl {t1}, 4",
-            "add {t0}, {t1}",
-            "shr {t1}, 4",
-            "tileloadd tmm2, [{t0} + {t1}*1]",
-            "tileloadd tmm3, [{t0} + {t1}*1 + 64]",
-            "5:",
+            c_tiles_in!(),
             "test {steps}, {steps}",
             "jz 3f",
             "2:",
@@ -226,15 +228,7 @@ macro_rules! gather_asm {
             "dec {steps}",
             "jnz 2b",
             "3:",
-            "mov {t0}, qword ptr [{job} + {off_c}]",
-            "mov {t1}, qword ptr [{job} + {off_ldc}]",
-            "tilestored [{t0} + {t1}*1], tmm0",
-            "tilestored [{t0} + {t1}*1 + 64], tmm1",
-            "shl {t1}, 4",
-            "add {t0}, {t1}",
-            "shr {t1}, 4",
-            "tilestored [{t0} + {t1}*1], tmm2",
-            "tilestored [{t0} + {t1}*1 + 64], tmm3",
+            c_tiles_out!(),
             a = out(reg) _,
             a_bot = out(reg) _,
             base = in(reg) job.a,
