@@ -60,20 +60,12 @@ pub(crate) trait InPlaceFamily: Sync {
     fn with_scratch<R>(f: impl FnOnce(&mut AlignedVec<Self::Sum>) -> R) -> R;
     /// The epilogue's destination at row `at`, column `j0` of C.
     fn tile(&self, at: usize, j0: usize) -> Self::Tile;
-    /// The family's AMX block epilogue on `rows` rows of 32 sums (row stride 32): plus the
-    /// partial sums at `acc` when `accumulate`, then into `acc` (`out` is `None`) or through
-    /// the epilogue into `out`.
+    /// The family's AMX block epilogue on `rows` rows of 32 finished sums (row stride 32) into
+    /// `out` (partial sums never reach it: the kernel continues them in its C tiles).
     ///
     /// # Safety
-    /// As the family's micro-kernel's `acc` and `out`.
-    unsafe fn epilogue<T: TileExec>(
-        sums: *const Self::Sum,
-        rows: usize,
-        acc: *mut Self::Sum,
-        ld_acc: usize,
-        accumulate: bool,
-        out: Option<&Self::Tile>,
-    );
+    /// As the family's micro-kernel's `out`; `sums` holds `rows` rows of 32.
+    unsafe fn epilogue<T: TileExec>(sums: *const Self::Sum, rows: usize, out: &Self::Tile);
     /// One sum through the scalar twin's epilogue into element `(i, j)` of `tile` (the columns
     /// of an edge panel).
     ///
@@ -247,14 +239,7 @@ fn gather_gemm<F: InPlaceFamily, T: TileExec>(
                             unsafe {
                                 let sums_r = sums.add(r * NR);
                                 if cols == NR {
-                                    F::epilogue::<T>(
-                                        sums_r,
-                                        run,
-                                        std::ptr::null_mut(),
-                                        0,
-                                        false,
-                                        Some(&tile),
-                                    );
+                                    F::epilogue::<T>(sums_r, run, &tile);
                                 } else {
                                     for i in 0..run {
                                         for j in 0..cols {

@@ -50,16 +50,11 @@ impl InPlaceFamily for Dst<'_> {
         Dst::tile(self, at, j0)
     }
 
-    unsafe fn epilogue<T: TileExec>(
-        sums: *const f32,
-        rows: usize,
-        acc: *mut f32,
-        ld_acc: usize,
-        accumulate: bool,
-        out: Option<&TileOut>,
-    ) {
-        // SAFETY: forwarded from the caller.
-        unsafe { crate::amx::bf16_epilogue::<T>(sums, rows, acc, ld_acc, accumulate, out) }
+    unsafe fn epilogue<T: TileExec>(sums: *const f32, rows: usize, out: &TileOut) {
+        // SAFETY: forwarded from the caller; no partial sums are read or written (null, false).
+        unsafe {
+            crate::amx::bf16_epilogue::<T>(sums, rows, std::ptr::null_mut(), 0, false, Some(out))
+        }
     }
 
     unsafe fn store_element(v: f32, t: &TileOut, i: usize, j: usize) {

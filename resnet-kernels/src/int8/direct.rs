@@ -52,16 +52,11 @@ impl InPlaceFamily for Requantised<'_> {
         tile_requant(self.req, self.c, self.ldc, at, j0)
     }
 
-    unsafe fn epilogue<T: TileExec>(
-        sums: *const i32,
-        rows: usize,
-        acc: *mut i32,
-        ld_acc: usize,
-        accumulate: bool,
-        out: Option<&TileRequant>,
-    ) {
-        // SAFETY: forwarded from the caller.
-        unsafe { crate::amx::int8_epilogue::<T>(sums, rows, acc, ld_acc, accumulate, out) }
+    unsafe fn epilogue<T: TileExec>(sums: *const i32, rows: usize, out: &TileRequant) {
+        // SAFETY: forwarded from the caller; no partial sums are read or written (null, false).
+        unsafe {
+            crate::amx::int8_epilogue::<T>(sums, rows, std::ptr::null_mut(), 0, false, Some(out))
+        }
     }
 
     unsafe fn store_element(v: i32, t: &TileRequant, i: usize, j: usize) {
