@@ -519,7 +519,8 @@ pub const IN_PLACE_MIN_WIDTH: usize = 14;
 /// (`layer_profile`, 3 interleaved runs): at batch 1 in place layer4.0 0.31 against
 /// 0.33-0.34 ms, layer4.1 0.36-0.39 against 0.40-0.42; at batch 8 it lost 3-8%.
 pub fn bf16_in_place_preferred(g: &gemm::ConvGeometry) -> bool {
-    let rows_per_block = 32;
+    // The AMX kernels' 2 x 2 tile block.
+    let rows_per_block = 2 * resnet_kernels::amx::MAX_ROWS;
     let padded_w = g.in_w + 2 * g.pad;
     let in_place_blocks = g.batch * (g.out_h() * padded_w).div_ceil(rows_per_block);
     g.out_w() >= IN_PLACE_MIN_WIDTH || in_place_blocks <= g.m().div_ceil(rows_per_block)

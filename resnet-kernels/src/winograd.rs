@@ -34,6 +34,9 @@ thread_local! {
     /// layers and calls: a warm forward pass allocates nothing here. (Every element a
     /// transform reads is written first for the tile at hand, so stale values never leak.)
     static TILE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Zeros for the input tile's pixels outside the image: only ever grown, never written,
+    /// so they are not cleared for every tile.
+    static ZEROS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's tile buffer, grown to at least `len` floats.
@@ -44,6 +47,17 @@ fn with_tile_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
             s.resize(len, 0.0);
         }
         f(&mut s[..len])
+    })
+}
+
+/// Runs `f` on `len` zeros of this thread.
+fn with_zeros<R>(len: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    ZEROS.with(|z| {
+        let mut z = z.borrow_mut();
+        if z.len() < len {
+            z.resize(len, 0.0);
+        }
+        f(&z[..len])
     })
 }
 
@@ -206,20 +220,20 @@ pub fn conv3x3_winograd(
     // 1. Input transform: V laid out [tile][p][c], so each tile owns a contiguous chunk.
     scratch.v.resize(tiles * T * T * c_n, 0.0);
     crate::team::for_each_chunk_mut(&mut scratch.v, T * T * c_n, |t, v| {
-        with_tile_scratch(T * T * c_n + c_n, |buf| {
-            let n = t / (tiles_h * tiles_w);
-            let (ty, tx) = ((t / tiles_w) % tiles_h, t % tiles_w);
-            let (tmp, zeros) = buf.split_at_mut(T * T * c_n);
-            zeros.fill(0.0);
-            let tile = InputTile {
-                input,
-                shape: (n, h, w, c_n),
-                origin: (ty * M, tx * M),
-                zeros,
-            };
-            // SAFETY: the line comes from a PackedB, which is only built for kernels this CPU
-            // runs, so the target features the transform is compiled for are present.
-            unsafe { input_transform(&tile, tmp, v) };
+        with_zeros(c_n, |zeros| {
+            with_tile_scratch(T * T * c_n, |tmp| {
+                let n = t / (tiles_h * tiles_w);
+                let (ty, tx) = ((t / tiles_w) % tiles_h, t % tiles_w);
+                let tile = InputTile {
+                    input,
+                    shape: (n, h, w, c_n),
+                    origin: (ty * M, tx * M),
+                    zeros,
+                };
+                // SAFETY: the line comes from a PackedB, which is only built for kernels this
+                // CPU runs, so the target features the transform is compiled for are present.
+                unsafe { input_transform(&tile, tmp, v) };
+            })
         })
     });
 

@@ -38,7 +38,9 @@ impl<T: TileExec> MicroKernel8 for AmxKernel8<T> {
         );
         // Every byte of the block is written by the 4 `tilestored` before any is read, so it is
         // not initialised first (4 KiB of stores per call, a third of a 576-deep block's tile
-        // work).
+        // work). Unlike the bf16 kernel, partial sums are not continued in the C tiles (`c_in`):
+        // the `i32` output mode accumulates into C itself, which holds only `rows` rows, and
+        // whole-tile loads and stores would run past them.
         let mut c = MaybeUninit::<CBlock>::uninit();
         let job = Block2x2 {
             a,

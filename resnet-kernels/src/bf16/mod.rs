@@ -175,9 +175,10 @@ pub mod blocking {
     /// A's rows. ResNet-18's K of 576 takes 2 blocks, 1152 3, 2304 6, 4608 12.
     pub const KC: usize = 384;
     /// Loop 4 for the AMX-BF16 kernel, whose A and B tiles stream from L2 anyway (a step's 4
-    /// tile loads are 4 KiB): a longer K block saves the C block's store, the epilogue pass and
-    /// the f32 scratch round trip of each extra block (measured on a Sapphire Rapids:
-    /// docs/bf16-amx.md).
+    /// tile loads are 4 KiB): each extra K block costs a load and a store of the C tiles (the
+    /// sums continue in them). Measured on a Sapphire Rapids (docs/bf16-amx.md): fastest against
+    /// 384 and 2304 when extra blocks also cost an epilogue pass, and 256 or 512 (which keep a
+    /// B panel in L1) were no faster once they did not.
     pub const AMX_KC: usize = 1152;
     /// Loop 3: rows of A packed at once (96 x 384 x 2 B = 72 KiB, in L2). A multiple of every
     /// kernel's MR (12, 4 and the AMX kernels' 32).

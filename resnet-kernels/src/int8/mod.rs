@@ -145,9 +145,10 @@ pub mod blocking {
     };
 
     /// The AMX-INT8 kernel's blocking: its A and B tiles stream from L2 anyway (a step's 4 tile
-    /// loads are 4 KiB), so a longer K block only saves work: the C block's store, the epilogue
-    /// pass and the `i32` scratch round trip of each extra block (measured on a Sapphire
-    /// Rapids: docs/bf16-amx.md). MC a multiple of its 32 rows.
+    /// loads are 4 KiB), so a longer K block only saves work: on the im2col path the C block's
+    /// store, the epilogue pass and the `i32` scratch round trip of each extra block; in place,
+    /// a load and a store of the C tiles (measured on a Sapphire Rapids: docs/bf16-amx.md;
+    /// 512 and 1024 bytes were no faster in place). MC a multiple of its 32 rows.
     pub const AMX: super::Blocking = super::Blocking {
         kc: 2304,
         mc: 128,
