@@ -13,7 +13,7 @@ RESNET_BIN=path/to/resnet picks another build of the binary.
 
 Interleaving: each round times every engine once (ONNX Runtime fp32, OpenVINO f32 with
 INFERENCE_PRECISION_HINT=f32, OpenVINO at its default precision, the int8 variants with --int8,
-resnet native with each --plan) for --iters runs each; the figure per engine is the median over
+resnet native, int8 and bf16 with each --plan) for --iters runs each; the figure per engine is the median over
 rounds of the per-round medians, and the ratios are taken against ONNX Runtime fp32. All engines
 run the same synthetic weights (`resnet weights synth --seed 0`) and the same thread count.
 """
@@ -139,7 +139,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (A B A B ...)")
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--winograd", default="auto", help="native Winograd policy")
-    ap.add_argument("--plan", default="off,auto", help="native and int8 --plan choices to time")
+    ap.add_argument("--plan", default="off,auto", help="native, int8 and bf16 --plan choices to time")
     ap.add_argument("--bf16", action="store_true",
                     help="also time resnet's bf16 backend (OpenVINO's default row is bf16 on AMX CPUs)")
     ap.add_argument("--isa", default="",
@@ -248,10 +248,10 @@ def main():
                              for r in resnet_rows("int8", q_file, extra + ["--plan", args.plan])]
                 if args.bf16:
                     rows += [dict(r, backend=r["backend"] + tag)
-                             for r in resnet_rows("bf16", wfile, extra)]
+                             for r in resnet_rows("bf16", wfile, extra + ["--plan", args.plan])]
             for row in rows:
                 name = "resnet " + row["backend"]
-                if name in ("resnet native", "resnet int8") and "," not in args.plan:
+                if name in ("resnet native", "resnet int8", "resnet bf16") and "," not in args.plan:
                     name += f"/plan-{args.plan}"
                 results.setdefault((name, row["batch"]), []).append(row["median_ms"])
                 described[(name, row["batch"])] = row["kernel"]

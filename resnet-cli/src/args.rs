@@ -90,7 +90,8 @@ pub enum Command {
     )]
     Serve(ServeArgs),
     /// Time every convolution's candidate strategies on this CPU and cache the fastest as a
-    /// per-layer plan, which `native` then uses (see docs/kernels.md).
+    /// per-layer plan, which the backend (`native`, `int8`, `bf16`) then uses (see
+    /// docs/kernels.md).
     #[command(
         after_help = "Example:\n  resnet tune --batch 1,8 --budget-s 60\n  resnet bench --plan off,auto"
     )]
@@ -254,8 +255,8 @@ pub struct ModelArgs {
         env = "RESNET_WINOGRAD"
     )]
     pub winograd: WinogradPolicy,
-    /// Per-layer plan for `native` or `int8`: auto (the cached `resnet tune` plan of the backend
-    /// for this CPU and thread count, if any), off (the built-in heuristic) or a plan FILE.
+    /// Per-layer plan for `native`, `int8` or `bf16`: auto (the cached `resnet tune` plan of the
+    /// backend for this CPU and thread count, if any), off (the built-in heuristic) or a FILE.
     #[arg(
         long,
         default_value = "auto",
@@ -564,7 +565,7 @@ pub struct BenchArgs {
     /// Winograd policies to time `native` with, comma-separated: off, auto (layer1-3), all.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub winograd: Vec<WinogradPolicy>,
-    /// Per-layer plans to time `native` and `int8` with, comma-separated: auto (the backend's
+    /// Per-layer plans to time `native`, `int8` and `bf16` with, comma-separated: auto (the backend's
     /// cached plan for this CPU, threads and batch), off (the heuristic) or FILEs; `--plan
     /// off,auto` times both.
     #[arg(

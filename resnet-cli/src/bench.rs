@@ -104,8 +104,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|r| r.macs)
         .sum();
-    // Native runs once per --winograd policy x --plan choice, int8 once per --plan choice, the
-    // others once. A plan is keyed by batch size, so a planned backend is built per batch.
+    // Native runs once per --winograd policy x --plan choice, int8 and bf16 once per --plan
+    // choice, the others once. A plan is keyed by batch size, so a planned backend is built per batch.
     let policies: Vec<WinogradPolicy> = args.winograd.clone();
     let plans: Vec<PlanChoice> = args.plan.clone();
     let mut configs: Vec<(BackendKind, WinogradPolicy, PlanChoice, String)> = Vec::new();
@@ -123,9 +123,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     configs.push((*kind, p, plan.clone(), label));
                 }
             }
-        } else if *kind == BackendKind::Int8 {
+        } else if kind.plan_backend().is_some() {
             for plan in &plans {
-                let mut label = "int8".to_string();
+                let mut label = kind.name().to_string();
                 if plans.len() > 1 {
                     label += &format!("/plan-{plan}");
                 }

@@ -117,8 +117,8 @@ fn write_kernel_registry(out: &mut impl Write, isa: Isa) -> std::io::Result<()> 
     Ok(())
 }
 
-/// Which per-layer plan `native` and `int8` would run with (`RESNET_PLAN`, else auto) and the
-/// cached plans.
+/// Which per-layer plan each backend with plans (`native`, `int8`, `bf16`) would run with
+/// (`RESNET_PLAN`, else auto) and the cached plans.
 fn write_plans(out: &mut impl Write) -> anyhow::Result<()> {
     let choice: resnet_core::plan::PlanChoice = std::env::var("RESNET_PLAN")
         .ok()
@@ -127,10 +127,10 @@ fn write_plans(out: &mut impl Write) -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or_default();
     let threads = rayon::current_num_threads();
-    for kind in [
-        resnet_core::backend::BackendKind::Native,
-        resnet_core::backend::BackendKind::Int8,
-    ] {
+    for kind in resnet_core::backend::BackendKind::ALL
+        .into_iter()
+        .filter(|k| k.plan_backend().is_some())
+    {
         match crate::tune::resolve_plan(&choice, kind, 1) {
             Ok(Some(p)) => writeln!(
                 out,

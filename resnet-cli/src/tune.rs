@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use resnet_core::backend::tune::{tune_int8, tune_native, TuneEvent};
+use resnet_core::backend::tune::{tune_bf16, tune_int8, tune_native, TuneEvent};
 use resnet_core::backend::{BackendKind, WinogradPolicy};
 use resnet_core::cpu::Isa;
 use resnet_core::plan::{ActivePlan, LayerChoice, Plan, PlanBackend, PlanChoice};
@@ -19,8 +19,8 @@ pub struct TuneArgs {
     /// timings do not depend on the values).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// The backend to tune: `native` or `int8` (for `int8`, the weights may be a model made by
-    /// `resnet quantize`; f32 weights are calibrated on the built-in photos first).
+    /// The backend to tune: `native`, `int8` or `bf16` (for `int8`, the weights may be a model
+    /// made by `resnet quantize`; f32 weights are calibrated on the built-in photos first).
     #[arg(long, default_value = "native", value_name = "NAME")]
     pub backend: BackendKind,
     /// Batch sizes to tune for, comma-separated: one plan each.
@@ -77,7 +77,7 @@ pub fn resolve_plan(
 pub fn run(args: TuneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let Some(backend) = args.backend.plan_backend() else {
         bail!(
-            "--backend {}: per-layer plans exist for the native and int8 backends",
+            "--backend {}: per-layer plans exist for the native, int8 and bf16 backends",
             args.backend
         );
     };
@@ -132,6 +132,9 @@ pub fn run(args: TuneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             }
         };
         let mut plan = match &tuned_on {
+            TunedOn::F32(weights) if backend == PlanBackend::Bf16 => {
+                tune_bf16(weights, isa, batch, share, &mut on_event)
+            }
             TunedOn::F32(weights) => tune_native(
                 weights,
                 isa,
@@ -158,7 +161,7 @@ pub fn run(args: TuneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             write_atomically(&out, &json)?;
         }
         report(&mut stdout, &plan, &path, &|spec| {
-            heuristic(spec, backend, isa)
+            heuristic(spec, backend, isa, batch)
         })?;
     }
     writeln!(
@@ -170,7 +173,8 @@ pub fn run(args: TuneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What a backend's plan is tuned on: f32 weights, or a quantised model.
+/// What a backend's plan is tuned on: f32 weights (`native`, `bf16`, which rounds them
+/// itself), or a quantised model.
 enum TunedOn {
     F32(Weights),
     Int8(resnet_core::quantize::QuantizedModel),
@@ -181,14 +185,16 @@ impl TunedOn {
     /// weights calibrated on the built-in photos (as `--backend int8` does).
     fn load(path: &std::path::Path, backend: PlanBackend, isa: Isa) -> anyhow::Result<TunedOn> {
         Ok(match backend {
-            PlanBackend::Native => TunedOn::F32(crate::model::load_f32_weights(path)?),
+            PlanBackend::Native | PlanBackend::Bf16 => {
+                TunedOn::F32(crate::model::load_f32_weights(path)?)
+            }
             PlanBackend::Int8 => TunedOn::Int8(crate::model::quantized_model(path, isa)?),
         })
     }
 
     fn from_weights(weights: Weights, backend: PlanBackend, isa: Isa) -> anyhow::Result<TunedOn> {
         Ok(match backend {
-            PlanBackend::Native => TunedOn::F32(weights),
+            PlanBackend::Native | PlanBackend::Bf16 => TunedOn::F32(weights),
             PlanBackend::Int8 => TunedOn::Int8(
                 resnet_core::quantize::calibrate_on_built_in_images(&weights, isa)?,
             ),
@@ -196,8 +202,8 @@ impl TunedOn {
     }
 }
 
-/// The built-in heuristic's choice for a convolution (what runs without a plan).
-fn heuristic(conv: &str, backend: PlanBackend, isa: Isa) -> LayerChoice {
+/// The built-in heuristic's choice for a convolution at `batch` (what runs without a plan).
+fn heuristic(conv: &str, backend: PlanBackend, isa: Isa, batch: usize) -> LayerChoice {
     use resnet_core::arch::{ResNet18Arch, INPUT_SIZE};
     let arch = ResNet18Arch::new();
     let inputs = arch.convs_with_inputs(INPUT_SIZE, INPUT_SIZE);
@@ -211,6 +217,9 @@ fn heuristic(conv: &str, backend: PlanBackend, isa: Isa) -> LayerChoice {
         }
         PlanBackend::Int8 => {
             resnet_core::plan::default_choice_int8(spec, isa, spec.output_hw(h, w).1)
+        }
+        PlanBackend::Bf16 => {
+            resnet_core::plan::default_choice_bf16(isa, &spec.geometry(batch, h, w))
         }
     }
 }

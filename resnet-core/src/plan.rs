@@ -1,10 +1,11 @@
-//! Per-layer plans: which strategy each convolution of the `native` or `int8` backend runs with
-//! on this CPU, chosen by measurement (`resnet tune`) and stored as JSON in the cache.
+//! Per-layer plans: which strategy each convolution of the `native`, `int8` or `bf16` backend
+//! runs with on this CPU, chosen by measurement (`resnet tune`) and stored as JSON in the cache.
 //!
 //! A plan is keyed by what makes a measurement valid elsewhere: the CPU model string, its
 //! feature set, the thread count and the batch size ([`PlanKey`]). It names, for every
 //! convolution of the layer table, one [`LayerChoice`] (direct packed GEMM or, for `native`,
-//! Winograd F(4x4,3x3); the kernel by its registry name in the backend's family, f32 or INT8;
+//! Winograd F(4x4,3x3), or for `int8` and `bf16` on AMX the input read in place; the kernel by
+//! its registry name in the backend's family, f32, INT8 or bf16;
 //! and the blocking, whose `mc`/`nc` decide whether threads split a layer over pixels or over
 //! output channels), and keeps every timed candidate, so the file is also a report.
 //!
@@ -15,7 +16,7 @@
 use crate::arch::{ConvBn, ResNet18Arch};
 use resnet_kernels::cpu::{CpuFeatures, Isa};
 use resnet_kernels::gemm::{self, Blocking};
-use resnet_kernels::int8;
+use resnet_kernels::{bf16, int8};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,8 @@ pub enum PlanBackend {
     Native,
     /// INT8: direct packed GEMM, an INT8 kernel. Every candidate is bit-exact (integer sums).
     Int8,
+    /// bf16: direct packed GEMM or (AMX) the input read in place, a bf16 kernel.
+    Bf16,
 }
 
 impl PlanBackend {
@@ -41,6 +44,7 @@ impl PlanBackend {
         match self {
             PlanBackend::Native => "native",
             PlanBackend::Int8 => "int8",
+            PlanBackend::Bf16 => "bf16",
         }
     }
 }
@@ -59,8 +63,9 @@ pub enum Method {
     Direct,
     /// Winograd F(4x4, 3x3) (3x3 stride-1 padding-1 layers only).
     Winograd,
-    /// `int8` on an AMX line: the input read in place by the tile loads (a padded copy, no
-    /// im2col); stride-1 layers whose input channels are a multiple of 64.
+    /// `int8` or `bf16` on an AMX line: the input read in place by the tile loads (a padded
+    /// copy, no im2col; the stem's window rows); stride-1 layers whose channels fill whole
+    /// 64-byte tile rows, and the stem.
     #[serde(rename = "in-place")]
     InPlace,
 }
@@ -105,6 +110,11 @@ impl LayerChoice {
     /// The INT8 registry line of the kernel (validated `int8` plans only name runnable ones).
     pub fn int8_kernel_line(&self) -> Option<&'static int8::Int8Kernel> {
         resnet_kernels::registry::by_name(&int8::KERNELS, &self.kernel)
+    }
+
+    /// The bf16 registry line of the kernel (validated `bf16` plans only name runnable ones).
+    pub fn bf16_kernel_line(&self) -> Option<&'static bf16::Bf16Kernel> {
+        resnet_kernels::registry::by_name(&bf16::KERNELS, &self.kernel)
     }
 
     /// `direct avx512_f32_12x32 kc256 mc144 nc256`.
@@ -319,6 +329,17 @@ impl Plan {
         Ok(())
     }
 
+    /// Which kernels the plan chose, and for how many convolutions each:
+    /// `amx_bf16_f32_32x32 x18, avx512bf16_f32_12x32 x2`.
+    pub fn kernel_counts(&self) -> String {
+        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+        for l in &self.layers {
+            *counts.entry(&l.choice.kernel).or_default() += 1;
+        }
+        let used: Vec<String> = counts.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+        used.join(", ")
+    }
+
     /// The choice for the convolution `conv` (its state-dict prefix).
     pub fn choice(&self, conv: &str) -> Option<&LayerChoice> {
         self.layers
@@ -333,26 +354,36 @@ impl Plan {
     }
 }
 
-/// Whether `method` can run `spec` at all (for [`Method::InPlace`]: the shape; the kernel line
-/// must read A in place too, [`int8::Int8Kernel::reads_in_place`]).
-pub fn method_applies(method: Method, spec: &ConvBn) -> bool {
+/// Whether `method` can run `spec` at all on `backend` (for [`Method::InPlace`]: the shape in
+/// the backend's element size; the kernel line must read A in place too,
+/// [`int8::Int8Kernel::reads_in_place`], [`bf16::Bf16Kernel::reads_in_place`]).
+pub fn method_applies(method: Method, spec: &ConvBn, backend: PlanBackend) -> bool {
+    // Whether a layout applies does not depend on the image size: any geometry will do.
+    let g = spec.geometry(1, spec.kernel, spec.kernel);
     match method {
         Method::Direct => true,
         Method::Winograd => spec.kernel == 3 && spec.stride == 1 && spec.padding == 1,
-        Method::InPlace => {
-            int8::in_place_layout(&spec.geometry(1, spec.kernel, spec.kernel)).is_some()
-        }
+        Method::InPlace => match backend {
+            PlanBackend::Native => false,
+            PlanBackend::Int8 => int8::in_place_layout(&g).is_some(),
+            PlanBackend::Bf16 => bf16::in_place_layout(&g).is_some(),
+        },
     }
 }
 
 /// The heuristic's in-place rule: the line can, the layer allows it, and its output is at least
 /// [`IN_PLACE_MIN_WIDTH`] wide.
 pub fn in_place_by_default(kernel: &int8::Int8Kernel, spec: &ConvBn, width: usize) -> bool {
-    kernel.reads_in_place() && method_applies(Method::InPlace, spec) && width >= IN_PLACE_MIN_WIDTH
+    kernel.reads_in_place()
+        && method_applies(Method::InPlace, spec, PlanBackend::Int8)
+        && width >= IN_PLACE_MIN_WIDTH
 }
 
 fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Result<(), String> {
-    if !method_applies(choice.method, spec) {
+    if choice.method == Method::InPlace && backend == PlanBackend::Native {
+        return Err("the native backend has no in-place method (int8 and bf16 on AMX only)".into());
+    }
+    if !method_applies(choice.method, spec, backend) {
         return Err(match choice.method {
             Method::InPlace => format!(
                 "reading the input in place does not apply to a stride-{} convolution of {} input channels",
@@ -365,24 +396,29 @@ fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Re
         });
     }
     let runnable = match backend {
-        PlanBackend::Native => {
-            if choice.method == Method::InPlace {
-                return Err("the native backend has no in-place method (int8 on AMX only)".into());
-            }
-            choice.kernel_line().map(|l| l.info.is_runnable())
-        }
-        PlanBackend::Int8 => {
+        PlanBackend::Native => choice.kernel_line().map(|l| l.info.is_runnable()),
+        PlanBackend::Int8 | PlanBackend::Bf16 => {
             if choice.method == Method::Winograd {
-                return Err("the int8 backend has no Winograd (only direct)".into());
+                return Err(format!(
+                    "the {backend} backend has no Winograd (only direct)"
+                ));
             }
-            let line = choice.int8_kernel_line();
-            if choice.method == Method::InPlace && line.is_some_and(|l| !l.reads_in_place()) {
+            // (runnable, reads in place) of the named line of the backend's family.
+            let line = match backend {
+                PlanBackend::Int8 => choice
+                    .int8_kernel_line()
+                    .map(|l| (l.info.is_runnable(), l.reads_in_place())),
+                _ => choice
+                    .bf16_kernel_line()
+                    .map(|l| (l.info.is_runnable(), l.reads_in_place())),
+            };
+            if choice.method == Method::InPlace && line.is_some_and(|(_, in_place)| !in_place) {
                 return Err(format!(
                     "kernel '{}' packs A: only the AMX lines read the input in place",
                     choice.kernel
                 ));
             }
-            line.map(|l| l.info.is_runnable())
+            line.map(|(runnable, _)| runnable)
         }
     };
     match runnable {
@@ -390,6 +426,7 @@ fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Re
             let family = match backend {
                 PlanBackend::Native => "f32",
                 PlanBackend::Int8 => "INT8",
+                PlanBackend::Bf16 => "bf16",
             };
             return Err(format!("unknown {family} kernel '{}'", choice.kernel));
         }
@@ -413,7 +450,7 @@ fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Re
 pub fn default_choice(spec: &ConvBn, isa: Isa, winograd: bool) -> LayerChoice {
     let b = gemm::blocking::DEFAULT;
     LayerChoice {
-        method: if winograd && method_applies(Method::Winograd, spec) {
+        method: if winograd && method_applies(Method::Winograd, spec, PlanBackend::Native) {
             Method::Winograd
         } else {
             Method::Direct
@@ -447,7 +484,7 @@ pub fn candidates(
     for b in [d, Blocking { kc: 512, ..d }, pixels, channels, small] {
         push_choice(&mut out, Method::Direct, kernel.info.name, b);
     }
-    if method_applies(Method::Winograd, spec) {
+    if method_applies(Method::Winograd, spec, PlanBackend::Native) {
         let [_, channels, _] = work_splits(d, tiles, n, tile, threads);
         push_choice(&mut out, Method::Winograd, kernel.info.name, d);
         push_choice(&mut out, Method::Winograd, kernel.info.name, channels);
@@ -559,37 +596,128 @@ pub fn candidates_int8(
     width: usize,
     threads: usize,
 ) -> Vec<LayerChoice> {
-    let first = int8::kernel_for(isa);
+    let line = |k: &'static int8::Int8Kernel| LineToTry {
+        name: k.info.name,
+        tile: (k.info.mr, k.info.nr),
+        blocking: k.default_blocking(),
+        reads_in_place: k.reads_in_place(),
+    };
+    let lines = lines_to_try(isa, int8::kernel_for).map(|l| l.map(line));
+    let first = default_choice_int8(spec, isa, width);
+    lines_candidates(first, &lines, spec, rows, threads, PlanBackend::Int8)
+}
+
+/// A kernel line as the tuners try it.
+struct LineToTry {
+    name: &'static str,
+    /// `(MR, NR)`.
+    tile: (usize, usize),
+    /// Its default blocking.
+    blocking: Blocking,
+    reads_in_place: bool,
+}
+
+/// The lines a tuner tries for `isa`: the one `kernel_for` selects, and the next runnable one
+/// below it that is not the portable twin (on an AMX CPU, the AVX-512 kernel of the family).
+fn lines_to_try<E: 'static>(
+    isa: Isa,
+    kernel_for: fn(Isa) -> &'static resnet_kernels::registry::Kernel<E>,
+) -> [Option<&'static resnet_kernels::registry::Kernel<E>>; 2] {
+    let first = kernel_for(isa);
     let second = Isa::ALL
         .iter()
         .rev()
         .copied()
         .filter(|i| *i < isa && i.is_supported())
-        .map(int8::kernel_for)
+        .map(kernel_for)
         .find(|k| k.info.name != first.info.name && k.info.isa != Isa::Portable);
-    let mut out = vec![default_choice_int8(spec, isa, width)];
-    for kernel in std::iter::once(first).chain(second) {
-        let d = kernel.default_blocking();
-        let splits = work_splits(
-            d,
-            rows,
-            spec.out_channels,
-            (kernel.info.mr, kernel.info.nr),
-            threads,
-        );
-        let methods: &[Method] = if kernel.reads_in_place() && method_applies(Method::InPlace, spec)
-        {
-            &[Method::Direct, Method::InPlace]
-        } else {
-            &[Method::Direct]
-        };
+    [Some(first), second]
+}
+
+/// `first` (the heuristic's choice), then for each line its default blocking and the three
+/// [`work_splits`] for M = `rows`, each with A packed and, where the line reads in place and
+/// the layer allows it on `backend`, read in place.
+fn lines_candidates(
+    first: LayerChoice,
+    lines: &[Option<LineToTry>],
+    spec: &ConvBn,
+    rows: usize,
+    threads: usize,
+    backend: PlanBackend,
+) -> Vec<LayerChoice> {
+    let mut out = vec![first];
+    for line in lines.iter().flatten() {
+        let d = line.blocking;
+        let splits = work_splits(d, rows, spec.out_channels, line.tile, threads);
+        let methods: &[Method] =
+            if line.reads_in_place && method_applies(Method::InPlace, spec, backend) {
+                &[Method::Direct, Method::InPlace]
+            } else {
+                &[Method::Direct]
+            };
         for b in std::iter::once(d).chain(splits) {
             for &method in methods {
-                push_choice(&mut out, method, kernel.info.name, b);
+                push_choice(&mut out, method, line.name, b);
             }
         }
     }
     out
+}
+
+/// Whether the `bf16` backend's heuristic reads this convolution's input in place with
+/// `kernel`: the stem's window rows wherever the line can, the other layers where the line can,
+/// the shape suits and [`bf16_in_place_preferred`] says so for this geometry (its batch).
+pub fn bf16_in_place_by_default(kernel: &bf16::Bf16Kernel, g: &gemm::ConvGeometry) -> bool {
+    kernel.reads_in_place()
+        && match bf16::in_place_layout(g) {
+            Some(bf16::InPlaceLayout::WindowRows) => true,
+            Some(bf16::InPlaceLayout::Padded) => bf16_in_place_preferred(g),
+            None => false,
+        }
+}
+
+/// The heuristic's choice for a layer of the `bf16` backend at geometry `g` (which carries the
+/// batch): the bf16 kernel `isa` selects with its default blocking, in place where
+/// [`bf16_in_place_by_default`] says.
+pub fn default_choice_bf16(isa: Isa, g: &gemm::ConvGeometry) -> LayerChoice {
+    let kernel = bf16::kernel_for(isa);
+    let b = kernel.default_blocking();
+    LayerChoice {
+        method: if bf16_in_place_by_default(kernel, g) {
+            Method::InPlace
+        } else {
+            Method::Direct
+        },
+        kernel: kernel.info.name.to_string(),
+        kc: b.kc,
+        mc: b.mc,
+        nc: b.nc,
+    }
+}
+
+/// The candidates `resnet tune --backend bf16` times for one convolution at geometry `g`: the
+/// heuristic's choice first, then for the kernel `isa` selects and for the next runnable line
+/// below it (on an AMX CPU, the AVX512-BF16 kernel) the line's default blocking and the three
+/// work splits of [`candidates_int8`], each with A packed and, on an AMX line where the layer
+/// allows it, read in place. On one AMX line every candidate of a layer gives the same bits
+/// (the sums continue in the tiles across K blocks, in the same order), except the stem's: its
+/// window rows pair the K values otherwise than its im2col; another line sums in another
+/// order. Those may round an output to the neighbouring bf16.
+pub fn candidates_bf16(
+    spec: &ConvBn,
+    isa: Isa,
+    g: &gemm::ConvGeometry,
+    threads: usize,
+) -> Vec<LayerChoice> {
+    let line = |k: &'static bf16::Bf16Kernel| LineToTry {
+        name: k.info.name,
+        tile: (k.info.mr, k.info.nr),
+        blocking: k.default_blocking(),
+        reads_in_place: k.reads_in_place(),
+    };
+    let lines = lines_to_try(isa, bf16::kernel_for).map(|l| l.map(line));
+    let first = default_choice_bf16(isa, g);
+    lines_candidates(first, &lines, spec, g.m(), threads, PlanBackend::Bf16)
 }
 
 /// Which plan a command runs with.
@@ -881,36 +1009,43 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_int8_plan_round_trips_and_its_choices_are_checked_against_the_int8_family() {
-        let plan = int8_heuristic_plan(2, 8);
-        let json = plan.to_json();
-        assert!(json.contains("\"backend\": \"int8\""), "{json}");
-        assert_eq!(Plan::parse(json.as_bytes(), "mem").unwrap(), plan);
-        let f32_kernel = gemm::kernel_name(Isa::best_supported()).to_string();
-        let edits: Vec<(Edit, &str)> = vec![
+    /// The edits a plan of a family with an in-place AMX line refuses, each with what the error
+    /// says: Winograd, a kernel of another family (`foreign`), a zero blocking size, in place
+    /// on a stride-2 layer and on a line that packs A (`packs_a`). `backend` and `family` name
+    /// the backend and its kernel family as the messages do.
+    fn family_edits(
+        backend: &str,
+        family: &str,
+        foreign: String,
+        packs_a: &'static str,
+    ) -> Vec<(Edit, String)> {
+        vec![
             (
                 Box::new(|p| p.layers[1].choice.method = Method::Winograd),
-                "the int8 backend has no Winograd",
+                format!("the {backend} backend has no Winograd"),
             ),
             (
-                Box::new(move |p| p.layers[2].choice.kernel = f32_kernel.clone()),
-                "unknown INT8 kernel",
+                Box::new(move |p| p.layers[2].choice.kernel = foreign.clone()),
+                format!("unknown {family} kernel"),
             ),
-            (Box::new(|p| p.layers[3].choice.kc = 0), "kc = 0"),
+            (Box::new(|p| p.layers[3].choice.kc = 0), "kc = 0".into()),
             // layer2.0.conv1 has stride 2.
             (
                 Box::new(|p| p.layers[5].choice.method = Method::InPlace),
-                "does not apply to a stride-2 convolution",
+                "does not apply to a stride-2 convolution".into(),
             ),
             (
-                Box::new(|p| {
+                Box::new(move |p| {
                     p.layers[1].choice.method = Method::InPlace;
-                    p.layers[1].choice.kernel = int8::KERNELS[0].info.name.into();
+                    p.layers[1].choice.kernel = packs_a.into();
                 }),
-                "only the AMX lines read the input in place",
+                "only the AMX lines read the input in place".into(),
             ),
-        ];
+        ]
+    }
+
+    /// Each edit of `plan` is refused with an error naming the file and saying what is wrong.
+    fn assert_refused(plan: &Plan, edits: Vec<(Edit, String)>) {
         for (edit, needle) in edits {
             let mut p = plan.clone();
             edit(&mut p);
@@ -918,10 +1053,23 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.contains("/tmp/i.json") && err.contains(needle),
+                err.contains("/tmp/i.json") && err.contains(&needle),
                 "{needle}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn an_int8_plan_round_trips_and_its_choices_are_checked_against_the_int8_family() {
+        let plan = int8_heuristic_plan(2, 8);
+        let json = plan.to_json();
+        assert!(json.contains("\"backend\": \"int8\""), "{json}");
+        assert_eq!(Plan::parse(json.as_bytes(), "mem").unwrap(), plan);
+        let f32_kernel = gemm::kernel_name(Isa::best_supported()).to_string();
+        assert_refused(
+            &plan,
+            family_edits("int8", "INT8", f32_kernel, int8::KERNELS[0].info.name),
+        );
         // In place in a native plan.
         let mut native = heuristic_plan(2, 8);
         native.layers[1].choice.method = Method::InPlace;
@@ -929,11 +1077,91 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no in-place method"), "{err}");
-        let other = plan.to_json().replace("\"int8\"", "\"bf16\"");
+        let other = plan.to_json().replace("\"int8\"", "\"fp16\"");
         let err = Plan::parse(other.as_bytes(), "/tmp/b.json")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown variant"), "{err}");
+    }
+
+    /// The heuristic's bf16 plan at `batch` (every layer's [`default_choice_bf16`]).
+    fn bf16_heuristic_plan(threads: usize, batch: usize) -> Plan {
+        let isa = Isa::best_supported();
+        Plan {
+            format: FORMAT,
+            backend: PlanBackend::Bf16,
+            isa: isa.name().into(),
+            key: PlanKey::current(threads, batch),
+            created: String::new(),
+            layers: ResNet18Arch::new()
+                .convs_with_inputs(224, 224)
+                .into_iter()
+                .map(|(spec, [_, h, w])| LayerPlan {
+                    layer: spec.conv.clone(),
+                    choice: default_choice_bf16(isa, &spec.geometry(batch, h, w)),
+                    candidates: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_bf16_plan_round_trips_and_its_choices_are_checked_against_the_bf16_family() {
+        let plan = bf16_heuristic_plan(2, 1);
+        let json = plan.to_json();
+        assert!(json.contains("\"backend\": \"bf16\""), "{json}");
+        assert_eq!(Plan::parse(json.as_bytes(), "mem").unwrap(), plan);
+        let int8_kernel = int8::kernel_name(Isa::best_supported()).to_string();
+        assert_refused(
+            &plan,
+            family_edits("bf16", "bf16", int8_kernel, bf16::KERNELS[0].info.name),
+        );
+    }
+
+    #[test]
+    fn bf16_candidates_put_the_heuristic_first_and_try_in_place_only_where_it_applies() {
+        let isa = Isa::best_supported();
+        let arch = ResNet18Arch::new();
+        let spec = arch.convs().find(|c| c.conv == "layer4.1.conv2").unwrap();
+        let g = spec.geometry(8, 7, 7);
+        let cands = candidates_bf16(spec, isa, &g, 2);
+        assert_eq!(
+            cands[0],
+            default_choice_bf16(isa, &g),
+            "the heuristic comes first"
+        );
+        // At batch 8 the heuristic packs layer4 (7 wide: more tile blocks in place).
+        assert_eq!(cands[0].method, Method::Direct);
+        let kernels: std::collections::BTreeSet<&str> =
+            cands.iter().map(|c| c.kernel.as_str()).collect();
+        let lines_here = bf16::KERNELS
+            .iter()
+            .filter(|k| k.info.is_runnable() && k.info.isa != Isa::Portable && k.info.isa <= isa)
+            .count();
+        assert_eq!(kernels.len(), lines_here.clamp(1, 2), "{kernels:?}");
+        // The split over pixels at batch 8: each of 2 threads takes 196 of the 392 rows.
+        assert!(
+            cands.iter().any(|c| c.nc >= 512 && c.mc < 392),
+            "{cands:#?}"
+        );
+        let in_place = |c: &[LayerChoice]| c.iter().any(|c| c.method == Method::InPlace);
+        assert_eq!(in_place(&cands), bf16::kernel_for(isa).reads_in_place());
+        let stride2 = arch.convs().find(|c| c.conv == "layer4.0.conv1").unwrap();
+        assert!(!in_place(&candidates_bf16(
+            stride2,
+            isa,
+            &stride2.geometry(8, 14, 14),
+            2
+        )));
+        // The stem reads its window rows in place where the line can, at any batch.
+        let stem = arch.convs().next().unwrap();
+        assert_eq!(
+            default_choice_bf16(isa, &stem.geometry(8, 224, 224)).method == Method::InPlace,
+            bf16::kernel_for(isa).reads_in_place()
+        );
+        for c in &cands {
+            check_choice(c, spec, PlanBackend::Bf16).unwrap();
+        }
     }
 
     #[test]

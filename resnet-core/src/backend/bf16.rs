@@ -4,7 +4,8 @@
 //! AVX512-BF16, the portable twin elsewhere) with the folded-BN bias, residual add and ReLU in
 //! the epilogue; on the AMX lines the stride-1 convolutions that
 //! [`bf16_in_place_preferred`] picks read their input in place instead of packing an im2col
-//! (bit-identical). Max-pool on
+//! (bit-identical); a per-layer plan (`resnet tune --backend bf16`) chooses each convolution's
+//! kernel line, blocking and whether it reads in place instead. Max-pool on
 //! the bf16 values (exact: it only compares). What stays f32: the
 //! folded biases (added to the f32 sums), the global average pool's sums and the classifier
 //! (0.5 M MACs of 1.8 G, through the native backend's head), as in the INT8 backend.
@@ -18,7 +19,7 @@ use super::native::classifier;
 use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
-use crate::plan::bf16_in_place_preferred;
+use crate::plan::{bf16_in_place_preferred, ActivePlan, Method};
 use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
@@ -32,18 +33,37 @@ use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
 use resnet_kernels::layout::nchw_to_nhwc_with;
 use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
+use resnet_kernels::tiling::Blocking;
+
+/// Whether a convolution reads its input in place ([`conv_bf16_in_place`]) or packs an im2col.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum InPlaceRule {
+    /// A plan's [`Method::InPlace`]: wherever the kernel line and the shape allow.
+    Always,
+    /// A plan's [`Method::Direct`]: the im2col.
+    Never,
+    /// No plan: the stem's window rows wherever the line reads in place, the other layers per
+    /// call, where [`bf16_in_place_preferred`] says so for the call's geometry (its batch).
+    Heuristic,
+}
 
 /// One convolution prepared for the bf16 kernel: packed bf16 weights and the f32 bias.
-struct Bf16Layer {
-    spec: ConvBn,
+pub(super) struct Bf16Layer {
+    pub(super) spec: ConvBn,
     weights: PackedBBf16,
     bias: Vec<f32>,
     /// The weights are packed for [`InPlaceLayout::WindowRows`] (the stem on AMX lines).
     window_rows: bool,
+    rule: InPlaceRule,
 }
 
 impl Bf16Layer {
-    fn new(layer: FoldedLayer, kernel: &'static Bf16Kernel) -> Bf16Layer {
+    /// Rounds and packs a folded convolution for `kernel` with `blocking`; `rule` says whether
+    /// it reads its input in place.
+    pub(super) fn new(
+        layer: FoldedLayer,
+        (kernel, blocking, rule): (&'static Bf16Kernel, Blocking, InPlaceRule),
+    ) -> Bf16Layer {
         let s = layer.spec.clone();
         let b = layer.weights_khwc_by_oc();
         let mut rounded = vec![Bf16::ZERO; b.len()];
@@ -51,17 +71,26 @@ impl Bf16Layer {
         drop(b);
         // On the AMX lines a convolution whose kernel row fits one tile row (the stem's 7 x 3)
         // reads its windows in place rather than packing an im2col of 3-channel runs.
-        let window_rows = kernel.reads_in_place()
+        let window_rows = rule != InPlaceRule::Never
+            && kernel.reads_in_place()
             && in_place_layout(&s.geometry(1, s.kernel, s.kernel))
                 == Some(InPlaceLayout::WindowRows);
         let weights = if window_rows {
-            pack_window_rows(&rounded, s.kernel, s.in_channels, s.out_channels, kernel)
+            pack_window_rows(
+                &rounded,
+                s.kernel,
+                s.in_channels,
+                s.out_channels,
+                kernel,
+                blocking,
+            )
         } else {
             PackedBBf16::with_kernel(
                 &rounded,
                 s.in_channels * s.kernel * s.kernel,
                 s.out_channels,
                 kernel,
+                blocking,
             )
         };
         Bf16Layer {
@@ -69,11 +98,12 @@ impl Bf16Layer {
             spec: s,
             bias: layer.conv.bias,
             window_rows,
+            rule,
         }
     }
 
     /// `out = epilogue(conv(input))` on NHWC bf16; returns the output height and width.
-    fn run(
+    pub(super) fn run(
         &self,
         input: &[Bf16],
         (n, h, w): (usize, usize, usize),
@@ -90,12 +120,16 @@ impl Bf16Layer {
             relu,
         };
         let output = OutputBf16::Bf16 { c: out, ldc: oc };
+        let wanted = match self.rule {
+            InPlaceRule::Always => true,
+            InPlaceRule::Never => false,
+            InPlaceRule::Heuristic => bf16_in_place_preferred(&geometry),
+        };
         let layout = if self.window_rows {
             Some(InPlaceLayout::WindowRows)
         } else {
-            (bf16_in_place_preferred(&geometry)
-                && in_place_applies(&geometry, &self.weights, InPlaceLayout::Padded))
-            .then_some(InPlaceLayout::Padded)
+            (wanted && in_place_applies(&geometry, &self.weights, InPlaceLayout::Padded))
+                .then_some(InPlaceLayout::Padded)
         };
         match layout {
             Some(layout) => {
@@ -131,7 +165,12 @@ struct Workspace {
 
 /// bf16 weights and activations, f32 accumulation, fused epilogues, NHWC.
 pub struct Bf16Backend {
+    /// The kernel of the layers no plan entry chose.
     kernel: &'static Bf16Kernel,
+    /// The per-layer plan the layers were packed by, if any.
+    plan: Option<ActivePlan>,
+    /// Whether some layer runs on AMX (its tiles are released after each forward pass).
+    uses_amx: bool,
     stem: Bf16Layer,
     blocks: Vec<Bf16Block>,
     fc: PackedB,
@@ -153,13 +192,47 @@ impl Bf16Backend {
         Bf16Backend::with_kernel(weights, isa, kernel_for(isa))
     }
 
+    /// [`Bf16Backend::from_weights`] with a per-layer plan (a `bf16` plan, validated when it
+    /// was loaded): each convolution is packed with its entry's kernel and blocking and reads
+    /// its input in place or not as the entry says; `None` runs the heuristic.
+    pub fn planned(weights: Weights, isa: Isa, plan: Option<ActivePlan>) -> Bf16Backend {
+        Bf16Backend::build(weights, isa, kernel_for(isa), plan)
+    }
+
     /// As [`Bf16Backend::from_weights`] with a given bf16 kernel line (`isa` still chooses the
     /// classifier's f32 kernel). For tests that name a line outside the registry's selection,
     /// e.g. [`resnet_kernels::bf16::AMX_MODEL_KERNEL`].
     ///
     /// # Panics
     /// If this CPU cannot run `kernel` (as `PackedBBf16::with_kernel`).
-    pub fn with_kernel(mut weights: Weights, isa: Isa, kernel: &'static Bf16Kernel) -> Bf16Backend {
+    pub fn with_kernel(weights: Weights, isa: Isa, kernel: &'static Bf16Kernel) -> Bf16Backend {
+        Bf16Backend::build(weights, isa, kernel, None)
+    }
+
+    fn build(
+        mut weights: Weights,
+        isa: Isa,
+        kernel: &'static Bf16Kernel,
+        plan: Option<ActivePlan>,
+    ) -> Bf16Backend {
+        if let Some(p) = &plan {
+            debug_assert_eq!(p.plan.backend, crate::plan::PlanBackend::Bf16);
+        }
+        // Each convolution's kernel, blocking and rule: its plan entry, else `kernel` with its
+        // default blocking and the heuristic.
+        let line = |conv: &str| match plan.as_ref().and_then(|p| p.plan.choice(conv)) {
+            Some(c) => (
+                c.bf16_kernel_line()
+                    .expect("validated plan names a registered bf16 kernel"),
+                c.blocking(),
+                if c.method == Method::InPlace {
+                    InPlaceRule::Always
+                } else {
+                    InPlaceRule::Never
+                },
+            ),
+            None => (kernel, kernel.default_blocking(), InPlaceRule::Heuristic),
+        };
         let arch = ResNet18Arch::new();
         let fc_bias = weights.tensor("fc.bias").f32_values().to_vec();
         let fc_t = fc_weight_transposed(&weights);
@@ -169,7 +242,7 @@ impl Bf16Backend {
         let mut pack_and_release = |specs: &[&ConvBn]| -> Vec<Bf16Layer> {
             let packed: Vec<Bf16Layer> = specs
                 .par_iter()
-                .map(|spec| Bf16Layer::new(FoldedLayer::new(&weights, spec), kernel))
+                .map(|spec| Bf16Layer::new(FoldedLayer::new(&weights, spec), line(&spec.conv)))
                 .collect();
             for spec in specs {
                 weights.release_conv_bn(&spec.conv, &spec.bn);
@@ -200,8 +273,20 @@ impl Bf16Backend {
             }))
             .map(|l| l.weights.bytes())
             .sum();
+        let uses_amx = std::iter::once(&stem)
+            .chain(blocks.iter().flat_map(|b| {
+                [&b.conv1, &b.conv2]
+                    .into_iter()
+                    .chain(b.downsample.as_ref())
+            }))
+            .any(|l| l.weights.kernel().info.isa == Isa::Amx);
+        if let Some(p) = &plan {
+            log::debug!("bf16: per-layer plan {} in use", p.path.display());
+        }
         Bf16Backend {
             kernel,
+            plan,
+            uses_amx,
             stem,
             blocks,
             fc,
@@ -277,9 +362,19 @@ impl Backend for Bf16Backend {
     }
 
     fn describe(&self) -> String {
+        let kernels = match &self.plan {
+            None => format!(
+                "bf16 kernel {}, plan: off (built-in heuristic)",
+                self.kernel.info.name
+            ),
+            Some(p) => format!(
+                "bf16 kernels {}, plan: {}",
+                p.plan.kernel_counts(),
+                p.path.display()
+            ),
+        };
         format!(
-            "bf16 kernel {}, NHWC bf16 activations, bf16 weights after BN folding ({:.1} MB packed), f32 accumulation, fused bias+residual+ReLU rounding to bf16; fc f32",
-            self.kernel.info.name,
+            "{kernels}, NHWC bf16 activations, bf16 weights after BN folding ({:.1} MB packed), f32 accumulation, fused bias+residual+ReLU rounding to bf16; fc f32",
             self.weight_bytes as f64 / 1e6
         )
     }
@@ -294,7 +389,7 @@ impl Backend for Bf16Backend {
             .workspaces
             .with(|ws| self.forward_in(batch, ws, observer));
         // The tile configuration lives for one forward pass (see `release_thread_tiles`).
-        if self.kernel.info.isa == Isa::Amx {
+        if self.uses_amx {
             resnet_kernels::amx::release_thread_tiles();
         }
         Ok(logits)

@@ -481,19 +481,11 @@ impl Backend for Int8Backend {
                 "INT8 kernel {}, plan: off (built-in heuristic)",
                 self.kernel.info.name
             ),
-            Some(p) => {
-                // Which kernels the plan chose, and for how many convolutions each.
-                let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-                for l in &p.plan.layers {
-                    *counts.entry(&l.choice.kernel).or_default() += 1;
-                }
-                let used: Vec<String> = counts.iter().map(|(k, n)| format!("{k} x{n}")).collect();
-                format!(
-                    "INT8 kernels {}, plan: {}",
-                    used.join(", "),
-                    p.path.display()
-                )
-            }
+            Some(p) => format!(
+                "INT8 kernels {}, plan: {}",
+                p.plan.kernel_counts(),
+                p.path.display()
+            ),
         };
         format!(
             "{kernels}, NHWC u8 activations, per-channel int8 weights, stem {}, fc f32; calibration {}",

@@ -185,6 +185,7 @@ impl BackendKind {
         match self {
             BackendKind::Native => Some(crate::plan::PlanBackend::Native),
             BackendKind::Int8 => Some(crate::plan::PlanBackend::Int8),
+            BackendKind::Bf16 => Some(crate::plan::PlanBackend::Bf16),
             _ => None,
         }
     }
@@ -228,7 +229,11 @@ impl BackendKind {
             }
             BackendKind::Bf16 => {
                 self.check_isa(options)?;
-                Ok(Box::new(Bf16Backend::from_weights(weights, options.isa)))
+                Ok(Box::new(Bf16Backend::planned(
+                    weights,
+                    options.isa,
+                    options.plan.clone(),
+                )))
             }
             _ => self.create(&weights, options),
         }
@@ -266,7 +271,11 @@ impl BackendKind {
                 options.isa,
                 options.plan.clone(),
             )),
-            BackendKind::Bf16 => Box::new(Bf16Backend::new(weights, options.isa)),
+            BackendKind::Bf16 => Box::new(Bf16Backend::planned(
+                weights.clone(),
+                options.isa,
+                options.plan.clone(),
+            )),
         })
     }
 }
@@ -298,7 +307,8 @@ pub struct BackendOptions {
     /// Which 3x3 stride-1 convolutions `native` runs with Winograd F(4x4, 3x3).
     pub winograd: WinogradPolicy,
     /// A per-layer plan for `native` (overrides `winograd` and the default blocking per layer)
-    /// or for `int8` (the kernel and blocking per layer), for the backend it was made for.
+    /// or for `int8` and `bf16` (the kernel, blocking and in-place reading per layer), for the
+    /// backend it was made for.
     pub plan: Option<crate::plan::ActivePlan>,
 }
 

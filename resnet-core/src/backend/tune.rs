@@ -1,10 +1,12 @@
 //! The measurements behind a per-layer plan (`resnet tune`): every candidate of every
-//! convolution of `native` (or `int8`), timed alone on its real folded (or quantised) weights
-//! and an input of its real shape, checked against the heuristic's direct convolution, the
-//! fastest accepted one kept. What differs between the two backends is how a layer is built and
-//! run and what "accepted" means (within 1e-4 for f32, bit-identical codes for INT8); the
-//! budget, the timing and the choice are shared ([`Tuner`]).
+//! convolution of `native` (or `int8`, or `bf16`), timed alone on its real folded (or
+//! quantised) weights and an input of its real shape, checked against the heuristic's direct
+//! convolution, the fastest accepted one kept. What differs between the backends is how a layer
+//! is built and run and what "accepted" means (within 1e-4 for f32, bit-identical codes for
+//! INT8, one bf16 rounding step for bf16); the budget, the timing and the choice are shared
+//! ([`Tuner`]).
 
+use super::bf16::{Bf16Layer, InPlaceRule};
 use super::folded::FoldedLayer;
 use super::int8::Int8Layer;
 use super::native::PackedLayer;
@@ -13,6 +15,7 @@ use crate::plan::{self, Candidate, LayerChoice, LayerPlan, Plan, PlanBackend, Pl
 use crate::quantize::model::{Activation, LayerPrecision, QuantizedModel};
 use crate::weights::Weights;
 use resnet_kernels::aligned::AlignedVec;
+use resnet_kernels::bf16::{f32_to_bf16, Bf16};
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::ConvGeometry;
 use resnet_kernels::winograd::WinogradScratch;
@@ -22,6 +25,14 @@ use std::time::{Duration, Instant};
 /// fraction of the layer's largest output magnitude: the bound the `backends_agree` tests hold
 /// every intermediate activation of `native` to (1e-4 of the layer's largest magnitude).
 pub const ACCURACY_BOUND: f64 = 1e-4;
+
+/// A `bf16` candidate is accepted when its largest difference from the heuristic's im2col
+/// output is within this fraction of the layer's largest output magnitude: one unit in the last
+/// place of a bf16 at that magnitude is at most 2^-7 of it, and a candidate that sums in another
+/// order (another kernel line, the stem's window rows) may round a sum to the neighbouring bf16.
+/// On one AMX line every other candidate is bit-identical (the sums continue in the tiles in
+/// the same order).
+pub const BF16_ACCURACY_BOUND: f64 = 1.0 / 128.0;
 
 /// What the tuner reports while it runs.
 #[derive(Debug)]
@@ -129,12 +140,27 @@ impl<'e> Tuner<'e> {
         times[times.len() / 2]
     }
 
-    /// Reports one candidate of layer `i`.
-    fn timed(&mut self, i: usize, candidate: &Candidate) {
+    /// Layer `i`'s candidate `choice`, timed by `run` (within its share of the budget) when it
+    /// was `accepted`, and reported.
+    fn candidate(
+        &mut self,
+        i: usize,
+        choice: LayerChoice,
+        (max_rel_error, accepted): (f64, bool),
+        run: impl FnMut(),
+    ) -> Candidate {
+        let median_ms = accepted.then(|| self.median_ms(run));
+        let candidate = Candidate {
+            choice,
+            median_ms,
+            max_rel_error,
+            accepted,
+        };
         (self.events)(TuneEvent::Timed {
             layer: &self.specs[i].conv,
-            candidate,
+            candidate: &candidate,
         });
+        candidate
     }
 
     /// Layer `i`'s entry: the fastest accepted candidate, else `fallback`; candidates fastest
@@ -232,15 +258,9 @@ pub fn tune_native(
                 .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
             let max_rel_error = if scale > 0.0 { err / scale } else { err };
             let accepted = max_rel_error <= ACCURACY_BOUND && out.len() == reference.len();
-            let median_ms = accepted.then(|| tuner.median_ms(|| run(&mut out, &mut scratch)));
-            let candidate = Candidate {
-                choice,
-                median_ms,
-                max_rel_error,
-                accepted,
-            };
-            tuner.timed(i, &candidate);
-            candidates.push(candidate);
+            candidates.push(tuner.candidate(i, choice, (max_rel_error, accepted), || {
+                run(&mut out, &mut scratch)
+            }));
         }
         tuner.choose(i, candidates, fallback);
     }
@@ -330,16 +350,11 @@ pub fn tune_int8(
                 .max()
                 .unwrap_or(0);
             let accepted = worst == 0 && out.len() == reference.len();
-            let median_ms = accepted.then(|| tuner.median_ms(|| run(&layer, &mut out)));
-            let candidate = Candidate {
-                choice,
-                median_ms,
-                // Codes apart, relative to the code range.
-                max_rel_error: f64::from(worst) / 255.0,
-                accepted,
-            };
-            tuner.timed(i, &candidate);
-            candidates.push(candidate);
+            // Codes apart, relative to the code range.
+            let max_rel_error = f64::from(worst) / 255.0;
+            candidates.push(tuner.candidate(i, choice, (max_rel_error, accepted), || {
+                run(&layer, &mut out)
+            }));
         }
         tuner.choose(i, candidates, fallback.clone());
     }
@@ -347,6 +362,89 @@ pub fn tune_int8(
         resnet_kernels::amx::release_thread_tiles();
     }
     tuner.plan(PlanBackend::Int8, isa, batch)
+}
+
+/// Times the candidates of every convolution of `bf16` ([`plan::candidates_bf16`]: kernel lines,
+/// blockings, A packed or read in place) at `batch` on the current thread pool, within about
+/// `budget`. A candidate is accepted when its output is within [`BF16_ACCURACY_BOUND`] of the
+/// heuristic's kernel with A packed (so the in-place candidates are checked against the im2col
+/// path).
+pub fn tune_bf16(
+    weights: &Weights,
+    isa: Isa,
+    batch: usize,
+    budget: Duration,
+    events: &mut dyn FnMut(TuneEvent<'_>),
+) -> Plan {
+    let threads = rayon::current_num_threads();
+    let (mut tuner, per_layer) = Tuner::new(batch, budget, events, |spec, g, _| {
+        plan::candidates_bf16(spec, isa, g, threads)
+    });
+    for (i, choices) in per_layer.into_iter().enumerate() {
+        let spec = tuner.specs[i].clone();
+        let [c, h, w] = tuner.shapes[i];
+        let fallback = plan::default_choice_bf16(isa, &spec.geometry(batch, h, w));
+        if !tuner.in_budget(i, &fallback) {
+            continue;
+        }
+        let to_bf16 = |v: Vec<f32>| {
+            let mut out = vec![Bf16::ZERO; v.len()];
+            f32_to_bf16(&v, &mut out);
+            out
+        };
+        let input = to_bf16(layer_input(&spec, batch * c * h * w));
+        let residual = spec
+            .conv
+            .ends_with("conv2")
+            .then(|| to_bf16(residual_for(&spec, batch, h, w)));
+        let relu = !spec.conv.contains("downsample");
+        let build = |choice: &LayerChoice| {
+            let line = choice
+                .bf16_kernel_line()
+                .expect("candidates name registered bf16 kernels");
+            let rule = if choice.method == plan::Method::InPlace {
+                InPlaceRule::Always
+            } else {
+                InPlaceRule::Never
+            };
+            Bf16Layer::new(
+                FoldedLayer::new(weights, &spec),
+                (line, choice.blocking(), rule),
+            )
+        };
+        let run = |layer: &Bf16Layer, out: &mut AlignedVec<Bf16>| {
+            layer.run(&input, (batch, h, w), out, residual.as_deref(), relu);
+        };
+        // The reference: the heuristic's kernel and blocking with A packed.
+        let mut reference = AlignedVec::new();
+        let packed = LayerChoice {
+            method: plan::Method::Direct,
+            ..fallback.clone()
+        };
+        run(&build(&packed), &mut reference);
+        let scale = reference
+            .iter()
+            .fold(0.0f64, |m, v| m.max(v.to_f32().abs() as f64));
+        let mut candidates = Vec::new();
+        for choice in choices {
+            let layer = build(&choice);
+            let mut out = AlignedVec::new();
+            run(&layer, &mut out);
+            let err = out.iter().zip(&reference).fold(0.0f64, |m, (a, b)| {
+                m.max((a.to_f32() as f64 - b.to_f32() as f64).abs())
+            });
+            let max_rel_error = if scale > 0.0 { err / scale } else { err };
+            let accepted = max_rel_error <= BF16_ACCURACY_BOUND && out.len() == reference.len();
+            candidates.push(tuner.candidate(i, choice, (max_rel_error, accepted), || {
+                run(&layer, &mut out)
+            }));
+        }
+        tuner.choose(i, candidates, fallback);
+    }
+    if isa == Isa::Amx {
+        resnet_kernels::amx::release_thread_tiles();
+    }
+    tuner.plan(PlanBackend::Bf16, isa, batch)
 }
 
 /// Seeded `u8` codes (an INT8 layer's input or skip branch).

@@ -370,7 +370,7 @@ fn amx_kernels_match_model_kernels() {
         };
         let mut outs = Vec::new();
         for line in [bf16_hw, &bf16::AMX_MODEL_KERNEL] {
-            let packed = bf16::PackedBBf16::with_kernel(&w, k, n, line);
+            let packed = bf16::PackedBBf16::with_kernel(&w, k, n, line, line.default_blocking());
             let mut c = vec![0f32; m * n];
             bf16::gemm_bf16(
                 &source,

@@ -10,7 +10,6 @@ use crate::aligned::AlignedVec;
 use crate::amx::direct::{self, InPlaceFamily, Panels};
 use crate::amx::{Dot, TileExec};
 use crate::gemm::ConvGeometry;
-use crate::tiling::Blocking;
 use std::cell::RefCell;
 
 thread_local! {
@@ -77,11 +76,7 @@ pub(crate) fn conv<T: TileExec>(
         blocks: &b.blocks,
         bytes: b.data.as_bytes(),
         n: b.n,
-        blocking: Blocking {
-            kc: b.kernel.entry.kc,
-            mc: super::blocking::MC,
-            nc: super::blocking::NC,
-        },
+        blocking: b.blocking,
     };
     match layout {
         InPlaceLayout::Padded => {

@@ -2,10 +2,11 @@
 //! [`crate::int8`]: f32 partial sums in a per-thread scratch when K takes several blocks).
 
 use super::pack::padded_k;
-use super::{blocking, Bf16, EpilogueBf16, MicroKernelBf16, OutputBf16, PackedBBf16, TileOut};
+use super::{Bf16, EpilogueBf16, MicroKernelBf16, OutputBf16, PackedBBf16, TileOut};
 use crate::aligned::AlignedVec;
 use crate::gemm::pack::Im2colCursor;
 use crate::gemm::ConvGeometry;
+use crate::tiling::WorkSplit;
 use std::cell::RefCell;
 
 /// Where the rows of A (bf16) come from.
@@ -196,19 +197,12 @@ pub(crate) fn gemm<K: MicroKernelBf16>(
     a.check(b.k);
     let dst = Dst::new(out, epi, m, n);
 
-    // Loops 3 and 5 make the work items: row blocks of about MC rows (rounded to MR, split
-    // evenly) x column chunks of NC.
-    let m_blocks = m.div_ceil(blocking::MC);
-    let mc = m.div_ceil(m_blocks).div_ceil(K::MR) * K::MR;
-    let m_blocks = m.div_ceil(mc);
-    let nc = blocking::NC.div_ceil(K::NR) * K::NR;
-    let n_chunks = n.div_ceil(nc);
+    // Loops 3 and 5 make the work items (the packing's blocking).
+    let split = WorkSplit::new(m, n, K::MR, K::NR, b.blocking);
     let multi = b.blocks.len() > 1;
-    crate::team::for_each(m_blocks * n_chunks, |item| {
-        let (mb, nb) = (item / n_chunks, item % n_chunks);
-        let m0 = mb * mc;
-        let rows_in_block = mc.min(m - m0);
-        let (j_begin, j_end) = (nb * nc, (nb * nc + nc).min(n));
+    split.for_each(|item| {
+        let (m0, rows_in_block) = (item.m0, item.rows);
+        let (j_begin, j_end) = (item.j_begin, item.j_end);
         // Partial sums of this item: rows_in_block x (columns rounded up to NR).
         let ld_scratch = (j_end - j_begin).div_ceil(K::NR) * K::NR;
         A_PACK.with(|abuf| {

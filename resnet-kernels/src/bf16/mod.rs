@@ -53,6 +53,7 @@ use crate::aligned::AlignedVec;
 use crate::cpu::Isa;
 use crate::gemm::ConvGeometry;
 use crate::registry::{self, Family, Kernel, KernelInfo};
+use crate::tiling::Blocking;
 
 /// A bfloat16 value, as its bit pattern (the top 16 bits of an IEEE single).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -192,8 +193,9 @@ pub mod blocking {
 pub struct Bf16Entry {
     /// The loop nest around this kernel.
     gemm: fn(&ASourceBf16<'_>, &PackedBBf16, OutputBf16<'_>, &EpilogueBf16<'_>),
-    /// Loop 4's K block for this kernel (values of bf16).
-    kc: usize,
+    /// The kernel's blocking when no plan chooses one (loop 4's K block from its `KC`, loops 3
+    /// and 5 from [`blocking::MC`] and [`blocking::NC`]).
+    blocking: Blocking,
     /// Independent chains of the kernel's bf16 dot product for `iters` rounds; returns the
     /// multiply-adds done. Unsafe: the CPU must run the kernel.
     peak: unsafe fn(usize) -> f64,
@@ -233,7 +235,11 @@ const fn line<K: MicroKernelBf16>(
         },
         entry: Bf16Entry {
             gemm: loops::gemm::<K>,
-            kc: K::KC,
+            blocking: Blocking {
+                kc: K::KC,
+                mc: blocking::MC,
+                nc: blocking::NC,
+            },
             peak,
             conv_direct: K::CONV_DIRECT,
         },
@@ -292,6 +298,11 @@ impl Bf16Kernel {
         self.entry.conv_direct.is_some()
     }
 
+    /// The blocking this line packs with when no plan chooses one.
+    pub fn default_blocking(&self) -> Blocking {
+        self.entry.blocking
+    }
+
     /// Runs the kernel's throughput probe for `iters` rounds; returns the multiply-adds done,
     /// or `None` when this CPU cannot run the kernel.
     pub fn run_peak_probe(&self, iters: usize) -> Option<f64> {
@@ -321,6 +332,8 @@ pub struct PackedBBf16 {
     /// `(k0, kc, offset)` of each K block; `kc` is a multiple of 32 except possibly the last.
     pub(crate) blocks: Vec<(usize, usize, usize)>,
     pub(crate) data: AlignedVec<Bf16>,
+    /// The blocking the loops run with (`kc` shaped `blocks`).
+    pub(crate) blocking: Blocking,
 }
 
 impl PackedBBf16 {
@@ -330,28 +343,51 @@ impl PackedBBf16 {
     /// If `b.len() != k * n`, or if `isa` is not supported by this CPU.
     pub fn new(b: &[Bf16], k: usize, n: usize, isa: Isa) -> PackedBBf16 {
         assert!(isa.is_supported(), "ISA {isa} is not supported by this CPU");
-        PackedBBf16::with_kernel(b, k, n, kernel_for(isa))
+        let kernel = kernel_for(isa);
+        PackedBBf16::with_kernel(b, k, n, kernel, kernel.default_blocking())
     }
 
-    /// Packs `b` for a given kernel line.
+    /// Packs `b` for a given kernel line and blocking (the line's
+    /// [`Bf16Kernel::default_blocking`] or a plan's; `blocking.kc` is rounded down to a multiple
+    /// of 32, the tile depth, and at least 32).
     ///
     /// # Panics
-    /// If `b.len() != k * n`, or if this CPU cannot run `kernel`.
-    pub fn with_kernel(b: &[Bf16], k: usize, n: usize, kernel: &'static Bf16Kernel) -> PackedBBf16 {
+    /// If `b.len() != k * n`, if this CPU cannot run `kernel`, or if a blocking size is zero.
+    pub fn with_kernel(
+        b: &[Bf16],
+        k: usize,
+        n: usize,
+        kernel: &'static Bf16Kernel,
+        blocking: Blocking,
+    ) -> PackedBBf16 {
         assert_eq!(b.len(), k * n, "B must be K x N");
         assert!(
             kernel.info.is_runnable(),
             "kernel {} cannot run on this CPU",
             kernel.info.name
         );
-        let (blocks, data) = pack::pack_b_pairs(b, k, n, kernel.info.nr, kernel.entry.kc);
+        assert!(
+            blocking.mc > 0 && blocking.nc > 0,
+            "blocking sizes too small: {blocking:?}"
+        );
+        let blocking = Blocking {
+            kc: (blocking.kc / 32 * 32).max(32),
+            ..blocking
+        };
+        let (blocks, data) = pack::pack_b_pairs(b, k, n, kernel.info.nr, blocking.kc);
         PackedBBf16 {
             kernel,
             k,
             n,
             blocks,
             data,
+            blocking,
         }
+    }
+
+    /// The blocking this packing is for.
+    pub fn blocking(&self) -> Blocking {
+        self.blocking
     }
 
     /// Rows of B (the GEMM's K).
@@ -453,6 +489,7 @@ pub fn pack_window_rows(
     in_c: usize,
     n: usize,
     kernel: &'static Bf16Kernel,
+    blocking: Blocking,
 ) -> PackedBBf16 {
     assert!(crate::amx::direct::window_rows_apply::<Bf16>(
         kernel_size,
@@ -460,7 +497,7 @@ pub fn pack_window_rows(
     ));
     let rows = crate::amx::direct::window_rows_weights(b, kernel_size, in_c, n);
     let k = crate::amx::direct::window_rows_k::<Bf16>(kernel_size);
-    PackedBBf16::with_kernel(&rows, k, n, kernel)
+    PackedBBf16::with_kernel(&rows, k, n, kernel, blocking)
 }
 
 /// The convolution of `input` (NHWC bf16) by `b` through the epilogue into C, with A read in

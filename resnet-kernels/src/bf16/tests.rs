@@ -108,11 +108,26 @@ impl Problem {
     }
 }
 
-/// The runner for one kernel line through [`gemm_bf16`].
+/// The runner for one kernel line through [`gemm_bf16`], with its default blocking.
 fn line_runner(
     line: &'static Bf16Kernel,
 ) -> impl Fn(&ASourceBf16<'_>, &[Bf16], (usize, usize), OutputBf16<'_>, &EpilogueBf16<'_>) {
-    move |a, b, (k, n), out, epi| gemm_bf16(a, &PackedBBf16::with_kernel(b, k, n, line), out, epi)
+    line_runner_with(line, line.default_blocking())
+}
+
+/// The runner for one kernel line through [`gemm_bf16`], packed with `blocking` (a plan's).
+fn line_runner_with(
+    line: &'static Bf16Kernel,
+    blocking: Blocking,
+) -> impl Fn(&ASourceBf16<'_>, &[Bf16], (usize, usize), OutputBf16<'_>, &EpilogueBf16<'_>) {
+    move |a, b, (k, n), out, epi| {
+        gemm_bf16(
+            a,
+            &PackedBBf16::with_kernel(b, k, n, line, blocking),
+            out,
+            epi,
+        )
+    }
 }
 
 /// Every line of the bf16 table this machine can run, plus the AMX-BF16 kernel on the model of
@@ -145,7 +160,9 @@ proptest! {
     }
 }
 
-/// Shapes of ResNet-18 itself: the 147-deep stem, 4608 (12 K blocks), the 49-pixel layer4.
+/// Shapes of ResNet-18 itself: the 147-deep stem, 4608 (12 K blocks), the 49-pixel layer4;
+/// with each line's default blocking and with blockings a plan may choose (K blocks of 64
+/// and of all of K; work items of a few rows, of all rows, of one micro-panel of columns).
 #[test]
 fn bf16_resnet_shapes_match_naive() {
     for (m, n, k) in [
@@ -156,17 +173,35 @@ fn bf16_resnet_shapes_match_naive() {
     ] {
         for bf16_out in [false, true] {
             for line in battery_kernels() {
-                Problem {
-                    m,
-                    n,
-                    k,
-                    bias: true,
-                    residual: true,
-                    relu: true,
-                    bf16_out,
-                    seed: 7,
+                let d = line.default_blocking();
+                for blocking in [
+                    d,
+                    Blocking {
+                        kc: 64,
+                        mc: 40,
+                        nc: 64,
+                    },
+                    Blocking {
+                        kc: 4608,
+                        mc: 512,
+                        nc: 32,
+                    },
+                ] {
+                    Problem {
+                        m,
+                        n,
+                        k,
+                        bias: true,
+                        residual: true,
+                        relu: true,
+                        bf16_out,
+                        seed: 7,
+                    }
+                    .check(
+                        &format!("{} {blocking:?}", line.info.name),
+                        &line_runner_with(line, blocking),
+                    );
                 }
-                .check(line.info.name, &line_runner(line));
             }
         }
     }
@@ -200,7 +235,7 @@ fn bf16_implicit_im2col_matches_explicit() {
         let b = values(g.k() * n, 12);
         let explicit = im2col_nhwc_bf16(&input, &g);
         for line in battery_kernels() {
-            let packed = PackedBBf16::with_kernel(&b, g.k(), n, line);
+            let packed = PackedBBf16::with_kernel(&b, g.k(), n, line, line.default_blocking());
             let mut via_matrix = vec![Bf16::ZERO; g.m() * n];
             let mut via_conv = vec![Bf16::ZERO; g.m() * n];
             let epi = EpilogueBf16::default();
@@ -393,7 +428,7 @@ fn amx_direct_convolution_equals_the_im2col_path() {
         let bias: Vec<f32> = values(n, seed + 2).iter().map(|v| v.to_f32()).collect();
         let res = values(m * n, seed + 3);
         for line in &lines {
-            let packed = PackedBBf16::with_kernel(&b, g.k(), n, line);
+            let packed = PackedBBf16::with_kernel(&b, g.k(), n, line, line.default_blocking());
             assert!(
                 in_place_applies(&g, &packed, InPlaceLayout::Padded),
                 "{g:?}"
@@ -491,10 +526,17 @@ fn in_place_applies_only_to_stride_1_whole_tile_rows_on_amx_lines() {
         pad: 1,
     };
     let gemm = |g: &ConvGeometry, line: &'static Bf16Kernel| {
-        PackedBBf16::with_kernel(&vec![Bf16::ZERO; g.k() * 32], g.k(), 32, line)
+        PackedBBf16::with_kernel(
+            &vec![Bf16::ZERO; g.k() * 32],
+            g.k(),
+            32,
+            line,
+            line.default_blocking(),
+        )
     };
-    let windows = |g: &ConvGeometry, line| {
-        pack_window_rows(&vec![Bf16::ZERO; g.k() * 32], 3, g.in_c, 32, line)
+    let windows = |g: &ConvGeometry, line: &'static Bf16Kernel| {
+        let zeros = vec![Bf16::ZERO; g.k() * 32];
+        pack_window_rows(&zeros, 3, g.in_c, 32, line, line.default_blocking())
     };
     type Packer = dyn Fn(&ConvGeometry, &'static Bf16Kernel) -> PackedBBf16;
     let (model, scalar) = (&AMX_MODEL_KERNEL, &KERNELS[0]);
@@ -587,8 +629,8 @@ fn amx_window_rows_convolution_agrees_with_the_im2col_path() {
         );
         let k_tiles = kernel * 32;
         for line in &lines {
-            let packed = PackedBBf16::with_kernel(&b, g.k(), n, line);
-            let windows = pack_window_rows(&b, kernel, in_c, n, line);
+            let packed = PackedBBf16::with_kernel(&b, g.k(), n, line, line.default_blocking());
+            let windows = pack_window_rows(&b, kernel, in_c, n, line, line.default_blocking());
             assert!(in_place_applies(&g, &windows, InPlaceLayout::WindowRows));
             for (residual, relu) in [(false, true), (true, false)] {
                 let epi = EpilogueBf16 {
@@ -690,7 +732,7 @@ fn amx_stem_rows_read_in_place_match_the_written_windows() {
     let covers =
         |o: usize, p: usize| (o * g.stride..o * g.stride + g.kernel).contains(&(p + g.pad));
     for line in &lines {
-        let windows = pack_window_rows(&b, g.kernel, g.in_c, n, line);
+        let windows = pack_window_rows(&b, g.kernel, g.in_c, n, line, line.default_blocking());
         let run = |input: &[Bf16]| {
             let mut c = vec![f32::NAN; g.m() * n];
             let out = OutputBf16::F32 { c: &mut c, ldc: n };
