@@ -121,6 +121,9 @@ impl crate::pool::PoolValue for Bf16 {
     fn max_key(self, other: Bf16) -> Bf16 {
         Bf16((self.0 as i16).max(other.0 as i16) as u16)
     }
+    const WIDE: crate::pool::WideKeys = crate::pool::WideKeys::SignedOrder16 {
+        lowest: Self::LOWEST_KEY.0,
+    };
 }
 
 /// Rounds every value of `src` into `dst` with [`Bf16::from_f32`] (`vcvtneps2bf16` 16 at a
