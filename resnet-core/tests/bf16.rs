@@ -177,6 +177,34 @@ fn bf16_backend_is_deterministic_and_checks_shapes() {
     assert!(backend.forward(small.view(), &mut NoObserver).is_err());
 }
 
+/// A batch gives each image what that image gives alone, bit for bit: the logits (no trace:
+/// the stem and its pool run one image at a time without keeping the batch's stem output) and,
+/// traced, every trace point, the stem's included (kept for the trace). Every layer computes
+/// each output pixel from its own image only, so nothing may change with the batch.
+#[test]
+fn bf16_batch_equals_its_images_one_at_a_time() {
+    let weights = synthetic_weights(0);
+    let backend = Bf16Backend::new(&weights, Isa::best_supported());
+    let batch = photos().slice_move(ndarray::s![..3, .., .., ..]);
+    let logits = backend.forward(batch.view(), &mut NoObserver).unwrap();
+    let mut traced = Capture::default();
+    let traced_logits = backend.forward(batch.view(), &mut traced).unwrap();
+    assert_eq!(logits, traced_logits, "the trace changed the logits");
+    for i in 0..3 {
+        let one = batch.slice(ndarray::s![i..i + 1, .., .., ..]);
+        let mut alone = Capture::default();
+        let got = backend.forward(one, &mut alone).unwrap();
+        assert_eq!(got.row(0), logits.row(i), "image {i}: logits");
+        for ((name, a), (_, b)) in alone.0.iter().zip(&traced.0) {
+            assert_eq!(
+                a.index_axis(Axis(0), 0),
+                b.index_axis(Axis(0), i),
+                "image {i} at {name}"
+            );
+        }
+    }
+}
+
 /// A `weights convert --dtype bf16` file runs without its convolution weights widened on load
 /// (`Values::Bf16`, folded one layer at a time): the same logits, bit for bit, as the same
 /// values loaded as f32 (widening a bf16 is exact, so nothing may change but memory).
