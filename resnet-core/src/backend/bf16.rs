@@ -16,7 +16,9 @@
 
 use super::folded::{fc_weight_transposed, nhwc_to_nchw, FoldedLayer};
 use super::native::classifier;
-use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
+use super::{
+    check_batch_shape, stem_and_pool_per_image, Backend, LayerObserver, Reporter, WorkspacePool,
+};
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
 use crate::plan::{bf16_in_place_preferred, ActivePlan, Method};
@@ -32,7 +34,6 @@ use resnet_kernels::bf16::{
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::PackedB;
 use resnet_kernels::layout::nchw_to_nhwc_with;
-use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
 use resnet_kernels::tiling::Blocking;
 
 /// Whether a convolution reads its input in place ([`conv_bf16_in_place`]) or packs an im2col.
@@ -320,31 +321,26 @@ impl Bf16Backend {
         ws.y.resize_for_overwrite(input.len());
         nchw_to_nhwc_with(input, n, c_in, h * w, &mut ws.y, f32_to_bf16);
 
-        // Stem: conv1 + bn1 + relu fused, then max-pool, one image at a time: each image's
-        // stem output (1.6 MB at 224 x 224) is pooled while it is in cache, where the whole
-        // batch's went through memory twice (Xeon model 167, batch 8: stem + pool 2.9-3.3 ->
-        // 2.5-2.7 ms). The batch's stem output is kept (in `skip`) only for a trace.
+        // Stem: conv1 + bn1 + relu fused, then max-pool, one image at a time (Xeon model 167,
+        // batch 8: stem + pool 2.9-3.3 -> 2.5-2.7 ms); the batch's stem output is kept (in
+        // `skip`) only for a trace.
         let mut c = self.stem.spec.out_channels;
         let (sh, sw) = self.stem.spec.output_hw(h, w);
-        let (ph, pw) = crate::arch::max_pool_output_hw(sh, sw);
-        let (image_in, image_stem, image_pooled) = (c_in * h * w, sh * sw * c, ph * pw * c);
-        ws.x.resize_for_overwrite(n * image_pooled);
-        if wants {
-            ws.skip.resize_for_overwrite(n * image_stem);
-        }
-        for i in 0..n {
-            let x = &ws.y[i * image_in..][..image_in];
-            self.stem.run(x, (1, h, w), &mut ws.t, None, true);
-            let stem = &ws.t[..image_stem];
-            if wants {
-                ws.skip[i * image_stem..][..image_stem].copy_from_slice(stem);
-            }
-            let pooled = &mut ws.x[i * image_pooled..][..image_pooled];
-            max_pool_3x3_s2_p1_nhwc(stem, 1, sh, sw, c, pooled);
-        }
+        stem_and_pool_per_image(
+            &ws.y,
+            n,
+            c_in * h * w,
+            (sh, sw, c),
+            |image, out| {
+                self.stem.run(image, (1, h, w), out, None, true);
+            },
+            &mut ws.t,
+            &mut ws.x,
+            wants.then_some(&mut ws.skip),
+        );
         // Without a trace the report reads only the shape (`skip` is not the stem's then).
         report(&mut trace, TracePoint::Stem, &ws.skip, [sh, sw, c]);
-        (h, w) = (ph, pw);
+        (h, w) = crate::arch::max_pool_output_hw(sh, sw);
         report(&mut trace, TracePoint::MaxPool, &ws.x, [h, w, c]);
 
         for block in &self.blocks {

@@ -14,7 +14,9 @@
 //!   state no layer allocates.
 
 use super::folded::{fc_weight_transposed, nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
-use super::{check_batch_shape, Backend, LayerObserver, Reporter, WorkspacePool};
+use super::{
+    check_batch_shape, stem_and_pool_per_image, Backend, LayerObserver, Reporter, WorkspacePool,
+};
 use crate::arch::{ResNet18Arch, TracePoint};
 use crate::error::Result;
 use crate::plan::{default_choice, ActivePlan, LayerChoice, Method};
@@ -23,7 +25,7 @@ use rayon::prelude::*;
 use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::{kernel_name, sgemm_packed, ASource, Epilogue, PackedB};
-use resnet_kernels::pool::{global_avg_pool_nhwc, max_pool_3x3_s2_p1_nhwc};
+use resnet_kernels::pool::global_avg_pool_nhwc;
 use resnet_kernels::winograd::{conv3x3_winograd, Conv3x3Shape, WinogradScratch, WinogradWeights};
 
 pub use super::WinogradPolicy;
@@ -278,25 +280,38 @@ impl NativeBackend {
         &self,
         batch: ArrayView4<'_, f32>,
         ws: &mut Workspace,
+        keep_stem: bool,
         tap: &mut TapFn<'_>,
     ) -> (usize, usize, usize) {
         let (n, c_in, mut h, mut w) = batch.dim();
-        ws.x.resize_for_overwrite(n * h * w * c_in);
+        // The input, NHWC, in `y` (free until the first block).
+        ws.y.resize_for_overwrite(n * h * w * c_in);
         let input = batch.as_standard_layout();
         let input = input.as_slice().expect("standard layout");
-        nchw_to_nhwc(input, n, c_in, h * w, &mut ws.x);
-        tap(Tap::Input, &ws.x, [n, h, w, c_in]);
+        nchw_to_nhwc(input, n, c_in, h * w, &mut ws.y);
+        tap(Tap::Input, &ws.y, [n, h, w, c_in]);
 
-        // Stem: conv1 + bn1 + relu fused, then max-pool.
-        (h, w) = self
-            .stem
-            .run(&ws.x, (n, h, w), &mut ws.t, None, true, &mut ws.winograd);
+        // Stem: conv1 + bn1 + relu fused, then max-pool, one image at a time (see
+        // `stem_and_pool_per_image`); the batch's stem output is kept (in `skip`) only when
+        // `keep_stem`.
         let mut c = self.stem.spec.out_channels;
-        tap(Tap::Stem, &ws.t, [n, h, w, c]);
-        let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
-        ws.x.resize_for_overwrite(n * ph * pw * c);
-        max_pool_3x3_s2_p1_nhwc(&ws.t, n, h, w, c, &mut ws.x);
-        (h, w) = (ph, pw);
+        let (sh, sw) = self.stem.spec.output_hw(h, w);
+        let winograd = &mut ws.winograd;
+        stem_and_pool_per_image(
+            &ws.y,
+            n,
+            c_in * h * w,
+            (sh, sw, c),
+            |image, out| {
+                self.stem.run(image, (1, h, w), out, None, true, winograd);
+            },
+            &mut ws.t,
+            &mut ws.x,
+            keep_stem.then_some(&mut ws.skip),
+        );
+        // Without `keep_stem` the tap reads only the shape (`skip` is not the stem's then).
+        tap(Tap::Stem, &ws.skip, [n, sh, sw, c]);
+        (h, w) = crate::arch::max_pool_output_hw(sh, sw);
         tap(Tap::MaxPool, &ws.x, [n, h, w, c]);
 
         for block in &self.blocks {
@@ -343,7 +358,7 @@ impl NativeBackend {
     /// [`Tap`] in NHWC: what INT8 calibration records its activation ranges from.
     pub(crate) fn probe(&self, batch: ArrayView4<'_, f32>, tap: &mut TapFn<'_>) {
         self.workspaces
-            .with(|ws| self.run_convolutions(batch, ws, tap));
+            .with(|ws| self.run_convolutions(batch, ws, true, tap));
     }
 
     fn forward_in(
@@ -356,16 +371,17 @@ impl NativeBackend {
         let mut trace = Reporter::new(observer);
         let n = batch.dim().0;
         // The trace points are the stem, the max-pool and each block (torchvision's modules).
-        let (h, w, c) = self.run_convolutions(batch, ws, &mut |point, data, [n, h, w, c]| {
-            let point = match point {
-                Tap::Stem => TracePoint::Stem,
-                Tap::MaxPool => TracePoint::MaxPool,
-                Tap::Block(i) => TracePoint::Block(i),
-                Tap::Input | Tap::Conv1(_) | Tap::Downsample(_) => return,
-            };
-            let out = wants.then(|| nhwc_to_nchw(data, n, h, w, c));
-            trace.report_shape(point, &[n, c, h, w], out.as_ref().map(|o| o.view()));
-        });
+        let (h, w, c) =
+            self.run_convolutions(batch, ws, wants, &mut |point, data, [n, h, w, c]| {
+                let point = match point {
+                    Tap::Stem => TracePoint::Stem,
+                    Tap::MaxPool => TracePoint::MaxPool,
+                    Tap::Block(i) => TracePoint::Block(i),
+                    Tap::Input | Tap::Conv1(_) | Tap::Downsample(_) => return,
+                };
+                let out = wants.then(|| nhwc_to_nchw(data, n, h, w, c));
+                trace.report_shape(point, &[n, c, h, w], out.as_ref().map(|o| o.view()));
+            });
 
         ws.features.resize(n * c, 0.0);
         global_avg_pool_nhwc(&ws.x, n, h * w, c, &mut ws.features);
