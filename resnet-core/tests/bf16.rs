@@ -178,11 +178,20 @@ fn bf16_backend_is_deterministic_and_checks_shapes() {
 }
 
 /// A batch gives each image what that image gives alone, bit for bit: the logits (no trace:
-/// the stem and its pool run one image at a time without keeping the batch's stem output) and,
+/// the stem and its pool run one image per thread at a time, here groups of 2 and 1 on 2
+/// threads, without keeping the batch's stem output) and,
 /// traced, every trace point, the stem's included (kept for the trace). Every layer computes
 /// each output pixel from its own image only, so nothing may change with the batch.
 #[test]
 fn bf16_batch_equals_its_images_one_at_a_time() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(batch_equals_its_images_one_at_a_time);
+}
+
+fn batch_equals_its_images_one_at_a_time() {
     let weights = synthetic_weights(0);
     let backend = Bf16Backend::new(&weights, Isa::best_supported());
     let batch = photos().slice_move(ndarray::s![..3, .., .., ..]);

@@ -17,7 +17,7 @@
 use super::folded::{fc_weight_transposed, nhwc_to_nchw, FoldedLayer};
 use super::native::classifier;
 use super::{
-    check_batch_shape, stem_and_pool_per_image, Backend, LayerObserver, Reporter, WorkspacePool,
+    check_batch_shape, stem_and_pool_in_groups, Backend, LayerObserver, Reporter, WorkspacePool,
 };
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
@@ -321,18 +321,18 @@ impl Bf16Backend {
         ws.y.resize_for_overwrite(input.len());
         nchw_to_nhwc_with(input, n, c_in, h * w, &mut ws.y, f32_to_bf16);
 
-        // Stem: conv1 + bn1 + relu fused, then max-pool, one image at a time (Xeon model 167,
-        // batch 8: stem + pool 2.9-3.3 -> 2.5-2.7 ms); the batch's stem output is kept (in
-        // `skip`) only for a trace.
+        // Stem: conv1 + bn1 + relu fused, then max-pool, one image per thread at a time (see
+        // `stem_and_pool_in_groups`); the batch's stem output is kept (in `skip`) only for a
+        // trace.
         let mut c = self.stem.spec.out_channels;
         let (sh, sw) = self.stem.spec.output_hw(h, w);
-        stem_and_pool_per_image(
+        stem_and_pool_in_groups(
             &ws.y,
             n,
             c_in * h * w,
             (sh, sw, c),
-            |image, out| {
-                self.stem.run(image, (1, h, w), out, None, true);
+            |images, count, out| {
+                self.stem.run(images, (count, h, w), out, None, true);
             },
             &mut ws.t,
             &mut ws.x,

@@ -387,19 +387,21 @@ pub(crate) fn check_batch_shape(batch: &ArrayView4<'_, f32>) -> Result<()> {
     Ok(())
 }
 
-/// The stem and its max-pool, one image at a time: `stem(image, out)` writes one image's stem
-/// output (`[sh, sw, c]`, NHWC) into `out`, which is pooled into that image's part of `pooled`
-/// while it is in cache. At batch 8 the whole batch's stem output (12.8 MB of bf16, 25.7 MB of
-/// f32) went through memory twice, written and read back by the pool. `keep` receives the
-/// batch's stem output when a caller needs it (a trace, the calibration's probe).
+/// The stem and its max-pool, a group of images at a time: `stem(images, count, out)` writes
+/// the stem output of `count` images (`[count, sh, sw, c]`, NHWC) into `out`, which is pooled
+/// into those images' part of `pooled` while it is in cache. At batch 8 the whole batch's stem
+/// output (12.8 MB of bf16, 25.7 MB of f32) went through memory twice, written and read back by
+/// the pool. A group has one image per thread, so that a plan's blocking tuned on the whole
+/// batch (the bf16 stem's: one work item per image) still gives every thread work. `keep`
+/// receives the batch's stem output when a caller needs it (a trace, the calibration's probe).
 /// `input` is the batch, NHWC, `image_in` values per image.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn stem_and_pool_per_image<T: PoolValue + Plain + Default>(
+pub(super) fn stem_and_pool_in_groups<T: PoolValue + Plain + Default>(
     input: &[T],
     n: usize,
     image_in: usize,
     (sh, sw, c): (usize, usize, usize),
-    mut stem: impl FnMut(&[T], &mut AlignedVec<T>),
+    mut stem: impl FnMut(&[T], usize, &mut AlignedVec<T>),
     out: &mut AlignedVec<T>,
     pooled: &mut AlignedVec<T>,
     mut keep: Option<&mut AlignedVec<T>>,
@@ -410,13 +412,15 @@ pub(super) fn stem_and_pool_per_image<T: PoolValue + Plain + Default>(
     if let Some(k) = keep.as_deref_mut() {
         k.resize_for_overwrite(n * image_stem);
     }
-    for i in 0..n {
-        stem(&input[i * image_in..][..image_in], out);
-        let image = &out[..image_stem];
+    let group = rayon::current_num_threads().max(1);
+    for first in (0..n).step_by(group) {
+        let count = group.min(n - first);
+        stem(&input[first * image_in..][..count * image_in], count, out);
+        let images = &out[..count * image_stem];
         if let Some(k) = keep.as_deref_mut() {
-            k[i * image_stem..][..image_stem].copy_from_slice(image);
+            k[first * image_stem..][..count * image_stem].copy_from_slice(images);
         }
-        let dst = &mut pooled[i * image_pooled..][..image_pooled];
-        max_pool_3x3_s2_p1_nhwc(image, 1, sh, sw, c, dst);
+        let dst = &mut pooled[first * image_pooled..][..count * image_pooled];
+        max_pool_3x3_s2_p1_nhwc(images, count, sh, sw, c, dst);
     }
 }

@@ -15,7 +15,7 @@
 
 use super::folded::{fc_weight_transposed, nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
 use super::{
-    check_batch_shape, stem_and_pool_per_image, Backend, LayerObserver, Reporter, WorkspacePool,
+    check_batch_shape, stem_and_pool_in_groups, Backend, LayerObserver, Reporter, WorkspacePool,
 };
 use crate::arch::{ResNet18Arch, TracePoint};
 use crate::error::Result;
@@ -291,19 +291,20 @@ impl NativeBackend {
         nchw_to_nhwc(input, n, c_in, h * w, &mut ws.y);
         tap(Tap::Input, &ws.y, [n, h, w, c_in]);
 
-        // Stem: conv1 + bn1 + relu fused, then max-pool, one image at a time (see
-        // `stem_and_pool_per_image`); the batch's stem output is kept (in `skip`) only when
+        // Stem: conv1 + bn1 + relu fused, then max-pool, one image per thread at a time (see
+        // `stem_and_pool_in_groups`); the batch's stem output is kept (in `skip`) only when
         // `keep_stem`.
         let mut c = self.stem.spec.out_channels;
         let (sh, sw) = self.stem.spec.output_hw(h, w);
         let winograd = &mut ws.winograd;
-        stem_and_pool_per_image(
+        stem_and_pool_in_groups(
             &ws.y,
             n,
             c_in * h * w,
             (sh, sw, c),
-            |image, out| {
-                self.stem.run(image, (1, h, w), out, None, true, winograd);
+            |images, count, out| {
+                self.stem
+                    .run(images, (count, h, w), out, None, true, winograd);
             },
             &mut ws.t,
             &mut ws.x,
