@@ -1063,6 +1063,14 @@ mod tests {
         ]
     }
 
+    /// `plan` names its backend in its JSON and parses back to itself.
+    fn assert_round_trips(plan: &Plan) {
+        let json = plan.to_json();
+        let backend = format!("\"backend\": \"{}\"", plan.backend);
+        assert!(json.contains(&backend), "{json}");
+        assert_eq!(&Plan::parse(json.as_bytes(), "mem").unwrap(), plan);
+    }
+
     /// Each edit of `plan` is refused with an error naming the file and saying what is wrong.
     fn assert_refused(plan: &Plan, edits: Vec<(Edit, String)>) {
         for (edit, needle) in edits {
@@ -1081,9 +1089,7 @@ mod tests {
     #[test]
     fn an_int8_plan_round_trips_and_its_choices_are_checked_against_the_int8_family() {
         let plan = int8_heuristic_plan(2, 8);
-        let json = plan.to_json();
-        assert!(json.contains("\"backend\": \"int8\""), "{json}");
-        assert_eq!(Plan::parse(json.as_bytes(), "mem").unwrap(), plan);
+        assert_round_trips(&plan);
         let f32_kernel = gemm::kernel_name(Isa::best_supported()).to_string();
         assert_refused(
             &plan,
@@ -1107,13 +1113,9 @@ mod tests {
     fn bf16_heuristic_plan(threads: usize, batch: usize) -> Plan {
         let isa = Isa::best_supported();
         Plan {
-            format: FORMAT,
             backend: PlanBackend::Bf16,
-            isa: isa.name().into(),
-            key: PlanKey::current(threads, batch),
-            created: String::new(),
             layers: ResNet18Arch::new()
-                .convs_with_inputs(224, 224)
+                .convs_with_inputs(crate::arch::INPUT_SIZE, crate::arch::INPUT_SIZE)
                 .into_iter()
                 .map(|(spec, [_, h, w])| LayerPlan {
                     layer: spec.conv.clone(),
@@ -1121,15 +1123,14 @@ mod tests {
                     candidates: vec![],
                 })
                 .collect(),
+            ..heuristic_plan(threads, batch)
         }
     }
 
     #[test]
     fn a_bf16_plan_round_trips_and_its_choices_are_checked_against_the_bf16_family() {
         let plan = bf16_heuristic_plan(2, 1);
-        let json = plan.to_json();
-        assert!(json.contains("\"backend\": \"bf16\""), "{json}");
-        assert_eq!(Plan::parse(json.as_bytes(), "mem").unwrap(), plan);
+        assert_round_trips(&plan);
         let int8_kernel = int8::kernel_name(Isa::best_supported()).to_string();
         assert_refused(
             &plan,

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
-use crate::plan::{bf16_in_place_preferred, ActivePlan, Method};
+use crate::plan::{bf16_in_place_by_default, ActivePlan, LayerChoice, Method};
 use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4};
 use rayon::prelude::*;
@@ -43,9 +43,26 @@ pub(super) enum InPlaceRule {
     Always,
     /// A plan's [`Method::Direct`]: the im2col.
     Never,
-    /// No plan: the stem's window rows wherever the line reads in place, the other layers per
-    /// call, where [`bf16_in_place_preferred`] says so for the call's geometry (its batch).
+    /// No plan: per call, where [`bf16_in_place_by_default`] says so for the call's geometry
+    /// (its batch).
     Heuristic,
+}
+
+/// What a convolution is packed and run with: its kernel line, blocking and in-place rule.
+pub(super) type Bf16Line = (&'static Bf16Kernel, Blocking, InPlaceRule);
+
+/// A plan entry's line (validated plans and the tuner's candidates name registered bf16
+/// kernels).
+pub(super) fn planned_line(choice: &LayerChoice) -> Bf16Line {
+    let kernel = choice
+        .bf16_kernel_line()
+        .expect("a validated plan or candidate names a registered bf16 kernel");
+    let rule = if choice.method == Method::InPlace {
+        InPlaceRule::Always
+    } else {
+        InPlaceRule::Never
+    };
+    (kernel, choice.blocking(), rule)
 }
 
 /// One convolution prepared for the bf16 kernel: packed bf16 weights and the f32 bias.
@@ -61,10 +78,7 @@ pub(super) struct Bf16Layer {
 impl Bf16Layer {
     /// Rounds and packs a folded convolution for `kernel` with `blocking`; `rule` says whether
     /// it reads its input in place.
-    pub(super) fn new(
-        layer: FoldedLayer,
-        (kernel, blocking, rule): (&'static Bf16Kernel, Blocking, InPlaceRule),
-    ) -> Bf16Layer {
+    pub(super) fn new(layer: FoldedLayer, (kernel, blocking, rule): Bf16Line) -> Bf16Layer {
         let s = layer.spec.clone();
         let b = layer.weights_khwc_by_oc();
         let mut rounded = vec![Bf16::ZERO; b.len()];
@@ -124,7 +138,7 @@ impl Bf16Layer {
         let wanted = match self.rule {
             InPlaceRule::Always => true,
             InPlaceRule::Never => false,
-            InPlaceRule::Heuristic => bf16_in_place_preferred(&geometry),
+            InPlaceRule::Heuristic => bf16_in_place_by_default(self.weights.kernel(), &geometry),
         };
         let layout = if self.window_rows {
             Some(InPlaceLayout::WindowRows)
@@ -222,16 +236,7 @@ impl Bf16Backend {
         // Each convolution's kernel, blocking and rule: its plan entry, else `kernel` with its
         // default blocking and the heuristic.
         let line = |conv: &str| match plan.as_ref().and_then(|p| p.plan.choice(conv)) {
-            Some(c) => (
-                c.bf16_kernel_line()
-                    .expect("validated plan names a registered bf16 kernel"),
-                c.blocking(),
-                if c.method == Method::InPlace {
-                    InPlaceRule::Always
-                } else {
-                    InPlaceRule::Never
-                },
-            ),
+            Some(c) => planned_line(c),
             None => (kernel, kernel.default_blocking(), InPlaceRule::Heuristic),
         };
         let arch = ResNet18Arch::new();
@@ -266,21 +271,15 @@ impl Bf16Backend {
                 }
             })
             .collect();
-        let weight_bytes = std::iter::once(&stem)
-            .chain(blocks.iter().flat_map(|b| {
+        let layers = || {
+            std::iter::once(&stem).chain(blocks.iter().flat_map(|b| {
                 [&b.conv1, &b.conv2]
                     .into_iter()
                     .chain(b.downsample.as_ref())
             }))
-            .map(|l| l.weights.bytes())
-            .sum();
-        let uses_amx = std::iter::once(&stem)
-            .chain(blocks.iter().flat_map(|b| {
-                [&b.conv1, &b.conv2]
-                    .into_iter()
-                    .chain(b.downsample.as_ref())
-            }))
-            .any(|l| l.weights.kernel().info.isa == Isa::Amx);
+        };
+        let weight_bytes = layers().map(|l| l.weights.bytes()).sum();
+        let uses_amx = layers().any(|l| l.weights.kernel().info.isa == Isa::Amx);
         if let Some(p) = &plan {
             log::debug!("bf16: per-layer plan {} in use", p.path.display());
         }
@@ -338,8 +337,9 @@ impl Bf16Backend {
             &mut ws.x,
             wants.then_some(&mut ws.skip),
         );
-        // Without a trace the report reads only the shape (`skip` is not the stem's then).
-        report(&mut trace, TracePoint::Stem, &ws.skip, [sh, sw, c]);
+        // Without a trace the stem's output of the batch is not kept: only its shape is reported.
+        let stem_out: &[Bf16] = if wants { &ws.skip } else { &[] };
+        report(&mut trace, TracePoint::Stem, stem_out, [sh, sw, c]);
         (h, w) = crate::arch::max_pool_output_hw(sh, sw);
         report(&mut trace, TracePoint::MaxPool, &ws.x, [h, w, c]);
 

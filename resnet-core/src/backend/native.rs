@@ -310,8 +310,9 @@ impl NativeBackend {
             &mut ws.x,
             keep_stem.then_some(&mut ws.skip),
         );
-        // Without `keep_stem` the tap reads only the shape (`skip` is not the stem's then).
-        tap(Tap::Stem, &ws.skip, [n, sh, sw, c]);
+        // Without `keep_stem` the stem's output of the batch is not kept: the tap gets no data.
+        let stem_out: &[f32] = if keep_stem { &ws.skip } else { &[] };
+        tap(Tap::Stem, stem_out, [n, sh, sw, c]);
         (h, w) = crate::arch::max_pool_output_hw(sh, sw);
         tap(Tap::MaxPool, &ws.x, [n, h, w, c]);
 

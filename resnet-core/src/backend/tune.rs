@@ -6,7 +6,7 @@
 //! INT8, one bf16 rounding step for bf16); the budget, the timing and the choice are shared
 //! ([`Tuner`]).
 
-use super::bf16::{Bf16Layer, InPlaceRule};
+use super::bf16::{planned_line, Bf16Layer};
 use super::folded::FoldedLayer;
 use super::int8::Int8Layer;
 use super::native::PackedLayer;
@@ -237,7 +237,6 @@ pub fn tune_native(
             );
             out
         };
-        let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
         let mut candidates = Vec::new();
         for choice in choices {
             let layer = PackedLayer::with_choice(FoldedLayer::new(weights, &spec), &choice);
@@ -254,11 +253,11 @@ pub fn tune_native(
                 );
             };
             run(&mut out, &mut scratch);
-            let err = out
-                .iter()
-                .zip(&reference)
-                .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
-            let max_rel_error = if scale > 0.0 { err / scale } else { err };
+            let max_rel_error = max_rel_error(
+                out.iter()
+                    .zip(&reference)
+                    .map(|(&a, &b)| (a as f64, b as f64)),
+            );
             let accepted = max_rel_error <= ACCURACY_BOUND && out.len() == reference.len();
             candidates.push(tuner.candidate(i, choice, (max_rel_error, accepted), || {
                 run(&mut out, &mut scratch)
@@ -401,18 +400,7 @@ pub fn tune_bf16(
             .then(|| to_bf16(residual_for(&spec, batch, h, w)));
         let relu = !spec.conv.contains("downsample");
         let build = |choice: &LayerChoice| {
-            let line = choice
-                .bf16_kernel_line()
-                .expect("candidates name registered bf16 kernels");
-            let rule = if choice.method == plan::Method::InPlace {
-                InPlaceRule::Always
-            } else {
-                InPlaceRule::Never
-            };
-            Bf16Layer::new(
-                FoldedLayer::new(weights, &spec),
-                (line, choice.blocking(), rule),
-            )
+            Bf16Layer::new(FoldedLayer::new(weights, &spec), planned_line(choice))
         };
         let run = |layer: &Bf16Layer, out: &mut AlignedVec<Bf16>| {
             layer.run(&input, (batch, h, w), out, residual.as_deref(), relu);
@@ -424,18 +412,14 @@ pub fn tune_bf16(
             ..fallback.clone()
         };
         run(&build(&packed), &mut reference);
-        let scale = reference
-            .iter()
-            .fold(0.0f64, |m, v| m.max(v.to_f32().abs() as f64));
         let mut candidates = Vec::new();
         for choice in choices {
             let layer = build(&choice);
             let mut out = AlignedVec::new();
             run(&layer, &mut out);
-            let err = out.iter().zip(&reference).fold(0.0f64, |m, (a, b)| {
-                m.max((a.to_f32() as f64 - b.to_f32() as f64).abs())
-            });
-            let max_rel_error = if scale > 0.0 { err / scale } else { err };
+            let max_rel_error = max_rel_error(
+                (out.iter().zip(&reference)).map(|(a, b)| (a.to_f32() as f64, b.to_f32() as f64)),
+            );
             let accepted = max_rel_error <= BF16_ACCURACY_BOUND && out.len() == reference.len();
             candidates.push(tuner.candidate(i, choice, (max_rel_error, accepted), || {
                 run(&layer, &mut out)
@@ -447,6 +431,19 @@ pub fn tune_bf16(
         resnet_kernels::amx::release_thread_tiles();
     }
     tuner.plan(PlanBackend::Bf16, isa, batch)
+}
+
+/// The largest difference of `(got, want)` pairs relative to the largest `|want|` (absolute
+/// when every `want` is zero): what a candidate's output is accepted by.
+fn max_rel_error(pairs: impl Iterator<Item = (f64, f64)>) -> f64 {
+    let (err, scale) = pairs.fold((0.0f64, 0.0f64), |(e, s), (got, want)| {
+        (e.max((got - want).abs()), s.max(want.abs()))
+    });
+    if scale > 0.0 {
+        err / scale
+    } else {
+        err
+    }
 }
 
 /// Bytes each thread writes to push a layer's weights and activations out of its core's
