@@ -371,13 +371,31 @@ pub fn method_applies(method: Method, spec: &ConvBn, backend: PlanBackend) -> bo
     }
 }
 
-/// The heuristic's in-place rule: the line can, the layer allows it, and its output is at least
+/// The heuristic's in-place rule: the line can, the layer allows it (the stem's window rows,
+/// or the padded layout at [`PADDED_IN_PLACE_STRIDE`]), and its output is at least
 /// [`IN_PLACE_MIN_WIDTH`] wide.
 pub fn in_place_by_default(kernel: &int8::Int8Kernel, spec: &ConvBn, width: usize) -> bool {
+    let g = spec.geometry(1, spec.kernel, spec.kernel);
     kernel.reads_in_place()
-        && method_applies(Method::InPlace, spec, PlanBackend::Int8)
+        && match int8::in_place_layout(&g) {
+            Some(int8::InPlaceLayout::WindowRows) => true,
+            Some(int8::InPlaceLayout::Padded) => spec.stride == PADDED_IN_PLACE_STRIDE,
+            None => false,
+        }
         && width >= IN_PLACE_MIN_WIDTH
 }
+
+/// The only stride at which the heuristics read a layer in place with the padded layout. The
+/// strided layers (layer2-4's first convolution and their 1x1 downsamples) can be read in
+/// place too, from their input's rows split by parity, but on the Xeon model 167 (sixth
+/// session of 2026-12-07, `resnet tune`, cold, AMX lines,
+/// `benches/results/2026-12-07-xeon-167/tune-strided-in-place.txt`) that lost at batch 8 on
+/// all six in both families (bf16 layer2.0.conv1 0.536 -> 0.550 ms, layer4.0.conv1 0.559 ->
+/// 0.659, the downsamples by 16-20%; int8 by 6-9%: a batch's split copy does not stay in L2,
+/// while the im2col packs each block from the input in cache) and won at batch 1 on some
+/// (bf16: layer2 and layer4's downsamples by 30-38%, layer4.0.conv1 by 15%). The tuner tries
+/// both per layer and batch.
+pub const PADDED_IN_PLACE_STRIDE: usize = 1;
 
 fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Result<(), String> {
     if choice.method == Method::InPlace && backend == PlanBackend::Native {
@@ -386,8 +404,8 @@ fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Re
     if !method_applies(choice.method, spec, backend) {
         return Err(match choice.method {
             Method::InPlace => format!(
-                "reading the input in place does not apply to a stride-{} convolution of {} input channels",
-                spec.stride, spec.in_channels
+                "reading the input in place does not apply to a {}x{} convolution of {} input channels",
+                spec.kernel, spec.kernel, spec.in_channels
             ),
             _ => format!(
                 "Winograd F(4x4,3x3) does not apply to a {}x{} stride-{} convolution",
@@ -558,7 +576,8 @@ pub const IN_PLACE_MIN_WIDTH: usize = 14;
 pub fn bf16_in_place_preferred(g: &gemm::ConvGeometry) -> bool {
     // The AMX kernels' 2 x 2 tile block.
     let rows_per_block = 2 * resnet_kernels::amx::MAX_ROWS;
-    let padded_w = g.in_w + 2 * g.pad;
+    // The in-place path's rows per output row: the padded width split by the stride.
+    let padded_w = (g.in_w + 2 * g.pad).div_ceil(g.stride);
     let in_place_blocks = g.batch * (g.out_h() * padded_w).div_ceil(rows_per_block);
     g.out_w() >= IN_PLACE_MIN_WIDTH || in_place_blocks <= g.m().div_ceil(rows_per_block)
 }
@@ -690,7 +709,9 @@ pub fn bf16_in_place_by_default(kernel: &bf16::Bf16Kernel, g: &gemm::ConvGeometr
     kernel.reads_in_place()
         && match bf16::in_place_layout(g) {
             Some(bf16::InPlaceLayout::WindowRows) => true,
-            Some(bf16::InPlaceLayout::Padded) => bf16_in_place_preferred(g),
+            Some(bf16::InPlaceLayout::Padded) => {
+                g.stride == PADDED_IN_PLACE_STRIDE && bf16_in_place_preferred(g)
+            }
             None => false,
         }
 }
@@ -1029,9 +1050,10 @@ mod tests {
     }
 
     /// The edits a plan of a family with an in-place AMX line refuses, each with what the error
-    /// says: Winograd, a kernel of another family (`foreign`), a zero blocking size, in place
-    /// on a stride-2 layer and on a line that packs A (`packs_a`). `backend` and `family` name
-    /// the backend and its kernel family as the messages do.
+    /// says: Winograd, a kernel of another family (`foreign`), a zero blocking size, and in
+    /// place on a line that packs A (`packs_a`). `backend` and `family` name the backend and
+    /// its kernel family as the messages do. (In place applies to every layer of ResNet-18:
+    /// [`in_place_is_refused_where_the_channels_fit_no_layout`] checks the shape rule.)
     fn family_edits(
         backend: &str,
         family: &str,
@@ -1048,11 +1070,6 @@ mod tests {
                 format!("unknown {family} kernel"),
             ),
             (Box::new(|p| p.layers[3].choice.kc = 0), "kc = 0".into()),
-            // layer2.0.conv1 has stride 2.
-            (
-                Box::new(|p| p.layers[5].choice.method = Method::InPlace),
-                "does not apply to a stride-2 convolution".into(),
-            ),
             (
                 Box::new(move |p| {
                     p.layers[1].choice.method = Method::InPlace;
@@ -1166,13 +1183,20 @@ mod tests {
         );
         let in_place = |c: &[LayerChoice]| c.iter().any(|c| c.method == Method::InPlace);
         assert_eq!(in_place(&cands), bf16::kernel_for(isa).reads_in_place());
+        // A stride-2 layer is tried in place too (its rows split by parity), but the
+        // heuristic packs it, even at batch 1 where the 7-wide stride-1 layers are in place.
         let stride2 = arch.convs().find(|c| c.conv == "layer4.0.conv1").unwrap();
-        assert!(!in_place(&candidates_bf16(
-            stride2,
-            isa,
-            &stride2.geometry(8, 14, 14),
-            2
-        )));
+        let (at_1, at_8) = (stride2.geometry(1, 14, 14), stride2.geometry(8, 14, 14));
+        assert_eq!(
+            in_place(&candidates_bf16(stride2, isa, &at_8, 2)),
+            bf16::kernel_for(isa).reads_in_place()
+        );
+        assert_eq!(default_choice_bf16(isa, &at_1).method, Method::Direct);
+        let stride1 = arch.convs().find(|c| c.conv == "layer4.0.conv2").unwrap();
+        assert_eq!(
+            default_choice_bf16(isa, &stride1.geometry(1, 7, 7)).method == Method::InPlace,
+            bf16::kernel_for(isa).reads_in_place()
+        );
         // The stem reads its window rows in place where the line can, at any batch.
         let stem = arch.convs().next().unwrap();
         assert_eq!(
@@ -1209,11 +1233,21 @@ mod tests {
             cands.iter().any(|c| c.nc == 256 && c.mc >= 49),
             "{cands:#?}"
         );
-        // On an AMX line the stride-1 layer is also tried in place, the stride-2 one is not.
+        // On an AMX line both layers are also tried in place (the stride-2 one from its rows
+        // split by parity), but the heuristic packs the stride-2 ones even from 14 wide.
         let in_place = |c: &[LayerChoice]| c.iter().any(|c| c.method == Method::InPlace);
-        assert_eq!(in_place(&cands), int8::kernel_for(isa).reads_in_place());
+        let reads_in_place = int8::kernel_for(isa).reads_in_place();
+        assert_eq!(in_place(&cands), reads_in_place);
         let stride2 = arch.convs().find(|c| c.conv == "layer4.0.conv1").unwrap();
-        assert!(!in_place(&candidates_int8(stride2, isa, 49, 7, 2)));
+        assert_eq!(
+            in_place(&candidates_int8(stride2, isa, 49, 7, 2)),
+            reads_in_place
+        );
+        let stride2_wide = arch.convs().find(|c| c.conv == "layer2.0.conv1").unwrap();
+        assert_eq!(
+            default_choice_int8(stride2_wide, isa, 28).method,
+            Method::Direct
+        );
         // The heuristic reads layer1 (56 wide) in place where the line can.
         let wide = arch.convs().find(|c| c.conv == "layer1.0.conv1").unwrap();
         assert_eq!(
@@ -1222,6 +1256,35 @@ mod tests {
         );
         for c in &cands {
             check_choice(c, spec, PlanBackend::Int8).unwrap();
+        }
+    }
+
+    /// In place is refused by the shape rule where the channels fill no whole tile row and one
+    /// kernel row's window does not fit one either (48 channels: 96 bf16 bytes, 48 INT8 bytes;
+    /// 3 x 48 per kernel row), and allowed at stride 2 where they do (64 channels).
+    #[test]
+    fn in_place_is_refused_where_the_channels_fit_no_layout() {
+        let spec = |in_channels, stride| ConvBn {
+            conv: "x".into(),
+            bn: "x.bn".into(),
+            in_channels,
+            out_channels: 64,
+            kernel: 3,
+            stride,
+            padding: 1,
+        };
+        for backend in [PlanBackend::Int8, PlanBackend::Bf16] {
+            assert!(!method_applies(Method::InPlace, &spec(48, 1), backend));
+            assert!(method_applies(Method::InPlace, &spec(64, 2), backend));
+            let choice = LayerChoice {
+                method: Method::InPlace,
+                ..default_choice_int8(&spec(48, 1), Isa::best_supported(), 56)
+            };
+            let err = check_choice(&choice, &spec(48, 1), backend).unwrap_err();
+            assert!(
+                err.contains("does not apply to a 3x3 convolution of 48 input channels"),
+                "{err}"
+            );
         }
     }
 }

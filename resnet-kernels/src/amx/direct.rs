@@ -1,16 +1,20 @@
 //! A convolution with A read in place, for the AMX lines of both families (INT8 and bf16): no
-//! im2col is packed. The input is copied once into a padded NHWC buffer; then for a stride-1
-//! convolution the 32 rows of an A block are 32 consecutive pixels of that buffer (row stride:
-//! one pixel, `C` elements), and K step `s` (64 bytes of channels `c0..` of window position
-//! `(kh, kw)`) is the same block shifted by `(kh * Wp + kw) * C + c0` elements: one `tileloadd`
-//! per A tile, straight from the activation ([`super::Gather2x2`]).
+//! im2col is packed. The input is copied once into a padded NHWC buffer whose rows are split by
+//! their index modulo the stride ([`SplitRows`]; one part at stride 1). Then the 32 rows of an A
+//! block are 32 consecutive output pixels, `stride` pixels apart in that buffer (row stride:
+//! `stride x C` elements), and K step `s` (64 bytes of channels `c0..` of window position
+//! `(kh, kw)`) is the same block shifted to part `kh % stride`, `kh / stride` rows down and
+//! `kw` pixels right: one `tileloadd` per A tile, straight from the activation
+//! ([`super::Gather2x2`]).
 //!
-//! Output rows are counted in the padded image's geometry: row `r` of image `n` is output
-//! pixel `(r / Wp, r % Wp)`, so each image has `Ho * Wp` rows of which the `Wp - Wo` at the
-//! end of each pixel row fall on the padding: they are computed (about 2 / Wp of the work) and
-//! never stored. Every kept row's tiles hold exactly what the im2col path's tiles hold (the
-//! padding is what im2col writes outside the image) and go through the same instructions in
-//! the same order, so the two paths agree bit for bit in both families (tested).
+//! Output rows are counted in the split buffer's geometry: row `r` of image `n` is output
+//! pixel `(r / Wq, r % Wq)` with `Wq` the padded width divided by the stride, so each image has
+//! `Ho * Wq` rows of which the `Wq - Wo` at the end of each pixel row fall on the padding: they
+//! are computed (about 2 / Wp of the work at stride 1, 1 / Wq at stride 2 with padding 1, none
+//! for a 1x1 stride-2 convolution) and never stored. Every kept row's tiles hold exactly what
+//! the im2col path's tiles hold (the padding is what im2col writes outside the image) and go
+//! through the same instructions in the same order, so the two paths agree bit for bit in both
+//! families (tested).
 //!
 //! What differs between the families (element, sums, epilogue) is [`InPlaceFamily`]; the
 //! loop, the padded copy and the row bookkeeping are here once.
@@ -77,8 +81,8 @@ pub(crate) trait InPlaceFamily: Sync {
 /// How an in-place convolution lays its input out for the tiles to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InPlaceLayout {
-    /// A padded copy of the NHWC input: stride 1, channels in whole 64-byte tile rows; the
-    /// weights packed as for the family's GEMM.
+    /// A padded copy of the NHWC input, its rows split by the stride: channels in whole 64-byte
+    /// tile rows; the weights packed as for the family's GEMM.
     Padded,
     /// One kernel row's window per tile row (the stem: 7 pixels x 3 channels); the weights with
     /// zero rows between kernel rows (the family's `pack_window_rows`). bf16 writes each output
@@ -103,10 +107,10 @@ const fn bytes_of<E>() -> usize {
     std::mem::size_of::<E>()
 }
 
-/// Whether the convolution's shape suits [`conv`]: stride 1, channels in whole 64-byte tile
-/// rows.
+/// Whether the convolution's shape suits [`conv`]: channels in whole 64-byte tile rows (any
+/// stride: the rows are split by the stride, [`SplitRows`]).
 pub(crate) fn shape_applies<E>(g: &ConvGeometry) -> bool {
-    g.stride == 1 && (g.in_c * bytes_of::<E>()).is_multiple_of(K_STEP_BYTES)
+    g.stride >= 1 && (g.in_c * bytes_of::<E>()).is_multiple_of(K_STEP_BYTES)
 }
 
 /// Whether [`conv`] computes this convolution with weights of K `k` in `blocks`: its shape
@@ -172,6 +176,14 @@ fn gather_gemm<F: InPlaceFamily, T: TileExec>(
             for (bi, &(k0, kc, offset)) in b.blocks.iter().enumerate() {
                 let steps = kc / step;
                 step_offsets(k0, &mut offsets[..steps]);
+                // The last image's last block reads 32 rows from its first row, each 64 bytes
+                // past its farthest offset: the preparer's slack must cover it.
+                debug_assert!({
+                    let last_row = (rows.batch - 1) * rows.image_elems
+                        + ((ho * wp).div_ceil(MR) * MR - 1) * rows.lda;
+                    let farthest = offsets[..steps].iter().max().copied().unwrap_or(0);
+                    last_row * elem + farthest + K_STEP_BYTES <= buffer.len() * elem
+                });
                 let (continues, last) = (bi > 0, bi + 1 == b.blocks.len());
                 let panel_bytes = kc * NR * elem;
                 for j0 in (item.j_begin..item.j_end).step_by(NR) {
@@ -257,8 +269,84 @@ fn gather_gemm<F: InPlaceFamily, T: TileExec>(
     });
 }
 
+/// The padded input with its rows split by their index modulo the stride (one part at stride
+/// 1), the layout [`conv`] and [`conv_strided_rows`] read A from: part `p` of an image holds
+/// its padded rows `p, p + stride, ...`, each `wp` pixels (the padded width rounded up to a
+/// multiple of the stride). Output pixel `(oy, ox)`'s window position `(kh, kw)` is then at
+/// part `kh % stride`, row `oy + kh / stride`, pixel `ox * stride + kw`: consecutive output
+/// pixels are `stride` pixels apart, across output rows too when rows are counted `wq = wp /
+/// stride` pixels wide.
+struct SplitRows {
+    /// The stride (the number of parts) and the channels.
+    stride: usize,
+    ch: usize,
+    /// Pixels per row, a multiple of the stride; output rows counted per image row.
+    wp: usize,
+    wq: usize,
+    /// Rows per part.
+    q_rows: usize,
+    /// Parts the windows reach (`min(stride, kernel)`; a 1x1 stride-2 convolution reads only
+    /// the even rows, so the odd ones are not copied).
+    parts_read: usize,
+}
+
+impl SplitRows {
+    fn new(g: &ConvGeometry) -> Self {
+        let s = g.stride;
+        let wq = (g.in_w + 2 * g.pad).div_ceil(s);
+        SplitRows {
+            stride: s,
+            ch: g.in_c,
+            wp: wq * s,
+            wq,
+            q_rows: (g.in_h + 2 * g.pad).div_ceil(s),
+            parts_read: s.min(g.kernel),
+        }
+    }
+
+    /// Elements of one part.
+    fn part_elems(&self) -> usize {
+        self.q_rows * self.wp * self.ch
+    }
+
+    /// Where the A rows of a batch of `g`'s images lie in the split copy.
+    fn rows(&self, g: &ConvGeometry) -> RowLayout {
+        RowLayout {
+            batch: g.batch,
+            out_row0: 0,
+            image_elems: self.stride * self.part_elems(),
+            lda: self.stride * self.ch,
+            row_pitch: self.wq,
+            out_w: g.out_w(),
+            out_h: g.out_h(),
+        }
+    }
+
+    /// Elements from an output pixel's A row to its window position `(kh, kw)`, channel `c0`.
+    fn offset(&self, kh: usize, kw: usize, c0: usize) -> usize {
+        let s = self.stride;
+        (kh % s) * self.part_elems() + ((kh / s) * self.wp + kw) * self.ch + c0
+    }
+
+    /// Writes the split copy of `input` into `buf`, then `slack` elements of `pad`: the last
+    /// block reads up to `MR - 1` rows (`stride x C` elements each) past the last image's
+    /// last output row, each as far as its window reaches.
+    fn copy<E: Plain + Send + Sync>(
+        &self,
+        input: &[E],
+        g: &ConvGeometry,
+        pad: E,
+        slack: usize,
+        buf: &mut AlignedVec<E>,
+    ) {
+        let slack = slack + (MR + 1) * self.stride * self.ch;
+        let parts = (self.stride, self.parts_read);
+        pad_input(input, g, pad, parts, self.wp, slack, buf);
+    }
+}
+
 /// `C = epilogue(conv(input, B))` on the tile unit `T`, A read in place from a padded copy
-/// (see the module). The caller has checked [`applies`] and the sizes.
+/// split by the stride (see the module). The caller has checked [`applies`] and the sizes.
 pub(crate) fn conv<F: InPlaceFamily, T: TileExec>(
     family: &F,
     input: &[F::Elem],
@@ -268,35 +356,20 @@ pub(crate) fn conv<F: InPlaceFamily, T: TileExec>(
 ) {
     let elem = bytes_of::<F::Elem>();
     let step = K_STEP_BYTES / elem;
-    let ch = g.in_c;
-    let (hp, wp) = (g.in_h + 2 * g.pad, g.in_w + 2 * g.pad);
-    // Rows per image in the padded geometry. The last block of an image reads up to MR - 1
-    // rows past them and the window reaches (kernel - 1) * (Wp + 1) pixels further: that
-    // many pixels of slack after the last image keep every load inside the buffer.
-    let image_px = hp * wp;
-    let slack_px = MR + g.kernel * (wp + 1);
-    let rows = RowLayout {
-        batch: g.batch,
-        out_row0: 0,
-        image_elems: image_px * ch,
-        lda: ch,
-        row_pitch: wp,
-        out_w: g.out_w(),
-        out_h: g.out_h(),
-    };
+    let (ch, split) = (g.in_c, SplitRows::new(g));
     F::with_padded(|padded| {
-        pad_input(input, g, pad, (1, wp), slack_px * ch, padded);
+        // Past the last block's rows, a window reaches `kernel` pixels further.
+        split.copy(input, g, pad, g.kernel * ch, padded);
         // Step s: window position (kh, kw) and channels c0.. of K index k0 + s * step, as a
         // byte offset from the block's first pixel.
         let offsets = |k0: usize, offsets: &mut [usize]| {
             for (s, o) in offsets.iter_mut().enumerate() {
                 let k = k0 + s * step;
                 let (tap, c0) = (k / ch, k % ch);
-                let (kh, kw) = (tap / g.kernel, tap % g.kernel);
-                *o = ((kh * wp + kw) * ch + c0) * elem;
+                *o = split.offset(tap / g.kernel, tap % g.kernel, c0) * elem;
             }
         };
-        gather_gemm::<F, T>(family, padded, &rows, b, offsets);
+        gather_gemm::<F, T>(family, padded, &split.rows(g), b, offsets);
     });
 }
 
@@ -424,31 +497,17 @@ fn conv_strided_rows<F: InPlaceFamily, T: TileExec>(
 ) {
     let elem = bytes_of::<F::Elem>();
     let step = K_STEP_BYTES / elem;
-    let (s, ch) = (g.stride, g.in_c);
-    let (hp, ho, wo) = (g.in_h + 2 * g.pad, g.out_h(), g.out_w());
-    let wq = (g.in_w + 2 * g.pad).div_ceil(s);
-    let wp = wq * s; // padded width, a multiple of the stride
-    let q_rows = hp.div_ceil(s);
-    let part_elems = q_rows * wp * ch;
-    let image_elems = s * part_elems;
-    let rows = RowLayout {
-        batch: g.batch,
-        out_row0: 0,
-        image_elems,
-        lda: s * ch,
-        row_pitch: wq,
-        out_w: wo,
-        out_h: ho,
-    };
+    let split = SplitRows::new(g);
     F::with_padded(|buf| {
-        pad_input(input, g, pad, (s, wp), (MR + 1) * s * ch + step, buf);
+        // Past the last block's rows, a tile row reaches 64 bytes further.
+        split.copy(input, g, pad, step, buf);
+        // Step i: kernel row kh, its whole window (and the next pixels' values) in one row.
         let offsets = |k0: usize, offsets: &mut [usize]| {
             for (i, o) in offsets.iter_mut().enumerate() {
-                let kh = k0 / step + i;
-                *o = ((kh % s) * part_elems + (kh / s) * wp * ch) * elem;
+                *o = split.offset(k0 / step + i, 0, 0) * elem;
             }
         };
-        gather_gemm::<F, T>(family, buf, &rows, b, offsets);
+        gather_gemm::<F, T>(family, buf, &split.rows(g), b, offsets);
     });
 }
 
@@ -498,13 +557,15 @@ fn pack_window_rows<E: Plain + Send + Sync>(
 /// modulo `parts` (part `p` holds rows `p, p + parts, ...`; 1 keeps them in order), the images
 /// one after another, then `slack` elements of `pad` (read by rows that are never stored, and
 /// by the strided rows of [`conv_strided_rows`] that run past the last window, where a stale
-/// NaN would meet a zero weight). Every row is written whole, in parallel on the team; the
-/// buffer is only grown, so a warm call neither allocates nor fills twice.
+/// NaN would meet a zero weight). Only the first `parts_read` parts are written (the others
+/// are never read); each of their rows is written whole, in parallel on the team; the buffer
+/// is only grown, so a warm call neither allocates nor fills twice.
 fn pad_input<E: Plain + Send + Sync>(
     input: &[E],
     g: &ConvGeometry,
     pad: E,
-    (parts, row_px): (usize, usize),
+    (parts, parts_read): (usize, usize),
+    row_px: usize,
     slack: usize,
     out: &mut AlignedVec<E>,
 ) {
@@ -519,6 +580,9 @@ fn pad_input<E: Plain + Send + Sync>(
     crate::team::for_each_chunk_mut(&mut out[..rows_len], row_px * ch, |i, row| {
         let (image, part, q) = (i / (parts * q_rows), (i / q_rows) % parts, i % q_rows);
         let py = q * parts + part;
+        if part >= parts_read {
+            return;
+        }
         if py < g.pad || py >= g.pad + g.in_h {
             row.fill(pad);
             return;

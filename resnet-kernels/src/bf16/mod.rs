@@ -459,7 +459,7 @@ pub fn gemm_bf16(a: &ASourceBf16<'_>, b: &PackedBBf16, out: OutputBf16<'_>, epi:
 }
 
 /// The layout [`conv_bf16_in_place`] would read this convolution's input in, if its shape
-/// suits one: [`InPlaceLayout::Padded`] (stride 1, channels in whole 64-byte tile rows of 32
+/// suits one: [`InPlaceLayout::Padded`] (any stride, channels in whole 64-byte tile rows of 32
 /// bf16), else [`InPlaceLayout::WindowRows`] (one kernel row's window in one tile row).
 pub fn in_place_layout(geometry: &ConvGeometry) -> Option<InPlaceLayout> {
     crate::amx::direct::layout_for::<Bf16>(geometry)

@@ -391,7 +391,7 @@ fn bf16_peak_probes_run_on_every_runnable_line() {
 
 /// The AMX lines' in-place convolution ([`conv_bf16_in_place`]) against their im2col path
 /// ([`gemm_bf16`] on [`ASourceBf16::Conv`]), bit for bit (same tiles, same instructions, same
-/// order), for both outputs and every epilogue option: 3x3 and 1x1 stride-1 convolutions with
+/// order), for both outputs and every epilogue option: 3x3 and 1x1 convolutions of stride 1, 2 and 3 with
 /// and without padding, 64-256 channels, batches of 1-3, widths that are and are not multiples
 /// of the tiles, N with and without an edge panel, K in one block or two (256 channels x 9 =
 /// 2304 > the AMX K block of 1152). The model line runs everywhere; the hardware line where
@@ -404,21 +404,27 @@ fn amx_direct_convolution_equals_the_im2col_path() {
         .filter(|k| k.reads_in_place())
         .collect();
     let cases = [
-        // (batch, in_h, in_w, in_c, kernel, pad, n)
-        (1, 7, 7, 64, 3, 1, 64),
-        (2, 5, 9, 128, 3, 1, 40),
-        (3, 4, 4, 64, 1, 0, 32),
-        (1, 3, 5, 256, 3, 1, 32),
-        (2, 3, 6, 64, 3, 0, 32),
+        // (batch, in_h, in_w, in_c, kernel, stride, pad, n)
+        (1, 7, 7, 64, 3, 1, 1, 64),
+        (2, 5, 9, 128, 3, 1, 1, 40),
+        (3, 4, 4, 64, 1, 1, 0, 32),
+        (1, 3, 5, 256, 3, 1, 1, 32),
+        (2, 3, 6, 64, 3, 1, 0, 32),
+        // Stride 2 (the rows split by parity): 3x3 with padding (layer2.0.conv1), 1x1
+        // without (the downsamples: only the even rows are copied), odd sizes, and stride 3.
+        (1, 8, 8, 64, 3, 2, 1, 64),
+        (2, 7, 9, 64, 1, 2, 0, 40),
+        (1, 9, 7, 128, 3, 2, 1, 32),
+        (2, 7, 6, 64, 3, 3, 1, 32),
     ];
-    for (seed, (batch, in_h, in_w, in_c, kernel, pad, n)) in cases.into_iter().enumerate() {
+    for (seed, (batch, in_h, in_w, in_c, kernel, stride, pad, n)) in cases.into_iter().enumerate() {
         let g = ConvGeometry {
             batch,
             in_h,
             in_w,
             in_c,
             kernel,
-            stride: 1,
+            stride,
             pad,
         };
         let seed = 900 + 10 * seed as u64;
@@ -512,10 +518,10 @@ fn amx_direct_convolution_equals_the_im2col_path() {
     }
 }
 
-/// Where the in-place path does not apply: stride 2, channels that are not whole tile rows
+/// Where the in-place path does not apply: channels that are not whole tile rows
 /// (32 bf16), and lines that pack A (every non-AMX line).
 #[test]
-fn in_place_applies_only_to_stride_1_whole_tile_rows_on_amx_lines() {
+fn in_place_applies_only_to_whole_tile_rows_on_amx_lines() {
     let g = |in_c, stride| ConvGeometry {
         batch: 1,
         in_h: 8,
@@ -552,7 +558,7 @@ fn in_place_applies_only_to_stride_1_whole_tile_rows_on_amx_lines() {
         bool,
     ); 8] = [
         (32, 1, &gemm, model, padded, true),
-        (64, 2, &gemm, model, padded, false),
+        (64, 2, &gemm, model, padded, true),
         (48, 1, &gemm, model, padded, false),
         (64, 1, &gemm, scalar, padded, false),
         (10, 2, &windows, model, rows, true),

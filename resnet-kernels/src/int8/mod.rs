@@ -493,7 +493,7 @@ pub fn gemm_u8s8(a: &ASource8<'_>, b: &PackedB8, out: Output8<'_>) {
 }
 
 /// The layout [`conv_u8s8_in_place`] would read this convolution's input in, if its shape
-/// suits one: [`InPlaceLayout::Padded`] (stride 1, channels in whole 64-byte tile rows), else
+/// suits one: [`InPlaceLayout::Padded`] (any stride, channels in whole 64-byte tile rows), else
 /// [`InPlaceLayout::WindowRows`] (one kernel row's window in one tile row: the stem). The
 /// kernel line and the packing must suit too: [`in_place_applies`].
 pub fn in_place_layout(geometry: &ConvGeometry) -> Option<InPlaceLayout> {

@@ -540,7 +540,7 @@ impl ConvCase {
 }
 
 /// The AMX lines' in-place convolution ([`conv_u8s8_in_place`]) against their im2col path
-/// ([`gemm_u8s8`]), bit for bit, with every epilogue option: 3x3 and 1x1 stride-1 convolutions with and without padding,
+/// ([`gemm_u8s8`]), bit for bit, with every epilogue option: 3x3 and 1x1 convolutions of stride 1, 2 and 3 with and without padding,
 /// 64 and 128 channels, batches of 1-3, output widths that are and are not multiples of the
 /// tiles, N with and without an edge panel, and K in one block or several (kc 128: 2 steps).
 /// The model line runs everywhere; the hardware line where AMX is granted.
@@ -552,21 +552,27 @@ fn amx_direct_convolution_equals_the_im2col_path() {
         .filter(|k| k.reads_in_place())
         .collect();
     let cases = [
-        // (batch, in_h, in_w, in_c, kernel, pad, n)
-        (1, 7, 7, 64, 3, 1, 64),
-        (2, 5, 9, 128, 3, 1, 40),
-        (3, 4, 4, 64, 1, 0, 32),
-        (1, 14, 14, 64, 3, 1, 96),
-        (2, 3, 6, 64, 3, 0, 32),
+        // (batch, in_h, in_w, in_c, kernel, stride, pad, n)
+        (1, 7, 7, 64, 3, 1, 1, 64),
+        (2, 5, 9, 128, 3, 1, 1, 40),
+        (3, 4, 4, 64, 1, 1, 0, 32),
+        (1, 14, 14, 64, 3, 1, 1, 96),
+        (2, 3, 6, 64, 3, 1, 0, 32),
+        // Stride 2 (the rows split by parity): 3x3 with padding (layer2.0.conv1), 1x1
+        // without (the downsamples: only the even rows are copied), odd sizes, and stride 3.
+        (1, 8, 8, 64, 3, 2, 1, 64),
+        (2, 7, 9, 64, 1, 2, 0, 40),
+        (1, 9, 7, 128, 3, 2, 1, 32),
+        (2, 7, 6, 64, 3, 3, 1, 32),
     ];
-    for (batch, in_h, in_w, in_c, kernel, pad, n) in cases {
+    for (batch, in_h, in_w, in_c, kernel, stride, pad, n) in cases {
         let g = ConvGeometry {
             batch,
             in_h,
             in_w,
             in_c,
             kernel,
-            stride: 1,
+            stride,
             pad,
         };
         let case = ConvCase::new(g, n, (in_h * 31 + in_c) as u64);
@@ -584,10 +590,10 @@ fn amx_direct_convolution_equals_the_im2col_path() {
     }
 }
 
-/// Where the in-place path does not apply: stride 2, channels that are not whole tile rows, and
+/// Where the in-place path does not apply: channels that are not whole tile rows, and
 /// lines that pack A (every non-AMX line).
 #[test]
-fn in_place_applies_only_to_stride_1_whole_tile_rows_on_amx_lines() {
+fn in_place_applies_only_to_whole_tile_rows_on_amx_lines() {
     let g = |in_c, stride| ConvGeometry {
         batch: 1,
         in_h: 8,
@@ -609,11 +615,7 @@ fn in_place_applies_only_to_stride_1_whole_tile_rows_on_amx_lines() {
     let model = &AMX_MODEL_KERNEL;
     let padded = InPlaceLayout::Padded;
     assert!(in_place_applies(&g(64, 1), &pack(&g(64, 1), model), padded));
-    assert!(!in_place_applies(
-        &g(64, 2),
-        &pack(&g(64, 2), model),
-        padded
-    ));
+    assert!(in_place_applies(&g(64, 2), &pack(&g(64, 2), model), padded));
     assert!(!in_place_applies(
         &g(48, 1),
         &pack(&g(48, 1), model),
