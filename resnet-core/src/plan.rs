@@ -379,7 +379,9 @@ pub fn in_place_by_default(kernel: &int8::Int8Kernel, spec: &ConvBn, width: usiz
     kernel.reads_in_place()
         && match int8::in_place_layout(&g) {
             Some(int8::InPlaceLayout::WindowRows) => true,
-            Some(int8::InPlaceLayout::Padded) => spec.stride == PADDED_IN_PLACE_STRIDE,
+            Some(int8::InPlaceLayout::Padded | int8::InPlaceLayout::Framed) => {
+                spec.stride == PADDED_IN_PLACE_STRIDE
+            }
             None => false,
         }
         && width >= IN_PLACE_MIN_WIDTH
@@ -709,7 +711,7 @@ pub fn bf16_in_place_by_default(kernel: &bf16::Bf16Kernel, g: &gemm::ConvGeometr
     kernel.reads_in_place()
         && match bf16::in_place_layout(g) {
             Some(bf16::InPlaceLayout::WindowRows) => true,
-            Some(bf16::InPlaceLayout::Padded) => {
+            Some(bf16::InPlaceLayout::Padded | bf16::InPlaceLayout::Framed) => {
                 g.stride == PADDED_IN_PLACE_STRIDE && bf16_in_place_preferred(g)
             }
             None => false,

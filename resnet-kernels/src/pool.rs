@@ -89,11 +89,38 @@ pub fn max_pool_3x3_s2_p1_nhwc<T: PoolValue>(
     out: &mut [T],
 ) {
     let (oh_n, ow_n) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
-    assert_eq!(input.len(), batch * h * w * c);
     assert_eq!(out.len(), batch * oh_n * ow_n * c);
+    pool_into(input, (batch, h, w, c), out, 0);
+}
+
+/// [`max_pool_3x3_s2_p1_nhwc`] into a framed output: each output image inside a frame of `pad`
+/// pixels (`[N, OH + 2 pad, OW + 2 pad, C]`, the layout the next convolution reads in place,
+/// `amx::Frame`); the frame's pixels are left as they are.
+pub fn max_pool_3x3_s2_p1_nhwc_framed<T: PoolValue>(
+    input: &[T],
+    (batch, h, w, c): (usize, usize, usize, usize),
+    out: &mut [T],
+    pad: usize,
+) {
+    let (oh_n, ow_n) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+    let framed = batch * (oh_n + 2 * pad) * (ow_n + 2 * pad) * c;
+    assert!(out.len() >= framed, "framed output too small");
+    pool_into(input, (batch, h, w, c), &mut out[..framed], pad);
+}
+
+/// The pool into output rows inside frames of `pad` pixels (0: dense).
+fn pool_into<T: PoolValue>(
+    input: &[T],
+    (batch, h, w, c): (usize, usize, usize, usize),
+    out: &mut [T],
+    pad: usize,
+) {
+    let (oh_n, ow_n) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+    assert_eq!(input.len(), batch * h * w * c);
     if out.is_empty() {
         return;
     }
+    let framed_h = oh_n + 2 * pad;
     // The wide path: whole 64-byte vectors of channels, on a CPU with AVX-512 BW. Xeon model
     // 167 (2026-12-07): the bf16 stem's pool at batch 1, in cache, 89 -> 35 us on 2 threads.
     #[cfg(target_arch = "x86_64")]
@@ -102,8 +129,13 @@ pub fn max_pool_3x3_s2_p1_nhwc<T: PoolValue>(
         && crate::cpu::Isa::Avx512.is_supported();
     // One output row per task, in parallel: the stem's pool reads 3.2 MB of bf16 (0.8 MB of
     // u8) at batch 1, which on one core cost as much as a convolution of the layers after it.
-    crate::team::for_each_chunk_mut(out, ow_n * c, |row, out_row| {
-        let (n, oh) = (row / oh_n, row % oh_n);
+    crate::team::for_each_chunk_mut(out, (ow_n + 2 * pad) * c, |row, framed_row| {
+        let (n, framed_oh) = (row / framed_h, row % framed_h);
+        if framed_oh < pad || framed_oh >= pad + oh_n {
+            return; // a row of the frame
+        }
+        let oh = framed_oh - pad;
+        let out_row = &mut framed_row[pad * c..][..ow_n * c];
         #[cfg(target_arch = "x86_64")]
         if wide {
             let image = &input[n * h * w * c..][..h * w * c];
@@ -301,6 +333,32 @@ pub fn global_avg_pool_nchw(input: &[f32], planes: usize, hw: usize, out: &mut [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The framed pool writes the dense pool's rows inside a frame of `pad` pixels and leaves
+    /// the frame alone (a sentinel there survives), on the portable (3 channels) and the wide
+    /// path (64: whole 64-byte vectors where the CPU has AVX-512), odd and even sizes.
+    #[test]
+    fn framed_output_holds_the_dense_rows() {
+        for (n, h, w, c, pad) in [(2, 7, 6, 3, 1), (1, 8, 9, 64, 1), (2, 5, 5, 64, 2)] {
+            let input: Vec<f32> = (0..n * h * w * c)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+            let mut dense = vec![0.0; n * oh * ow * c];
+            max_pool_3x3_s2_p1_nhwc(&input, n, h, w, c, &mut dense);
+            let (fh, fw) = (oh + 2 * pad, ow + 2 * pad);
+            let sentinel = -1234.5;
+            let mut framed = vec![sentinel; n * fh * fw * c + 5];
+            max_pool_3x3_s2_p1_nhwc_framed(&input, (n, h, w, c), &mut framed, pad);
+            let mut expected = vec![sentinel; framed.len()];
+            for (r, pixel) in dense.chunks_exact(c).enumerate() {
+                let (img, y, x) = (r / (oh * ow), r / ow % oh, r % ow);
+                let at = ((img * fh + y + pad) * fw + x + pad) * c;
+                expected[at..at + c].copy_from_slice(pixel);
+            }
+            assert_eq!(framed, expected, "{n}x{h}x{w}x{c} pad {pad}");
+        }
+    }
 
     /// NHWC and NCHW pool the same, with 3 channels (the portable NHWC loop) and with 16 and
     /// 64 (whole 64-byte vectors: the AVX-512 path where the CPU has it), NaNs, signed zeros

@@ -29,10 +29,10 @@ use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::bf16::{
     avg_pool_bf16_nhwc, conv_bf16_in_place, f32_to_bf16, gemm_bf16, in_place_applies,
     in_place_layout, kernel_for, pack_window_rows, ASourceBf16, Bf16, Bf16Kernel, EpilogueBf16,
-    InPlaceLayout, OutputBf16, PackedBBf16,
+    Frame, InPlaceLayout, OutputBf16, PackedBBf16,
 };
 use resnet_kernels::cpu::Isa;
-use resnet_kernels::gemm::PackedB;
+use resnet_kernels::gemm::{ConvGeometry, PackedB};
 use resnet_kernels::layout::nchw_to_nhwc_with;
 use resnet_kernels::tiling::Blocking;
 
@@ -117,7 +117,24 @@ impl Bf16Layer {
         }
     }
 
-    /// `out = epilogue(conv(input))` on NHWC bf16; returns the output height and width.
+    /// The layout this layer reads its input in at `geometry`, if in place (the plan's rule,
+    /// or the heuristic's for the batch).
+    fn layout(&self, geometry: &ConvGeometry) -> Option<InPlaceLayout> {
+        if self.window_rows {
+            return Some(InPlaceLayout::WindowRows);
+        }
+        let wanted = match self.rule {
+            InPlaceRule::Always => true,
+            InPlaceRule::Never => false,
+            InPlaceRule::Heuristic => bf16_in_place_by_default(self.weights.kernel(), geometry),
+        };
+        (wanted && in_place_applies(geometry, &self.weights, InPlaceLayout::Padded))
+            .then_some(InPlaceLayout::Padded)
+    }
+
+    /// `out = epilogue(conv(input))` on NHWC bf16, the input and output framed as `framing`
+    /// says; returns the output height and width.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn run(
         &self,
         input: &[Bf16],
@@ -125,26 +142,30 @@ impl Bf16Layer {
         out: &mut AlignedVec<Bf16>,
         residual: Option<&[Bf16]>,
         relu: bool,
+        framing: Framing,
     ) -> (usize, usize) {
         let geometry = self.spec.geometry(n, h, w);
         let oc = self.spec.out_channels;
-        out.resize_for_overwrite(geometry.m() * oc);
         let epilogue = EpilogueBf16 {
             bias: Some(&self.bias),
             residual: residual.map(|r| (r, oc)),
             relu,
+            residual_frame: framing.residual,
         };
-        let output = OutputBf16::Bf16 { c: out, ldc: oc };
-        let wanted = match self.rule {
-            InPlaceRule::Always => true,
-            InPlaceRule::Never => false,
-            InPlaceRule::Heuristic => bf16_in_place_by_default(self.weights.kernel(), &geometry),
+        let output = match framing.output {
+            Some(frame) => {
+                out.resize_for_overwrite(frame.len());
+                OutputBf16::Framed { c: out, frame }
+            }
+            None => {
+                out.resize_for_overwrite(geometry.m() * oc);
+                OutputBf16::Bf16 { c: out, ldc: oc }
+            }
         };
-        let layout = if self.window_rows {
-            Some(InPlaceLayout::WindowRows)
+        let layout = if framing.input {
+            Some(InPlaceLayout::Framed)
         } else {
-            (wanted && in_place_applies(&geometry, &self.weights, InPlaceLayout::Padded))
-                .then_some(InPlaceLayout::Padded)
+            self.layout(&geometry)
         };
         match layout {
             Some(layout) => {
@@ -161,11 +182,72 @@ impl Bf16Layer {
     }
 }
 
+/// How a layer's input and output buffers are laid out: dense NHWC, or a [`Frame`] (the
+/// padded layout the in-place path reads a stride-1 layer from, written by the layer before).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Framing {
+    /// The input is a frame of the layer's input ([`InPlaceLayout::Framed`]).
+    input: bool,
+    /// The output goes into this frame, for the next layer to read framed.
+    output: Option<Frame>,
+    /// The residual is read from this frame (the block's input, framed for its conv1).
+    residual: Option<Frame>,
+}
+
+impl Framing {
+    /// Dense in, dense out.
+    pub(super) const DENSE: Framing = Framing {
+        input: false,
+        output: None,
+        residual: None,
+    };
+}
+
+/// Whether `layer` reads its input in place with the padded layout at `g` (so it could read a
+/// frame instead, at stride 1).
+fn reads_padded(layer: &Bf16Layer, g: &ConvGeometry) -> bool {
+    layer.layout(g) == Some(InPlaceLayout::Padded)
+}
+
 struct Bf16Block {
     point: TracePoint,
     conv1: Bf16Layer,
     conv2: Bf16Layer,
     downsample: Option<Bf16Layer>,
+}
+
+impl Bf16Block {
+    /// The geometries of conv1 and conv2 for an input of `(n, h, w)`.
+    fn geometries(&self, (n, h, w): (usize, usize, usize)) -> (ConvGeometry, ConvGeometry) {
+        let (oh, ow) = self.conv1.spec.output_hw(h, w);
+        (
+            self.conv1.spec.geometry(n, h, w),
+            self.conv2.spec.geometry(n, oh, ow),
+        )
+    }
+
+    /// The frame conv1 writes its output into so that conv2 reads it without a copy: when
+    /// both read in place with the padded layout (conv2 then has stride 1).
+    fn inner_frame(&self, (g1, g2): (&ConvGeometry, &ConvGeometry)) -> Option<Frame> {
+        if reads_padded(&self.conv1, g1) && reads_padded(&self.conv2, g2) {
+            Frame::for_input(g2)
+        } else {
+            None
+        }
+    }
+
+    /// The frame the block before writes its output into so that this block reads it
+    /// without a copy: conv1 reads it in place with the padded layout, there is no
+    /// downsample (the skip is that input), and conv2 reads in place (so its epilogue can
+    /// read the residual from the frame).
+    fn input_frame(&self, (g1, g2): (&ConvGeometry, &ConvGeometry)) -> Option<Frame> {
+        let conv2_in_place = self.conv2.layout(g2).is_some();
+        if self.downsample.is_none() && reads_padded(&self.conv1, g1) && conv2_in_place {
+            Frame::for_input(g1)
+        } else {
+            None
+        }
+    }
 }
 
 /// Activation buffers of one forward pass, kept between calls.
@@ -325,39 +407,81 @@ impl Bf16Backend {
         // trace.
         let mut c = self.stem.spec.out_channels;
         let (sh, sw) = self.stem.spec.output_hw(h, w);
+        // The pool writes its output straight into the frame the first block reads (see the
+        // blocks' loop below), unless a trace reads it.
+        let (ph, pw) = crate::arch::max_pool_output_hw(sh, sw);
+        let pool_frame = self.blocks.first().and_then(|first| {
+            let g = first.geometries((n, ph, pw));
+            first.input_frame((&g.0, &g.1)).filter(|_| !wants)
+        });
         stem_and_pool_in_groups(
             &ws.y,
             n,
             c_in * h * w,
             (sh, sw, c),
             |images, count, out| {
-                self.stem.run(images, (count, h, w), out, None, true);
+                self.stem
+                    .run(images, (count, h, w), out, None, true, Framing::DENSE);
             },
             &mut ws.t,
-            &mut ws.x,
+            (&mut ws.x, pool_frame),
             wants.then_some(&mut ws.skip),
         );
         // Without a trace the stem's output of the batch is not kept: only its shape is reported.
         let stem_out: &[Bf16] = if wants { &ws.skip } else { &[] };
         report(&mut trace, TracePoint::Stem, stem_out, [sh, sw, c]);
-        (h, w) = crate::arch::max_pool_output_hw(sh, sw);
+        (h, w) = (ph, pw);
         report(&mut trace, TracePoint::MaxPool, &ws.x, [h, w, c]);
 
-        for block in &self.blocks {
+        // Where both sides read in place, a layer writes its output straight into the padded
+        // layout (a frame) the next one reads, which then copies nothing: conv1 into conv2's,
+        // and a block's output into the next block's (within a stage; not while tracing, whose
+        // reports read the blocks' outputs dense). `x_frame`: the frame `ws.x` is in, if any.
+        let mut x_frame = pool_frame;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (g1, g2) = block.geometries((n, h, w));
+            let (oh, ow) = (g2.in_h, g2.in_w);
+            let t_frame = block.inner_frame((&g1, &g2));
+            let conv2_in_place = t_frame.is_some() || block.conv2.layout(&g2).is_some();
+            let y_frame = match self.blocks.get(i + 1) {
+                Some(next) if conv2_in_place && !wants => {
+                    let next_g = next.geometries((n, oh, ow));
+                    next.input_frame((&next_g.0, &next_g.1))
+                }
+                _ => None,
+            };
             // Residual branch, first conv: conv1 + bn1 + relu.
-            let (oh, ow) = block.conv1.run(&ws.x, (n, h, w), &mut ws.t, None, true);
-            // Skip branch: the input, or downsample conv + bn.
+            let framing = Framing {
+                input: x_frame.is_some(),
+                output: t_frame,
+                residual: None,
+            };
+            block
+                .conv1
+                .run(&ws.x, (n, h, w), &mut ws.t, None, true, framing);
+            // Skip branch: the input, or downsample conv + bn (whose input is never framed:
+            // see `Bf16Block::input_frame`).
             let skip: &[Bf16] = match &block.downsample {
                 Some(ds) => {
-                    ds.run(&ws.x, (n, h, w), &mut ws.skip, None, false);
+                    ds.run(&ws.x, (n, h, w), &mut ws.skip, None, false, Framing::DENSE);
                     &ws.skip
                 }
                 None => &ws.x,
             };
             // Second conv: conv2 + bn2 + residual add + relu, all in the epilogue.
+            let framing = Framing {
+                input: t_frame.is_some(),
+                output: y_frame,
+                residual: if block.downsample.is_some() {
+                    None
+                } else {
+                    x_frame
+                },
+            };
             block
                 .conv2
-                .run(&ws.t, (n, oh, ow), &mut ws.y, Some(skip), true);
+                .run(&ws.t, (n, oh, ow), &mut ws.y, Some(skip), true, framing);
+            x_frame = y_frame;
             std::mem::swap(&mut ws.x, &mut ws.y);
             (h, w, c) = (oh, ow, block.conv2.spec.out_channels);
             report(&mut trace, block.point, &ws.x, [h, w, c]);

@@ -27,8 +27,9 @@ use crate::error::{Error, Result};
 use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4, ArrayViewD};
 use resnet_kernels::aligned::{AlignedVec, Plain};
+use resnet_kernels::amx::Frame;
 use resnet_kernels::cpu::Isa;
-use resnet_kernels::pool::{max_pool_3x3_s2_p1_nhwc, PoolValue};
+use resnet_kernels::pool::{max_pool_3x3_s2_p1_nhwc, max_pool_3x3_s2_p1_nhwc_framed, PoolValue};
 use std::time::{Duration, Instant};
 
 /// A way of computing ResNet-18, prepared for one set of weights.
@@ -394,7 +395,8 @@ pub(crate) fn check_batch_shape(batch: &ArrayView4<'_, f32>) -> Result<()> {
 /// the pool. A group has one image per thread, so that a plan's blocking tuned on the whole
 /// batch (the bf16 stem's: one work item per image) still gives every thread work. `keep`
 /// receives the batch's stem output when a caller needs it (a trace, the calibration's probe).
-/// `input` is the batch, NHWC, `image_in` values per image.
+/// `input` is the batch, NHWC, `image_in` values per image. With a `frame`, `pooled` is written
+/// in it (zeros around each image, for the first block to read in place without a copy).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stem_and_pool_in_groups<T: PoolValue + Plain + Default>(
     input: &[T],
@@ -403,12 +405,26 @@ pub(super) fn stem_and_pool_in_groups<T: PoolValue + Plain + Default>(
     (sh, sw, c): (usize, usize, usize),
     mut stem: impl FnMut(&[T], usize, &mut AlignedVec<T>),
     out: &mut AlignedVec<T>,
-    pooled: &mut AlignedVec<T>,
+    (pooled, frame): (&mut AlignedVec<T>, Option<Frame>),
     mut keep: Option<&mut AlignedVec<T>>,
 ) {
     let (ph, pw) = crate::arch::max_pool_output_hw(sh, sw);
-    let (image_stem, image_pooled) = (sh * sw * c, ph * pw * c);
-    pooled.resize_for_overwrite(n * image_pooled);
+    let image_stem = sh * sw * c;
+    let image_pooled = match frame {
+        Some(f) => {
+            assert!(
+                (f.batch, f.h, f.w, f.ch) == (n, ph, pw, c),
+                "the frame does not hold the pool's output"
+            );
+            pooled.resize_for_overwrite(f.len());
+            f.clear(pooled, T::default());
+            (ph + 2 * f.pad) * (pw + 2 * f.pad) * c
+        }
+        None => {
+            pooled.resize_for_overwrite(n * ph * pw * c);
+            ph * pw * c
+        }
+    };
     if let Some(k) = keep.as_deref_mut() {
         k.resize_for_overwrite(n * image_stem);
     }
@@ -421,6 +437,9 @@ pub(super) fn stem_and_pool_in_groups<T: PoolValue + Plain + Default>(
             k[first * image_stem..][..count * image_stem].copy_from_slice(images);
         }
         let dst = &mut pooled[first * image_pooled..][..count * image_pooled];
-        max_pool_3x3_s2_p1_nhwc(images, count, sh, sw, c, dst);
+        match frame {
+            Some(f) => max_pool_3x3_s2_p1_nhwc_framed(images, (count, sh, sw, c), dst, f.pad),
+            None => max_pool_3x3_s2_p1_nhwc(images, count, sh, sw, c, dst),
+        }
     }
 }

@@ -307,7 +307,7 @@ impl NativeBackend {
                     .run(images, (count, h, w), out, None, true, winograd);
             },
             &mut ws.t,
-            &mut ws.x,
+            (&mut ws.x, None),
             keep_stem.then_some(&mut ws.skip),
         );
         // Without `keep_stem` the stem's output of the batch is not kept: the tap gets no data.

@@ -6,7 +6,7 @@
 //! INT8, one bf16 rounding step for bf16); the budget, the timing and the choice are shared
 //! ([`Tuner`]).
 
-use super::bf16::{planned_line, Bf16Layer};
+use super::bf16::{planned_line, Bf16Layer, Framing};
 use super::folded::FoldedLayer;
 use super::int8::Int8Layer;
 use super::native::PackedLayer;
@@ -403,7 +403,14 @@ pub fn tune_bf16(
             Bf16Layer::new(FoldedLayer::new(weights, &spec), planned_line(choice))
         };
         let run = |layer: &Bf16Layer, out: &mut AlignedVec<Bf16>| {
-            layer.run(&input, (batch, h, w), out, residual.as_deref(), relu);
+            layer.run(
+                &input,
+                (batch, h, w),
+                out,
+                residual.as_deref(),
+                relu,
+                Framing::DENSE,
+            );
         };
         // The reference: the heuristic's kernel and blocking with A packed.
         let mut reference = AlignedVec::new();

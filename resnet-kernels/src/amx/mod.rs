@@ -31,7 +31,7 @@
 
 mod bf16;
 pub(crate) mod direct;
-pub use direct::InPlaceLayout;
+pub use direct::{Frame, InPlaceLayout};
 #[cfg(target_arch = "x86_64")]
 mod hardware;
 mod int8;

@@ -367,6 +367,7 @@ fn amx_kernels_match_model_kernels() {
             bias: Some(&bias),
             residual: None,
             relu: true,
+            residual_frame: None,
         };
         let mut outs = Vec::new();
         for line in [bf16_hw, &bf16::AMX_MODEL_KERNEL] {

@@ -81,7 +81,11 @@ pub(crate) fn conv<T: TileExec>(
     match layout {
         InPlaceLayout::Padded => {
             debug_assert!(applies(g, b));
-            direct::conv::<_, T>(&dst, input, g, Bf16::ZERO, &panels)
+            direct::conv::<_, T>(&dst, input, g, Bf16::ZERO, &panels, false)
+        }
+        InPlaceLayout::Framed => {
+            debug_assert!(applies(g, b));
+            direct::conv::<_, T>(&dst, input, g, Bf16::ZERO, &panels, true)
         }
         InPlaceLayout::WindowRows => {
             direct::conv_window_rows::<_, T>(&dst, input, g, Bf16::ZERO, &panels)

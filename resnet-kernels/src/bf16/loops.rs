@@ -4,6 +4,7 @@
 use super::pack::padded_k;
 use super::{Bf16, EpilogueBf16, MicroKernelBf16, OutputBf16, PackedBBf16, TileOut};
 use crate::aligned::AlignedVec;
+use crate::amx::Frame;
 use crate::gemm::pack::Im2colCursor;
 use crate::gemm::ConvGeometry;
 use crate::tiling::WorkSplit;
@@ -117,6 +118,8 @@ pub(crate) struct Dst<'e> {
     pub(crate) c_bf16: Shared<Bf16>,
     pub(crate) c_f32: Shared<f32>,
     pub(crate) ldc: usize,
+    /// Where C's rows go in a framed output (`None`: row `i` at `i * ldc`).
+    pub(crate) frame: Option<Frame>,
     pub(crate) epi: &'e EpilogueBf16<'e>,
 }
 
@@ -129,6 +132,7 @@ impl Dst<'_> {
         n: usize,
     ) -> Dst<'e> {
         let null = (Shared(std::ptr::null_mut()), Shared(std::ptr::null_mut()));
+        let mut frame = None;
         let ((c_bf16, c_f32), ldc) = match out {
             OutputBf16::Bf16 { c, ldc } => {
                 assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too small");
@@ -138,33 +142,49 @@ impl Dst<'_> {
                 assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too small");
                 ((null.0, Shared(c.as_mut_ptr())), ldc)
             }
+            OutputBf16::Framed { c, frame: f } => {
+                assert!(
+                    f.ch == n && f.batch * f.h * f.w == m,
+                    "the frame does not hold C"
+                );
+                // Checks the length too. The epilogue writes every image pixel.
+                f.clear(c, Bf16::ZERO);
+                frame = Some(f);
+                ((Shared(c.as_mut_ptr()), null.1), n)
+            }
         };
         if let Some(bias) = epi.bias {
             assert!(bias.len() >= n, "bias too short");
         }
-        if let Some((r, ldr)) = epi.residual {
-            assert!(
+        match (epi.residual, epi.residual_frame) {
+            (Some((r, ldr)), None) => assert!(
                 ldr >= n && r.len() >= (m - 1) * ldr + n,
                 "residual too small"
-            );
+            ),
+            (Some((r, ldr)), Some(f)) => assert!(
+                ldr == f.ch && f.ch >= n && f.batch * f.h * f.w == m && r.len() >= f.len(),
+                "the residual's frame does not hold C"
+            ),
+            (None, _) => {}
         }
         Dst {
             c_bf16,
             c_f32,
             ldc,
+            frame,
             epi,
         }
     }
 
     /// The tile epilogue at `(i0, j0)` of C.
     pub(crate) fn tile(&self, i0: usize, j0: usize) -> TileOut {
-        let at = i0 * self.ldc + j0;
+        let at = self.frame.map_or(i0, |f| f.row(i0)) * self.ldc + j0;
         TileOut {
             bias: self.epi.bias.map_or(std::ptr::null(), |b| b[j0..].as_ptr()),
-            residual: self
-                .epi
-                .residual
-                .map_or(std::ptr::null(), |(r, ldr)| r[i0 * ldr + j0..].as_ptr()),
+            residual: self.epi.residual.map_or(std::ptr::null(), |(r, ldr)| {
+                let row = self.epi.residual_frame.map_or(i0, |f| f.row(i0));
+                r[row * ldr + j0..].as_ptr()
+            }),
             ldr: self.epi.residual.map_or(0, |(_, ldr)| ldr),
             relu: self.epi.relu,
             // (i0, j0) is inside C (checked on entry); the null one stays null.

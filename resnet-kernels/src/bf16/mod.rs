@@ -45,7 +45,7 @@ pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod simd;
 
-pub use crate::amx::InPlaceLayout;
+pub use crate::amx::{Frame, InPlaceLayout};
 pub use loops::ASourceBf16;
 pub use pack::im2col_nhwc_bf16;
 
@@ -426,6 +426,10 @@ pub struct EpilogueBf16<'a> {
     pub bias: Option<&'a [f32]>,
     /// A bf16 matrix shaped like C, with its own row stride (the skip connection).
     pub residual: Option<(&'a [Bf16], usize)>,
+    /// Where the residual's rows are when it is stored in a [`Frame`] (row `r` at
+    /// [`Frame::row`]`(r)`, the stride `frame.ch`; read by the in-place path only); `None`: row
+    /// `r` at `r x` its stride.
+    pub residual_frame: Option<Frame>,
     /// Clamp negatives (and NaN) to +0.
     pub relu: bool,
 }
@@ -447,6 +451,16 @@ pub enum OutputBf16<'a> {
         /// Row stride.
         ldc: usize,
     },
+    /// bf16 into a [`Frame`]: row `r` of C (output pixel `r`, row-major over the batch) is
+    /// stored at framed pixel [`Frame::row`]`(r)`, `frame.ch` values per pixel; the frame and
+    /// its slack are zeroed. Only the in-place path ([`conv_bf16_in_place`]) writes it, so
+    /// that the next stride-1 layer reads it with [`InPlaceLayout::Framed`].
+    Framed {
+        /// The framed buffer ([`Frame::len`] values at least).
+        c: &'a mut [Bf16],
+        /// Its layout: the output's images, height, width and channels (N).
+        frame: Frame,
+    },
 }
 
 /// `C = epilogue(A · B)` with `A` from `a` (a bf16 matrix or an implicit im2col), `B` packed,
@@ -455,6 +469,11 @@ pub enum OutputBf16<'a> {
 /// # Panics
 /// If the shapes or slice lengths do not fit (a bug in the caller, never bad user input).
 pub fn gemm_bf16(a: &ASourceBf16<'_>, b: &PackedBBf16, out: OutputBf16<'_>, epi: &EpilogueBf16) {
+    // The packed path's tiles run across output rows: it cannot skip the frame's pixels.
+    assert!(
+        !matches!(out, OutputBf16::Framed { .. }) && epi.residual_frame.is_none(),
+        "a framed output or residual is read and written by the in-place path only"
+    );
     (b.kernel.entry.gemm)(a, b, out, epi)
 }
 
@@ -472,6 +491,7 @@ pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedBBf16, layout: InPlac
     b.kernel.reads_in_place()
         && match layout {
             InPlaceLayout::Padded => direct::applies(geometry, b),
+            InPlaceLayout::Framed => geometry.stride == 1 && direct::applies(geometry, b),
             InPlaceLayout::WindowRows => {
                 crate::amx::direct::window_rows_apply::<Bf16>(geometry.kernel, geometry.in_c)
                     && b.k == crate::amx::direct::window_rows_k::<Bf16>(geometry.kernel)
@@ -526,7 +546,7 @@ pub fn conv_bf16_in_place(
     if geometry.m() == 0 || b.n == 0 {
         return;
     }
-    assert_eq!(input.len(), geometry.input_len(), "input size");
+    crate::amx::direct::check_input_len(geometry, layout, input.len());
     let direct = b.kernel.entry.conv_direct.expect("checked above");
     direct(input, geometry, b, out, epi, layout)
 }

@@ -47,6 +47,7 @@ impl Problem {
             bias: self.bias.then_some(&bias[..]),
             residual: self.residual.then_some((&res[..], ldr)),
             relu: self.relu,
+            residual_frame: None,
         };
         let mut want = vec![f32::NAN; m * ldc];
         gemm_bf16_naive(m, n, k, &a, lda, &b, &mut want, ldc, &epi);
@@ -444,6 +445,7 @@ fn amx_direct_convolution_equals_the_im2col_path() {
                     bias: Some(&bias),
                     residual: residual.then_some((&res[..], n)),
                     relu,
+                    residual_frame: None,
                 };
                 let source = ASourceBf16::Conv {
                     input: &input,
@@ -516,6 +518,174 @@ fn amx_direct_convolution_equals_the_im2col_path() {
             }
         }
     }
+}
+
+/// A [`Frame`] in and out: the in-place path reading its input from a framed buffer
+/// ([`InPlaceLayout::Framed`]), its residual from another (`residual_frame`) and writing its
+/// output into a third ([`OutputBf16::Framed`]) gives
+/// the im2col path's values bit for bit, each pixel where [`Frame::row`] puts it, and leaves
+/// zeros in the frame and the slack (both buffers start as NaN, so a pixel left unwritten or a
+/// frame left unzeroed fails). Stride-1 shapes with padding 1 and 0, batches 1-2, N with an
+/// edge panel, K in one block or two. The model line everywhere, the hardware where granted.
+#[test]
+fn framed_input_and_output_equal_the_dense_path() {
+    let lines: Vec<_> = battery_kernels()
+        .into_iter()
+        .filter(|k| k.reads_in_place())
+        .collect();
+    let cases = [
+        // (batch, in_h, in_w, in_c, pad, n)
+        (1, 7, 7, 64, 1, 64),
+        (2, 5, 9, 128, 1, 40),
+        (2, 3, 6, 64, 0, 32),
+        (1, 3, 5, 256, 1, 32),
+    ];
+    for (seed, (batch, in_h, in_w, in_c, pad, n)) in cases.into_iter().enumerate() {
+        let g = ConvGeometry {
+            batch,
+            in_h,
+            in_w,
+            in_c,
+            kernel: 3,
+            stride: 1,
+            pad,
+        };
+        let seed = 1300 + 10 * seed as u64;
+        let input = values(g.input_len(), seed);
+        let b = values(g.k() * n, seed + 1);
+        let bias: Vec<f32> = values(n, seed + 2).iter().map(|v| v.to_f32()).collect();
+        let res = values(g.m() * n, seed + 3);
+        let epi = EpilogueBf16 {
+            bias: Some(&bias),
+            residual: Some((&res[..], n)),
+            relu: true,
+            residual_frame: None,
+        };
+        // The input framed by hand: zeros around each image, then the slack.
+        let in_frame = Frame::for_input(&g).expect("stride 1");
+        let mut framed_input = vec![Bf16(0x7FC0); in_frame.len()];
+        in_frame.clear(&mut framed_input, Bf16::ZERO);
+        for (r, pixel) in input.chunks_exact(in_c).enumerate() {
+            framed_input[in_frame.row(r) * in_c..][..in_c].copy_from_slice(pixel);
+        }
+        // The output framed for a 3x3 padding-1 layer after this one.
+        let out_frame = Frame {
+            batch,
+            h: g.out_h(),
+            w: g.out_w(),
+            ch: n,
+            pad: 1,
+            kernel: 3,
+        };
+        for line in &lines {
+            let packed = PackedBBf16::with_kernel(&b, g.k(), n, line, line.default_blocking());
+            let what = format!("{} {g:?} n {n}", line.info.name);
+            let mut dense = vec![Bf16(0x7FC1); g.m() * n];
+            let source = ASourceBf16::Conv {
+                input: &input,
+                geometry: g,
+            };
+            gemm_bf16(
+                &source,
+                &packed,
+                OutputBf16::Bf16 {
+                    c: &mut dense,
+                    ldc: n,
+                },
+                &epi,
+            );
+            let mut framed = vec![Bf16(0x7FC2); out_frame.len()];
+            assert!(
+                in_place_applies(&g, &packed, InPlaceLayout::Framed),
+                "{what}"
+            );
+            conv_bf16_in_place(
+                &framed_input,
+                &g,
+                &packed,
+                OutputBf16::Framed {
+                    c: &mut framed,
+                    frame: out_frame,
+                },
+                &epi,
+                InPlaceLayout::Framed,
+            );
+            let mut expected = vec![Bf16::ZERO; out_frame.len()];
+            for (r, pixel) in dense.chunks_exact(n).enumerate() {
+                expected[out_frame.row(r) * n..][..n].copy_from_slice(pixel);
+            }
+            assert!(
+                framed.iter().map(|v| v.0).eq(expected.iter().map(|v| v.0)),
+                "{what}: first difference at {:?}",
+                framed.iter().zip(&expected).position(|(a, b)| a.0 != b.0)
+            );
+            // The residual read from a frame too (NaN in its frame: a row read from the
+            // wrong place fails).
+            let mut framed_res = vec![Bf16(0x7FC3); out_frame.len()];
+            for (r, pixel) in res.chunks_exact(n).enumerate() {
+                framed_res[out_frame.row(r) * n..][..n].copy_from_slice(pixel);
+            }
+            let epi_framed = EpilogueBf16 {
+                residual: Some((&framed_res[..], n)),
+                residual_frame: Some(out_frame),
+                ..epi
+            };
+            let mut framed = vec![Bf16(0x7FC2); out_frame.len()];
+            conv_bf16_in_place(
+                &framed_input,
+                &g,
+                &packed,
+                OutputBf16::Framed {
+                    c: &mut framed,
+                    frame: out_frame,
+                },
+                &epi_framed,
+                InPlaceLayout::Framed,
+            );
+            assert!(
+                framed.iter().map(|v| v.0).eq(expected.iter().map(|v| v.0)),
+                "{what} (framed residual): first difference at {:?}",
+                framed.iter().zip(&expected).position(|(a, b)| a.0 != b.0)
+            );
+        }
+    }
+}
+
+/// The packed path refuses a framed output (its tiles run across output rows).
+#[test]
+#[should_panic(
+    expected = "a framed output or residual is read and written by the in-place path only"
+)]
+fn the_packed_path_refuses_a_framed_output() {
+    let g = ConvGeometry {
+        batch: 1,
+        in_h: 4,
+        in_w: 4,
+        in_c: 32,
+        kernel: 3,
+        stride: 1,
+        pad: 1,
+    };
+    let line = &KERNELS[0];
+    let packed = PackedBBf16::with_kernel(
+        &vec![Bf16::ZERO; g.k() * 32],
+        g.k(),
+        32,
+        line,
+        line.default_blocking(),
+    );
+    let frame = Frame::for_input(&ConvGeometry { in_c: 32, ..g }).expect("stride 1");
+    let mut c = vec![Bf16::ZERO; frame.len()];
+    let input = vec![Bf16::ZERO; g.input_len()];
+    gemm_bf16(
+        &ASourceBf16::Conv {
+            input: &input,
+            geometry: g,
+        },
+        &packed,
+        OutputBf16::Framed { c: &mut c, frame },
+        &EpilogueBf16::default(),
+    );
 }
 
 /// Where the in-place path does not apply: channels that are not whole tile rows
@@ -621,6 +791,7 @@ fn amx_window_rows_convolution_agrees_with_the_im2col_path() {
             bias: None,
             residual: None,
             relu: false,
+            residual_frame: None,
         };
         gemm_bf16_naive(
             m,
@@ -643,6 +814,7 @@ fn amx_window_rows_convolution_agrees_with_the_im2col_path() {
                     bias: Some(&bias),
                     residual: residual.then_some((&res[..], n)),
                     relu,
+                    residual_frame: None,
                 };
                 let source = ASourceBf16::Conv {
                     input: &input,
@@ -729,6 +901,7 @@ fn amx_stem_rows_read_in_place_match_the_written_windows() {
         bias: Some(&bias),
         residual: None,
         relu: false,
+        residual_frame: None,
     };
     // One infinity in image 1 at (y, x) = (5, 6).
     let (image, y, x) = (1, 5, 6);

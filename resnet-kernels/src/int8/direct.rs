@@ -91,7 +91,11 @@ pub(crate) fn conv<T: TileExec>(
     match layout {
         InPlaceLayout::Padded => {
             debug_assert!(applies(g, b));
-            direct::conv::<_, T>(&out, input, g, pad_code, &panels)
+            direct::conv::<_, T>(&out, input, g, pad_code, &panels, false)
+        }
+        InPlaceLayout::Framed => {
+            debug_assert!(applies(g, b));
+            direct::conv::<_, T>(&out, input, g, pad_code, &panels, true)
         }
         InPlaceLayout::WindowRows => {
             direct::conv_window_rows::<_, T>(&out, input, g, pad_code, &panels)

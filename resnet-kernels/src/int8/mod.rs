@@ -507,6 +507,7 @@ pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedB8, layout: InPlaceLa
     b.kernel.reads_in_place()
         && match layout {
             InPlaceLayout::Padded => direct::applies(geometry, b),
+            InPlaceLayout::Framed => geometry.stride == 1 && direct::applies(geometry, b),
             InPlaceLayout::WindowRows => {
                 crate::amx::direct::window_rows_apply::<u8>(geometry.kernel, geometry.in_c)
                     && b.k == crate::amx::direct::window_rows_k::<u8>(geometry.kernel)
@@ -565,7 +566,7 @@ pub fn conv_u8s8_in_place(
     if m == 0 || n == 0 {
         return;
     }
-    assert_eq!(input.len(), geometry.input_len(), "input size");
+    crate::amx::direct::check_input_len(geometry, layout, input.len());
     requant.check_output(c, ldc, m, n);
     let direct = b.kernel.entry.conv_direct.expect("checked above");
     direct(input, geometry, pad, b, c, ldc, requant, layout)
