@@ -143,7 +143,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for (kind, winograd, plan_choice, label) in &configs {
         let build = |batch: usize| -> anyhow::Result<Box<dyn resnet_core::backend::Backend>> {
-            let plan = crate::tune::resolve_plan(plan_choice, *kind, batch)?;
+            let plan = crate::tune::resolve_plan(plan_choice, *kind, batch, isa)?;
             let options = BackendOptions {
                 isa,
                 winograd: *winograd,

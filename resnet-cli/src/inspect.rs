@@ -127,11 +127,12 @@ fn write_plans(out: &mut impl Write) -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or_default();
     let threads = rayon::current_num_threads();
+    let isa = resnet_core::cpu::Isa::from_env_or_best()?;
     for kind in resnet_core::backend::BackendKind::ALL
         .into_iter()
         .filter(|k| k.plan_backend().is_some())
     {
-        match crate::tune::resolve_plan(&choice, kind, 1) {
+        match crate::tune::resolve_plan(&choice, kind, 1, isa) {
             Ok(Some(p)) => writeln!(
                 out,
                 "{kind} plan ({choice}, batch 1, {threads} threads): {} (tuned {})",

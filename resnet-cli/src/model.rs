@@ -32,11 +32,11 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Model> {
         BackendKind::Int8 => int8_backend(
             &path,
             isa,
-            crate::tune::resolve_plan(&args.plan, BackendKind::Int8, 1)?,
+            crate::tune::resolve_plan(&args.plan, BackendKind::Int8, 1, isa)?,
         )?,
         kind => {
             let weights = load_f32_weights(&path)?;
-            let plan = crate::tune::resolve_plan(&args.plan, kind, 1)?;
+            let plan = crate::tune::resolve_plan(&args.plan, kind, 1, isa)?;
             let options = BackendOptions {
                 isa,
                 winograd: args.winograd,

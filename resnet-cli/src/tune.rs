@@ -50,6 +50,7 @@ pub fn resolve_plan(
     choice: &PlanChoice,
     backend: BackendKind,
     batch: usize,
+    isa: Isa,
 ) -> anyhow::Result<Option<ActivePlan>> {
     let Some(backend) = backend.plan_backend() else {
         return Ok(None);
@@ -60,8 +61,8 @@ pub fn resolve_plan(
         choice,
         backend,
         dir.as_deref(),
-        threads,
-        batch,
+        (threads, batch),
+        isa,
         &mut |note| log::warn!("{note}"),
     )?;
     match (&plan, choice) {

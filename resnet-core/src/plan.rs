@@ -340,6 +340,19 @@ impl Plan {
         used.join(", ")
     }
 
+    /// The first layer's kernel that needs an ISA level above `isa` (its name and level), if
+    /// any: such a plan does not run at a lower `--isa` / `RESNET_ISA` than it was tuned at.
+    pub fn kernel_above(&self, isa: Isa) -> Option<(&str, Isa)> {
+        self.layers.iter().find_map(|l| {
+            let level = match self.backend {
+                PlanBackend::Native => l.choice.kernel_line().map(|k| k.info.isa),
+                PlanBackend::Int8 => l.choice.int8_kernel_line().map(|k| k.info.isa),
+                PlanBackend::Bf16 => l.choice.bf16_kernel_line().map(|k| k.info.isa),
+            }?;
+            (level > isa).then_some((l.choice.kernel.as_str(), level))
+        })
+    }
+
     /// The choice for the convolution `conv` (its state-dict prefix).
     pub fn choice(&self, conv: &str) -> Option<&LayerChoice> {
         self.layers
@@ -806,14 +819,15 @@ pub struct ActivePlan {
     pub path: PathBuf,
 }
 
-/// Resolves `choice` for this machine: `Ok(None)` runs the heuristic. `notes` receives the
-/// reasons a plan was not used (another CPU, thread count or batch).
+/// Resolves `choice` for this machine and the ISA level the backend is built for: `Ok(None)`
+/// runs the heuristic. `notes` receives the reasons a plan was not used (another CPU, thread
+/// count or batch; a kernel above `isa`, when a lower level was asked for).
 pub fn resolve(
     choice: &PlanChoice,
     backend: PlanBackend,
     cache: Option<&Path>,
-    threads: usize,
-    batch: usize,
+    (threads, batch): (usize, usize),
+    isa: Isa,
     notes: &mut dyn FnMut(String),
 ) -> Result<Option<ActivePlan>, PlanError> {
     let current = PlanKey::current(threads, batch);
@@ -841,6 +855,13 @@ pub fn resolve(
     if let Some(why) = plan.key.mismatch(&current) {
         notes(format!(
             "plan {} ignored: {why}; running the built-in heuristic",
+            path.display()
+        ));
+        return Ok(None);
+    }
+    if let Some((kernel, level)) = plan.kernel_above(isa) {
+        notes(format!(
+            "plan {} ignored: it runs {kernel} ({level}), above the ISA level asked for ({isa}); running the built-in heuristic",
             path.display()
         ));
         return Ok(None);
@@ -962,8 +983,8 @@ mod tests {
                 &PlanChoice::File(path.clone()),
                 PlanBackend::Native,
                 None,
-                2,
-                1,
+                (2, 1),
+                Isa::best_supported(),
                 &mut |n| notes.push(n),
             )
             .unwrap();
@@ -978,8 +999,8 @@ mod tests {
             &PlanChoice::File(path.clone()),
             PlanBackend::Native,
             None,
-            2,
-            1,
+            (2, 1),
+            Isa::best_supported(),
             &mut |n| panic!("{n}"),
         )
         .unwrap();
@@ -989,8 +1010,8 @@ mod tests {
             &PlanChoice::File(path.clone()),
             PlanBackend::Int8,
             None,
-            2,
-            1,
+            (2, 1),
+            Isa::best_supported(),
             &mut |n| panic!("{n}"),
         )
         .unwrap_err()
@@ -1000,6 +1021,30 @@ mod tests {
             err.contains("a plan for the native backend, not for int8"),
             "{err}"
         );
+        // Asked for a lower ISA level than the plan's kernels need (`--isa portable` on a
+        // plan tuned at the best level): ignored with a note naming the kernel, so the
+        // backend really runs the level asked for. The heuristic plan's kernels are at the
+        // best level; where that is the portable one, no plan can be above it.
+        let best_kernel = heuristic_plan(2, 1).layers[0].choice.kernel.clone();
+        let mut notes = Vec::new();
+        let got = resolve(
+            &PlanChoice::File(path.clone()),
+            PlanBackend::Native,
+            None,
+            (2, 1),
+            Isa::Portable,
+            &mut |n| notes.push(n),
+        )
+        .unwrap();
+        if Isa::best_supported() > Isa::Portable {
+            assert!(got.is_none());
+            assert!(
+                notes.len() == 1 && notes[0].contains(&best_kernel) && notes[0].contains("above"),
+                "{notes:?}"
+            );
+        } else {
+            assert!(got.is_some() && notes.is_empty(), "{notes:?}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
