@@ -3,7 +3,9 @@
 //!
 //! `cargo run --release -p resnet-benches --example layer_profile [BATCH] [CONFIG...]`
 //!
-//! `PROFILE_MIN=1` prints each point's fastest run instead of its median.
+//! `PROFILE_MIN=1` prints each point's fastest run instead of its median. `PROFILE_PLAN=FILE`
+//! runs the configurations of that plan's backend with it (for example a cached plan of
+//! `resnet tune`, to see the network's own per-layer times beside the tuner's).
 //! CONFIGs (default: all of them): gemm, native/wino-off, native/wino-auto, native/wino-all,
 //! int8, bf16. The kernels are the best this CPU runs (`RESNET_ISA` chooses another level).
 use resnet_core::backend::{
@@ -49,10 +51,21 @@ fn main() {
         .filter(|(label, _, _)| wanted.is_empty() || wanted.iter().any(|w| w == label))
         .collect();
     assert!(!configs.is_empty(), "no such configuration: {wanted:?}");
+    let plan = std::env::var_os("PROFILE_PLAN").map(|path| {
+        let path = std::path::PathBuf::from(path);
+        let plan = resnet_core::plan::Plan::load(&path).expect("PROFILE_PLAN: a valid plan file");
+        resnet_core::plan::ActivePlan {
+            plan: std::sync::Arc::new(plan),
+            path,
+        }
+    });
     let mut columns: Vec<Vec<(String, f64)>> = Vec::new();
     for &(_, kind, winograd) in &configs {
         let options = BackendOptions {
             winograd,
+            plan: plan
+                .clone()
+                .filter(|p| kind.plan_backend() == Some(p.plan.backend)),
             ..BackendOptions::default()
         };
         let backend = kind.create(&weights, &options).unwrap();
