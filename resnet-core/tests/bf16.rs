@@ -269,3 +269,25 @@ fn bf16_backend_amx_model_agrees() {
     );
     assert!(errors.0.iter().all(|&e| e <= 1e-2), "{errors}");
 }
+
+/// Without a trace the activations go between the in-place layers in frames (amx::Frame: the
+/// padded layout the next layer reads, no copy); a trace reads them dense, so it turns those
+/// frames off. Both must give the same logits, bit for bit, on every line this CPU runs.
+#[test]
+fn bf16_logits_with_and_without_a_trace_are_identical() {
+    let weights = synthetic_weights(0);
+    let batch = photos().slice_move(ndarray::s![..2, .., .., ..]);
+    for isa in Isa::supported() {
+        let backend = Bf16Backend::new(&weights, isa);
+        let plain = backend.forward(batch.view(), &mut NoObserver).unwrap();
+        let mut capture = Capture::default();
+        let traced = backend.forward(batch.view(), &mut capture).unwrap();
+        assert!(
+            plain
+                .iter()
+                .map(|v| v.to_bits())
+                .eq(traced.iter().map(|v| v.to_bits())),
+            "{isa}: logits with and without a trace differ"
+        );
+    }
+}

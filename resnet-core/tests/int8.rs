@@ -115,9 +115,20 @@ fn int8_backend_is_bit_exact_across_isas() {
     let mut tested = Vec::new();
     for isa in Isa::supported() {
         let mut got = Capture::default();
-        Int8Backend::new(&model, isa)
-            .forward(batch.view(), &mut got)
+        let backend = Int8Backend::new(&model, isa);
+        let traced = backend.forward(batch.view(), &mut got).unwrap();
+        // Without a trace, the activations go between layers in frames where the line reads
+        // in place (a trace reads them dense): the same logits, bit for bit.
+        let plain = backend
+            .forward(batch.view(), &mut resnet_core::backend::NoObserver)
             .unwrap();
+        assert!(
+            plain
+                .iter()
+                .map(|v| v.to_bits())
+                .eq(traced.iter().map(|v| v.to_bits())),
+            "{isa}: logits with and without a trace differ"
+        );
         tested.push(isa);
         let Some((first_isa, want)) = &first else {
             first = Some((isa, got));

@@ -17,7 +17,8 @@
 use super::folded::{fc_weight_transposed, nhwc_to_nchw, FoldedLayer};
 use super::native::classifier;
 use super::{
-    check_batch_shape, stem_and_pool_in_groups, Backend, LayerObserver, Reporter, WorkspacePool,
+    check_batch_shape, inner_frame, input_frame, stem_and_pool_in_groups, Backend, Framing,
+    LayerObserver, Reporter, WorkspacePool,
 };
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
@@ -182,33 +183,6 @@ impl Bf16Layer {
     }
 }
 
-/// How a layer's input and output buffers are laid out: dense NHWC, or a [`Frame`] (the
-/// padded layout the in-place path reads a stride-1 layer from, written by the layer before).
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Framing {
-    /// The input is a frame of the layer's input ([`InPlaceLayout::Framed`]).
-    input: bool,
-    /// The output goes into this frame, for the next layer to read framed.
-    output: Option<Frame>,
-    /// The residual is read from this frame (the block's input, framed for its conv1).
-    residual: Option<Frame>,
-}
-
-impl Framing {
-    /// Dense in, dense out.
-    pub(super) const DENSE: Framing = Framing {
-        input: false,
-        output: None,
-        residual: None,
-    };
-}
-
-/// Whether `layer` reads its input in place with the padded layout at `g` (so it could read a
-/// frame instead, at stride 1).
-fn reads_padded(layer: &Bf16Layer, g: &ConvGeometry) -> bool {
-    layer.layout(g) == Some(InPlaceLayout::Padded)
-}
-
 struct Bf16Block {
     point: TracePoint,
     conv1: Bf16Layer,
@@ -226,27 +200,15 @@ impl Bf16Block {
         )
     }
 
-    /// The frame conv1 writes its output into so that conv2 reads it without a copy: when
-    /// both read in place with the padded layout (conv2 then has stride 1).
+    /// See [`inner_frame`].
     fn inner_frame(&self, (g1, g2): (&ConvGeometry, &ConvGeometry)) -> Option<Frame> {
-        if reads_padded(&self.conv1, g1) && reads_padded(&self.conv2, g2) {
-            Frame::for_input(g2)
-        } else {
-            None
-        }
+        inner_frame(self.conv1.layout(g1), self.conv2.layout(g2), g2)
     }
 
-    /// The frame the block before writes its output into so that this block reads it
-    /// without a copy: conv1 reads it in place with the padded layout, there is no
-    /// downsample (the skip is that input), and conv2 reads in place (so its epilogue can
-    /// read the residual from the frame).
+    /// See [`input_frame`].
     fn input_frame(&self, (g1, g2): (&ConvGeometry, &ConvGeometry)) -> Option<Frame> {
-        let conv2_in_place = self.conv2.layout(g2).is_some();
-        if self.downsample.is_none() && reads_padded(&self.conv1, g1) && conv2_in_place {
-            Frame::for_input(g1)
-        } else {
-            None
-        }
+        let conv = (self.conv1.layout(g1), self.conv2.layout(g2));
+        input_frame(self.downsample.is_some(), conv, g1)
     }
 }
 

@@ -7,7 +7,10 @@
 
 use super::folded::{nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
 use super::native::{classifier, PackedLayer};
-use super::{check_batch_shape, Backend, LayerObserver, Reporter, WinogradPolicy, WorkspacePool};
+use super::{
+    check_batch_shape, inner_frame, input_frame, Backend, Framing, LayerObserver, Reporter,
+    WinogradPolicy, WorkspacePool,
+};
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
 use crate::plan::ActivePlan;
@@ -16,13 +19,13 @@ use crate::weights::FoldedConv;
 use ndarray::{Array2, ArrayView4};
 use resnet_kernels::aligned::{AlignedVec, Plain};
 use resnet_kernels::cpu::Isa;
-use resnet_kernels::gemm::PackedB;
+use resnet_kernels::gemm::{ConvGeometry, PackedB};
 use resnet_kernels::int8::{
     self, avg_pool_u8_nhwc, conv_u8s8_in_place, gemm_u8s8, quantize_nchw_to_nhwc_u8,
-    round_half_even_i32, ASource8, InPlaceLayout, Int8Kernel, Output8, PackedB8, Requant,
+    round_half_even_i32, ASource8, Frame, InPlaceLayout, Int8Kernel, Output8, PackedB8, Requant,
     Residual8,
 };
-use resnet_kernels::pool::max_pool_3x3_s2_p1_nhwc;
+use resnet_kernels::pool::{max_pool_3x3_s2_p1_nhwc, max_pool_3x3_s2_p1_nhwc_framed};
 use resnet_kernels::tiling::Blocking;
 use resnet_kernels::winograd::WinogradScratch;
 
@@ -107,7 +110,9 @@ impl Int8Layer {
         Int8Layer::new(model.conv(conv), model.act(input), model.act(output), line)
     }
 
-    /// `out = requant(conv(input) [+ residual])` on NHWC codes; returns the output height, width.
+    /// `out = requant(conv(input) [+ residual])` on NHWC codes, the input, output and
+    /// residual framed as `framing` says (frames need the in-place path); returns the output
+    /// height, width.
     pub(super) fn run(
         &self,
         input: &[u8],
@@ -115,11 +120,12 @@ impl Int8Layer {
         out: &mut AlignedVec<u8>,
         residual: Option<(&[u8], ActQuant)>,
         relu: bool,
+        framing: Framing,
     ) -> (usize, usize) {
         let s = &self.spec;
         let geometry = s.geometry(n, h, w);
         let oc = s.out_channels;
-        let out = grow(out, geometry.m() * oc);
+        let out = grow(out, framing.output.map_or(geometry.m() * oc, |f| f.len()));
         let requant = Requant {
             bias: &self.bias,
             scale: &self.scale,
@@ -128,18 +134,23 @@ impl Int8Layer {
                 ld: oc,
                 zero_point: q.zero_point as i32,
                 scale: q.scale / self.output.scale,
+                frame: framing.residual,
             }),
             zero_point: self.output.zero_point,
             relu,
         };
-        if let Some(layout) = self.in_place {
+        let layout = if framing.input {
+            Some(InPlaceLayout::Framed)
+        } else {
+            self.in_place
+        };
+        if let Some(layout) = layout {
             conv_u8s8_in_place(
                 input,
                 &geometry,
                 self.input.zero_point,
                 &self.weights,
-                out,
-                oc,
+                (out, oc, framing.output),
                 &requant,
                 layout,
             );
@@ -177,6 +188,28 @@ struct Int8Block {
     conv1: Int8Layer,
     conv2: Int8Layer,
     downsample: Option<Int8Layer>,
+}
+
+impl Int8Block {
+    /// The geometries of conv1 and conv2 for an input of `(n, h, w)`.
+    fn geometries(&self, (n, h, w): (usize, usize, usize)) -> (ConvGeometry, ConvGeometry) {
+        let (oh, ow) = self.conv1.spec.output_hw(h, w);
+        (
+            self.conv1.spec.geometry(n, h, w),
+            self.conv2.spec.geometry(n, oh, ow),
+        )
+    }
+
+    /// See [`inner_frame`].
+    fn inner_frame(&self, g2: &ConvGeometry) -> Option<Frame> {
+        inner_frame(self.conv1.in_place, self.conv2.in_place, g2)
+    }
+
+    /// See [`input_frame`].
+    fn input_frame(&self, g1: &ConvGeometry) -> Option<Frame> {
+        let conv = (self.conv1.in_place, self.conv2.in_place);
+        input_frame(self.downsample.is_some(), conv, g1)
+    }
 }
 
 #[derive(Default)]
@@ -373,7 +406,7 @@ impl Int8Backend {
                     self.input.zero_point as i32,
                     x,
                 );
-                (h, w) = layer.run(x, (n, h, w), &mut ws.t, None, true);
+                (h, w) = layer.run(x, (n, h, w), &mut ws.t, None, true, Framing::DENSE);
                 layer.output
             }
             Stem::F32 { layer, output } => {
@@ -404,14 +437,27 @@ impl Int8Backend {
             (h, w, c),
         );
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
-        max_pool_3x3_s2_p1_nhwc(
-            &ws.t[..len(h, w, c)],
-            n,
-            h,
-            w,
-            c,
-            grow(&mut ws.x, len(ph, pw, c)),
-        );
+        // The pool writes straight into the frame the first block reads (see the blocks'
+        // loop below), unless a trace reads its output.
+        let pool_frame = self.blocks.first().and_then(|first| {
+            let g1 = first.geometries((n, ph, pw)).0;
+            first.input_frame(&g1).filter(|_| !wants)
+        });
+        match pool_frame {
+            Some(frame) => {
+                let x = grow(&mut ws.x, frame.len());
+                frame.clear(x, stem_q.zero_point);
+                max_pool_3x3_s2_p1_nhwc_framed(&ws.t[..len(h, w, c)], (n, h, w, c), x, frame.pad);
+            }
+            None => max_pool_3x3_s2_p1_nhwc(
+                &ws.t[..len(h, w, c)],
+                n,
+                h,
+                w,
+                c,
+                grow(&mut ws.x, len(ph, pw, c)),
+            ),
+        }
         (h, w) = (ph, pw);
         report(
             &mut trace,
@@ -421,28 +467,57 @@ impl Int8Backend {
             (h, w, c),
         );
 
+        // Where both sides read in place, a layer writes its output straight into the padded
+        // layout (a frame) the next one reads, as the bf16 backend does (see there).
+        // `x_frame`: the frame `ws.x` is in, if any.
         let mut x_q = stem_q;
-        for block in &self.blocks {
-            let x = &ws.x[..len(h, w, c)];
+        let mut x_frame = pool_frame;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (_, g2) = block.geometries((n, h, w));
+            let (oh, ow) = (g2.in_h, g2.in_w);
+            let t_frame = block.inner_frame(&g2);
+            let conv2_in_place = t_frame.is_some() || block.conv2.in_place.is_some();
+            let y_frame = match self.blocks.get(i + 1) {
+                Some(next) if conv2_in_place && !wants => {
+                    next.input_frame(&next.geometries((n, oh, ow)).0)
+                }
+                _ => None,
+            };
+            let x = &ws.x[..x_frame.map_or(len(h, w, c), |f| f.len())];
             // Residual branch, first conv: conv1 + bn1 + relu.
-            let (oh, ow) = block.conv1.run(x, (n, h, w), &mut ws.t, None, true);
+            let framing = Framing {
+                input: x_frame.is_some(),
+                output: t_frame,
+                residual: None,
+            };
+            block
+                .conv1
+                .run(x, (n, h, w), &mut ws.t, None, true, framing);
             let oc = block.conv2.spec.out_channels;
-            // Skip branch: the input, or downsample conv + bn.
+            // Skip branch: the input, or downsample conv + bn (whose input is never framed).
             let skip: (&[u8], ActQuant) = match &block.downsample {
                 Some(ds) => {
-                    ds.run(x, (n, h, w), &mut ws.skip, None, false);
+                    ds.run(x, (n, h, w), &mut ws.skip, None, false, Framing::DENSE);
                     (&ws.skip[..len(oh, ow, oc)], ds.output)
                 }
                 None => (x, x_q),
             };
             // conv2 + bn2 + residual add + relu, requantised in the epilogue.
+            let t_len = t_frame.map_or(len(oh, ow, block.conv1.spec.out_channels), |f| f.len());
+            let framing = Framing {
+                input: t_frame.is_some(),
+                output: y_frame,
+                residual: x_frame.filter(|_| block.downsample.is_none()),
+            };
             block.conv2.run(
-                &ws.t[..len(oh, ow, block.conv1.spec.out_channels)],
+                &ws.t[..t_len],
                 (n, oh, ow),
                 &mut ws.y,
                 Some(skip),
                 true,
+                framing,
             );
+            x_frame = y_frame;
             std::mem::swap(&mut ws.x, &mut ws.y);
             (h, w, c) = (oh, ow, oc);
             x_q = block.conv2.output;

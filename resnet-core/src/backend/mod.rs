@@ -27,8 +27,9 @@ use crate::error::{Error, Result};
 use crate::weights::Weights;
 use ndarray::{Array2, ArrayView4, ArrayViewD};
 use resnet_kernels::aligned::{AlignedVec, Plain};
-use resnet_kernels::amx::Frame;
+use resnet_kernels::amx::{Frame, InPlaceLayout};
 use resnet_kernels::cpu::Isa;
+use resnet_kernels::gemm::ConvGeometry;
 use resnet_kernels::pool::{max_pool_3x3_s2_p1_nhwc, max_pool_3x3_s2_p1_nhwc_framed, PoolValue};
 use std::time::{Duration, Instant};
 
@@ -374,6 +375,57 @@ impl std::str::FromStr for WinogradPolicy {
             }),
         }
     }
+}
+
+/// How a layer's input and output buffers are laid out (the `int8` and `bf16` backends on AMX
+/// lines): dense NHWC, or a [`Frame`], the padded layout the in-place path reads a stride-1
+/// layer from, written by the layer before so that no copy is made.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Framing {
+    /// The input is a frame of the layer's input ([`InPlaceLayout::Framed`]).
+    pub input: bool,
+    /// The output goes into this frame, for the next layer to read framed.
+    pub output: Option<Frame>,
+    /// The residual is read from this frame (the block's input, framed for its conv1).
+    pub residual: Option<Frame>,
+}
+
+impl Framing {
+    /// Dense in, dense out.
+    pub(super) const DENSE: Framing = Framing {
+        input: false,
+        output: None,
+        residual: None,
+    };
+}
+
+/// The frame a block's conv1 writes its output into so that conv2 reads it without a copy:
+/// when both read their input in place with the padded layout (`conv1`, `conv2`: the layouts
+/// they read in at these geometries), conv2 at stride 1 (`g2`: its geometry).
+pub(super) fn inner_frame(
+    conv1: Option<InPlaceLayout>,
+    conv2: Option<InPlaceLayout>,
+    g2: &ConvGeometry,
+) -> Option<Frame> {
+    let padded = Some(InPlaceLayout::Padded);
+    (conv1 == padded && conv2 == padded)
+        .then(|| Frame::for_input(g2))
+        .flatten()
+}
+
+/// The frame the layer before a block writes its output into so that the block reads it
+/// without a copy: its conv1 reads in place with the padded layout at stride 1 (`g1`), there
+/// is no downsample (the skip is that input), and conv2 reads in place (its epilogue reads the
+/// residual from the frame). The writer must run in place too (the packed path's tiles cross
+/// output rows): the caller checks.
+pub(super) fn input_frame(
+    downsample: bool,
+    (conv1, conv2): (Option<InPlaceLayout>, Option<InPlaceLayout>),
+    g1: &ConvGeometry,
+) -> Option<Frame> {
+    (!downsample && conv1 == Some(InPlaceLayout::Padded) && conv2.is_some())
+        .then(|| Frame::for_input(g1))
+        .flatten()
 }
 
 /// Checks a batch's shape: `[N, 3, H, W]`, N >= 1, H and W at least 32 (the network's stride).

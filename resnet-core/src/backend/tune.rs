@@ -6,10 +6,11 @@
 //! INT8, one bf16 rounding step for bf16); the budget, the timing and the choice are shared
 //! ([`Tuner`]).
 
-use super::bf16::{planned_line, Bf16Layer, Framing};
+use super::bf16::{planned_line, Bf16Layer};
 use super::folded::FoldedLayer;
 use super::int8::Int8Layer;
 use super::native::PackedLayer;
+use super::Framing;
 use crate::arch::{ConvBn, ResNet18Arch, INPUT_SIZE};
 use crate::plan::{self, Candidate, LayerChoice, LayerPlan, Plan, PlanBackend, PlanKey};
 use crate::quantize::model::{Activation, LayerPrecision, QuantizedModel};
@@ -329,7 +330,7 @@ pub fn tune_int8(
         };
         let run = |layer: &Int8Layer, out: &mut AlignedVec<u8>| {
             let skip = residual.as_ref().map(|(r, q)| (r.as_slice(), *q));
-            layer.run(&input, (batch, h, w), out, skip, relu);
+            layer.run(&input, (batch, h, w), out, skip, relu, Framing::DENSE);
         };
         // The reference: the heuristic's kernel and blocking with A packed (so the in-place
         // candidates are checked against the im2col path).

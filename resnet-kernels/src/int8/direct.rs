@@ -3,7 +3,7 @@
 //! `i32` sums, the requantising epilogue. Integer sums, so bit-identical to the im2col path.
 
 use super::loops::tile_requant;
-use super::{InPlaceLayout, PackedB8, Requant, TileRequant};
+use super::{Frame, InPlaceLayout, PackedB8, Requant, TileRequant};
 use crate::aligned::AlignedVec;
 use crate::amx::direct::{self, InPlaceFamily, Panels};
 use crate::amx::{Dot, TileExec};
@@ -28,6 +28,8 @@ struct Requantised<'r> {
     req: &'r Requant<'r>,
     c: SharedMut<u8>,
     ldc: usize,
+    /// Where C's rows go in a framed output (`None`: row `i` at `i * ldc`).
+    frame: Option<Frame>,
 }
 
 impl InPlaceFamily for Requantised<'_> {
@@ -49,7 +51,8 @@ impl InPlaceFamily for Requantised<'_> {
     }
 
     fn tile(&self, at: usize, j0: usize) -> TileRequant {
-        tile_requant(self.req, self.c, self.ldc, at, j0)
+        let c_row = self.frame.map_or(at, |f| f.row(at));
+        tile_requant(self.req, (self.c, self.ldc, c_row), at, j0)
     }
 
     unsafe fn epilogue<T: TileExec>(sums: *const i32, rows: usize, out: &TileRequant) {
@@ -72,8 +75,7 @@ pub(crate) fn conv<T: TileExec>(
     g: &ConvGeometry,
     pad_code: u8,
     b: &PackedB8,
-    c: &mut [u8],
-    ldc: usize,
+    (c, ldc, frame): (&mut [u8], usize, Option<Frame>),
     req: &Requant<'_>,
     layout: InPlaceLayout,
 ) {
@@ -81,6 +83,7 @@ pub(crate) fn conv<T: TileExec>(
         req,
         c: SharedMut::new(c.as_mut_ptr()),
         ldc,
+        frame,
     };
     let panels = Panels {
         blocks: &b.blocks,

@@ -23,11 +23,11 @@ enum Dst<'r> {
     U8(Shared<u8>, usize, &'r Requant<'r>),
 }
 
-/// The tile epilogue at `(i0, j0)` of C.
+/// The tile epilogue at `(i0, j0)` of C, its output row `i0` stored at row `c_row` of `c` (the
+/// same, or where a frame puts it).
 pub(crate) fn tile_requant(
     req: &Requant<'_>,
-    c: Shared<u8>,
-    ldc: usize,
+    (c, ldc, c_row): (Shared<u8>, usize, usize),
     i0: usize,
     j0: usize,
 ) -> TileRequant {
@@ -35,9 +35,10 @@ pub(crate) fn tile_requant(
     TileRequant {
         bias: req.bias[j0..].as_ptr(),
         scale: req.scale[j0..].as_ptr(),
-        residual: req
-            .residual
-            .map_or(std::ptr::null(), |r| r.data[i0 * r.ld + j0..].as_ptr()),
+        residual: req.residual.map_or(std::ptr::null(), |r| {
+            let row = r.frame.map_or(i0, |f| f.row(i0));
+            r.data[row * r.ld + j0..].as_ptr()
+        }),
         ldr: req.residual.map_or(0, |r| r.ld),
         res_zero_point: req.residual.map_or(0, |r| r.zero_point),
         res_scale: req.residual.map_or(0.0, |r| r.scale),
@@ -45,7 +46,7 @@ pub(crate) fn tile_requant(
         lo: if req.relu { 0.0 } else { -(zp as f32) },
         hi: (255 - zp) as f32,
         // SAFETY (of the later writes through this pointer): (i0, j0) is inside C, checked on entry.
-        c: c.get().wrapping_add(i0 * ldc + j0),
+        c: c.get().wrapping_add(c_row * ldc + j0),
         ldc,
     }
 }
@@ -152,7 +153,8 @@ fn gemm_dst<K: MicroKernel8>(a: &ASource8<'_>, b: &PackedB8, m: usize, n: usize,
                                         std::ptr::null_mut()
                                     };
                                     if cols == K::NR {
-                                        let t = last.then(|| tile_requant(req, c, ldc, i0, j0));
+                                        let t =
+                                            last.then(|| tile_requant(req, (c, ldc, i0), i0, j0));
                                         // SAFETY: as above for the ISA, the panels and C; the
                                         // scratch (when used) holds MR-rounded rows of
                                         // ld_scratch >= j0 - j_begin + NR sums from scratch_at;
@@ -270,7 +272,7 @@ fn edge_tile_u8<K: MicroKernel8>(
     if !t.last {
         return;
     }
-    let tr = tile_requant(req, c, ldc, i0, j0);
+    let tr = tile_requant(req, (c, ldc, i0), i0, j0);
     for i in 0..t.rows {
         for j in 0..t.cols {
             // SAFETY: (i, j) is inside the MR x NR sums at `acc`; (i0+i, j0+j) is inside C, the

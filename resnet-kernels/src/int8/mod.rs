@@ -115,7 +115,7 @@ pub use ops::{
 pub use pack::im2col_nhwc_u8;
 
 use crate::aligned::AlignedVec;
-pub use crate::amx::InPlaceLayout;
+pub use crate::amx::{Frame, InPlaceLayout};
 use crate::cpu::{CpuFeatures, Isa};
 use crate::gemm::ConvGeometry;
 use crate::registry::{self, Family, Kernel, KernelInfo};
@@ -178,10 +178,17 @@ pub struct Int8Entry {
 pub type Int8Kernel = Kernel<Int8Entry>;
 
 /// A line's in-place convolution (see [`direct`]): `input` NHWC codes, `pad` their zero point,
-/// C `u8` with row stride `ldc`, requantised by `requant`. Called only by
+/// C `u8` with row stride `ldc` (or in a [`Frame`]), requantised by `requant`. Called only by
 /// [`conv_u8s8_in_place`], which checks that it applies and the sizes.
-pub(crate) type ConvDirect =
-    fn(&[u8], &ConvGeometry, u8, &PackedB8, &mut [u8], usize, &Requant<'_>, InPlaceLayout);
+pub(crate) type ConvDirect = fn(
+    &[u8],
+    &ConvGeometry,
+    u8,
+    &PackedB8,
+    (&mut [u8], usize, Option<Frame>),
+    &Requant<'_>,
+    InPlaceLayout,
+);
 
 const ONE_PART: &str = "K blocks of NR-wide micro-panels of 4-k groups (NR columns x 4 bytes)";
 const TWO_PARTS: &str =
@@ -426,6 +433,9 @@ pub struct Residual8<'a> {
     pub zero_point: i32,
     /// Its scale divided by the output's scale.
     pub scale: f32,
+    /// Where its rows are when it is stored in a [`Frame`] (row `r` at [`Frame::row`]`(r)`,
+    /// `ld == frame.ch`; read by the in-place path only); `None`: row `r` at `r x ld`.
+    pub frame: Option<Frame>,
 }
 
 /// The requantising epilogue (see the module's design note for the exact order):
@@ -453,11 +463,16 @@ impl Requant<'_> {
             self.bias.len() >= n && self.scale.len() >= n,
             "bias/scale too short"
         );
-        if let Some(r) = self.residual {
-            assert!(
+        match self.residual {
+            Some(r @ Residual8 { frame: None, .. }) => assert!(
                 r.ld >= n && r.data.len() >= (m - 1) * r.ld + n,
                 "residual too small"
-            );
+            ),
+            Some(r @ Residual8 { frame: Some(f), .. }) => assert!(
+                r.ld == f.ch && f.ch >= n && f.batch * f.h * f.w == m && r.data.len() >= f.len(),
+                "the residual's frame does not hold C"
+            ),
+            None => {}
         }
     }
 }
@@ -489,6 +504,13 @@ pub enum Output8<'a> {
 /// # Panics
 /// If the shapes or slice lengths do not fit (a bug in the caller, never bad user input).
 pub fn gemm_u8s8(a: &ASource8<'_>, b: &PackedB8, out: Output8<'_>) {
+    // The packed path's tiles run across output rows: it cannot read a framed residual.
+    if let Output8::U8 { requant, .. } = &out {
+        assert!(
+            requant.residual.is_none_or(|r| r.frame.is_none()),
+            "a framed residual is read by the in-place path only"
+        );
+    }
     (b.kernel.entry.gemm)(a, b, out)
 }
 
@@ -539,9 +561,10 @@ pub fn pack_window_rows(
     PackedB8::with_kernel(&rows, k, n, kernel, blocking)
 }
 
-/// The convolution of `input` (NHWC codes, `pad` their zero point) by `b`, requantised into C,
-/// with A read in place from a copy of the input in `layout` instead of packed as an im2col
-/// ([`direct`]). Bit-identical to [`gemm_u8s8`] on [`ASource8::Conv`] (integer sums; for
+/// The convolution of `input` (NHWC codes, `pad` their zero point) by `b`, requantised into C
+/// (row stride `ldc`, or, with a frame, row `r` at [`Frame::row`]`(r)` and the frame filled
+/// with the output's zero point), with A read in place from a copy of the input in `layout`
+/// instead of packed as an im2col ([`direct`]). Bit-identical to [`gemm_u8s8`] on [`ASource8::Conv`] (integer sums; for
 /// [`InPlaceLayout::WindowRows`] with B packed as usual).
 ///
 /// # Panics
@@ -552,8 +575,7 @@ pub fn conv_u8s8_in_place(
     geometry: &ConvGeometry,
     pad: u8,
     b: &PackedB8,
-    c: &mut [u8],
-    ldc: usize,
+    (c, ldc, out_frame): (&mut [u8], usize, Option<Frame>),
     requant: &Requant<'_>,
     layout: InPlaceLayout,
 ) {
@@ -568,8 +590,25 @@ pub fn conv_u8s8_in_place(
     }
     crate::amx::direct::check_input_len(geometry, layout, input.len());
     requant.check_output(c, ldc, m, n);
+    if let Some(f) = out_frame {
+        assert!(
+            f.ch == n && ldc == n && f.batch * f.h * f.w == m,
+            "the frame does not hold C"
+        );
+        // Checks the length too; the frame holds the output's code of 0.0, what the next
+        // layer pads with. The epilogue writes every image pixel.
+        f.clear(c, requant.zero_point);
+    }
     let direct = b.kernel.entry.conv_direct.expect("checked above");
-    direct(input, geometry, pad, b, c, ldc, requant, layout)
+    direct(
+        input,
+        geometry,
+        pad,
+        b,
+        (c, ldc, out_frame),
+        requant,
+        layout,
+    )
 }
 
 /// The plain triple loop every packed path is tested against: `C[i, j] = sum_k A[i, k] B[k, j]`

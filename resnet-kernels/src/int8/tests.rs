@@ -96,6 +96,7 @@ impl Problem {
                 ld: ldr,
                 zero_point: 77,
                 scale: 0.73,
+                frame: None,
             }),
             zero_point: self.zero_point,
             relu: self.relu,
@@ -296,6 +297,7 @@ fn int8_requantize_by_hand() {
         ld: 1,
         zero_point: 20,
         scale: 0.25,
+        frame: None,
     });
     assert_eq!(requantize_scalar(20, 0, Some(30), &r), 112); // 10 + (30-20)*0.25 = 12.5 -> 12, + 100
 }
@@ -503,6 +505,7 @@ impl ConvCase {
                     ld: n,
                     zero_point: 91,
                     scale: 0.61,
+                    frame: None,
                 }),
                 zero_point: 23,
                 relu,
@@ -525,8 +528,7 @@ impl ConvCase {
                 &g,
                 29,
                 in_place,
-                &mut direct,
-                n,
+                (&mut direct, n, None),
                 &requant,
                 layout,
             );
@@ -535,7 +537,63 @@ impl ConvCase {
                 "{what} {g:?} n {n} residual {residual} relu {relu}: first difference at {:?}",
                 direct.iter().zip(&im2col).position(|(a, b)| a != b)
             );
+            if layout == InPlaceLayout::Padded && g.stride == 1 {
+                self.check_framed(in_place, &requant, &im2col, what);
+            }
         }
+    }
+
+    /// The same through [`Frame`]s: the input read from a framed copy (the frame holding the
+    /// pad code), the residual read from a framed copy (0xEE in its frame: a row read from the
+    /// wrong place fails), the output written into a frame for a 3x3 padding-1 layer after,
+    /// whose frame must come out as the output's zero point and whose pixels as `want`'s.
+    fn check_framed(&self, in_place: &PackedB8, requant: &Requant<'_>, want: &[u8], what: &str) {
+        let (g, n) = (self.g, self.n);
+        let in_frame = Frame::for_input(&g).expect("stride 1");
+        let mut framed_input = vec![0x5Bu8; in_frame.len()];
+        in_frame.clear(&mut framed_input, 29);
+        for (r, pixel) in self.input.chunks_exact(g.in_c).enumerate() {
+            framed_input[in_frame.row(r) * g.in_c..][..g.in_c].copy_from_slice(pixel);
+        }
+        let out_frame = Frame {
+            batch: g.batch,
+            h: g.out_h(),
+            w: g.out_w(),
+            ch: n,
+            pad: 1,
+            kernel: 3,
+        };
+        let mut framed_res = vec![0xEEu8; out_frame.len()];
+        for (r, pixel) in self.res.chunks_exact(n).enumerate() {
+            framed_res[out_frame.row(r) * n..][..n].copy_from_slice(pixel);
+        }
+        let requant = Requant {
+            residual: requant.residual.map(|r| Residual8 {
+                data: &framed_res,
+                frame: Some(out_frame),
+                ..r
+            }),
+            ..*requant
+        };
+        let mut expected = vec![requant.zero_point; out_frame.len()];
+        for (r, pixel) in want.chunks_exact(n).enumerate() {
+            expected[out_frame.row(r) * n..][..n].copy_from_slice(pixel);
+        }
+        let mut framed = vec![0xA7u8; out_frame.len()];
+        conv_u8s8_in_place(
+            &framed_input,
+            &g,
+            29,
+            in_place,
+            (&mut framed, n, Some(out_frame)),
+            &requant,
+            InPlaceLayout::Framed,
+        );
+        assert!(
+            framed == expected,
+            "{what} {g:?} n {n} framed: first difference at {:?}",
+            framed.iter().zip(&expected).position(|(a, b)| a != b)
+        );
     }
 }
 
