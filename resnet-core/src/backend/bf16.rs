@@ -17,8 +17,8 @@
 use super::folded::{fc_weight_transposed, nhwc_to_nchw, FoldedLayer};
 use super::native::classifier;
 use super::{
-    check_batch_shape, inner_frame, input_frame, stem_and_pool_in_groups, Backend, Framing,
-    LayerObserver, Reporter, WorkspacePool,
+    check_batch_shape, stem_and_pool_in_groups, Backend, BlockShape, Framing, LayerObserver,
+    Reporter, WorkspacePool,
 };
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
@@ -30,7 +30,7 @@ use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::bf16::{
     avg_pool_bf16_nhwc, conv_bf16_in_place, f32_to_bf16, gemm_bf16, in_place_applies,
     in_place_layout, kernel_for, pack_window_rows, ASourceBf16, Bf16, Bf16Kernel, EpilogueBf16,
-    Frame, InPlaceLayout, OutputBf16, PackedBBf16,
+    InPlaceLayout, OutputBf16, PackedBBf16,
 };
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::{ConvGeometry, PackedB};
@@ -191,24 +191,20 @@ struct Bf16Block {
 }
 
 impl Bf16Block {
-    /// The geometries of conv1 and conv2 for an input of `(n, h, w)`.
-    fn geometries(&self, (n, h, w): (usize, usize, usize)) -> (ConvGeometry, ConvGeometry) {
+    /// The block at input size `(n, h, w)`, as the framing rule sees it.
+    fn shape(&self, (n, h, w): (usize, usize, usize)) -> BlockShape {
         let (oh, ow) = self.conv1.spec.output_hw(h, w);
-        (
+        let (g1, g2) = (
             self.conv1.spec.geometry(n, h, w),
             self.conv2.spec.geometry(n, oh, ow),
-        )
-    }
-
-    /// See [`inner_frame`].
-    fn inner_frame(&self, (g1, g2): (&ConvGeometry, &ConvGeometry)) -> Option<Frame> {
-        inner_frame(self.conv1.layout(g1), self.conv2.layout(g2), g2)
-    }
-
-    /// See [`input_frame`].
-    fn input_frame(&self, (g1, g2): (&ConvGeometry, &ConvGeometry)) -> Option<Frame> {
-        let conv = (self.conv1.layout(g1), self.conv2.layout(g2));
-        input_frame(self.downsample.is_some(), conv, g1)
+        );
+        BlockShape {
+            conv1: self.conv1.layout(&g1),
+            conv2: self.conv2.layout(&g2),
+            downsample: self.downsample.is_some(),
+            g1,
+            g2,
+        }
     }
 }
 
@@ -372,10 +368,11 @@ impl Bf16Backend {
         // The pool writes its output straight into the frame the first block reads (see the
         // blocks' loop below), unless a trace reads it.
         let (ph, pw) = crate::arch::max_pool_output_hw(sh, sw);
-        let pool_frame = self.blocks.first().and_then(|first| {
-            let g = first.geometries((n, ph, pw));
-            first.input_frame((&g.0, &g.1)).filter(|_| !wants)
-        });
+        let pool_frame = self
+            .blocks
+            .first()
+            .and_then(|first| first.shape((n, ph, pw)).input_frame())
+            .filter(|_| !wants);
         stem_and_pool_in_groups(
             &ws.y,
             n,
@@ -401,17 +398,10 @@ impl Bf16Backend {
         // reports read the blocks' outputs dense). `x_frame`: the frame `ws.x` is in, if any.
         let mut x_frame = pool_frame;
         for (i, block) in self.blocks.iter().enumerate() {
-            let (g1, g2) = block.geometries((n, h, w));
-            let (oh, ow) = (g2.in_h, g2.in_w);
-            let t_frame = block.inner_frame((&g1, &g2));
-            let conv2_in_place = t_frame.is_some() || block.conv2.layout(&g2).is_some();
-            let y_frame = match self.blocks.get(i + 1) {
-                Some(next) if conv2_in_place && !wants => {
-                    let next_g = next.geometries((n, oh, ow));
-                    next.input_frame((&next_g.0, &next_g.1))
-                }
-                _ => None,
-            };
+            let shape = block.shape((n, h, w));
+            let (oh, ow) = (shape.g2.in_h, shape.g2.in_w);
+            let next = self.blocks.get(i + 1).map(|b| b.shape((n, oh, ow)));
+            let (t_frame, y_frame) = shape.frames(next.as_ref(), wants);
             // Residual branch, first conv: conv1 + bn1 + relu.
             let framing = Framing {
                 input: x_frame.is_some(),

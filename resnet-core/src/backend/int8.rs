@@ -8,8 +8,8 @@
 use super::folded::{nchw_to_nhwc, nhwc_to_nchw, FoldedLayer};
 use super::native::{classifier, PackedLayer};
 use super::{
-    check_batch_shape, inner_frame, input_frame, Backend, Framing, LayerObserver, Reporter,
-    WinogradPolicy, WorkspacePool,
+    check_batch_shape, Backend, BlockShape, Framing, LayerObserver, Reporter, WinogradPolicy,
+    WorkspacePool,
 };
 use crate::arch::{ConvBn, ResNet18Arch, TracePoint};
 use crate::error::Result;
@@ -19,10 +19,10 @@ use crate::weights::FoldedConv;
 use ndarray::{Array2, ArrayView4};
 use resnet_kernels::aligned::{AlignedVec, Plain};
 use resnet_kernels::cpu::Isa;
-use resnet_kernels::gemm::{ConvGeometry, PackedB};
+use resnet_kernels::gemm::PackedB;
 use resnet_kernels::int8::{
     self, avg_pool_u8_nhwc, conv_u8s8_in_place, gemm_u8s8, quantize_nchw_to_nhwc_u8,
-    round_half_even_i32, ASource8, Frame, InPlaceLayout, Int8Kernel, Output8, PackedB8, Requant,
+    round_half_even_i32, ASource8, InPlaceLayout, Int8Kernel, Output8, PackedB8, Requant,
     Residual8,
 };
 use resnet_kernels::pool::{max_pool_3x3_s2_p1_nhwc, max_pool_3x3_s2_p1_nhwc_framed};
@@ -191,24 +191,20 @@ struct Int8Block {
 }
 
 impl Int8Block {
-    /// The geometries of conv1 and conv2 for an input of `(n, h, w)`.
-    fn geometries(&self, (n, h, w): (usize, usize, usize)) -> (ConvGeometry, ConvGeometry) {
+    /// The block at input size `(n, h, w)`, as the framing rule sees it.
+    fn shape(&self, (n, h, w): (usize, usize, usize)) -> BlockShape {
         let (oh, ow) = self.conv1.spec.output_hw(h, w);
-        (
+        let (g1, g2) = (
             self.conv1.spec.geometry(n, h, w),
             self.conv2.spec.geometry(n, oh, ow),
-        )
-    }
-
-    /// See [`inner_frame`].
-    fn inner_frame(&self, g2: &ConvGeometry) -> Option<Frame> {
-        inner_frame(self.conv1.in_place, self.conv2.in_place, g2)
-    }
-
-    /// See [`input_frame`].
-    fn input_frame(&self, g1: &ConvGeometry) -> Option<Frame> {
-        let conv = (self.conv1.in_place, self.conv2.in_place);
-        input_frame(self.downsample.is_some(), conv, g1)
+        );
+        BlockShape {
+            g1,
+            g2,
+            conv1: self.conv1.in_place,
+            conv2: self.conv2.in_place,
+            downsample: self.downsample.is_some(),
+        }
     }
 }
 
@@ -439,10 +435,11 @@ impl Int8Backend {
         let (ph, pw) = crate::arch::max_pool_output_hw(h, w);
         // The pool writes straight into the frame the first block reads (see the blocks'
         // loop below), unless a trace reads its output.
-        let pool_frame = self.blocks.first().and_then(|first| {
-            let g1 = first.geometries((n, ph, pw)).0;
-            first.input_frame(&g1).filter(|_| !wants)
-        });
+        let pool_frame = self
+            .blocks
+            .first()
+            .and_then(|first| first.shape((n, ph, pw)).input_frame())
+            .filter(|_| !wants);
         match pool_frame {
             Some(frame) => {
                 let x = grow(&mut ws.x, frame.len());
@@ -473,16 +470,10 @@ impl Int8Backend {
         let mut x_q = stem_q;
         let mut x_frame = pool_frame;
         for (i, block) in self.blocks.iter().enumerate() {
-            let (_, g2) = block.geometries((n, h, w));
-            let (oh, ow) = (g2.in_h, g2.in_w);
-            let t_frame = block.inner_frame(&g2);
-            let conv2_in_place = t_frame.is_some() || block.conv2.in_place.is_some();
-            let y_frame = match self.blocks.get(i + 1) {
-                Some(next) if conv2_in_place && !wants => {
-                    next.input_frame(&next.geometries((n, oh, ow)).0)
-                }
-                _ => None,
-            };
+            let shape = block.shape((n, h, w));
+            let (oh, ow) = (shape.g2.in_h, shape.g2.in_w);
+            let next = self.blocks.get(i + 1).map(|b| b.shape((n, oh, ow)));
+            let (t_frame, y_frame) = shape.frames(next.as_ref(), wants);
             let x = &ws.x[..x_frame.map_or(len(h, w, c), |f| f.len())];
             // Residual branch, first conv: conv1 + bn1 + relu.
             let framing = Framing {

@@ -399,33 +399,54 @@ impl Framing {
     };
 }
 
-/// The frame a block's conv1 writes its output into so that conv2 reads it without a copy:
-/// when both read their input in place with the padded layout (`conv1`, `conv2`: the layouts
-/// they read in at these geometries), conv2 at stride 1 (`g2`: its geometry).
-pub(super) fn inner_frame(
-    conv1: Option<InPlaceLayout>,
-    conv2: Option<InPlaceLayout>,
-    g2: &ConvGeometry,
-) -> Option<Frame> {
-    let padded = Some(InPlaceLayout::Padded);
-    (conv1 == padded && conv2 == padded)
-        .then(|| Frame::for_input(g2))
-        .flatten()
+/// What the framing rule needs of a BasicBlock at one input size: its convolutions' geometries,
+/// the layouts they read their input in place in (`None`: packed), and whether it has a
+/// downsample.
+pub(super) struct BlockShape {
+    pub g1: ConvGeometry,
+    pub g2: ConvGeometry,
+    pub conv1: Option<InPlaceLayout>,
+    pub conv2: Option<InPlaceLayout>,
+    pub downsample: bool,
 }
 
-/// The frame the layer before a block writes its output into so that the block reads it
-/// without a copy: its conv1 reads in place with the padded layout at stride 1 (`g1`), there
-/// is no downsample (the skip is that input), and conv2 reads in place (its epilogue reads the
-/// residual from the frame). The writer must run in place too (the packed path's tiles cross
-/// output rows): the caller checks.
-pub(super) fn input_frame(
-    downsample: bool,
-    (conv1, conv2): (Option<InPlaceLayout>, Option<InPlaceLayout>),
-    g1: &ConvGeometry,
-) -> Option<Frame> {
-    (!downsample && conv1 == Some(InPlaceLayout::Padded) && conv2.is_some())
-        .then(|| Frame::for_input(g1))
-        .flatten()
+impl BlockShape {
+    /// The frame conv1 writes its output into so that conv2 reads it without a copy: when
+    /// both read their input in place with the padded layout (conv2 then at stride 1).
+    pub fn inner_frame(&self) -> Option<Frame> {
+        let padded = Some(InPlaceLayout::Padded);
+        (self.conv1 == padded && self.conv2 == padded)
+            .then(|| Frame::for_input(&self.g2))
+            .flatten()
+    }
+
+    /// The frame the layer before writes this block's input into so that the block reads it
+    /// without a copy: conv1 reads in place with the padded layout at stride 1, there is no
+    /// downsample (the skip is that input), and conv2 reads in place (its epilogue reads the
+    /// residual from the frame). The writer must run in place too (the packed path's tiles
+    /// cross output rows).
+    pub fn input_frame(&self) -> Option<Frame> {
+        let conv1_padded = self.conv1 == Some(InPlaceLayout::Padded);
+        (!self.downsample && conv1_padded && self.conv2.is_some())
+            .then(|| Frame::for_input(&self.g1))
+            .flatten()
+    }
+
+    /// The frames of this block's pass, `(conv1's output, the block's output)`: the second
+    /// when conv2 runs in place and `next` (the next block at this block's output size) reads
+    /// its input framed, unless `tracing` (a trace reads the blocks' outputs dense).
+    pub fn frames(
+        &self,
+        next: Option<&BlockShape>,
+        tracing: bool,
+    ) -> (Option<Frame>, Option<Frame>) {
+        let inner = self.inner_frame();
+        let conv2_in_place = inner.is_some() || self.conv2.is_some();
+        let output = next
+            .filter(|_| conv2_in_place && !tracing)
+            .and_then(BlockShape::input_frame);
+        (inner, output)
+    }
 }
 
 /// Checks a batch's shape: `[N, 3, H, W]`, N >= 1, H and W at least 32 (the network's stride).

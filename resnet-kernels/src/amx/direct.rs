@@ -433,20 +433,9 @@ impl SplitRows {
 
     /// Writes the split copy of `input` into `buf`, then `slack` elements of `pad`: the last
     /// block reads up to `MR - 1` rows (`stride x C` elements each) past the last image's
-    /// last output row, each as far as its window reaches.
+    /// last output row, each as far as its window reaches. Returns whether `check` holds for
+    /// every input row copied.
     fn copy<E: Plain + Send + Sync>(
-        &self,
-        input: &[E],
-        g: &ConvGeometry,
-        pad: E,
-        slack: usize,
-        buf: &mut AlignedVec<E>,
-    ) {
-        self.copy_checked(input, g, pad, slack, buf, |_| true);
-    }
-
-    /// [`SplitRows::copy`], returning whether `check` holds for every input row copied.
-    fn copy_checked<E: Plain + Send + Sync>(
         &self,
         input: &[E],
         g: &ConvGeometry,
@@ -492,7 +481,7 @@ pub(crate) fn conv<F: InPlaceFamily, T: TileExec>(
     }
     F::with_padded(|padded| {
         // Past the last block's rows, a window reaches `kernel` pixels further.
-        split.copy(input, g, pad, g.kernel * ch, padded);
+        split.copy(input, g, pad, g.kernel * ch, padded, |_| true);
         gather_gemm::<F, T>(family, padded, &split.rows(g), b, offsets);
     });
 }
@@ -628,7 +617,7 @@ fn conv_strided_rows<F: InPlaceFamily, T: TileExec>(
     let split = SplitRows::new(g);
     F::with_padded(|buf| {
         // Past the last block's rows, a tile row reaches 64 bytes further.
-        if !split.copy_checked(input, g, pad, step, buf, F::zero_products_exact) {
+        if !split.copy(input, g, pad, step, buf, F::zero_products_exact) {
             return false;
         }
         // Step i: kernel row kh, its whole window (and the next pixels' values) in one row.
