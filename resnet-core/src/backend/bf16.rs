@@ -412,7 +412,7 @@ impl Bf16Backend {
                 .conv1
                 .run(&ws.x, (n, h, w), &mut ws.t, None, true, framing);
             // Skip branch: the input, or downsample conv + bn (whose input is never framed:
-            // see `Bf16Block::input_frame`).
+            // see `BlockShape::input_frame`).
             let skip: &[Bf16] = match &block.downsample {
                 Some(ds) => {
                     ds.run(&ws.x, (n, h, w), &mut ws.skip, None, false, Framing::DENSE);
