@@ -88,6 +88,17 @@ pub struct LayerChoice {
 }
 
 impl LayerChoice {
+    /// `method` on `kernel` with blocking `b`.
+    pub fn new(method: Method, kernel: &str, b: Blocking) -> LayerChoice {
+        LayerChoice {
+            method,
+            kernel: kernel.to_string(),
+            kc: b.kc,
+            mc: b.mc,
+            nc: b.nc,
+        }
+    }
+
     /// The blocking as the kernels take it.
     pub fn blocking(&self) -> Blocking {
         Blocking {
@@ -481,18 +492,12 @@ fn check_choice(choice: &LayerChoice, spec: &ConvBn, backend: PlanBackend) -> Re
 /// The heuristic's choice for a layer (what runs without a plan): direct, or Winograd where the
 /// policy says, default blocking, the kernel `isa` selects.
 pub fn default_choice(spec: &ConvBn, isa: Isa, winograd: bool) -> LayerChoice {
-    let b = gemm::blocking::DEFAULT;
-    LayerChoice {
-        method: if winograd && method_applies(Method::Winograd, spec, PlanBackend::Native) {
-            Method::Winograd
-        } else {
-            Method::Direct
-        },
-        kernel: gemm::kernel_name(isa).to_string(),
-        kc: b.kc,
-        mc: b.mc,
-        nc: b.nc,
-    }
+    let method = if winograd && method_applies(Method::Winograd, spec, PlanBackend::Native) {
+        Method::Winograd
+    } else {
+        Method::Direct
+    };
+    LayerChoice::new(method, gemm::kernel_name(isa), gemm::blocking::DEFAULT)
 }
 
 /// The candidates `resnet tune` times for one convolution: the direct packed GEMM with a few
@@ -559,13 +564,7 @@ fn work_splits(
 
 /// Appends a candidate unless an equal one is there.
 fn push_choice(out: &mut Vec<LayerChoice>, method: Method, kernel: &str, b: Blocking) {
-    let c = LayerChoice {
-        method,
-        kernel: kernel.to_string(),
-        kc: b.kc,
-        mc: b.mc,
-        nc: b.nc,
-    };
+    let c = LayerChoice::new(method, kernel, b);
     if !out.contains(&c) {
         out.push(c);
     }
@@ -602,18 +601,12 @@ pub fn bf16_in_place_preferred(g: &gemm::ConvGeometry) -> bool {
 /// layer is at least [`IN_PLACE_MIN_WIDTH`] wide (`width`: the layer's output width).
 pub fn default_choice_int8(spec: &ConvBn, isa: Isa, width: usize) -> LayerChoice {
     let kernel = int8::kernel_for(isa);
-    let b = kernel.default_blocking();
-    LayerChoice {
-        method: if in_place_by_default(kernel, spec, width) {
-            Method::InPlace
-        } else {
-            Method::Direct
-        },
-        kernel: kernel.info.name.to_string(),
-        kc: b.kc,
-        mc: b.mc,
-        nc: b.nc,
-    }
+    let method = if in_place_by_default(kernel, spec, width) {
+        Method::InPlace
+    } else {
+        Method::Direct
+    };
+    LayerChoice::new(method, kernel.info.name, kernel.default_blocking())
 }
 
 /// The candidates `resnet tune --backend int8` times for one convolution of M = `rows`: for the
@@ -736,18 +729,12 @@ pub fn bf16_in_place_by_default(kernel: &bf16::Bf16Kernel, g: &gemm::ConvGeometr
 /// [`bf16_in_place_by_default`] says.
 pub fn default_choice_bf16(isa: Isa, g: &gemm::ConvGeometry) -> LayerChoice {
     let kernel = bf16::kernel_for(isa);
-    let b = kernel.default_blocking();
-    LayerChoice {
-        method: if bf16_in_place_by_default(kernel, g) {
-            Method::InPlace
-        } else {
-            Method::Direct
-        },
-        kernel: kernel.info.name.to_string(),
-        kc: b.kc,
-        mc: b.mc,
-        nc: b.nc,
-    }
+    let method = if bf16_in_place_by_default(kernel, g) {
+        Method::InPlace
+    } else {
+        Method::Direct
+    };
+    LayerChoice::new(method, kernel.info.name, kernel.default_blocking())
 }
 
 /// The candidates `resnet tune --backend bf16` times for one convolution at geometry `g`: the

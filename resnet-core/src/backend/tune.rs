@@ -15,7 +15,7 @@ use crate::arch::{ConvBn, ResNet18Arch, INPUT_SIZE};
 use crate::plan::{self, Candidate, LayerChoice, LayerPlan, Plan, PlanBackend, PlanKey};
 use crate::quantize::model::{Activation, LayerPrecision, QuantizedModel};
 use crate::weights::Weights;
-use resnet_kernels::aligned::AlignedVec;
+use resnet_kernels::aligned::{AlignedVec, Plain};
 use resnet_kernels::bf16::{f32_to_bf16, Bf16};
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::ConvGeometry;
@@ -164,6 +164,39 @@ impl<'e> Tuner<'e> {
             candidate: &candidate,
         });
         candidate
+    }
+
+    /// Layer `i`'s `choices` for a backend whose candidates are checked against its own
+    /// heuristic (`int8`, `bf16`): the reference is `fallback`'s kernel and blocking with A
+    /// packed (so the in-place candidates are checked against the im2col path); each choice is
+    /// built (`build`), run once (`run`) and judged against it (`judge(out, reference)`:
+    /// `(max_rel_error, accepted)`; outputs of another length are refused), then timed if
+    /// accepted; the entry is chosen as [`Tuner::choose`] does.
+    fn try_choices<L, T: Plain>(
+        &mut self,
+        (i, choices, fallback): (usize, Vec<LayerChoice>, LayerChoice),
+        build: impl Fn(&LayerChoice) -> L,
+        run: impl Fn(&L, &mut AlignedVec<T>),
+        judge: impl Fn(&[T], &[T]) -> (f64, bool),
+    ) {
+        let mut reference = AlignedVec::new();
+        let packed = LayerChoice {
+            method: plan::Method::Direct,
+            ..fallback.clone()
+        };
+        run(&build(&packed), &mut reference);
+        let mut candidates = Vec::new();
+        for choice in choices {
+            let layer = build(&choice);
+            let mut out = AlignedVec::new();
+            run(&layer, &mut out);
+            let (max_rel_error, accepted) = judge(&out, &reference);
+            let accepted = accepted && out.len() == reference.len();
+            candidates.push(self.candidate(i, choice, (max_rel_error, accepted), || {
+                run(&layer, &mut out)
+            }));
+        }
+        self.choose(i, candidates, fallback);
     }
 
     /// Layer `i`'s entry: the fastest accepted candidate, else `fallback`; candidates fastest
@@ -332,33 +365,18 @@ pub fn tune_int8(
             let skip = residual.as_ref().map(|(r, q)| (r.as_slice(), *q));
             layer.run(&input, (batch, h, w), out, skip, relu, Framing::DENSE);
         };
-        // The reference: the heuristic's kernel and blocking with A packed (so the in-place
-        // candidates are checked against the im2col path).
-        let mut reference = AlignedVec::new();
-        let packed = LayerChoice {
-            method: plan::Method::Direct,
-            ..fallback.clone()
-        };
-        run(&build(&packed), &mut reference);
-        let mut candidates = Vec::new();
-        for choice in choices {
-            let layer = build(&choice);
-            let mut out = AlignedVec::new();
-            run(&layer, &mut out);
+        // Integer sums: any difference is a bug, and the candidate is never chosen.
+        let judge = |out: &[u8], reference: &[u8]| {
             let worst = out
                 .iter()
-                .zip(&reference)
+                .zip(reference)
                 .map(|(&a, &b)| a.abs_diff(b))
                 .max()
                 .unwrap_or(0);
-            let accepted = worst == 0 && out.len() == reference.len();
             // Codes apart, relative to the code range.
-            let max_rel_error = f64::from(worst) / 255.0;
-            candidates.push(tuner.candidate(i, choice, (max_rel_error, accepted), || {
-                run(&layer, &mut out)
-            }));
-        }
-        tuner.choose(i, candidates, fallback.clone());
+            (f64::from(worst) / 255.0, worst == 0)
+        };
+        tuner.try_choices((i, choices, fallback), build, run, judge);
     }
     if isa == Isa::Amx {
         resnet_kernels::amx::release_thread_tiles();
@@ -413,27 +431,12 @@ pub fn tune_bf16(
                 Framing::DENSE,
             );
         };
-        // The reference: the heuristic's kernel and blocking with A packed.
-        let mut reference = AlignedVec::new();
-        let packed = LayerChoice {
-            method: plan::Method::Direct,
-            ..fallback.clone()
+        let judge = |out: &[Bf16], reference: &[Bf16]| {
+            let pairs = out.iter().zip(reference);
+            let err = max_rel_error(pairs.map(|(a, b)| (a.to_f32() as f64, b.to_f32() as f64)));
+            (err, err <= BF16_ACCURACY_BOUND)
         };
-        run(&build(&packed), &mut reference);
-        let mut candidates = Vec::new();
-        for choice in choices {
-            let layer = build(&choice);
-            let mut out = AlignedVec::new();
-            run(&layer, &mut out);
-            let max_rel_error = max_rel_error(
-                (out.iter().zip(&reference)).map(|(a, b)| (a.to_f32() as f64, b.to_f32() as f64)),
-            );
-            let accepted = max_rel_error <= BF16_ACCURACY_BOUND && out.len() == reference.len();
-            candidates.push(tuner.candidate(i, choice, (max_rel_error, accepted), || {
-                run(&layer, &mut out)
-            }));
-        }
-        tuner.choose(i, candidates, fallback);
+        tuner.try_choices((i, choices, fallback), build, run, judge);
     }
     if isa == Isa::Amx {
         resnet_kernels::amx::release_thread_tiles();
