@@ -223,6 +223,16 @@ macro_rules! gather_asm {
             "tileloadd tmm5, [{a_bot} + {lda}*1]",
             concat!($dot, " tmm2, tmm5, tmm6"),
             concat!($dot, " tmm3, tmm5, tmm7"),
+            // This step's share of the next panel, into L2 while the dot products run.
+            "mov {t0}, qword ptr [{job} + {off_pf_lines}]",
+            "test {t0}, {t0}",
+            "jz 6f",
+            "7:",
+            "prefetcht1 byte ptr [{pf}]",
+            "add {pf}, 64",
+            "dec {t0}",
+            "jnz 7b",
+            "6:",
             "add {offs}, 8",
             "add {b}, 2048",
             "dec {steps}",
@@ -238,9 +248,11 @@ macro_rules! gather_asm {
             b = inout(reg) job.b => _,
             steps = inout(reg) job.steps => _,
             s128 = in(reg) 128usize,
+            pf = inout(reg) job.prefetch => _,
             t0 = out(reg) _,
             t1 = out(reg) _,
             job = in(reg) std::ptr::from_ref(job),
+            off_pf_lines = const std::mem::offset_of!(Gather2x2, prefetch_lines),
             off_c_in = const std::mem::offset_of!(Gather2x2, c_in),
             off_ldc_in = const std::mem::offset_of!(Gather2x2, ldc_in),
             off_c = const std::mem::offset_of!(Gather2x2, c),
@@ -307,7 +319,8 @@ impl TileOps for AmxHardware {
     unsafe fn gather_2x2(&mut self, dot: Dot, job: &Gather2x2) {
         // SAFETY: the caller guarantees KERNEL_CONFIG is loaded and that `job` addresses, per
         // step, 32 A rows of 64 bytes (stride lda) at a + a_offsets[s], 16 B rows of 128 bytes,
-        // 32 x 128 writable bytes at c and, unless null, 32 x 128 readable bytes at c_in.
+        // 32 x 128 writable bytes at c and, unless null, 32 x 128 readable bytes at c_in. The
+        // prefetches touch no value and cannot fault, wherever they point.
         unsafe {
             match dot {
                 Dot::Busd => gather_asm!("tdpbusd", job),

@@ -219,6 +219,12 @@ pub struct Gather2x2 {
     pub c: *mut u8,
     /// As [`Block2x2::ldc`].
     pub ldc: usize,
+    /// Bytes to fetch into L2 while the steps run (`prefetcht1`, `prefetch_lines` cache lines
+    /// per step from here on): the B panel the caller reads next. A hint only: it reads no
+    /// value and may point anywhere, even at unmapped memory (null: none).
+    pub prefetch: *const u8,
+    /// Cache lines prefetched per step (0: none).
+    pub prefetch_lines: usize,
 }
 
 /// The AMX tile instructions of palette 1, and the 2 x 2 micro-kernel built from them.
@@ -289,7 +295,8 @@ pub trait TileOps {
     }
 
     /// [`TileOps::block_2x2`] with A gathered per step ([`Gather2x2`]); the hardware replaces it
-    /// by one `asm!` block of the same instructions in the same order.
+    /// by one `asm!` block of the same instructions in the same order, plus the job's
+    /// prefetches (hints, which the model has no use for).
     ///
     /// # Safety
     /// [`KERNEL_CONFIG`] is loaded; `job`'s pointers address what [`Gather2x2`] says: for each

@@ -274,6 +274,9 @@ fn amx_gather_matches_model_and_the_contiguous_block() {
                 ldc_in: 0,
                 c: c.0.as_mut_ptr(),
                 ldc: PANEL_ROW_BYTES,
+                // A hint only: B itself, one line per step.
+                prefetch: b.as_ptr(),
+                prefetch_lines: 1,
             };
             // SAFETY: AMX is granted when `hardware` (checked by the caller); the buffers hold
             // 32 rows of lda bytes past every offset, and what `job` says of B and C.
