@@ -24,6 +24,25 @@ pub fn nchw_to_nhwc_with<T: Copy + Default + Send>(
     out: &mut [T],
     convert: impl Fn(&[f32], &mut [T]) + Sync,
 ) {
+    nchw_to_nhwc_segments(input, batch, c, hw, out, |image, p0, seg| {
+        convert_and_scatter(image, hw, p0, seg, &convert)
+    });
+}
+
+/// The driver of [`nchw_to_nhwc_with`]: in parallel over runs of [`PIXELS`] output pixels,
+/// each cut into segments inside one image; `segment(image, p0, dst)` fills `dst` (`dst.len() /
+/// c` pixels from pixel `p0` of `image`, its `[C, H·W]` input).
+///
+/// # Panics
+/// If the lengths differ from `batch * c * hw`.
+pub(crate) fn nchw_to_nhwc_segments<T: Send>(
+    input: &[f32],
+    batch: usize,
+    c: usize,
+    hw: usize,
+    out: &mut [T],
+    segment: impl Fn(&[f32], usize, &mut [T]) + Sync,
+) {
     assert_eq!(input.len(), batch * c * hw, "input is not [N, C, H*W]");
     assert_eq!(
         out.len(),
@@ -36,23 +55,39 @@ pub fn nchw_to_nhwc_with<T: Copy + Default + Send>(
     // Chunks of PIXELS output pixels over the whole batch; one may straddle two images, so
     // each is walked in segments that stay inside one image.
     for_each_chunk_mut(out, PIXELS * c, |item, dst| {
-        let mut plane = [T::default(); PIXELS];
         let mut done = 0;
         while done * c < dst.len() {
             let pixel = item * PIXELS + done;
             let (image, p0) = (pixel / hw, pixel % hw);
             let pixels = (hw - p0).min(dst.len() / c - done);
-            let src = &input[image * c * hw..][..c * hw];
-            let seg = &mut dst[done * c..][..pixels * c];
-            for ch in 0..c {
-                convert(&src[ch * hw + p0..][..pixels], &mut plane[..pixels]);
-                for (px, &v) in seg.chunks_exact_mut(c).zip(&plane[..pixels]) {
-                    px[ch] = v;
-                }
-            }
+            segment(
+                &input[image * c * hw..][..c * hw],
+                p0,
+                &mut dst[done * c..][..pixels * c],
+            );
             done += pixels;
         }
     });
+}
+
+/// One segment of [`nchw_to_nhwc_with`]: each channel's run converted as one contiguous loop,
+/// then scattered into the pixels of `seg` (at most [`PIXELS`]).
+pub(crate) fn convert_and_scatter<T: Copy + Default>(
+    image: &[f32],
+    hw: usize,
+    p0: usize,
+    seg: &mut [T],
+    convert: &impl Fn(&[f32], &mut [T]),
+) {
+    let c = image.len() / hw;
+    let pixels = seg.len() / c;
+    let mut plane = [T::default(); PIXELS];
+    for ch in 0..c {
+        convert(&image[ch * hw + p0..][..pixels], &mut plane[..pixels]);
+        for (px, &v) in seg.chunks_exact_mut(c).zip(&plane[..pixels]) {
+            px[ch] = v;
+        }
+    }
 }
 
 #[cfg(test)]

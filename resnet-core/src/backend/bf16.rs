@@ -29,12 +29,11 @@ use rayon::prelude::*;
 use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::bf16::{
     avg_pool_bf16_nhwc, conv_bf16_in_place, f32_to_bf16, gemm_bf16, in_place_applies,
-    in_place_layout, kernel_for, pack_window_rows, ASourceBf16, Bf16, Bf16Kernel, EpilogueBf16,
+    in_place_layout, kernel_for, nchw_to_nhwc_bf16, pack_window_rows, ASourceBf16, Bf16, Bf16Kernel, EpilogueBf16,
     InPlaceLayout, OutputBf16, PackedBBf16,
 };
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::{ConvGeometry, PackedB};
-use resnet_kernels::layout::nchw_to_nhwc_with;
 use resnet_kernels::tiling::Blocking;
 
 /// Whether a convolution reads its input in place ([`conv_bf16_in_place`]) or packs an im2col.
@@ -358,7 +357,7 @@ impl Bf16Backend {
 
         // The input, NHWC, rounded to bf16 once (in `y`, free until the first block).
         ws.y.resize_for_overwrite(input.len());
-        nchw_to_nhwc_with(input, n, c_in, h * w, &mut ws.y, f32_to_bf16);
+        nchw_to_nhwc_bf16(input, n, c_in, h * w, &mut ws.y);
 
         // Stem: conv1 + bn1 + relu fused, then max-pool, one image per thread at a time (see
         // `stem_and_pool_in_groups`); the batch's stem output is kept (in `skip`) only for a

@@ -144,6 +144,35 @@ pub fn f32_to_bf16(src: &[f32], dst: &mut [Bf16]) {
     }
 }
 
+/// The network input, NCHW `f32`, to NHWC bf16 (each value as [`f32_to_bf16`] rounds it):
+/// [`crate::layout::nchw_to_nhwc_with`] with that conversion. For three channels on a CPU with
+/// AVX512-BF16, each run of 32 pixels is converted and interleaved in registers (three
+/// `vcvtne2ps2bf16`, then permutes): the per-channel scatter of the generic path took 42 us of
+/// a 2.3 ms pass at batch 1 on the Xeon model 167 (463 us at batch 8).
+///
+/// # Panics
+/// If the lengths differ from `batch * c * hw`.
+pub fn nchw_to_nhwc_bf16(input: &[f32], batch: usize, c: usize, hw: usize, out: &mut [Bf16]) {
+    #[cfg(target_arch = "x86_64")]
+    if c == 3 && Isa::Avx512Bf16.is_supported() {
+        crate::layout::nchw_to_nhwc_segments(input, batch, c, hw, out, |image, p0, seg| {
+            let planes = [0, 1, 2].map(|ch| &image[ch * hw + p0..][..seg.len() / 3]);
+            // SAFETY: AVX512-BF16 is supported (checked above); each plane holds the segment's
+            // pixels, and `seg` three values per pixel.
+            let done = unsafe { simd::interleave3_f32_to_bf16(planes, seg) };
+            crate::layout::convert_and_scatter(
+                image,
+                hw,
+                p0 + done,
+                &mut seg[3 * done..],
+                &f32_to_bf16,
+            );
+        });
+        return;
+    }
+    crate::layout::nchw_to_nhwc_with(input, batch, c, hw, out, f32_to_bf16);
+}
+
 /// Widens every value of `src` into `dst` (exact).
 ///
 /// # Panics

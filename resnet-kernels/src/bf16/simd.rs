@@ -186,6 +186,61 @@ pub(crate) unsafe fn f32_to_bf16_avx512bf16(src: &[f32], dst: &mut [Bf16]) {
     }
 }
 
+/// Pixels `0..32k` of three channel planes, rounded to bf16 as [`super::f32_to_bf16`] rounds
+/// them and interleaved into `out` (`out[3p + ch] = planes[ch][p]`), 32 pixels at a time with
+/// `k` as large as the planes allow; returns `32k`, the pixels done (the caller does the rest).
+///
+/// # Safety
+/// The CPU supports AVX512-BF16 (and so AVX-512 F and BW); every plane holds at least
+/// `out.len() / 3` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(crate) unsafe fn interleave3_f32_to_bf16(planes: [&[f32]; 3], out: &mut [Bf16]) -> usize {
+    let pixels = out.len() / 3;
+    debug_assert!(planes.iter().all(|p| p.len() >= pixels));
+    // Output vector v's lane j is value 32v + j of the pixels: pixel (32v + j) / 3, channel
+    // (32v + j) % 3. Channels 0 and 1 come from one two-source permute (indices 32.. pick the
+    // second source), channel 2 from a one-source permute blended in by mask.
+    let (mut pair_idx, mut third_idx, mut third_mask) =
+        ([[0u16; 32]; 3], [[0u16; 32]; 3], [0u32; 3]);
+    for v in 0..3 {
+        for j in 0..32 {
+            let value = 32 * v + j;
+            let (pixel, ch) = ((value / 3) as u16, value % 3);
+            match ch {
+                0 => pair_idx[v][j] = pixel,
+                1 => pair_idx[v][j] = 32 + pixel,
+                _ => {
+                    third_idx[v][j] = pixel;
+                    third_mask[v] |= 1 << j;
+                }
+            }
+        }
+    }
+    // SAFETY: each index table is 64 readable bytes.
+    let load_idx = |t: &[u16; 32]| unsafe { _mm512_loadu_si512(t.as_ptr().cast()) };
+    let pair_idx = pair_idx.each_ref().map(load_idx);
+    let third_idx = third_idx.each_ref().map(load_idx);
+    let full = pixels / 32 * 32;
+    for p in (0..full).step_by(32) {
+        // SAFETY: p + 32 <= pixels <= each plane's length; a vector of 32 bf16 is one of 32
+        // 16-bit lanes (the same 64 bytes).
+        let [r, g, b] = planes.map(|plane| unsafe {
+            let at = plane.as_ptr().add(p);
+            // The second operand gives the low 16 lanes.
+            let bf16 = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(at.add(16)), _mm512_loadu_ps(at));
+            std::mem::transmute::<__m512bh, __m512i>(bf16)
+        });
+        for v in 0..3 {
+            let pair = _mm512_permutex2var_epi16(r, pair_idx[v], g);
+            let third = _mm512_permutexvar_epi16(third_idx[v], b);
+            let vec = _mm512_mask_blend_epi16(third_mask[v], pair, third);
+            // SAFETY: 3p + 32v + 32 <= 3 * full <= out.len().
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(3 * p + 32 * v).cast(), vec) };
+        }
+    }
+    full
+}
+
 /// The throughput probe of `avx512bf16_f32_12x32`: 12 independent chains of `vdpbf16ps zmm`
 /// (32 bf16 multiply-adds each), as the kernel issues them. Returns the multiply-adds done.
 ///

@@ -337,6 +337,45 @@ fn bf16_conversion_matches_scalar_twin() {
     }
 }
 
+/// The network input to NHWC bf16 equals the scalar scatter of the scalar twin's rounding, bit
+/// for bit: three channels (the interleaving path where AVX512-BF16 runs, with its scalar tail
+/// at 224 x 224 + 5 pixels, whose runs straddle images) and other channel counts (the generic
+/// path); the values every bit pattern (NaNs, infinities, denormals, ties).
+#[test]
+fn bf16_input_layout_matches_the_scalar_scatter() {
+    for (batch, c, hw) in [
+        (3, 3, 224 * 224 + 5),
+        (1, 3, 31),
+        (2, 3, 64),
+        (2, 1, 100),
+        (2, 4, 77),
+    ] {
+        let mut r = crate::test_rng::Rng::new(c as u64 * 1000 + hw as u64);
+        let input: Vec<f32> = (0..batch * c * hw)
+            .map(|i| {
+                let bits = r.next() as u32;
+                f32::from_bits(if i % 5 == 0 {
+                    bits & 0xFFFF_0000 | 0x8000
+                } else {
+                    bits
+                })
+            })
+            .collect();
+        let mut want = vec![Bf16::ZERO; input.len()];
+        for n in 0..batch {
+            for ch in 0..c {
+                for p in 0..hw {
+                    want[(n * hw + p) * c + ch] = Bf16::from_f32(input[(n * c + ch) * hw + p]);
+                }
+            }
+        }
+        let mut got = vec![Bf16(0x5A5A); input.len()];
+        nchw_to_nhwc_bf16(&input, batch, c, hw, &mut got);
+        let first_bad = want.iter().zip(&got).position(|(w, g)| w.0 != g.0);
+        assert_eq!(first_bad, None, "batch {batch}, {c} channels, {hw} pixels");
+    }
+}
+
 /// Max-pooling bf16 follows the numeric order, negatives included.
 #[test]
 fn bf16_max_pool_order() {
