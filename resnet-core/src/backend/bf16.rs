@@ -29,8 +29,8 @@ use rayon::prelude::*;
 use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::bf16::{
     avg_pool_bf16_nhwc, conv_bf16_in_place, f32_to_bf16, gemm_bf16, in_place_applies,
-    in_place_layout, kernel_for, nchw_to_nhwc_bf16, pack_window_rows, ASourceBf16, Bf16, Bf16Kernel, EpilogueBf16,
-    InPlaceLayout, OutputBf16, PackedBBf16,
+    in_place_layout, kernel_for, nchw_to_nhwc_bf16, pack_window_rows, ASourceBf16, Bf16,
+    Bf16Kernel, EpilogueBf16, InPlaceLayout, OutputBf16, PackedBBf16,
 };
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::{ConvGeometry, PackedB};
