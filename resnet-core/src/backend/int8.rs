@@ -192,12 +192,8 @@ struct Int8Block {
 
 impl Int8Block {
     /// The block at input size `(n, h, w)`, as the framing rule sees it.
-    fn shape(&self, (n, h, w): (usize, usize, usize)) -> BlockShape {
-        let (oh, ow) = self.conv1.spec.output_hw(h, w);
-        let (g1, g2) = (
-            self.conv1.spec.geometry(n, h, w),
-            self.conv2.spec.geometry(n, oh, ow),
-        );
+    fn shape(&self, input: (usize, usize, usize)) -> BlockShape {
+        let (g1, g2) = BlockShape::geometries(&self.conv1.spec, &self.conv2.spec, input);
         BlockShape {
             g1,
             g2,

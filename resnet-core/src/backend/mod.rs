@@ -411,6 +411,17 @@ pub(super) struct BlockShape {
 }
 
 impl BlockShape {
+    /// The geometries of a block's two convolutions at its input size `(n, h, w)` (conv2's
+    /// input is conv1's output).
+    pub fn geometries(
+        conv1: &crate::arch::ConvBn,
+        conv2: &crate::arch::ConvBn,
+        (n, h, w): (usize, usize, usize),
+    ) -> (ConvGeometry, ConvGeometry) {
+        let (oh, ow) = conv1.output_hw(h, w);
+        (conv1.geometry(n, h, w), conv2.geometry(n, oh, ow))
+    }
+
     /// The frame conv1 writes its output into so that conv2 reads it without a copy: when
     /// both read their input in place with the padded layout (conv2 then at stride 1).
     pub fn inner_frame(&self) -> Option<Frame> {

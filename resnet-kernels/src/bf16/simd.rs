@@ -186,6 +186,43 @@ pub(crate) unsafe fn f32_to_bf16_avx512bf16(src: &[f32], dst: &mut [Bf16]) {
     }
 }
 
+/// The permutes of [`interleave3_f32_to_bf16`]. Output vector `v`'s lane `j` is value `32v + j`
+/// of the pixels: pixel `(32v + j) / 3`, channel `(32v + j) % 3`. Channels 0 and 1 come from one
+/// two-source permute (`pair`: indices from 32 pick the second source), channel 2 from a
+/// one-source permute (`third`) blended in where `third_mask` is set.
+struct Interleave3 {
+    pair: [[u16; 32]; 3],
+    third: [[u16; 32]; 3],
+    third_mask: [u32; 3],
+}
+
+const INTERLEAVE3: Interleave3 = {
+    let mut t = Interleave3 {
+        pair: [[0; 32]; 3],
+        third: [[0; 32]; 3],
+        third_mask: [0; 3],
+    };
+    let mut v = 0;
+    while v < 3 {
+        let mut j = 0;
+        while j < 32 {
+            let value = 32 * v + j;
+            let pixel = (value / 3) as u16;
+            match value % 3 {
+                0 => t.pair[v][j] = pixel,
+                1 => t.pair[v][j] = 32 + pixel,
+                _ => {
+                    t.third[v][j] = pixel;
+                    t.third_mask[v] |= 1 << j;
+                }
+            }
+            j += 1;
+        }
+        v += 1;
+    }
+    t
+};
+
 /// Pixels `0..32k` of three channel planes, rounded to bf16 as [`super::f32_to_bf16`] rounds
 /// them and interleaved into `out` (`out[3p + ch] = planes[ch][p]`), 32 pixels at a time with
 /// `k` as large as the planes allow; returns `32k`, the pixels done (the caller does the rest).
@@ -197,29 +234,11 @@ pub(crate) unsafe fn f32_to_bf16_avx512bf16(src: &[f32], dst: &mut [Bf16]) {
 pub(crate) unsafe fn interleave3_f32_to_bf16(planes: [&[f32]; 3], out: &mut [Bf16]) -> usize {
     let pixels = out.len() / 3;
     debug_assert!(planes.iter().all(|p| p.len() >= pixels));
-    // Output vector v's lane j is value 32v + j of the pixels: pixel (32v + j) / 3, channel
-    // (32v + j) % 3. Channels 0 and 1 come from one two-source permute (indices 32.. pick the
-    // second source), channel 2 from a one-source permute blended in by mask.
-    let (mut pair_idx, mut third_idx, mut third_mask) =
-        ([[0u16; 32]; 3], [[0u16; 32]; 3], [0u32; 3]);
-    for v in 0..3 {
-        for j in 0..32 {
-            let value = 32 * v + j;
-            let (pixel, ch) = ((value / 3) as u16, value % 3);
-            match ch {
-                0 => pair_idx[v][j] = pixel,
-                1 => pair_idx[v][j] = 32 + pixel,
-                _ => {
-                    third_idx[v][j] = pixel;
-                    third_mask[v] |= 1 << j;
-                }
-            }
-        }
-    }
     // SAFETY: each index table is 64 readable bytes.
     let load_idx = |t: &[u16; 32]| unsafe { _mm512_loadu_si512(t.as_ptr().cast()) };
-    let pair_idx = pair_idx.each_ref().map(load_idx);
-    let third_idx = third_idx.each_ref().map(load_idx);
+    let pair_idx = INTERLEAVE3.pair.each_ref().map(load_idx);
+    let third_idx = INTERLEAVE3.third.each_ref().map(load_idx);
+    let third_mask = INTERLEAVE3.third_mask;
     let full = pixels / 32 * 32;
     for p in (0..full).step_by(32) {
         // SAFETY: p + 32 <= pixels <= each plane's length; a vector of 32 bf16 is one of 32
