@@ -196,6 +196,104 @@ impl WorkSplit {
     }
 }
 
+/// The part of B that a work item reads in its next K block (its panels, contiguous in the
+/// packing), fetched into L2 while the current block runs: an equal share of cache lines
+/// (`prefetcht1`) before each micro-kernel call of the block.
+///
+/// Why, for the AMX lines (whose kernels set `FETCHES_NEXT_B_BLOCK`): a packed layer's K blocks
+/// of B come from L3 one after the other (batch 8's layer4: 256 KB of bf16 per block of 256,
+/// 18 blocks, 4.7 MB per convolution), the hardware prefetchers start on a block only once its
+/// first tile loads miss, and nothing else runs beside the tile unit's loads while they wait.
+/// With the next block already in L2, batch 8 on the Xeon model 167 (2 threads, 2026-12-07,
+/// interleaved runs): bf16 layer4.1 5-8% faster, the network 2.1% (int8: layer4.0 5%, the
+/// network 1.4%; `benches/results/2026-12-07-xeon-167/ab-next-b-block.txt`). A C model of the
+/// loop (layer4's shapes, both cores) ran 101-106 -> 92-99 cycles per tile step. The f32
+/// AVX-512 line showed no clear gain in the criterion shapes (the 196-row ones slower, a noisy
+/// host), so it does not fetch.
+pub(crate) struct NextBlockFetch {
+    at: *const u8,
+    end: *const u8,
+    /// Bytes per call (whole cache lines).
+    per_call: usize,
+}
+
+impl NextBlockFetch {
+    /// Nothing to fetch (the last K block, or a kernel that does not fetch).
+    pub(crate) const NONE: NextBlockFetch = NextBlockFetch {
+        at: std::ptr::null(),
+        end: std::ptr::null(),
+        per_call: 0,
+    };
+
+    /// `next` (the item's panels of the next K block) in equal shares over `calls` calls.
+    pub(crate) fn new<T>(next: &[T], calls: usize) -> NextBlockFetch {
+        const LINE: usize = 64;
+        let bytes = std::mem::size_of_val(next);
+        let lines = bytes.div_ceil(LINE).div_ceil(calls.max(1));
+        let at = next.as_ptr().cast::<u8>();
+        NextBlockFetch {
+            at,
+            end: at.wrapping_add(bytes),
+            per_call: lines * LINE,
+        }
+    }
+
+    /// For the `calls` micro-kernel calls of a work item's K block: the item's panels
+    /// (columns `j_begin..j_end`, `nr` wide) of the next block, which starts at `next.0` in
+    /// `data` with `next.1` values per panel; `None` (the last block, or a kernel that does
+    /// not fetch): nothing.
+    pub(crate) fn for_item<T>(
+        data: &[T],
+        next: Option<(usize, usize)>,
+        nr: usize,
+        (j_begin, j_end): (usize, usize),
+        calls: usize,
+    ) -> NextBlockFetch {
+        match next {
+            Some((offset, panel)) => {
+                let panels = (j_end - j_begin).div_ceil(nr);
+                let at = offset + (j_begin / nr) * panel;
+                NextBlockFetch::new(&data[at..][..panels * panel], calls)
+            }
+            None => NextBlockFetch::NONE,
+        }
+    }
+
+    /// The byte range call `call` fetches (empty past the end).
+    fn share(&self, call: usize) -> (*const u8, *const u8) {
+        let start = (self.at as usize).saturating_add(call.saturating_mul(self.per_call));
+        let end = start.saturating_add(self.per_call).min(self.end as usize);
+        let start = start.min(end);
+        (
+            self.at.wrapping_add(start - self.at as usize),
+            self.at.wrapping_add(end - self.at as usize),
+        )
+    }
+
+    /// Fetches call `call`'s share into L2.
+    #[inline]
+    pub(crate) fn fetch(&self, call: usize) {
+        let (mut p, end) = self.share(call);
+        while p < end {
+            prefetch_l2(p);
+            p = p.wrapping_add(64);
+        }
+    }
+}
+
+/// Asks for the cache line at `p` in L2 (a hint: nothing where the CPU has no such hint).
+#[inline]
+fn prefetch_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and changes no architectural state, wherever it points;
+    // the callers point inside B's packed panels anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// A raw pointer to C that work items share; each item writes only its own tiles.
 #[derive(Debug)]
 pub(crate) struct SharedMut<T>(*mut T);
@@ -239,6 +337,57 @@ mod tests {
                 assert_eq!(next, k, "k {k} align {align}");
             }
         }
+    }
+
+    /// The shares of [`NextBlockFetch`] cover the next block's bytes exactly once, whole lines
+    /// each, for even and uneven splits; `NONE` fetches nothing.
+    #[test]
+    fn next_block_shares_cover_the_block_once() {
+        let data = vec![0u16; 40_000];
+        for (len, calls) in [(16_384, 112), (8_192, 13), (100, 7), (1, 1), (20_000, 3)] {
+            let next = &data[1000..1000 + len];
+            let f = NextBlockFetch::new(next, calls);
+            let mut covered = 0;
+            let mut expected_at = next.as_ptr() as usize;
+            for call in 0..calls + 2 {
+                let (a, b) = f.share(call);
+                let (a, b) = (a as usize, b as usize);
+                if a == b {
+                    continue;
+                }
+                assert_eq!(a, expected_at, "shares follow each other");
+                assert!(
+                    (a - next.as_ptr() as usize).is_multiple_of(64),
+                    "a share starts on a whole line from the block"
+                );
+                covered += b - a;
+                expected_at = b;
+            }
+            assert_eq!(
+                covered,
+                std::mem::size_of_val(next),
+                "{len} values, {calls} calls"
+            );
+        }
+        let (a, b) = NextBlockFetch::NONE.share(3);
+        assert!(a == b, "NONE fetches nothing");
+    }
+
+    /// [`NextBlockFetch::for_item`] fetches the item's panels of the next block: the ones of its
+    /// columns, no more.
+    #[test]
+    fn next_block_fetch_takes_the_items_panels() {
+        let data = vec![0u16; 1000];
+        // Next block at 400, 50 values per 32-column panel; the item's columns 64..160 are its
+        // panels 2, 3 and 4 (the last one partly padding): values 500..650.
+        let f = NextBlockFetch::for_item(&data, Some((400, 50)), 32, (64, 160), 4);
+        let first = f.share(0).0 as usize;
+        let last = f.share(3).1 as usize;
+        let base = data.as_ptr() as usize;
+        assert_eq!((first - base, last - base), (500 * 2, 650 * 2));
+        let none = NextBlockFetch::for_item(&data, None, 32, (64, 160), 4);
+        let (a, b) = none.share(0);
+        assert!(a == b, "no next block: nothing fetched");
     }
 
     #[test]

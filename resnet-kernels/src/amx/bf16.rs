@@ -81,6 +81,7 @@ impl<T: TileExec> MicroKernelBf16 for AmxKernelBf16<T> {
     }
 
     const CONV_DIRECT: Option<crate::bf16::ConvDirectBf16> = Some(crate::bf16::direct::conv::<T>);
+    const FETCHES_NEXT_B_BLOCK: bool = true;
 }
 
 /// The family's epilogue on `rows` rows of 32 sums at `sums` (row stride 32): the AVX-512 one

@@ -63,6 +63,7 @@ impl<T: TileExec> MicroKernel8 for AmxKernel8<T> {
     }
 
     const CONV_DIRECT: Option<crate::int8::ConvDirect> = Some(crate::int8::direct::conv::<T>);
+    const FETCHES_NEXT_B_BLOCK: bool = true;
 }
 
 /// The family's epilogue on `rows` rows of 32 sums at `sums` (row stride 32): the AVX-512 one

@@ -7,7 +7,7 @@ use crate::aligned::AlignedVec;
 use crate::amx::Frame;
 use crate::gemm::pack::Im2colCursor;
 use crate::gemm::ConvGeometry;
-use crate::tiling::WorkSplit;
+use crate::tiling::{NextBlockFetch, WorkSplit};
 use std::cell::RefCell;
 
 /// Where the rows of A (bf16) come from.
@@ -243,13 +243,21 @@ pub(crate) fn gemm<K: MicroKernelBf16>(
                     let accumulate = bi > 0;
                     let last = bi + 1 == b.blocks.len();
                     a.pack(m0, rows_in_block, k0, kc, kcp, K::MR, &mut a_pack);
+                    let blocks_i = rows_in_block.div_ceil(K::MR);
+                    let next = (b.blocks.get(bi + 1))
+                        .filter(|_| K::FETCHES_NEXT_B_BLOCK)
+                        .map(|&(_, kc_next, offset_next)| (offset_next, padded_k(kc_next) * K::NR));
+                    let calls = (j_end - j_begin).div_ceil(K::NR) * blocks_i;
+                    let fetch =
+                        NextBlockFetch::for_item(&b.data, next, K::NR, (j_begin, j_end), calls);
                     // Loop 2: NR-wide micro-panels of B.
-                    for j0 in (j_begin..j_end).step_by(K::NR) {
+                    for (jb, j0) in (j_begin..j_end).step_by(K::NR).enumerate() {
                         let cols = K::NR.min(n - j0);
                         let panel = kcp * K::NR;
                         let b_panel = &b.data[offset + (j0 / K::NR) * panel..][..panel];
                         // Loop 1: MR-row micro-panels of A.
-                        for ir in 0..rows_in_block.div_ceil(K::MR) {
+                        for ir in 0..blocks_i {
+                            fetch.fetch(jb * blocks_i + ir);
                             let i0 = m0 + ir * K::MR;
                             let rows = K::MR.min(m - i0);
                             let a_panel = &a_pack[ir * kcp * K::MR..][..kcp * K::MR];

@@ -620,6 +620,9 @@ pub(crate) trait MicroKernelBf16: Sync {
     /// The in-place convolution, for the lines whose tiles load strided rows straight from the
     /// activation (AMX).
     const CONV_DIRECT: Option<ConvDirectBf16> = None;
+    /// Whether the packed loops fetch the item's next K block of B into L2 as the current one
+    /// runs ([`crate::tiling::NextBlockFetch`]): the AMX line, where it was measured.
+    const FETCHES_NEXT_B_BLOCK: bool = false;
 
     /// `acc = A_panel · B_panel (+ acc_mem if accumulate)`, then either stored as f32 to
     /// `acc_mem` (`out` is `None`) or put through the epilogue and stored by `out`.

@@ -5,7 +5,7 @@
 
 use super::{ASource8, MicroKernel8, Output8, PackedB8, Requant, TileRequant};
 use crate::aligned::AlignedVec;
-use crate::tiling::{SharedMut, WorkSplit};
+use crate::tiling::{NextBlockFetch, SharedMut, WorkSplit};
 use std::cell::RefCell;
 
 thread_local! {
@@ -103,13 +103,24 @@ fn gemm_dst<K: MicroKernel8>(a: &ASource8<'_>, b: &PackedB8, m: usize, n: usize,
                     let accumulate = bi > 0;
                     let last = bi + 1 == b.blocks.len();
                     a.pack(m0, rows_in_block, k0, kc, kc4, K::MR, &mut a_pack);
+                    let blocks_i = rows_in_block.div_ceil(K::MR);
+                    let next = (b.blocks.get(bi + 1))
+                        .filter(|_| K::FETCHES_NEXT_B_BLOCK)
+                        .map(|&(_, kc_next, offset_next)| {
+                            let kc4_next = kc_next.div_ceil(K::K_ALIGN) * K::K_ALIGN;
+                            (offset_next, kc4_next * K::NR * K::B_PARTS)
+                        });
+                    let calls = (j_end - j_begin).div_ceil(K::NR) * blocks_i;
+                    let fetch =
+                        NextBlockFetch::for_item(&b.data, next, K::NR, (j_begin, j_end), calls);
                     // Loop 2: NR-wide micro-panels of B.
-                    for j0 in (j_begin..j_end).step_by(K::NR) {
+                    for (jb, j0) in (j_begin..j_end).step_by(K::NR).enumerate() {
                         let cols = K::NR.min(n - j0);
                         let panel = kc4 * K::NR * K::B_PARTS;
                         let b_panel = &b.data[offset + (j0 / K::NR) * panel..][..panel];
                         // Loop 1: MR-row micro-panels of A.
-                        for ir in 0..rows_in_block.div_ceil(K::MR) {
+                        for ir in 0..blocks_i {
+                            fetch.fetch(jb * blocks_i + ir);
                             let i0 = m0 + ir * K::MR;
                             let rows = K::MR.min(m - i0);
                             let a_panel = &a_pack[ir * kc4 * K::MR..][..kc4 * K::MR];

@@ -652,6 +652,9 @@ pub(crate) trait MicroKernel8: Sync {
     /// A convolution path that reads A in place instead of packing an im2col (the AMX lines:
     /// [`direct`]); `None` for the kernels that need packed A panels.
     const CONV_DIRECT: Option<ConvDirect> = None;
+    /// Whether the packed loops fetch the item's next K block of B into L2 as the current one
+    /// runs ([`crate::tiling::NextBlockFetch`]): the AMX line, where it was measured.
+    const FETCHES_NEXT_B_BLOCK: bool = false;
 
     /// `acc = A_panel · B_panel (+ acc_mem if accumulate)`, then either stored as `i32` to
     /// `acc_mem` (`out` is `None`) or requantised and stored as `u8` by `out`.
