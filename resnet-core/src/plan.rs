@@ -402,7 +402,7 @@ pub fn in_place_by_default(kernel: &int8::Int8Kernel, spec: &ConvBn, width: usiz
     let g = spec.geometry(1, spec.kernel, spec.kernel);
     kernel.reads_in_place()
         && match int8::in_place_layout(&g) {
-            Some(int8::InPlaceLayout::WindowRows) => true,
+            Some(int8::InPlaceLayout::WindowRows | int8::InPlaceLayout::StridedRows) => true,
             Some(int8::InPlaceLayout::Padded | int8::InPlaceLayout::Framed) => {
                 spec.stride == PADDED_IN_PLACE_STRIDE
             }
@@ -716,7 +716,7 @@ fn lines_candidates(
 pub fn bf16_in_place_by_default(kernel: &bf16::Bf16Kernel, g: &gemm::ConvGeometry) -> bool {
     kernel.reads_in_place()
         && match bf16::in_place_layout(g) {
-            Some(bf16::InPlaceLayout::WindowRows) => true,
+            Some(bf16::InPlaceLayout::WindowRows | bf16::InPlaceLayout::StridedRows) => true,
             Some(bf16::InPlaceLayout::Padded | bf16::InPlaceLayout::Framed) => {
                 g.stride == PADDED_IN_PLACE_STRIDE && bf16_in_place_preferred(g)
             }

@@ -29,8 +29,8 @@ use rayon::prelude::*;
 use resnet_kernels::aligned::AlignedVec;
 use resnet_kernels::bf16::{
     avg_pool_bf16_nhwc, conv_bf16_in_place, f32_to_bf16, gemm_bf16, in_place_applies,
-    in_place_layout, kernel_for, nchw_to_nhwc_bf16, pack_window_rows, ASourceBf16, Bf16,
-    Bf16Kernel, EpilogueBf16, InPlaceLayout, OutputBf16, PackedBBf16,
+    in_place_layout, kernel_for, nchw_to_nhwc_bf16, pack_window_rows, window_rows_input_bf16,
+    ASourceBf16, Bf16, Bf16Kernel, EpilogueBf16, InPlaceLayout, OutputBf16, PackedBBf16,
 };
 use resnet_kernels::cpu::Isa;
 use resnet_kernels::gemm::{ConvGeometry, PackedB};
@@ -144,6 +144,52 @@ impl Bf16Layer {
         relu: bool,
         framing: Framing,
     ) -> (usize, usize) {
+        let layout = if framing.input {
+            Some(InPlaceLayout::Framed)
+        } else {
+            self.layout(&self.spec.geometry(n, h, w))
+        };
+        self.run_in(input, (n, h, w), out, residual, relu, framing, layout)
+    }
+
+    /// The stem with ReLU, from `n` NCHW f32 images (the network's input, `h x w`): where it
+    /// reads window rows (the AMX lines), its input is made straight from them in `scratch`
+    /// ([`window_rows_input_bf16`], one pass); otherwise, or where a value rounds to an
+    /// infinity or a NaN, they are converted to NHWC bf16 in `scratch` first. The same result
+    /// either way, bit for bit.
+    pub(super) fn run_stem(
+        &self,
+        images: &[f32],
+        (n, h, w): (usize, usize, usize),
+        out: &mut AlignedVec<Bf16>,
+        scratch: &mut AlignedVec<Bf16>,
+    ) {
+        let geometry = self.spec.geometry(n, h, w);
+        let prepared = self.window_rows
+            && in_place_applies(&geometry, &self.weights, InPlaceLayout::StridedRows)
+            && window_rows_input_bf16(images, &geometry, scratch);
+        if prepared {
+            let layout = Some(InPlaceLayout::StridedRows);
+            self.run_in(scratch, (n, h, w), out, None, true, Framing::DENSE, layout);
+            return;
+        }
+        scratch.resize_for_overwrite(images.len());
+        nchw_to_nhwc_bf16(images, n, self.spec.in_channels, h * w, scratch);
+        self.run(scratch, (n, h, w), out, None, true, Framing::DENSE);
+    }
+
+    /// [`Bf16Layer::run`] reading the input in `layout` (`None`: the im2col).
+    #[allow(clippy::too_many_arguments)]
+    fn run_in(
+        &self,
+        input: &[Bf16],
+        (n, h, w): (usize, usize, usize),
+        out: &mut AlignedVec<Bf16>,
+        residual: Option<&[Bf16]>,
+        relu: bool,
+        framing: Framing,
+        layout: Option<InPlaceLayout>,
+    ) -> (usize, usize) {
         let geometry = self.spec.geometry(n, h, w);
         let oc = self.spec.out_channels;
         let epilogue = EpilogueBf16 {
@@ -161,11 +207,6 @@ impl Bf16Layer {
                 out.resize_for_overwrite(geometry.m() * oc);
                 OutputBf16::Bf16 { c: out, ldc: oc }
             }
-        };
-        let layout = if framing.input {
-            Some(InPlaceLayout::Framed)
-        } else {
-            self.layout(&geometry)
         };
         match layout {
             Some(layout) => {
@@ -351,10 +392,6 @@ impl Bf16Backend {
                 trace.report_shape(point, &[n, c, h, w], out.as_ref().map(|o| o.view()));
             };
 
-        // The input, NHWC, rounded to bf16 once (in `y`, free until the first block).
-        ws.y.resize_for_overwrite(input.len());
-        nchw_to_nhwc_bf16(input, n, c_in, h * w, &mut ws.y);
-
         // Stem: conv1 + bn1 + relu fused, then max-pool, one image per thread at a time (see
         // `stem_and_pool_in_groups`); the batch's stem output is kept (in `skip`) only for a
         // trace.
@@ -368,14 +405,15 @@ impl Bf16Backend {
             .first()
             .and_then(|first| first.shape((n, ph, pw)).input_frame())
             .filter(|_| !wants);
+        // The input is rounded to bf16 once, a group of images at a time, into the layout the
+        // stem reads (in `y`, free until the first block): see `Bf16Layer::run_stem`.
+        let (scratch, image_in) = (&mut ws.y, c_in * h * w);
         stem_and_pool_in_groups(
-            &ws.y,
             n,
-            c_in * h * w,
             (sh, sw, c),
-            |images, count, out| {
-                self.stem
-                    .run(images, (count, h, w), out, None, true, Framing::DENSE);
+            |first, count, out| {
+                let images = &input[first * image_in..][..count * image_in];
+                self.stem.run_stem(images, (count, h, w), out, scratch);
             },
             &mut ws.t,
             (&mut ws.x, pool_frame),

@@ -472,22 +472,19 @@ pub(crate) fn check_batch_shape(batch: &ArrayView4<'_, f32>) -> Result<()> {
     Ok(())
 }
 
-/// The stem and its max-pool, a group of images at a time: `stem(images, count, out)` writes
-/// the stem output of `count` images (`[count, sh, sw, c]`, NHWC) into `out`, which is pooled
-/// into those images' part of `pooled` while it is in cache. At batch 8 the whole batch's stem
+/// The stem and its max-pool, a group of images at a time: `stem(first, count, out)` writes
+/// the stem output of images `first..first + count` (`[count, sh, sw, c]`, NHWC) into `out`,
+/// which is pooled into those images' part of `pooled` while it is in cache. At batch 8 the whole batch's stem
 /// output (12.8 MB of bf16, 25.7 MB of f32) went through memory twice, written and read back by
 /// the pool. A group has one image per thread, so that a plan's blocking tuned on the whole
 /// batch (the bf16 stem's: one work item per image) still gives every thread work. `keep`
 /// receives the batch's stem output when a caller needs it (a trace, the calibration's probe).
-/// `input` is the batch, NHWC, `image_in` values per image. With a `frame`, `pooled` is written
-/// in it (zeros around each image, for the first block to read in place without a copy).
-#[allow(clippy::too_many_arguments)]
+/// With a `frame`, `pooled` is written in it (zeros around each image, for the first block to
+/// read in place without a copy).
 pub(super) fn stem_and_pool_in_groups<T: PoolValue + Plain + Default>(
-    input: &[T],
     n: usize,
-    image_in: usize,
     (sh, sw, c): (usize, usize, usize),
-    mut stem: impl FnMut(&[T], usize, &mut AlignedVec<T>),
+    mut stem: impl FnMut(usize, usize, &mut AlignedVec<T>),
     out: &mut AlignedVec<T>,
     (pooled, frame): (&mut AlignedVec<T>, Option<Frame>),
     mut keep: Option<&mut AlignedVec<T>>,
@@ -515,7 +512,7 @@ pub(super) fn stem_and_pool_in_groups<T: PoolValue + Plain + Default>(
     let group = rayon::current_num_threads().max(1);
     for first in (0..n).step_by(group) {
         let count = group.min(n - first);
-        stem(&input[first * image_in..][..count * image_in], count, out);
+        stem(first, count, out);
         let images = &out[..count * image_stem];
         if let Some(k) = keep.as_deref_mut() {
             k[first * image_stem..][..count * image_stem].copy_from_slice(images);

@@ -297,12 +297,12 @@ impl NativeBackend {
         let mut c = self.stem.spec.out_channels;
         let (sh, sw) = self.stem.spec.output_hw(h, w);
         let winograd = &mut ws.winograd;
+        let (input, image_in) = (&ws.y, c_in * h * w);
         stem_and_pool_in_groups(
-            &ws.y,
             n,
-            c_in * h * w,
             (sh, sw, c),
-            |images, count, out| {
+            |first, count, out| {
+                let images = &input[first * image_in..][..count * image_in];
                 self.stem
                     .run(images, (count, h, w), out, None, true, winograd);
             },

@@ -92,6 +92,10 @@ pub enum InPlaceLayout {
     /// zero rows between kernel rows (the family's `pack_window_rows`). bf16 writes each output
     /// pixel's windows once; INT8 reads them straight from a padded copy of the input.
     WindowRows,
+    /// As [`InPlaceLayout::WindowRows`], with the input already the padded copy split by row
+    /// parity that it reads a finite input from (`bf16::window_rows_input_bf16`, made straight
+    /// from the network's NCHW f32 input; every value finite). Nothing is copied.
+    StridedRows,
 }
 
 /// An NHWC activation stored as the in-place path reads a stride-1 convolution's input: each
@@ -181,7 +185,7 @@ impl Frame {
 
 /// Checks the input's length against `g` in `layout` (a bug in the caller otherwise): the
 /// dense NHWC input, or a [`Frame`] of it.
-pub(crate) fn check_input_len(g: &ConvGeometry, layout: InPlaceLayout, len: usize) {
+pub(crate) fn check_input_len<E>(g: &ConvGeometry, layout: InPlaceLayout, len: usize) {
     match layout {
         InPlaceLayout::Framed => {
             let frame = Frame::for_input(g).expect("a framed input is read at stride 1");
@@ -189,6 +193,9 @@ pub(crate) fn check_input_len(g: &ConvGeometry, layout: InPlaceLayout, len: usiz
         }
         InPlaceLayout::Padded | InPlaceLayout::WindowRows => {
             assert_eq!(len, g.input_len(), "input size")
+        }
+        InPlaceLayout::StridedRows => {
+            assert!(len >= strided_rows_len::<E>(g), "prepared input too small")
         }
     }
 }
@@ -530,9 +537,32 @@ impl SplitRows {
         buf: &mut AlignedVec<E>,
         check: impl Fn(&[E]) -> bool + Sync,
     ) -> bool {
+        let row_in = g.in_w * g.in_c;
+        self.fill(g, pad, slack, buf, |image, y, row| {
+            let src = &input[(image * g.in_h + y) * row_in..][..row_in];
+            row.copy_from_slice(src);
+            check(src)
+        })
+    }
+
+    /// [`SplitRows::copy`] with each image row written by `fill(image, y, row)` (the row's
+    /// `in_w x C` values; returns what the check says of them).
+    fn fill<E: Plain + Send + Sync>(
+        &self,
+        g: &ConvGeometry,
+        pad: E,
+        slack: usize,
+        buf: &mut AlignedVec<E>,
+        fill: impl Fn(usize, usize, &mut [E]) -> bool + Sync,
+    ) -> bool {
         let slack = slack + (MR + 1) * self.stride * self.ch;
         let parts = (self.stride, self.parts_read);
-        pad_input(input, g, pad, parts, (self.wp, slack), buf, check)
+        pad_input(g, pad, parts, (self.wp, slack), buf, fill)
+    }
+
+    /// Elements [`SplitRows::fill`] writes with `slack`: the parts of every image, then slack.
+    fn len(&self, g: &ConvGeometry, slack: usize) -> usize {
+        g.batch * self.stride * self.part_elems() + slack + (MR + 1) * self.stride * self.ch
     }
 }
 
@@ -698,23 +728,56 @@ fn conv_strided_rows<F: InPlaceFamily, T: TileExec>(
     pad: F::Elem,
     b: &Panels<'_>,
 ) -> bool {
+    let step = K_STEP_BYTES / bytes_of::<F::Elem>();
+    F::with_padded(|buf| {
+        // Past the last block's rows, a tile row reaches 64 bytes further.
+        if !SplitRows::new(g).copy(input, g, pad, step, buf, F::zero_products_exact) {
+            return false;
+        }
+        conv_strided_rows_prepared::<F, T>(family, buf, g, b);
+        true
+    })
+}
+
+/// [`conv_strided_rows`] on its split copy, already made (by it, or by
+/// [`strided_rows_input`]: [`InPlaceLayout::StridedRows`]).
+pub(crate) fn conv_strided_rows_prepared<F: InPlaceFamily, T: TileExec>(
+    family: &F,
+    prepared: &[F::Elem],
+    g: &ConvGeometry,
+    b: &Panels<'_>,
+) {
     let elem = bytes_of::<F::Elem>();
     let step = K_STEP_BYTES / elem;
     let split = SplitRows::new(g);
-    F::with_padded(|buf| {
-        // Past the last block's rows, a tile row reaches 64 bytes further.
-        if !split.copy(input, g, pad, step, buf, F::zero_products_exact) {
-            return false;
+    debug_assert!(prepared.len() >= split.len(g, step));
+    // Step i: kernel row kh, its whole window (and the next pixels' values) in one row.
+    let offsets = |k0: usize, offsets: &mut [usize]| {
+        for (i, o) in offsets.iter_mut().enumerate() {
+            *o = split.offset(k0 / step + i, 0, 0) * elem;
         }
-        // Step i: kernel row kh, its whole window (and the next pixels' values) in one row.
-        let offsets = |k0: usize, offsets: &mut [usize]| {
-            for (i, o) in offsets.iter_mut().enumerate() {
-                *o = split.offset(k0 / step + i, 0, 0) * elem;
-            }
-        };
-        gather_gemm::<F, T>(family, buf, &split.rows(g), b, offsets);
-        true
-    })
+    };
+    gather_gemm::<F, T>(family, prepared, &split.rows(g), b, offsets);
+}
+
+/// Elements of [`strided_rows_input`]'s buffer for `g`.
+pub(crate) fn strided_rows_len<E>(g: &ConvGeometry) -> usize {
+    SplitRows::new(g).len(g, K_STEP_BYTES / bytes_of::<E>())
+}
+
+/// The input of [`InPlaceLayout::StridedRows`] for `g` in `buf`: the split copy
+/// [`conv_window_rows`] reads a finite input from, each image row written by `fill(image, y,
+/// row)` (its `in_w x C` values) instead of copied from an NHWC input. Returns whether every
+/// `fill` returned true (the caller's check that the row's zero products are exact); where one
+/// did not, the buffer must not be read as that layout.
+pub(crate) fn strided_rows_input<E: Plain + Send + Sync>(
+    g: &ConvGeometry,
+    pad: E,
+    buf: &mut AlignedVec<E>,
+    fill: impl Fn(usize, usize, &mut [E]) -> bool + Sync,
+) -> bool {
+    let step = K_STEP_BYTES / bytes_of::<E>();
+    SplitRows::new(g).fill(g, pad, step, buf, fill)
 }
 
 /// `out` = for each image, stride part `p` and row `q` (input row `q * stride + p` of the
@@ -764,26 +827,26 @@ fn pack_window_rows<E: Plain + Send + Sync>(
 /// one after another, then `slack` elements of `pad` (read by rows that are never stored, and
 /// by the strided rows of [`conv_strided_rows`] that run past the last window, where a stale
 /// NaN would meet a zero weight). Only the first `parts_read` parts are written (the others
-/// are never read); each of their rows is written whole, in parallel on the team; the buffer
-/// is only grown, so a warm call neither allocates nor fills twice. Returns whether `check`
-/// held for every input row copied.
+/// are never read); each of their rows is written whole, in parallel on the team; the storage
+/// only grows and is never filled first, so a warm call neither allocates nor fills twice.
+/// Returns whether `fill` returned true for every row it wrote.
 fn pad_input<E: Plain + Send + Sync>(
-    input: &[E],
     g: &ConvGeometry,
     pad: E,
     (parts, parts_read): (usize, usize),
     (row_px, slack): (usize, usize),
     out: &mut AlignedVec<E>,
-    check: impl Fn(&[E]) -> bool + Sync,
+    fill: impl Fn(usize, usize, &mut [E]) -> bool + Sync,
 ) -> bool {
     let all_hold = std::sync::atomic::AtomicBool::new(true);
     let ch = g.in_c;
     let q_rows = (g.in_h + 2 * g.pad).div_ceil(parts);
     let rows_len = g.batch * parts * q_rows * row_px * ch;
-    if out.len() < rows_len + slack {
-        out.resize(rows_len + slack, pad);
-    }
-    out[rows_len..rows_len + slack].fill(pad);
+    // Every row is written below (or skipped, never read: a part the windows do not reach),
+    // so the buffer is not filled first: it is shared with layers that shrink it, and a fill of
+    // its growth cost the batch-1 stem's input 15 us of one thread (Xeon model 167).
+    out.resize_for_overwrite(rows_len + slack);
+    out[rows_len..].fill(pad);
     let (row_in, side) = (g.in_w * ch, g.pad * ch);
     crate::team::for_each_chunk_mut(&mut out[..rows_len], row_px * ch, |i, row| {
         let (image, part, q) = (i / (parts * q_rows), (i / q_rows) % parts, i % q_rows);
@@ -795,11 +858,10 @@ fn pad_input<E: Plain + Send + Sync>(
             row.fill(pad);
             return;
         }
-        let src = &input[(image * g.in_h + py - g.pad) * row_in..][..row_in];
         row[..side].fill(pad);
-        row[side..side + row_in].copy_from_slice(src);
+        let holds = fill(image, py - g.pad, &mut row[side..side + row_in]);
         row[side + row_in..].fill(pad);
-        if !check(src) {
+        if !holds {
             all_hold.store(false, std::sync::atomic::Ordering::Relaxed);
         }
     });

@@ -31,10 +31,7 @@ impl InPlaceFamily for Dst<'_> {
     const DOT: Dot = Dot::Bf16ps;
 
     fn zero_products_exact(input: &[Bf16]) -> bool {
-        // All-ones exponents are the infinities and NaNs: the largest magnitude below them
-        // is finite. A max reduction vectorises (an early-exit scan does not): one input row
-        // of the stem, 672 values.
-        input.iter().map(|v| v.0 & 0x7FFF).max().unwrap_or(0) < 0x7F80
+        super::finite_bf16(input)
     }
 
     fn with_padded<R>(f: impl FnOnce(&mut AlignedVec<Bf16>) -> R) -> R {
@@ -89,6 +86,9 @@ pub(crate) fn conv<T: TileExec>(
         }
         InPlaceLayout::WindowRows => {
             direct::conv_window_rows::<_, T>(&dst, input, g, Bf16::ZERO, &panels)
+        }
+        InPlaceLayout::StridedRows => {
+            direct::conv_strided_rows_prepared::<_, T>(&dst, input, g, &panels)
         }
     }
 }

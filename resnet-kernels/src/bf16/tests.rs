@@ -986,3 +986,82 @@ fn amx_stem_rows_read_in_place_match_the_written_windows() {
         }
     }
 }
+
+/// The stem's input made straight from NCHW f32 images ([`window_rows_input_bf16`], read as
+/// [`InPlaceLayout::StridedRows`]) against the NHWC conversion read as
+/// [`InPlaceLayout::WindowRows`]: the same outputs bit for bit, with a buffer left dirty by
+/// earlier use (every value the tiles read is written); and an input value that rounds to an
+/// infinity or is a NaN is refused. Widths past 32 pixels take the interleave's vector path
+/// and its tail.
+#[test]
+fn amx_stem_input_from_nchw_matches_the_converted_input() {
+    let lines: Vec<_> = battery_kernels()
+        .into_iter()
+        .filter(|k| k.reads_in_place())
+        .collect();
+    let n = 64;
+    for (seed, (batch, in_h, in_w)) in [(2, 11, 13), (1, 9, 45), (3, 8, 70)]
+        .into_iter()
+        .enumerate()
+    {
+        let g = ConvGeometry {
+            batch,
+            in_h,
+            in_w,
+            in_c: 3,
+            kernel: 7,
+            stride: 2,
+            pad: 3,
+        };
+        let seed = 950 + 10 * seed as u64;
+        // f32 values that are not all bf16 values: the conversion rounds them.
+        let nchw: Vec<f32> = values(g.input_len(), seed)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.to_f32() * (1.0 + (i % 7) as f32 / 1024.0))
+            .collect();
+        let mut nhwc = vec![Bf16::ZERO; nchw.len()];
+        nchw_to_nhwc_bf16(&nchw, batch, 3, in_h * in_w, &mut nhwc);
+        let b = values(g.k() * n, seed + 1);
+        let bias: Vec<f32> = values(n, seed + 2).iter().map(|v| v.to_f32()).collect();
+        let epi = EpilogueBf16 {
+            bias: Some(&bias),
+            residual: None,
+            relu: true,
+            residual_frame: None,
+        };
+        for line in &lines {
+            let windows = pack_window_rows(&b, g.kernel, g.in_c, n, line, line.default_blocking());
+            assert!(in_place_applies(&g, &windows, InPlaceLayout::StridedRows));
+            let run = |input: &[Bf16], layout: InPlaceLayout| {
+                let mut c = vec![f32::NAN; g.m() * n];
+                let out = OutputBf16::F32 { c: &mut c, ldc: n };
+                conv_bf16_in_place(input, &g, &windows, out, &epi, layout);
+                c
+            };
+            let want = run(&nhwc, InPlaceLayout::WindowRows);
+            let mut prepared = AlignedVec::new();
+            prepared.resize(4 * g.input_len() + 4096, Bf16(0x7FC0));
+            assert!(window_rows_input_bf16(&nchw, &g, &mut prepared));
+            let got = run(&prepared, InPlaceLayout::StridedRows);
+            for (i, (w, o)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(
+                    w.to_bits(),
+                    o.to_bits(),
+                    "{} {g:?} element {i}: {w} vs {o}",
+                    line.info.name
+                );
+            }
+        }
+        // f32::MAX rounds to bf16's infinity; a NaN stays one.
+        for bad in [f32::MAX, f32::NAN, f32::NEG_INFINITY] {
+            let mut input = nchw.clone();
+            input[nchw.len() / 2] = bad;
+            let mut prepared = AlignedVec::new();
+            assert!(
+                !window_rows_input_bf16(&input, &g, &mut prepared),
+                "{bad} accepted"
+            );
+        }
+    }
+}

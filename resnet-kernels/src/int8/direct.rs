@@ -103,5 +103,8 @@ pub(crate) fn conv<T: TileExec>(
         InPlaceLayout::WindowRows => {
             direct::conv_window_rows::<_, T>(&out, input, g, pad_code, &panels)
         }
+        InPlaceLayout::StridedRows => {
+            unreachable!("in_place_applies refuses a prepared INT8 input")
+        }
     }
 }

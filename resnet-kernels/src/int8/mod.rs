@@ -535,6 +535,8 @@ pub fn in_place_applies(geometry: &ConvGeometry, b: &PackedB8, layout: InPlaceLa
                     && b.k == crate::amx::direct::window_rows_k::<u8>(geometry.kernel)
                     && b.blocks.iter().all(|&(_, kc, _)| kc.is_multiple_of(64))
             }
+            // Nothing prepares an INT8 input so (the stem's is quantised first).
+            InPlaceLayout::StridedRows => false,
         }
 }
 
@@ -588,7 +590,7 @@ pub fn conv_u8s8_in_place(
     if m == 0 || n == 0 {
         return;
     }
-    crate::amx::direct::check_input_len(geometry, layout, input.len());
+    crate::amx::direct::check_input_len::<u8>(geometry, layout, input.len());
     requant.check_output(c, ldc, m, n);
     if let Some(f) = out_frame {
         assert!(
