@@ -214,6 +214,56 @@ fn batch_equals_its_images_one_at_a_time() {
     }
 }
 
+/// An input value that is not finite (an infinity in image 1) sends its group of images to the
+/// stem's written windows (the stem's input is otherwise made straight from the f32 images, and
+/// read with tile rows that run past each window, where an infinity would meet zero weights and
+/// make NaN beside it): the infinity reaches only the stem outputs whose 7 x 7 windows hold it,
+/// every other stem output is bit for bit the finite batch's, and the other images' logits do
+/// not change. On 2 threads: groups of images 0-1 (with the infinity) and 2 (without).
+#[test]
+fn bf16_stem_keeps_an_infinity_inside_its_windows() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let weights = synthetic_weights(0);
+        let backend = Bf16Backend::new(&weights, Isa::best_supported());
+        let finite = photos().slice_move(ndarray::s![..3, .., .., ..]);
+        let (image, y, x) = (1, 100, 61);
+        let mut with_inf = finite.clone();
+        with_inf[[image, 1, y, x]] = f32::INFINITY;
+        let (mut a, mut b) = (Capture::default(), Capture::default());
+        let want = backend.forward(finite.view(), &mut a).unwrap();
+        let got = backend.forward(with_inf.view(), &mut b).unwrap();
+        for i in [0, 2] {
+            assert_eq!(got.row(i), want.row(i), "image {i}: logits");
+        }
+        let stem = |c: &Capture| {
+            let (name, out) = &c.0[0];
+            assert_eq!(name, "stem");
+            out.clone()
+        };
+        let (want, got) = (stem(&a), stem(&b));
+        let covers = |o: usize, p: usize| (2 * o..2 * o + 7).contains(&(p + 3));
+        let mut hit = 0;
+        for ((idx, w), g) in want.indexed_iter().zip(got.iter()) {
+            let (n, oy, ox) = (idx[0], idx[2], idx[3]);
+            if n == image && covers(oy, y) && covers(ox, x) {
+                hit += 1;
+                continue;
+            }
+            assert_eq!(w.to_bits(), g.to_bits(), "stem output {idx:?}: {w} vs {g}");
+        }
+        let reach = |p: usize| (0..112).filter(|&o| covers(o, p)).count();
+        assert_eq!(
+            hit,
+            64 * reach(y) * reach(x),
+            "the windows holding the infinity"
+        );
+    });
+}
+
 /// A `weights convert --dtype bf16` file runs without its convolution weights widened on load
 /// (`Values::Bf16`, folded one layer at a time): the same logits, bit for bit, as the same
 /// values loaded as f32 (widening a bf16 is exact, so nothing may change but memory).
