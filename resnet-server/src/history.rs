@@ -162,22 +162,43 @@ impl History {
     /// Returns false when the file append failed (full or read-only disk): the entry is still
     /// kept in memory, the first failure of a run is logged, and the caller counts it.
     pub fn record(&self, entry: Entry) -> bool {
-        if !self.enabled() {
-            return true;
+        match self.remember(entry) {
+            Some(line) => self.append_line(&line),
+            None => true,
         }
-        let mut written = true;
-        if let Some((path, appender)) = &self.file {
+    }
+
+    /// Adds a recognition to the list in memory (cheap: a lock and a push, so callable on the
+    /// async threads before the answer goes out, and a client that asks for the history right
+    /// after its answer finds its recognition there), and returns the line to append to the
+    /// file with [`History::append_line`], if the history has a file.
+    pub fn remember(&self, entry: Entry) -> Option<String> {
+        if !self.enabled() {
+            return None;
+        }
+        let line = self.file.as_ref().map(|_| {
             let mut line = serde_json::to_string(&entry).unwrap_or_default();
             line.push('\n');
-            let mut appender = appender.lock().unwrap_or_else(|p| p.into_inner());
-            written = appender.append(path, &line);
-        }
+            line
+        });
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() == self.capacity {
             entries.pop_front();
         }
         entries.push_back(entry);
-        written
+        line
+    }
+
+    /// Appends a line of [`History::remember`] to the file. Blocking: call off the async
+    /// threads. False when the append failed (see [`History::record`]).
+    pub fn append_line(&self, line: &str) -> bool {
+        match &self.file {
+            Some((path, appender)) => {
+                let mut appender = appender.lock().unwrap_or_else(|p| p.into_inner());
+                appender.append(path, line)
+            }
+            None => true,
+        }
     }
 
     /// The entries, newest first.

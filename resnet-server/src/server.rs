@@ -124,7 +124,8 @@ impl AppState {
 
     /// The one place a recognition is recorded, whatever produced it: published to MQTT
     /// (queued; a broker that is down or slow never makes the caller wait) and added to the
-    /// history, whose file append runs on the blocking pool when called inside the runtime.
+    /// history: to its list at once (so the next `/v1/history` has it: the page asks right after
+    /// its answer), and to its file on the blocking pool when called inside the runtime.
     pub fn record_recognition(self: &Arc<Self>, entry: Entry) {
         if let Some(mqtt) = &self.mqtt {
             // The thumbnail stays in the history (the page shows it); subscribers get the rest.
@@ -136,16 +137,19 @@ impl AppState {
         if !self.history.enabled() {
             return;
         }
+        let Some(line) = self.history.remember(entry) else {
+            return;
+        };
         let state = Arc::clone(self);
-        let record = move || {
-            if !state.history.record(entry) {
+        let append = move || {
+            if !state.history.append_line(&line) {
                 state.metrics.history_write_failed();
             }
         };
         match tokio::runtime::Handle::try_current() {
             // The file append blocks; the client need not wait for it.
-            Ok(runtime) => drop(runtime.spawn_blocking(record)),
-            Err(_) => record(),
+            Ok(runtime) => drop(runtime.spawn_blocking(append)),
+            Err(_) => append(),
         }
     }
 
